@@ -1,0 +1,58 @@
+//! Server functions that load page data, and the [`Backend`] trait through
+//! which they reach the server's store without this crate depending on it.
+
+use leptos::prelude::*;
+
+use crate::model::{DeviceDetail, Fleet};
+
+/// How much history the device page loads before live updates take over.
+pub const RECENT_WINDOW_MS: i64 = 15 * 60 * 1000;
+
+#[cfg(feature = "ssr")]
+pub use backend::{Backend, BoxFuture, SharedBackend};
+
+#[cfg(feature = "ssr")]
+mod backend {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+
+    use crate::model::{DeviceDetail, Fleet};
+
+    /// A boxed, sendable future, so the trait stays object-safe.
+    pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+    /// What the pages need from the server. The server implements it over its
+    /// store and counters and provides it as Leptos context.
+    pub trait Backend: Send + Sync + 'static {
+        /// Every device with its latest values, plus global counters.
+        fn fleet(&self) -> BoxFuture<'_, Result<Fleet, String>>;
+        /// One device with the last `window_ms` of history, or `None` if the
+        /// device is unknown.
+        fn device(
+            &self,
+            id: String,
+            window_ms: i64,
+        ) -> BoxFuture<'_, Result<Option<DeviceDetail>, String>>;
+    }
+
+    /// The form in which the backend is stored in Leptos context.
+    pub type SharedBackend = Arc<dyn Backend>;
+}
+
+/// Loads the fleet overview.
+#[server(prefix = "/_app", endpoint = "fleet")]
+pub async fn get_fleet() -> Result<Fleet, ServerFnError> {
+    let backend = expect_context::<SharedBackend>();
+    backend.fleet().await.map_err(ServerFnError::new)
+}
+
+/// Loads one device with its recent history.
+#[server(prefix = "/_app", endpoint = "device")]
+pub async fn get_device(id: String) -> Result<Option<DeviceDetail>, ServerFnError> {
+    let backend = expect_context::<SharedBackend>();
+    backend
+        .device(id, RECENT_WINDOW_MS)
+        .await
+        .map_err(ServerFnError::new)
+}

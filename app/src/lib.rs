@@ -1,0 +1,68 @@
+//! Sightline's user interface: Leptos components rendered on the server and
+//! hydrated in the browser, plus the types both sides share.
+//!
+//! - [`model`]: the serde types of the JSON API and the live WebSocket.
+//! - [`api`]: server functions that feed the pages, and the [`api::Backend`]
+//!   trait the server implements (so this crate never sees the database).
+//! - [`pages`]: the fleet overview and the device page.
+//! - [`chart`]: a live line chart drawn with charming (ECharts).
+//! - [`live`]: the browser's WebSocket client.
+//! - [`format`]: number and time formatting that is identical on both sides.
+
+pub mod api;
+pub mod chart;
+pub mod format;
+pub mod live;
+pub mod model;
+pub mod pages;
+
+use leptos::prelude::*;
+use leptos_meta::{provide_meta_context, MetaTags, Title};
+use leptos_router::components::{Route, Router, Routes, A};
+use leptos_router::path;
+
+/// The HTML document around the app. Only the server renders it; the
+/// browser hydrates `<body>`, which must therefore contain exactly `<App/>`.
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <meta name="color-scheme" content="light dark"/>
+                <link rel="stylesheet" href="/pkg/main.css"/>
+                <link rel="icon" href="/pkg/favicon.svg" type="image/svg+xml"/>
+                // ECharts must be a global before the WASM renders a chart,
+                // so it loads (deferred) ahead of the hydration scripts.
+                <script src="/pkg/echarts.min.js" defer></script>
+                <HydrationScripts options/>
+                <MetaTags/>
+            </head>
+            <body>
+                <App/>
+            </body>
+        </html>
+    }
+}
+
+/// The root component: page chrome and routes.
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    view! {
+        <Title text="Sightline"/>
+        <Router>
+            <header class="topbar">
+                <A href="/" attr:class="brand">"Sightline"</A>
+                <span class="tagline">"live sensor fleet"</span>
+            </header>
+            <main>
+                <Routes fallback=|| view! { <p class="empty">"Page not found."</p> }>
+                    <Route path=path!("/") view=pages::fleet::FleetPage/>
+                    <Route path=path!("/devices/:id") view=pages::device::DevicePage/>
+                </Routes>
+            </main>
+        </Router>
+    }
+}

@@ -1,0 +1,183 @@
+//! The serde types that cross the wire between the server and the browser.
+//!
+//! Everything here is plain data so that the server, the WASM front end and
+//! the integration tests agree on one definition of every message.
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, in UTC.
+///
+/// Timestamps travel as integers so that no time zone is ever implied; the
+/// browser converts them to local time only when it draws them.
+pub type EpochMs = i64;
+
+/// One stored measurement: a device reported `value` for `metric` at `ts`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    /// The device id, as it appears in the MQTT topic `sensor/<device>`.
+    #[serde(rename = "d")]
+    pub device: String,
+    /// The metric name, such as `temp`.
+    #[serde(rename = "m")]
+    pub metric: String,
+    /// When the reading was taken (the device's `ts`, or the receive time).
+    #[serde(rename = "t")]
+    pub ts: EpochMs,
+    /// The measured value; never NaN or infinite.
+    #[serde(rename = "v")]
+    pub value: f64,
+}
+
+/// The newest value of one metric of a device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatestValue {
+    pub metric: String,
+    pub ts: EpochMs,
+    pub value: f64,
+}
+
+/// What the fleet overview shows for one device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSummary {
+    pub id: String,
+    pub first_seen: EpochMs,
+    pub last_seen: EpochMs,
+    /// The newest value of each metric, sorted by metric name.
+    pub latest: Vec<LatestValue>,
+    /// Messages or fields from this device that were rejected since the
+    /// server started.
+    pub rejected: u64,
+}
+
+impl DeviceSummary {
+    /// Folds one reading into the latest values and "last seen". Older
+    /// readings (devices may send their own timestamps) never overwrite a
+    /// newer latest value.
+    pub fn apply(&mut self, r: &Reading) {
+        self.last_seen = self.last_seen.max(r.ts);
+        match self.latest.iter_mut().find(|l| l.metric == r.metric) {
+            Some(l) => {
+                if l.ts <= r.ts {
+                    l.ts = r.ts;
+                    l.value = r.value;
+                }
+            }
+            None => {
+                self.latest.push(LatestValue {
+                    metric: r.metric.clone(),
+                    ts: r.ts,
+                    value: r.value,
+                });
+                self.latest.sort_by(|a, b| a.metric.cmp(&b.metric));
+            }
+        }
+    }
+}
+
+/// The recent history of one metric, oldest point first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricSeries {
+    pub metric: String,
+    /// `(timestamp, value)` pairs in ascending time order.
+    pub points: Vec<(EpochMs, f64)>,
+}
+
+/// Everything the device page needs to render before live updates arrive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceDetail {
+    pub summary: DeviceSummary,
+    /// One series per metric, covering `[from, generated_at]`.
+    pub series: Vec<MetricSeries>,
+    pub from: EpochMs,
+    /// The server's clock when the page data was produced. Relative times
+    /// ("5 s ago") are computed against it so that the server-rendered HTML
+    /// and the first client render agree.
+    pub generated_at: EpochMs,
+}
+
+/// The fleet overview's data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fleet {
+    pub devices: Vec<DeviceSummary>,
+    pub counters: Counters,
+    pub generated_at: EpochMs,
+}
+
+/// Server-wide ingest counters since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// MQTT messages that reached ingest.
+    pub messages: u64,
+    /// Readings decoded from valid messages.
+    pub received: u64,
+    /// Readings committed to the database.
+    pub stored: u64,
+    /// Messages or fields refused as invalid.
+    pub rejected: u64,
+    /// Valid readings that could not be queued for storage because the
+    /// writer was saturated.
+    pub dropped: u64,
+}
+
+/// A message from the browser to the live WebSocket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// Replace the subscription with these devices.
+    Subscribe { devices: Vec<String> },
+    /// Receive readings of every device (the fleet overview).
+    SubscribeAll,
+}
+
+/// A message from the live WebSocket to the browser.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// Newly stored readings of subscribed devices, oldest first.
+    Readings { readings: Vec<Reading> },
+    /// This connection fell behind and `skipped` batches of updates were
+    /// dropped for it; the page should say so and may reload its history.
+    Lagged { skipped: u64 },
+    /// Periodic counters, with per-device rejection counts of subscribed
+    /// devices.
+    Stats {
+        counters: Counters,
+        rejected: Vec<(String, u64)>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_messages_use_a_type_tag() {
+        let msg = ServerMsg::Readings {
+            readings: vec![Reading {
+                device: "D1".into(),
+                metric: "temp".into(),
+                ts: 5,
+                value: 22.0,
+            }],
+        };
+        let text = serde_json::to_string(&msg).expect("serialisable");
+        assert_eq!(
+            text,
+            r#"{"type":"readings","readings":[{"d":"D1","m":"temp","t":5,"v":22.0}]}"#
+        );
+        let back: ServerMsg = serde_json::from_str(&text).expect("round trip");
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn client_messages_parse() {
+        let msg: ClientMsg =
+            serde_json::from_str(r#"{"type":"subscribe","devices":["a"]}"#).expect("valid");
+        assert_eq!(
+            msg,
+            ClientMsg::Subscribe {
+                devices: vec!["a".into()]
+            }
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! The device page at `/devices/<id>`: one live line chart per metric,
+//! backfilled with the last 15 minutes and then appended from the WebSocket.
+
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::hooks::use_params_map;
+
+use super::fleet::CountersBar;
+use super::LiveBadge;
+use crate::api::{get_device, RECENT_WINDOW_MS};
+use crate::chart::LiveChart;
+use crate::format;
+use crate::live::LinkState;
+use crate::model::{Counters, DeviceDetail, DeviceSummary, EpochMs, Reading};
+
+#[component]
+pub fn DevicePage() -> impl IntoView {
+    let params = use_params_map();
+    let id = move || params.read().get("id").unwrap_or_default();
+    let detail = Resource::new(id, get_device);
+    let reload = Callback::new(move |()| detail.refetch());
+    view! {
+        <Title text=move || format!("{} · Sightline", id())/>
+        <Transition fallback=|| view! { <p class="loading">"Loading device…"</p> }>
+            {move || Suspend::new(async move {
+                match detail.await {
+                    Ok(Some(d)) => view! { <DeviceView detail=d reload/> }.into_any(),
+                    Ok(None) => {
+                        view! {
+                            <p class="empty" data-testid="unknown-device">
+                                "This device has not reported yet. "
+                                <a href="/">"Back to the fleet"</a>
+                            </p>
+                        }
+                            .into_any()
+                    }
+                    Err(e) => view! { <p class="error">{format!("Could not load device: {e}")}</p> }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}
+
+/// The chart data of one metric.
+#[derive(Clone, Copy)]
+struct Series {
+    metric: StoredValue<String>,
+    points: RwSignal<Vec<(EpochMs, f64)>>,
+}
+
+#[component]
+fn DeviceView(detail: DeviceDetail, reload: Callback<()>) -> impl IntoView {
+    let id = detail.summary.id.clone();
+    let now = RwSignal::new(detail.generated_at);
+    let summary = RwSignal::new(detail.summary);
+    let counters = RwSignal::new(Counters::default());
+    let link = RwSignal::new(LinkState::Connecting);
+    let skipped = RwSignal::new(0u64);
+    let series = RwSignal::new(
+        detail
+            .series
+            .into_iter()
+            .map(|s| Series {
+                metric: StoredValue::new(s.metric),
+                points: RwSignal::new(s.points),
+            })
+            .collect::<Vec<_>>(),
+    );
+
+    #[cfg(not(feature = "hydrate"))]
+    let _ = reload;
+    #[cfg(feature = "hydrate")]
+    {
+        let id = id.clone();
+        Effect::new(move |_| {
+            use crate::live::{connect, LiveEvent};
+            use crate::model::{ClientMsg, ServerMsg};
+            let tick = set_interval_with_handle(
+                move || now.set(js_sys::Date::now() as i64),
+                std::time::Duration::from_secs(1),
+            );
+            if let Ok(handle) = tick {
+                on_cleanup(move || handle.clear());
+            }
+            now.set(js_sys::Date::now() as i64);
+            let device = id.clone();
+            let subscription = ClientMsg::Subscribe {
+                devices: vec![id.clone()],
+            };
+            connect(&subscription, link, move |event| match event {
+                LiveEvent::Message(ServerMsg::Readings { readings }) => {
+                    let mine: Vec<&Reading> =
+                        readings.iter().filter(|r| r.device == device).collect();
+                    if !mine.is_empty() {
+                        apply_readings(series, summary, &mine, js_sys::Date::now() as i64);
+                    }
+                }
+                LiveEvent::Message(ServerMsg::Stats {
+                    counters: c,
+                    rejected,
+                }) => {
+                    counters.set(c);
+                    if let Some((_, n)) = rejected.iter().find(|(d, _)| *d == device) {
+                        summary.update(|s| s.rejected = *n);
+                    }
+                }
+                LiveEvent::Message(ServerMsg::Lagged { skipped: n }) => {
+                    skipped.update(|s| *s += n);
+                    reload.run(());
+                }
+                LiveEvent::Opened { reconnect } => {
+                    if reconnect {
+                        reload.run(());
+                    }
+                }
+            });
+        });
+    }
+
+    let online = move || summary.with(|s| format::is_online(s.last_seen, now.get()));
+    view! {
+        <section class="page-head">
+            <a href="/" class="back" aria-label="Back to the fleet">"←"</a>
+            <h1 data-testid="device-id">{id}</h1>
+            <span class=move || if online() { "dot on" } else { "dot off" }></span>
+            <LiveBadge state=link skipped/>
+        </section>
+        <p class="device-meta">
+            "last seen "
+            <span data-testid="last-seen">{move || format::ago(summary.with(|s| s.last_seen), now.get())}</span>
+            " · "
+            <span data-testid="device-rejected">{move || summary.with(|s| s.rejected)}</span>
+            " rejected"
+        </p>
+        <CountersBar counters/>
+        <div class="panels">
+            <For each=move || series.get() key=|s| s.metric.get_value() let:s>
+                <MetricPanel series=s summary now/>
+            </For>
+        </div>
+    }
+}
+
+#[component]
+fn MetricPanel(
+    series: Series,
+    summary: RwSignal<DeviceSummary>,
+    now: RwSignal<i64>,
+) -> impl IntoView {
+    let metric = series.metric.get_value();
+    let latest = {
+        let metric = metric.clone();
+        move || {
+            summary.with(|s| {
+                s.latest
+                    .iter()
+                    .find(|l| l.metric == metric)
+                    .map_or_else(|| "–".to_owned(), |l| format::value(l.value))
+            })
+        }
+    };
+    let label = metric.clone();
+    let attr = metric.clone();
+    view! {
+        <section class="panel" data-metric=attr>
+            <header class="panel-head">
+                <h2>{label}</h2>
+                <span class="latest" data-testid="latest">{latest}</span>
+            </header>
+            <LiveChart metric points=series.points now window_ms=RECENT_WINDOW_MS/>
+        </section>
+    }
+}
+
+/// Appends live readings to the charts and the latest values, dropping
+/// points that have scrolled out of the window.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+fn apply_readings(
+    series: RwSignal<Vec<Series>>,
+    summary: RwSignal<DeviceSummary>,
+    readings: &[&Reading],
+    now: EpochMs,
+) {
+    let horizon = now - RECENT_WINDOW_MS;
+    for r in readings {
+        let existing = series.with_untracked(|all| {
+            all.iter()
+                .find(|s| s.metric.with_value(|m| *m == r.metric))
+                .copied()
+        });
+        let target = existing.unwrap_or_else(|| {
+            let s = Series {
+                metric: StoredValue::new(r.metric.clone()),
+                points: RwSignal::new(Vec::new()),
+            };
+            series.update(|all| {
+                all.push(s);
+                all.sort_by(|a, b| a.metric.with_value(|x| b.metric.with_value(|y| x.cmp(y))));
+            });
+            s
+        });
+        target.points.update(|points| {
+            // Devices may send their own, slightly out-of-order timestamps.
+            let at = points.partition_point(|(ts, _)| *ts <= r.ts);
+            points.insert(at, (r.ts, r.value));
+            let stale = points.partition_point(|(ts, _)| *ts < horizon);
+            points.drain(..stale);
+        });
+    }
+    summary.update(|s| {
+        for r in readings {
+            s.apply(r);
+        }
+    });
+}

@@ -1,0 +1,221 @@
+//! The fleet overview at `/`: one card per device with its latest value per
+//! metric and a live "last seen".
+
+use std::collections::HashMap;
+
+use leptos::prelude::*;
+use leptos_meta::Title;
+
+use super::LiveBadge;
+use crate::api::get_fleet;
+use crate::format;
+use crate::live::LinkState;
+use crate::model::{Counters, DeviceSummary, Fleet};
+
+#[component]
+pub fn FleetPage() -> impl IntoView {
+    let fleet = Resource::new(|| (), |_| get_fleet());
+    view! {
+        <Title text="Fleet · Sightline"/>
+        <Suspense fallback=|| view! { <p class="loading">"Loading devices…"</p> }>
+            {move || Suspend::new(async move {
+                match fleet.await {
+                    Ok(f) => view! { <FleetView fleet=f/> }.into_any(),
+                    Err(e) => view! { <p class="error">{format!("Could not load devices: {e}")}</p> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+/// One device card's live state.
+#[derive(Clone, Copy)]
+struct Card {
+    id: StoredValue<String>,
+    summary: RwSignal<DeviceSummary>,
+}
+
+#[component]
+fn FleetView(fleet: Fleet) -> impl IntoView {
+    let now = RwSignal::new(fleet.generated_at);
+    let counters = RwSignal::new(fleet.counters.clone());
+    let link = RwSignal::new(LinkState::Connecting);
+    let skipped = RwSignal::new(0u64);
+    let cards = RwSignal::new(
+        fleet
+            .devices
+            .into_iter()
+            .map(|d| Card {
+                id: StoredValue::new(d.id.clone()),
+                summary: RwSignal::new(d),
+            })
+            .collect::<Vec<_>>(),
+    );
+
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        use crate::live::{connect, LiveEvent};
+        use crate::model::{ClientMsg, ServerMsg};
+        let tick = set_interval_with_handle(
+            move || now.set(js_sys::Date::now() as i64),
+            std::time::Duration::from_secs(1),
+        );
+        if let Ok(handle) = tick {
+            on_cleanup(move || handle.clear());
+        }
+        now.set(js_sys::Date::now() as i64);
+        connect(&ClientMsg::SubscribeAll, link, move |event| match event {
+            LiveEvent::Message(ServerMsg::Readings { readings }) => {
+                apply_readings(cards, &readings);
+            }
+            LiveEvent::Message(ServerMsg::Stats {
+                counters: c,
+                rejected,
+            }) => {
+                counters.set(c);
+                apply_rejected(cards, &rejected);
+            }
+            LiveEvent::Message(ServerMsg::Lagged { skipped: n }) => {
+                skipped.update(|s| *s += n);
+            }
+            LiveEvent::Opened { .. } => {}
+        });
+    });
+
+    view! {
+        <section class="page-head">
+            <h1>"Fleet"</h1>
+            <LiveBadge state=link skipped/>
+        </section>
+        <CountersBar counters/>
+        <Show
+            when=move || cards.with(|c| !c.is_empty())
+            fallback=|| {
+                view! {
+                    <p class="empty" data-testid="no-devices">
+                        "No devices yet. Publish a reading, for example: "
+                        <code>"mosquitto_pub -p 1883 -t \"sensor/Device001\" -m \"{'temp':22}\""</code>
+                    </p>
+                }
+            }
+        >
+            <ul class="cards" data-testid="devices">
+                <For each=move || cards.get() key=|card| card.id.get_value() let:card>
+                    <DeviceCard card now/>
+                </For>
+            </ul>
+        </Show>
+    }
+}
+
+/// Folds new readings into the cards, adding a card for a device seen for
+/// the first time. Cards stay sorted by device id.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+fn apply_readings(cards: RwSignal<Vec<Card>>, readings: &[crate::model::Reading]) {
+    let mut by_device: HashMap<&str, Vec<&crate::model::Reading>> = HashMap::new();
+    for r in readings {
+        by_device.entry(r.device.as_str()).or_default().push(r);
+    }
+    for (device, rs) in by_device {
+        let existing = cards.with_untracked(|c| {
+            c.iter()
+                .find(|c| c.id.with_value(|id| id == device))
+                .copied()
+        });
+        let card = match existing {
+            Some(card) => card,
+            None => {
+                let card = Card {
+                    id: StoredValue::new(device.to_owned()),
+                    summary: RwSignal::new(DeviceSummary {
+                        id: device.to_owned(),
+                        first_seen: rs.first().map_or(0, |r| r.ts),
+                        last_seen: 0,
+                        latest: Vec::new(),
+                        rejected: 0,
+                    }),
+                };
+                cards.update(|c| {
+                    c.push(card);
+                    c.sort_by(|a, b| a.id.with_value(|x| b.id.with_value(|y| x.cmp(y))));
+                });
+                card
+            }
+        };
+        card.summary.update(|s| {
+            for r in rs {
+                s.apply(r);
+            }
+        });
+    }
+}
+
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+fn apply_rejected(cards: RwSignal<Vec<Card>>, rejected: &[(String, u64)]) {
+    cards.with_untracked(|cards| {
+        for card in cards {
+            let count = card
+                .id
+                .with_value(|id| rejected.iter().find(|(d, _)| d == id).map(|(_, n)| *n));
+            if let Some(n) = count {
+                if card.summary.with_untracked(|s| s.rejected) != n {
+                    card.summary.update(|s| s.rejected = n);
+                }
+            }
+        }
+    });
+}
+
+#[component]
+pub fn CountersBar(counters: RwSignal<Counters>) -> impl IntoView {
+    view! {
+        <dl class="counters" data-testid="counters">
+            <div><dt>"stored"</dt><dd data-testid="stored">{move || counters.with(|c| c.stored)}</dd></div>
+            <div><dt>"rejected"</dt><dd data-testid="rejected-total">{move || counters.with(|c| c.rejected)}</dd></div>
+            <div><dt>"dropped"</dt><dd data-testid="dropped">{move || counters.with(|c| c.dropped)}</dd></div>
+        </dl>
+    }
+}
+
+#[component]
+fn DeviceCard(card: Card, now: RwSignal<i64>) -> impl IntoView {
+    let summary = card.summary;
+    let id = card.id.get_value();
+    let href = format!("/devices/{id}");
+    let online = move || summary.with(|s| format::is_online(s.last_seen, now.get()));
+    view! {
+        <li class="card" data-device=id.clone()>
+            <a href=href class="card-link">
+                <span class="card-head">
+                    <span class=move || if online() { "dot on" } else { "dot off" }
+                        title=move || if online() { "online" } else { "offline" }></span>
+                    <span class="device-id">{id.clone()}</span>
+                </span>
+                <span class="metrics">
+                    {move || {
+                        summary
+                            .with(|s| s.latest.clone())
+                            .into_iter()
+                            .map(|l| {
+                                view! {
+                                    <span class="metric" data-metric=l.metric.clone()>
+                                        <span class="metric-name">{l.metric.clone()}</span>
+                                        <span class="metric-value">{format::value(l.value)}</span>
+                                    </span>
+                                }
+                            })
+                            .collect_view()
+                    }}
+                </span>
+                <span class="card-foot">
+                    "last seen "
+                    <span data-testid="last-seen">{move || format::ago(summary.with(|s| s.last_seen), now.get())}</span>
+                    {move || {
+                        let n = summary.with(|s| s.rejected);
+                        (n > 0).then(|| view! { <span class="rejected">{format!(" · {n} rejected")}</span> })
+                    }}
+                </span>
+            </a>
+        </li>
+    }
+}

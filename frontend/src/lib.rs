@@ -1,0 +1,12 @@
+//! The WASM entry point: hydrates the server-rendered page.
+//!
+//! Leptos' hydration script imports this module and calls [`hydrate`]; no
+//! other code belongs here, so the server and the browser share every
+//! component through the `app` crate.
+
+/// Attaches the app to the server-rendered `<body>`.
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    leptos::mount::hydrate_body(app::App);
+}

@@ -1,0 +1,17 @@
+//! Sightline's database schema as sea-orm migrations. The server runs them
+//! at start, on SQLite and PostgreSQL alike.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261129_000001_readings;
+
+/// Applies every migration in order.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261129_000001_readings::Migration)]
+    }
+}

@@ -1,0 +1,176 @@
+//! The embedded MQTT broker: rumqttd's router and its MQTT 3.1.1 listener,
+//! plus the in-process link through which ingest receives every publish.
+//!
+//! The broker never touches the database. It hands messages to ingest over
+//! rumqttd's local link and nothing else.
+
+use std::net::SocketAddr;
+
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::{ConnectionSettings, LinkType, RouterConfig, Server, ServerSettings};
+use tokio::sync::oneshot;
+
+/// The filter through which ingest sees every publish: readings arrive on
+/// `sensor/...`, and anything on a topic the server does not know is
+/// rejected and counted there, so a misconfigured device is visible instead
+/// of silently ignored.
+pub const INGEST_FILTER: &str = "#";
+
+/// How the broker could fail.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(
+        "cannot listen for MQTT on {addr}: {source} (change --mqtt-addr or SIGHTLINE_MQTT_ADDR)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the MQTT listener thread: {0}")]
+    Thread(std::io::Error),
+    #[error("cannot attach to the broker's router: {0}")]
+    Link(#[from] LinkError),
+    #[error("the MQTT listener stopped: {0}")]
+    Stopped(String),
+}
+
+/// Sizing of the embedded broker.
+#[derive(Clone, Debug)]
+pub struct BrokerSettings {
+    pub listen: SocketAddr,
+    /// The largest MQTT packet the broker accepts at all. Anything larger
+    /// drops the connection inside rumqttd, so this is set well above the
+    /// ingest payload limit: oversized payloads then reach ingest, which
+    /// rejects and counts them.
+    pub max_packet_bytes: usize,
+}
+
+/// A running broker: its router, the ingest link and the listener thread.
+pub struct Broker {
+    /// Makes links to the router. rumqttd does not export the router
+    /// channel's message type, so the channel is captured in a closure.
+    new_link: LinkFactory,
+    /// Fires when the listener stops; `run` treats that as fatal.
+    pub stopped: oneshot::Receiver<String>,
+    /// Dropping this stops the listener thread.
+    _shutdown: oneshot::Sender<()>,
+}
+
+type LinkFactory =
+    Box<dyn Fn(&str) -> Result<(LinkTx, LinkRx, rumqttd::Notification), LinkError> + Send + Sync>;
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Starts the router and the listener. The listen address is checked
+    /// first, because rumqttd binds inside its own thread and would only log
+    /// a taken port.
+    pub fn start(settings: &BrokerSettings) -> Result<Self, BrokerError> {
+        drop(
+            std::net::TcpListener::bind(settings.listen).map_err(|source| BrokerError::Bind {
+                addr: settings.listen,
+                source,
+            })?,
+        );
+
+        let router_tx = rumqttd::Router::new(0, router_config()).spawn();
+        let server = server_settings(settings);
+        let (stop_tx, stop_rx) = oneshot::channel::<String>();
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let new_link: LinkFactory = {
+            let router_tx = router_tx.clone();
+            Box::new(move |id: &str| {
+                LinkBuilder::new(id, router_tx.clone())
+                    .dynamic_filters(true)
+                    .build()
+            })
+        };
+        let listen = server.listen;
+        let server = Server::new(server, router_tx, rumqttd::protocol::v4::V4);
+        std::thread::Builder::new()
+            .name("mqtt-listener".into())
+            .spawn(move || listener_thread(server, listen, shutdown_rx, stop_tx))
+            .map_err(BrokerError::Thread)?;
+        Ok(Self {
+            new_link,
+            stopped: stop_rx,
+            _shutdown: shutdown_tx,
+        })
+    }
+
+    /// Creates an in-process link subscribed to `filter`. Its client id is
+    /// random, so no device can guess it and take the link over.
+    pub fn link(&self, purpose: &str, filter: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
+        let id = format!("sightline-{purpose}-{}", uuid::Uuid::new_v4().simple());
+        let (mut tx, rx, _ack) = (self.new_link)(&id)?;
+        tx.subscribe(filter)?;
+        Ok((tx, rx))
+    }
+}
+
+/// rumqttd keeps each filter's messages in a log of segments until every
+/// subscriber has read them. Modest segments bound that memory (the sample
+/// config's 100 MB x 10 can grow to gigabytes); ingest drains the log
+/// continuously, so 4 x 16 MiB absorbs bursts without holding much.
+fn router_config() -> RouterConfig {
+    RouterConfig {
+        max_connections: 20_010,
+        max_outgoing_packet_count: 200,
+        max_segment_size: 16 * 1024 * 1024,
+        max_segment_count: 4,
+        ..RouterConfig::default()
+    }
+}
+
+fn server_settings(settings: &BrokerSettings) -> ServerSettings {
+    ServerSettings {
+        name: "mqtt-v4".into(),
+        listen: settings.listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: settings.max_packet_bytes,
+            max_inflight_count: 100,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    }
+}
+
+/// Runs rumqttd's listener on a runtime of its own, so its blocking sends to
+/// the router never stall the server's async workers.
+fn listener_thread(
+    mut server: Server<rumqttd::protocol::v4::V4>,
+    listen: SocketAddr,
+    shutdown: oneshot::Receiver<()>,
+    stopped: oneshot::Sender<String>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = stopped.send(format!("cannot build runtime: {e}"));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        tokio::select! {
+            result = server.start(LinkType::Remote) => {
+                let why = match result {
+                    Ok(()) => "listener returned".to_owned(),
+                    Err(e) => format!("{e} on {listen}"),
+                };
+                let _ = stopped.send(why);
+            }
+            _ = shutdown => {}
+        }
+    });
+}

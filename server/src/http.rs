@@ -1,0 +1,186 @@
+//! HTTP: the server-rendered dashboard, its static assets, the JSON API and
+//! the live WebSocket, all on one axum router.
+
+use std::sync::Arc;
+
+use app::api::{Backend, BoxFuture, SharedBackend, RECENT_WINDOW_MS};
+use app::model::{Counters, DeviceDetail, DeviceSummary, Fleet};
+use axum::extract::{FromRef, Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use leptos::config::LeptosOptions;
+use leptos::prelude::provide_context;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use tower_http::services::ServeDir;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::ingest::now_ms;
+use crate::live::{self, Live};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Everything the handlers share.
+#[derive(Clone, Debug, FromRef)]
+pub struct AppState {
+    pub leptos: LeptosOptions,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub live: Live,
+}
+
+/// What an API call can fail with. Clients see a short, fixed message; the
+/// real cause is logged once here.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            Self::NotFound => (StatusCode::NOT_FOUND, "not found"),
+            Self::Store(e) => {
+                tracing::error!("API request failed: {e}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+        };
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}
+
+/// Builds the whole router, so tests can drive it without a socket.
+pub fn router(state: AppState) -> Router {
+    let backend: SharedBackend = Arc::new(PageData {
+        store: state.store.clone(),
+        metrics: state.metrics.clone(),
+    });
+    let routes = generate_route_list(app::App);
+    let leptos = state.leptos.clone();
+    let pkg = ServeDir::new(std::path::Path::new(&*leptos.site_root).join("pkg"));
+
+    let api = Router::new()
+        .route("/api/health", get(health))
+        .route("/api/stats", get(stats))
+        .route("/api/devices", get(devices))
+        .route("/api/devices/{id}", get(device))
+        .with_state(state.clone());
+    let ws = Router::new()
+        .route("/ws", get(live::websocket))
+        .with_state(state.live.clone());
+
+    Router::new()
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            move || provide_context(backend.clone()),
+            move || app::shell(leptos.clone()),
+        )
+        .nest_service(
+            "/pkg",
+            // The bundle keeps fixed names, so browsers must revalidate it
+            // or they would run a stale WASM against a new server.
+            tower::ServiceBuilder::new()
+                .layer(SetResponseHeaderLayer::overriding(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-cache"),
+                ))
+                .service(pkg),
+        )
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(
+            app::shell,
+        ))
+        .with_state(state)
+        .merge(api)
+        .merge(ws)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn stats(State(metrics): State<Arc<Metrics>>) -> Json<Counters> {
+    Json(metrics.snapshot())
+}
+
+async fn devices(State(state): State<AppState>) -> Result<Json<Vec<DeviceSummary>>, HttpError> {
+    let mut list = state.store.devices().await?;
+    for d in &mut list {
+        d.rejected = state.metrics.rejected_for(&d.id);
+    }
+    Ok(Json(list))
+}
+
+async fn device(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceDetail>, HttpError> {
+    let data = PageData {
+        store: state.store.clone(),
+        metrics: state.metrics.clone(),
+    };
+    data.detail(&id, RECENT_WINDOW_MS)
+        .await?
+        .map(Json)
+        .ok_or(HttpError::NotFound)
+}
+
+/// The pages' view of the store and counters.
+struct PageData {
+    store: Store,
+    metrics: Arc<Metrics>,
+}
+
+impl PageData {
+    async fn detail(&self, id: &str, window_ms: i64) -> Result<Option<DeviceDetail>, StoreError> {
+        let now = now_ms();
+        let from = now - window_ms;
+        Ok(self
+            .store
+            .device(id, from)
+            .await?
+            .map(|(mut summary, series)| {
+                summary.rejected = self.metrics.rejected_for(&summary.id);
+                DeviceDetail {
+                    summary,
+                    series,
+                    from,
+                    generated_at: now,
+                }
+            }))
+    }
+}
+
+impl Backend for PageData {
+    fn fleet(&self) -> BoxFuture<'_, Result<Fleet, String>> {
+        Box::pin(async move {
+            let mut devices = self.store.devices().await.map_err(log_for_page)?;
+            for d in &mut devices {
+                d.rejected = self.metrics.rejected_for(&d.id);
+            }
+            Ok(Fleet {
+                devices,
+                counters: self.metrics.snapshot(),
+                generated_at: now_ms(),
+            })
+        })
+    }
+
+    fn device(
+        &self,
+        id: String,
+        window_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<DeviceDetail>, String>> {
+        Box::pin(async move { self.detail(&id, window_ms).await.map_err(log_for_page) })
+    }
+}
+
+/// Logs a store error behind a page and gives the page a neutral message.
+fn log_for_page(e: StoreError) -> String {
+    tracing::error!("page data failed: {e}");
+    "the database is unavailable".to_owned()
+}

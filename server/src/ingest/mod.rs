@@ -1,0 +1,159 @@
+//! Ingest: receives every publish from the embedded broker's
+//! in-process link, decodes it into readings, and queues them for the
+//! batch writer. Bad input is rejected, counted per device and logged at a
+//! bounded rate; it never stops the readings around it.
+
+pub mod decode;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use app::model::Reading;
+use rumqttd::Notification;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, BrokerError, INGEST_FILTER};
+use crate::metrics::{LogLimiter, Metrics};
+use decode::{decode, parse_topic};
+
+/// How ingest could fail.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("cannot attach ingest to the broker: {0}")]
+    Broker(#[from] BrokerError),
+}
+
+/// Decodes messages and hands their readings to the writer.
+pub struct Ingest {
+    metrics: Arc<Metrics>,
+    /// Bounded: when the writer falls behind, readings are dropped and
+    /// counted here rather than piling up in memory or stalling the broker.
+    writer: mpsc::Sender<Vec<Reading>>,
+    max_payload_bytes: usize,
+    reject_log: LogLimiter,
+    drop_log: LogLimiter,
+}
+
+impl Ingest {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        writer: mpsc::Sender<Vec<Reading>>,
+        max_payload_bytes: usize,
+    ) -> Self {
+        Self {
+            metrics,
+            writer,
+            max_payload_bytes,
+            reject_log: LogLimiter::new(20, Duration::from_secs(10)),
+            drop_log: LogLimiter::new(5, Duration::from_secs(10)),
+        }
+    }
+
+    /// Handles one MQTT message received at `now_ms`.
+    pub fn handle(&self, topic: &[u8], payload: &[u8], now_ms: i64) {
+        Metrics::add(&self.metrics.messages, 1);
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            self.reject(None, "<binary topic>", &[decode::Rejection::UnknownTopic]);
+            return;
+        };
+        let route = match parse_topic(topic) {
+            Ok(route) => route,
+            Err(rejection) => {
+                // Attribute the rejection to the device when the topic at
+                // least names a valid one (e.g. `sensor/D1/a/b`).
+                let device = topic
+                    .strip_prefix("sensor/")
+                    .and_then(|rest| rest.split('/').next())
+                    .filter(|d| decode::valid_name(d));
+                self.reject(device, topic, &[rejection]);
+                return;
+            }
+        };
+        let decoded = decode(&route, payload, now_ms, self.max_payload_bytes);
+        if !decoded.rejections.is_empty() {
+            self.reject(Some(route.device), topic, &decoded.rejections);
+        }
+        if decoded.samples.is_empty() {
+            return;
+        }
+        let readings: Vec<Reading> = decoded
+            .samples
+            .into_iter()
+            .map(|s| Reading {
+                device: route.device.to_owned(),
+                metric: s.metric,
+                ts: s.ts,
+                value: s.value,
+            })
+            .collect();
+        let n = readings.len() as u64;
+        Metrics::add(&self.metrics.received, n);
+        if let Err(e) = self.writer.try_send(readings) {
+            Metrics::add(&self.metrics.dropped, n);
+            if let Some(suppressed) = self.drop_log.allow() {
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => "the database writer is saturated",
+                    mpsc::error::TrySendError::Closed(_) => "the database writer has stopped",
+                };
+                tracing::warn!(
+                    device = route.device,
+                    readings = n,
+                    suppressed,
+                    "dropped readings: {why}"
+                );
+            }
+        }
+    }
+
+    fn reject(&self, device: Option<&str>, topic: &str, rejections: &[decode::Rejection]) {
+        self.metrics.reject(device, rejections.len() as u64);
+        if let Some(suppressed) = self.reject_log.allow() {
+            let topic: String = topic.chars().take(128).collect();
+            let reasons: Vec<String> = rejections.iter().map(ToString::to_string).collect();
+            tracing::info!(topic = %topic.escape_debug(), suppressed, "rejected: {}", reasons.join("; "));
+        }
+    }
+}
+
+/// Receives publishes from the broker until `shutdown` fires. If the router
+/// ever drops the link, a new one is made so ingest keeps running.
+pub async fn run(
+    broker: Arc<Broker>,
+    ingest: Ingest,
+    shutdown: CancellationToken,
+) -> Result<(), IngestError> {
+    let (mut _tx, mut rx) = broker.link("ingest", INGEST_FILTER)?;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = rx.next() => next,
+        };
+        match next {
+            Ok(Some(Notification::Forward(forward))) => {
+                let publish = forward.publish;
+                ingest.handle(&publish.topic, &publish.payload, now_ms());
+            }
+            // rumqttd pauses a local link whose buffer filled up; without
+            // this wake-up delivery stalls for good.
+            Ok(Some(Notification::Unschedule)) => {
+                if let Err(e) = rx.wake().await {
+                    tracing::warn!("ingest link lost on wake: {e}; relinking");
+                    (_tx, rx) = broker.link("ingest", INGEST_FILTER)?;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("ingest link lost: {e}; relinking");
+                (_tx, rx) = broker.link("ingest", INGEST_FILTER)?;
+            }
+        }
+    }
+}
+
+/// The wall clock in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

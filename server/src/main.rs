@@ -1,0 +1,147 @@
+//! The `sightline` command line: parses arguments and calls into the
+//! library; nothing else lives here.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use server::config::ServeArgs;
+use server::simulate::{self, SimOptions};
+use server::Listeners;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Sightline: an IoT dashboard with an embedded MQTT broker.
+#[derive(Debug, Parser)]
+#[command(name = "sightline", version, about)]
+struct Cli {
+    /// Log filter, e.g. `info` or `debug,rumqttd=warn` [default: info,rumqttd=off].
+    #[arg(long, env = "SIGHTLINE_LOG", global = true, value_name = "FILTER")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: MQTT broker, ingest, storage, dashboard.
+    Serve(ServeArgs),
+    /// Connect simulated devices to a broker and publish readings.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulateArgs {
+    /// The broker's address.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: std::net::SocketAddr,
+    /// How many devices to connect.
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    /// Messages per second per device (each carries 3 readings).
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Stop after this many seconds; run until Ctrl-C if omitted.
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Prefix of the device ids.
+    #[arg(long, default_value = "sim-")]
+    prefix: String,
+    /// MQTT QoS level, 0 or 1.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = cli.log.as_deref().unwrap_or("info,rumqttd=off");
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Simulate(args) => simulate(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    tracing::debug!(?config, "configuration");
+    let listeners = Listeners::bind(&config).await?;
+    server::run(config, listeners, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let qos = if args.qos == 1 {
+        rumqttc::QoS::AtLeastOnce
+    } else {
+        rumqttc::QoS::AtMostOnce
+    };
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
+    let report = simulate::run(
+        SimOptions {
+            broker: args.broker,
+            devices: args.devices,
+            rate: args.rate,
+            prefix: args.prefix,
+            qos,
+            duration: args.seconds.map(Duration::from_secs),
+        },
+        cancel,
+    )
+    .await;
+    println!(
+        "simulated {} devices: {} messages, {} readings in {:.1} s ({:.0} readings/s sent)",
+        args.devices,
+        report.messages,
+        report.readings,
+        report.elapsed.as_secs_f64(),
+        report.readings_per_sec()
+    );
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,177 @@
+//! Storage: the only module that talks to the database. It opens SQLite or
+//! PostgreSQL through sea-orm, runs the migrations, writes readings in
+//! batched transactions and answers the pages' and API's queries.
+
+mod entity;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use app::model::{DeviceSummary, LatestValue, MetricSeries};
+use migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
+};
+
+use crate::config::redact_url;
+use entity::{device, reading, series};
+
+/// The most points one metric's history returns; the newest are kept. This
+/// bounds a page load even for a device publishing far faster than 1 Hz.
+pub const MAX_HISTORY_POINTS: u64 = 10_000;
+
+/// How storage could fail.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open database {url}: {source} (change --database-url or SIGHTLINE_DATABASE_URL)"
+    )]
+    Open { url: String, source: DbErr },
+    #[error("cannot migrate database {url}: {source}")]
+    Migrate { url: String, source: DbErr },
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+}
+
+/// A handle to the database. Cloning it is cheap and shares the pool.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Connects and brings the schema up to date.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            // sea-orm limits SQLite to one connection unless told otherwise;
+            // WAL lets page reads run beside the writer.
+            .max_connections(8)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10))
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
+                // WAL lets readers proceed during a write transaction, and
+                // NORMAL sync in WAL mode is durable against process crashes
+                // (the common case: a restart) while avoiding an fsync per
+                // commit. busy_timeout covers the moments when two
+                // connections want the write lock.
+                o.create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        let shown = redact_url(url);
+        let db = Database::connect(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: shown.clone(),
+                source,
+            })?;
+        Migrator::up(&db, None)
+            .await
+            .map_err(|source| StoreError::Migrate { url: shown, source })?;
+        Ok(Self { db })
+    }
+
+    /// A writer with its own id caches. There must be only one at a time.
+    pub fn writer(&self) -> writer::Writer {
+        writer::Writer::new(self.db.clone())
+    }
+
+    /// Every device with its latest value per metric, ordered by id.
+    /// Rejection counts are left at zero for the caller to fill in.
+    pub async fn devices(&self) -> Result<Vec<DeviceSummary>, StoreError> {
+        let devices = device::Entity::find()
+            .order_by_asc(device::Column::Name)
+            .all(&self.db)
+            .await?;
+        let mut latest: HashMap<i64, Vec<LatestValue>> = HashMap::new();
+        for s in series::Entity::find()
+            .order_by_asc(series::Column::Metric)
+            .all(&self.db)
+            .await?
+        {
+            latest.entry(s.device_id).or_default().push(latest_value(s));
+        }
+        Ok(devices
+            .into_iter()
+            .map(|d| {
+                let values = latest.remove(&d.id).unwrap_or_default();
+                summary(d, values)
+            })
+            .collect())
+    }
+
+    /// One device with every metric's readings since `from`, or `None` if
+    /// the device has never reported.
+    pub async fn device(
+        &self,
+        name: &str,
+        from: i64,
+    ) -> Result<Option<(DeviceSummary, Vec<MetricSeries>)>, StoreError> {
+        let Some(d) = device::Entity::find()
+            .filter(device::Column::Name.eq(name))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let all_series = series::Entity::find()
+            .filter(series::Column::DeviceId.eq(d.id))
+            .order_by_asc(series::Column::Metric)
+            .all(&self.db)
+            .await?;
+        let mut history = Vec::with_capacity(all_series.len());
+        let mut values = Vec::with_capacity(all_series.len());
+        for s in all_series {
+            let mut points: Vec<(i64, f64)> = reading::Entity::find()
+                .select_only()
+                .column(reading::Column::Ts)
+                .column(reading::Column::Value)
+                .filter(reading::Column::SeriesId.eq(s.id))
+                .filter(reading::Column::Ts.gte(from))
+                .order_by_desc(reading::Column::Ts)
+                .order_by_desc(reading::Column::Id)
+                .limit(MAX_HISTORY_POINTS)
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            points.reverse();
+            history.push(MetricSeries {
+                metric: s.metric.clone(),
+                points,
+            });
+            values.push(latest_value(s));
+        }
+        Ok(Some((summary(d, values), history)))
+    }
+
+    /// How many readings are stored in all.
+    pub async fn count_readings(&self) -> Result<u64, StoreError> {
+        Ok(reading::Entity::find().count(&self.db).await?)
+    }
+}
+
+fn latest_value(s: series::Model) -> LatestValue {
+    LatestValue {
+        metric: s.metric,
+        ts: s.last_ts,
+        value: s.last_value,
+    }
+}
+
+fn summary(d: device::Model, latest: Vec<LatestValue>) -> DeviceSummary {
+    DeviceSummary {
+        id: d.name,
+        first_seen: d.first_seen,
+        last_seen: d.last_seen,
+        latest,
+        rejected: 0,
+    }
+}

@@ -1,0 +1,208 @@
+//! The batch writer: the single task that writes readings. It takes every
+//! message waiting in its queue, writes them in one transaction, and only
+//! then publishes them to live viewers, so what a browser sees is already
+//! durable and a reload shows the same data.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use app::model::Reading;
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::ActiveValue::{NotSet, Set};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TransactionTrait};
+use tokio::sync::{broadcast, mpsc};
+
+use super::entity::{device, reading, series};
+use super::StoreError;
+use crate::live::LiveBatch;
+use crate::metrics::Metrics;
+
+/// Rows per INSERT statement. Three bound values per row keeps a statement
+/// under SQLite's limit of 32,766 parameters.
+const ROWS_PER_INSERT: usize = 10_000;
+
+/// Writes batches of readings, caching device and series ids so that a
+/// steady stream costs one multi-row INSERT per batch plus one small UPDATE
+/// per touched series.
+pub struct Writer {
+    db: DatabaseConnection,
+    devices: HashMap<String, i64>,
+    series: HashMap<(i64, String), i64>,
+}
+
+impl Writer {
+    pub(super) fn new(db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            devices: HashMap::new(),
+            series: HashMap::new(),
+        }
+    }
+
+    /// Writes `batch` in one transaction. Nothing is cached until the commit
+    /// succeeds, so a failed batch can simply be retried.
+    pub async fn write(&mut self, batch: &[Reading]) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        let mut new_devices: HashMap<String, i64> = HashMap::new();
+        let mut new_series: HashMap<(i64, String), i64> = HashMap::new();
+        let mut newest: HashMap<i64, (i64, f64)> = HashMap::new();
+        let mut seen: HashMap<i64, i64> = HashMap::new();
+        let mut rows = Vec::with_capacity(batch.len());
+
+        for r in batch {
+            let device_id = match self.devices.get(&r.device).or(new_devices.get(&r.device)) {
+                Some(id) => *id,
+                None => {
+                    let id = ensure_device(&txn, &r.device, r.ts).await?;
+                    new_devices.insert(r.device.clone(), id);
+                    id
+                }
+            };
+            let key = (device_id, r.metric.clone());
+            let series_id = match self.series.get(&key).or(new_series.get(&key)) {
+                Some(id) => *id,
+                None => {
+                    let id = ensure_series(&txn, device_id, &r.metric, r.ts, r.value).await?;
+                    new_series.insert(key, id);
+                    id
+                }
+            };
+            rows.push(reading::ActiveModel {
+                id: NotSet,
+                series_id: Set(series_id),
+                ts: Set(r.ts),
+                value: Set(r.value),
+            });
+            let entry = newest.entry(series_id).or_insert((r.ts, r.value));
+            if r.ts >= entry.0 {
+                *entry = (r.ts, r.value);
+            }
+            let last = seen.entry(device_id).or_insert(r.ts);
+            *last = (*last).max(r.ts);
+        }
+
+        while !rows.is_empty() {
+            let rest = rows.split_off(rows.len().min(ROWS_PER_INSERT));
+            reading::Entity::insert_many(std::mem::replace(&mut rows, rest))
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        for (series_id, (ts, value)) in newest {
+            series::Entity::update_many()
+                .col_expr(series::Column::LastTs, Expr::value(ts))
+                .col_expr(series::Column::LastValue, Expr::value(value))
+                .filter(series::Column::Id.eq(series_id))
+                .filter(series::Column::LastTs.lte(ts))
+                .exec(&txn)
+                .await?;
+        }
+        for (device_id, ts) in seen {
+            device::Entity::update_many()
+                .col_expr(device::Column::LastSeen, Expr::value(ts))
+                .filter(device::Column::Id.eq(device_id))
+                .filter(device::Column::LastSeen.lt(ts))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        self.devices.extend(new_devices);
+        self.series.extend(new_series);
+        Ok(())
+    }
+}
+
+/// Registers a device on its first message; returns its id either way.
+async fn ensure_device<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    name: &str,
+    ts: i64,
+) -> Result<i64, DbErr> {
+    device::Entity::insert(device::ActiveModel {
+        id: NotSet,
+        name: Set(name.to_owned()),
+        first_seen: Set(ts),
+        last_seen: Set(ts),
+    })
+    .on_conflict(
+        OnConflict::column(device::Column::Name)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    device::Entity::find()
+        .filter(device::Column::Name.eq(name))
+        .one(db)
+        .await?
+        .map(|d| d.id)
+        .ok_or_else(|| DbErr::RecordNotFound(format!("device {name}")))
+}
+
+/// Creates the series of a device's metric on first sight.
+async fn ensure_series<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    device_id: i64,
+    metric: &str,
+    ts: i64,
+    value: f64,
+) -> Result<i64, DbErr> {
+    series::Entity::insert(series::ActiveModel {
+        id: NotSet,
+        device_id: Set(device_id),
+        metric: Set(metric.to_owned()),
+        last_ts: Set(ts),
+        last_value: Set(value),
+    })
+    .on_conflict(
+        OnConflict::columns([series::Column::DeviceId, series::Column::Metric])
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    series::Entity::find()
+        .filter(series::Column::DeviceId.eq(device_id))
+        .filter(series::Column::Metric.eq(metric))
+        .one(db)
+        .await?
+        .map(|s| s.id)
+        .ok_or_else(|| DbErr::RecordNotFound(format!("series {metric}")))
+}
+
+/// Runs the writer until the queue is closed and drained. Every queued
+/// reading is either committed or, if the database keeps failing, retried;
+/// it is never silently discarded.
+pub async fn run(
+    mut writer: Writer,
+    mut queue: mpsc::Receiver<Vec<Reading>>,
+    live: broadcast::Sender<Arc<LiveBatch>>,
+    metrics: Arc<Metrics>,
+    batch_max: usize,
+) {
+    while let Some(mut batch) = queue.recv().await {
+        while batch.len() < batch_max {
+            match queue.try_recv() {
+                Ok(mut more) => batch.append(&mut more),
+                Err(_) => break,
+            }
+        }
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match writer.write(&batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(
+                        "cannot store {} readings, retrying in {delay:?}: {e}",
+                        batch.len()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        Metrics::add(&metrics.stored, batch.len() as u64);
+        // Sending fails only when no viewer is connected, which is fine.
+        let _ = live.send(Arc::new(LiveBatch::new(batch)));
+    }
+}

@@ -1,0 +1,235 @@
+//! Test support: starts the real server on free ports with a temporary
+//! SQLite file, and talks to it with real MQTT, HTTP and WebSocket clients.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use app::model::ServerMsg;
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
+use server::config::Config;
+use server::{Listeners, ServeError};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A running server and what a test needs to reach it.
+pub struct TestServer {
+    pub http: SocketAddr,
+    pub mqtt: SocketAddr,
+    pub database_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+/// A temporary folder for a test's database, removed when dropped.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn sqlite_url(&self) -> String {
+        format!("sqlite://{}?mode=rwc", self.path("test.db").display())
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A port nobody listens on right now. rumqttd binds its own socket, so the
+/// test must pick the port; the window for a clash is tiny.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn test_config(database_url: &str) -> Config {
+    Config {
+        http_addr: "127.0.0.1:0".parse().expect("addr"),
+        mqtt_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        database_url: database_url.to_owned(),
+        site_root: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/site"),
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    /// Starts the server and waits until HTTP and MQTT both answer.
+    pub async fn start(config: Config) -> Self {
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .expect("bind http");
+        let http_addr = http.local_addr().expect("http addr");
+        let listeners = Listeners {
+            http,
+            mqtt: config.mqtt_addr,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let mqtt = config.mqtt_addr;
+        let database_url = config.database_url.clone();
+        let task = tokio::spawn(server::run(config, listeners, async move {
+            let _ = stopped.await;
+        }));
+        let server = Self {
+            http: http_addr,
+            mqtt,
+            database_url,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        wait_for("the HTTP API", || async {
+            server
+                .get("/api/health")
+                .await
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
+        })
+        .await;
+        wait_for("the MQTT listener", || async {
+            tokio::net::TcpStream::connect(mqtt).await.is_ok()
+        })
+        .await;
+        server
+    }
+
+    /// Stops the server gracefully and returns what `run` returned.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// GETs a path and returns the status and body.
+    pub async fn get(&self, path: &str) -> Result<(u16, String), reqwest::Error> {
+        let response = reqwest::get(self.url(path)).await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await?))
+    }
+
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let (status, body) = self.get(path).await.expect("request");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// Opens a live WebSocket with the given subscription message.
+    pub async fn live(&self, subscription: &str) -> Ws {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", self.http))
+            .await
+            .expect("websocket connects");
+        ws.send(Message::Text(subscription.into()))
+            .await
+            .expect("subscribe");
+        ws
+    }
+
+    /// A connected MQTT device.
+    pub async fn device(&self, client_id: &str) -> Device {
+        Device::connect(self.mqtt, client_id).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A real MQTT client whose event loop runs in the background.
+pub struct Device {
+    pub client: AsyncClient,
+    poller: JoinHandle<()>,
+}
+
+impl Device {
+    pub async fn connect(broker: SocketAddr, client_id: &str) -> Self {
+        let mut options = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
+        options.set_keep_alive(Duration::from_secs(10));
+        options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+        let (client, events) = AsyncClient::new(options, 1000);
+        let poller = tokio::spawn(drive(events));
+        Self { client, poller }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("publish queued");
+    }
+
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.poller).await;
+    }
+}
+
+async fn drive(mut events: EventLoop) {
+    loop {
+        match events.poll().await {
+            Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Polls `check` until it holds, failing the test after 15 seconds.
+pub async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads live messages until `pick` returns something, failing after 15 s.
+pub async fn next_matching<T>(ws: &mut Ws, mut pick: impl FnMut(ServerMsg) -> Option<T>) -> T {
+    let deadline = Duration::from_secs(15);
+    tokio::time::timeout(deadline, async {
+        loop {
+            let msg = ws.next().await.expect("socket open").expect("frame");
+            if let Message::Text(text) = msg {
+                let parsed: ServerMsg = serde_json::from_str(&text).expect("server message");
+                if let Some(found) = pick(parsed) {
+                    return found;
+                }
+            }
+        }
+    })
+    .await
+    .expect("expected live message in time")
+}

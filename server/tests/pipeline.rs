@@ -1,0 +1,351 @@
+//! The whole path, end to end: a real MQTT client publishes to the embedded
+//! broker, the reading lands in a real SQLite file, and a real WebSocket
+//! client receives it live.
+
+mod common;
+
+use app::model::{Counters, DeviceDetail, DeviceSummary, Reading, ServerMsg};
+use common::{next_matching, test_config, wait_for, Scratch, TestServer};
+use server::store::Store;
+
+fn readings_of(msg: ServerMsg) -> Option<Vec<Reading>> {
+    match msg {
+        ServerMsg::Readings { readings } => Some(readings),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn seed_publish_is_stored_and_pushed_live() {
+    let scratch = Scratch::new();
+    let server = TestServer::start(test_config(&scratch.sqlite_url())).await;
+    let mut viewer = server.live(r#"{"type":"subscribe_all"}"#).await;
+    let mut device_viewer = server
+        .live(r#"{"type":"subscribe","devices":["Device001"]}"#)
+        .await;
+    let mut other_viewer = server
+        .live(r#"{"type":"subscribe","devices":["Other"]}"#)
+        .await;
+
+    let device = server.device("Device001").await;
+    device.publish("sensor/Device001", "{'temp':22}").await;
+
+    let live = next_matching(&mut viewer, readings_of).await;
+    assert_eq!(live.len(), 1);
+    assert_eq!(
+        (
+            live[0].device.as_str(),
+            live[0].metric.as_str(),
+            live[0].value
+        ),
+        ("Device001", "temp", 22.0)
+    );
+    let ts = live[0].ts;
+    let now = server::ingest::now_ms();
+    assert!(
+        (now - ts).abs() < 10_000,
+        "receive time is used when no ts is sent"
+    );
+    assert_eq!(next_matching(&mut device_viewer, readings_of).await, live);
+
+    // The reading is already committed when it is pushed.
+    let store = Store::open(&server.database_url)
+        .await
+        .expect("open the same file");
+    let (summary, series) = store
+        .device("Device001", 0)
+        .await
+        .expect("query")
+        .expect("device exists");
+    assert_eq!(summary.latest.len(), 1);
+    assert_eq!(
+        (summary.latest[0].metric.as_str(), summary.latest[0].value),
+        ("temp", 22.0)
+    );
+    assert_eq!(series[0].points, vec![(ts, 22.0)]);
+
+    // A viewer subscribed to another device gets counters but no readings.
+    let got = next_matching(&mut other_viewer, |m| match m {
+        ServerMsg::Readings { readings } => Some(Err(readings)),
+        ServerMsg::Stats { counters, .. } if counters.stored >= 1 => Some(Ok(counters)),
+        _ => None,
+    })
+    .await;
+    assert!(
+        got.is_ok(),
+        "foreign readings leaked to a subscriber: {got:?}"
+    );
+
+    // Several metrics, a device timestamp and a bare number on a metric topic.
+    device
+        .publish(
+            "sensor/Device001",
+            r#"{"temp":22.5,"hum":41,"ts":1767225600000}"#,
+        )
+        .await;
+    device.publish("sensor/Device001/pressure", "1013.2").await;
+    wait_for("four stored readings", || async {
+        store.count_readings().await.expect("count") == 4
+    })
+    .await;
+    let devices: Vec<DeviceSummary> = server.get_json("/api/devices").await;
+    assert_eq!(devices.len(), 1);
+    let metrics: Vec<(&str, f64)> = devices[0]
+        .latest
+        .iter()
+        .map(|l| (l.metric.as_str(), l.value))
+        .collect();
+    // `temp` keeps 22: the device's own 2026-01-01 timestamp is older than
+    // the first reading, so it does not replace the latest value.
+    assert_eq!(
+        metrics,
+        vec![("hum", 41.0), ("pressure", 1013.2), ("temp", 22.0)]
+    );
+    let detail: DeviceDetail = server.get_json("/api/devices/Device001").await;
+    let hum = detail
+        .series
+        .iter()
+        .find(|s| s.metric == "hum")
+        .expect("hum series");
+    assert!(
+        hum.points.is_empty(),
+        "a reading dated 2026-01-01 is outside the 15 minute window"
+    );
+
+    device.disconnect().await;
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_counted_and_never_costs_good_readings() {
+    let scratch = Scratch::new();
+    let mut config = test_config(&scratch.sqlite_url());
+    config.max_payload_bytes = 1024;
+    let server = TestServer::start(config).await;
+    let device = server.device("Device001").await;
+
+    // (topic, payload, good readings, rejections), interleaved on purpose.
+    let oversized = format!("{{\"temp\":1,\"pad\":\"{}\"}}", "x".repeat(2000));
+    let cases: Vec<(&str, String, u64, u64)> = vec![
+        ("sensor/Device001", "{'temp':20}".into(), 1, 0),
+        ("sensor/Device001", "{not json".into(), 0, 1),
+        ("sensor/Device001", "{'temp':21}".into(), 1, 0),
+        ("sensor/Device001/temp", "NaN".into(), 0, 1),
+        ("sensor/Device001", r#"{"temp":1e999}"#.into(), 0, 1),
+        ("sensor/Device001", oversized, 0, 1),
+        (
+            "sensor/Device001",
+            r#"{"temp":22,"mode":"eco","<script>":1}"#.into(),
+            1,
+            2,
+        ),
+        ("sensor/Device001/a/b", "1".into(), 0, 1),
+        (
+            "sensor/Device001",
+            r#"{"temp":23,"ts":1700000000}"#.into(),
+            0,
+            1,
+        ),
+        ("sensor/Device001", "\u{0}\u{1}binary".into(), 0, 1),
+        ("other/topic", "1".into(), 0, 1),
+        ("sensor/Device001", "{'temp':24}".into(), 1, 0),
+    ];
+    let mut good = 0;
+    let mut rejected = 0;
+    for (topic, payload, g, r) in &cases {
+        device.publish(topic, payload.clone()).await;
+        good += g;
+        rejected += r;
+    }
+    wait_for("every message to be handled", || async {
+        let c: Counters = server.get_json("/api/stats").await;
+        c.messages == cases.len() as u64 && c.stored == good
+    })
+    .await;
+    let counters: Counters = server.get_json("/api/stats").await;
+    assert_eq!(
+        counters,
+        Counters {
+            messages: cases.len() as u64,
+            received: good,
+            stored: good,
+            rejected,
+            dropped: 0
+        }
+    );
+    let devices: Vec<DeviceSummary> = server.get_json("/api/devices").await;
+    // Everything but the message on `other/topic` names Device001.
+    assert_eq!(devices[0].rejected, rejected - 1);
+    assert_eq!(
+        devices[0].latest[0].value, 24.0,
+        "the last good reading is latest"
+    );
+
+    let store = Store::open(&server.database_url).await.expect("open");
+    let (_, series) = store
+        .device("Device001", 0)
+        .await
+        .expect("query")
+        .expect("device");
+    let values: Vec<f64> = series[0].points.iter().map(|p| p.1).collect();
+    assert_eq!(values, vec![20.0, 21.0, 22.0, 24.0]);
+
+    // The server keeps serving pages after all of that.
+    let (status, page) = server.get("/devices/Device001").await.expect("page");
+    assert_eq!(status, 200);
+    assert!(page.contains("rejected"), "the page shows rejections");
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn readings_survive_a_restart() {
+    let scratch = Scratch::new();
+    let config = test_config(&scratch.sqlite_url());
+    let server = TestServer::start(config.clone()).await;
+    let device = server.device("Device001").await;
+    for i in 0..50 {
+        device
+            .publish("sensor/Device001", format!("{{\"temp\":{i}}}"))
+            .await;
+    }
+    // Stop as soon as the broker has the messages; the graceful shutdown
+    // must still commit everything that ingest accepted.
+    wait_for("ingest to receive all 50", || async {
+        let c: Counters = server.get_json("/api/stats").await;
+        c.received == 50
+    })
+    .await;
+    device.disconnect().await;
+    server.stop().await.expect("clean shutdown");
+
+    let mut again = test_config(&scratch.sqlite_url());
+    again.site_root = config.site_root;
+    let server = TestServer::start(again).await;
+    let detail: DeviceDetail = server.get_json("/api/devices/Device001").await;
+    assert_eq!(detail.series[0].points.len(), 50);
+    assert_eq!(detail.summary.latest[0].value, 49.0);
+    let (_, page) = server.get("/devices/Device001").await.expect("page");
+    assert!(
+        page.contains(">49<"),
+        "the server-rendered page shows the stored value"
+    );
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn pages_show_real_values_before_any_script_runs() {
+    let scratch = Scratch::new();
+    let server = TestServer::start(test_config(&scratch.sqlite_url())).await;
+    let (status, empty) = server.get("/").await.expect("fleet page");
+    assert_eq!(status, 200);
+    assert!(empty.contains("No devices yet"));
+
+    let device = server.device("Device001").await;
+    device
+        .publish("sensor/Device001", r#"{"temp":22.25,"hum":41}"#)
+        .await;
+    wait_for("the reading to be stored", || async {
+        let c: Counters = server.get_json("/api/stats").await;
+        c.stored == 2
+    })
+    .await;
+    let (_, fleet) = server.get("/").await.expect("fleet page");
+    for needle in [
+        "Device001",
+        "22.25",
+        "41",
+        "/pkg/frontend.js",
+        "/pkg/echarts.min.js",
+    ] {
+        assert!(fleet.contains(needle), "fleet page lacks {needle:?}");
+    }
+    let (_, page) = server.get("/devices/Device001").await.expect("device page");
+    for needle in [
+        "Device001",
+        "temp",
+        "hum",
+        "22.25",
+        "<polyline",
+        "data-points=\"1\"",
+    ] {
+        assert!(page.contains(needle), "device page lacks {needle:?}");
+    }
+    let (status, _) = server
+        .get("/devices/Nobody")
+        .await
+        .expect("unknown device page");
+    assert_eq!(status, 200, "an unknown device renders a friendly page");
+    let (status, _) = server
+        .get("/api/devices/Nobody")
+        .await
+        .expect("unknown device api");
+    assert_eq!(status, 404);
+    device.disconnect().await;
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn startup_errors_name_the_cause_and_the_option() {
+    let scratch = Scratch::new();
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut config = test_config(&scratch.sqlite_url());
+    config.mqtt_addr = taken.local_addr().expect("addr");
+    let listeners = server::Listeners::bind(&config).await.expect("http binds");
+    let err = server::run(config, listeners, std::future::pending())
+        .await
+        .expect_err("port taken");
+    let text = err.to_string();
+    assert!(
+        text.contains("--mqtt-addr") && text.contains("in use"),
+        "{text}"
+    );
+
+    let mut config = test_config(&scratch.sqlite_url());
+    config.http_addr = taken.local_addr().expect("addr");
+    let text = server::Listeners::bind(&config)
+        .await
+        .expect_err("port taken")
+        .to_string();
+    assert!(
+        text.contains("--http-addr") && text.contains("in use"),
+        "{text}"
+    );
+
+    let config = test_config("sqlite:///nonexistent-dir/sub/x.db?mode=rwc");
+    let listeners = server::Listeners::bind(&config).await.expect("http binds");
+    let text = server::run(config, listeners, std::future::pending())
+        .await
+        .expect_err("no such folder")
+        .to_string();
+    assert!(
+        text.contains("--database-url") && text.contains("unable to open"),
+        "{text}"
+    );
+    assert!(!text.contains('\n'), "one line: {text}");
+}
+
+/// The same path against PostgreSQL. CI starts a server and sets
+/// `SIGHTLINE_TEST_POSTGRES_URL`; elsewhere the test says it was skipped.
+#[tokio::test]
+async fn postgres_stores_and_serves_readings() {
+    let Ok(url) = std::env::var("SIGHTLINE_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: SIGHTLINE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let server = TestServer::start(test_config(&url)).await;
+    let name = format!("pg-{}", std::process::id());
+    let device = server.device(&name).await;
+    device
+        .publish(&format!("sensor/{name}"), "{'temp':22,'hum':40.5}")
+        .await;
+    let store = Store::open(&url).await.expect("open postgres");
+    wait_for("rows in PostgreSQL", || async {
+        matches!(store.device(&name, 0).await, Ok(Some((s, _))) if s.latest.len() == 2)
+    })
+    .await;
+    let detail: DeviceDetail = server.get_json(&format!("/api/devices/{name}")).await;
+    assert_eq!(detail.summary.latest[1].value, 22.0);
+    device.disconnect().await;
+    server.stop().await.expect("clean shutdown");
+}
