@@ -94,9 +94,15 @@ fn mount_echarts(
     let instance = StoredValue::new_local(None::<charming::Echarts>);
     let pending = SendWrapper::new(Rc::new(Cell::new(false)));
 
+    // A redraw may be scheduled just before the page navigates away, so
+    // every access tolerates signals that have been disposed.
     let draw = move || {
-        let chart = points.with_untracked(|p| build(&metric, p, now.get_untracked(), window_ms));
-        instance.update_value(|slot| match slot {
+        let Some(chart) = points.try_with_untracked(|p| {
+            build(&metric, p, now.try_get_untracked().unwrap_or_default(), window_ms)
+        }) else {
+            return;
+        };
+        instance.try_update_value(|slot| match slot {
             Some(ec) => WasmRenderer::update(ec, &chart),
             None => {
                 match WasmRenderer::new_opt(None, None)

@@ -9,6 +9,10 @@
 //! - [`live`]: the browser's WebSocket client.
 //! - [`format`]: number and time formatting that is identical on both sides.
 
+// Leptos views are deeply nested types; computing their layout for
+// hydration needs more than the default recursion depth.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod chart;
 pub mod format;
@@ -19,7 +23,7 @@ pub mod pages;
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Title};
 use leptos_router::components::{Route, Router, Routes, A};
-use leptos_router::path;
+use leptos_router::{path, SsrMode};
 
 /// The HTML document around the app. Only the server renders it; the
 /// browser hydrates `<body>`, which must therefore contain exactly `<App/>`.
@@ -59,8 +63,10 @@ pub fn App() -> impl IntoView {
             </header>
             <main>
                 <Routes fallback=|| view! { <p class="empty">"Page not found."</p> }>
-                    <Route path=path!("/") view=pages::fleet::FleetPage/>
-                    <Route path=path!("/devices/:id") view=pages::device::DevicePage/>
+                    // Async rendering sends each page complete, so it shows
+                    // real values even where scripts never run.
+                    <Route path=path!("/") view=pages::fleet::FleetPage ssr=SsrMode::Async/>
+                    <Route path=path!("/devices/:id") view=pages::device::DevicePage ssr=SsrMode::Async/>
                 </Routes>
             </main>
         </Router>

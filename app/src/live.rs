@@ -107,10 +107,19 @@ mod client {
         on_cleanup(move || {
             link.closed.set(true);
             if let Some(socket) = link.socket.borrow_mut().take() {
+                // Detach the callbacks first: the browser fires `close`
+                // after this returns, when the closures are already gone.
+                detach(&socket);
                 let _ = socket.close();
             }
             link.handlers.borrow_mut().clear();
         });
+    }
+
+    fn detach(socket: &web_sys::WebSocket) {
+        socket.set_onopen(None);
+        socket.set_onmessage(None);
+        socket.set_onclose(None);
     }
 
     fn socket_url() -> Option<String> {
@@ -164,6 +173,9 @@ mod client {
             }
         });
 
+        if let Some(old) = link.socket.borrow_mut().take() {
+            detach(&old);
+        }
         socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));

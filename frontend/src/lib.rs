@@ -4,6 +4,10 @@
 //! other code belongs here, so the server and the browser share every
 //! component through the `app` crate.
 
+// Leptos views are deeply nested types; computing their layout for
+// hydration needs more than the default recursion depth.
+#![recursion_limit = "256"]
+
 /// Attaches the app to the server-rendered `<body>`.
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
