@@ -98,7 +98,12 @@ fn mount_echarts(
     // every access tolerates signals that have been disposed.
     let draw = move || {
         let Some(chart) = points.try_with_untracked(|p| {
-            build(&metric, p, now.try_get_untracked().unwrap_or_default(), window_ms)
+            build(
+                &metric,
+                p,
+                now.try_get_untracked().unwrap_or_default(),
+                window_ms,
+            )
         }) else {
             return;
         };

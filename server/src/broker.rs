@@ -28,8 +28,9 @@ pub enum BrokerError {
     },
     #[error("cannot start the MQTT listener thread: {0}")]
     Thread(std::io::Error),
+    /// rumqttd's `LinkError` is large, so only its message is kept.
     #[error("cannot attach to the broker's router: {0}")]
-    Link(#[from] LinkError),
+    Link(String),
     #[error("the MQTT listener stopped: {0}")]
     Stopped(String),
 }
@@ -56,8 +57,7 @@ pub struct Broker {
     _shutdown: oneshot::Sender<()>,
 }
 
-type LinkFactory =
-    Box<dyn Fn(&str) -> Result<(LinkTx, LinkRx, rumqttd::Notification), LinkError> + Send + Sync>;
+type LinkFactory = Box<dyn Fn(&str) -> Result<(LinkTx, LinkRx), BrokerError> + Send + Sync>;
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,6 +87,8 @@ impl Broker {
                 LinkBuilder::new(id, router_tx.clone())
                     .dynamic_filters(true)
                     .build()
+                    .map(|(tx, rx, _ack)| (tx, rx))
+                    .map_err(link_error)
             })
         };
         let listen = server.listen;
@@ -106,10 +108,14 @@ impl Broker {
     /// random, so no device can guess it and take the link over.
     pub fn link(&self, purpose: &str, filter: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
         let id = format!("sightline-{purpose}-{}", uuid::Uuid::new_v4().simple());
-        let (mut tx, rx, _ack) = (self.new_link)(&id)?;
-        tx.subscribe(filter)?;
+        let (mut tx, rx) = (self.new_link)(&id)?;
+        tx.subscribe(filter).map_err(link_error)?;
         Ok((tx, rx))
     }
+}
+
+fn link_error(e: LinkError) -> BrokerError {
+    BrokerError::Link(e.to_string())
 }
 
 /// rumqttd keeps each filter's messages in a log of segments until every

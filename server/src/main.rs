@@ -109,6 +109,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             prefix: args.prefix,
             qos,
             duration: args.seconds.map(Duration::from_secs),
+            backfill: None,
         },
         cancel,
     )

@@ -24,6 +24,9 @@ pub struct SimOptions {
     pub qos: QoS,
     /// Stop after this long; `None` runs until cancelled.
     pub duration: Option<Duration>,
+    /// Before going live, publish this much history (with explicit `ts`),
+    /// so a demo's charts are full from the first page load.
+    pub backfill: Option<Duration>,
 }
 
 impl SimOptions {
@@ -36,6 +39,7 @@ impl SimOptions {
             prefix: "demo-".into(),
             qos: QoS::AtMostOnce,
             duration: None,
+            backfill: Some(Duration::from_secs(15 * 60)),
         }
     }
 }
@@ -60,6 +64,27 @@ const METRICS: [(&str, f64, f64); 3] = [
     ("hum", 45.0, 10.0),
     ("co2", 600.0, 150.0),
 ];
+
+/// Advances each metric's random walk and renders one JSON payload, with
+/// an explicit `ts` when given.
+fn next_payload(rng: &mut StdRng, values: &mut [f64], ts: Option<i64>) -> String {
+    let mut payload = String::from("{");
+    for (i, (name, centre, spread)) in METRICS.iter().enumerate() {
+        // A random walk pulled back towards the centre looks like a real
+        // sensor drifting around its set point.
+        let v = &mut values[i];
+        *v += (rng.random::<f64>() - 0.5) * spread * 0.1 + (centre - *v) * 0.05;
+        if i > 0 {
+            payload.push(',');
+        }
+        payload.push_str(&format!("\"{name}\":{:.2}", *v));
+    }
+    if let Some(ts) = ts {
+        payload.push_str(&format!(",\"ts\":{ts}"));
+    }
+    payload.push('}');
+    payload
+}
 
 /// Maps a wildcard listen address to loopback, so that a server listening
 /// on `0.0.0.0` can be reached by clients in the same process.
@@ -127,27 +152,34 @@ async fn device(id: String, opts: SimOptions, sent: Arc<AtomicU64>, stop: Cancel
     let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let mut values: Vec<f64> = METRICS.iter().map(|(_, centre, _)| *centre).collect();
+    let topic = format!("sensor/{id}");
+
+    if let Some(history) = opts.backfill {
+        let now = crate::ingest::now_ms();
+        let step = period.as_millis().max(1) as i64;
+        let mut ts = now - history.as_millis() as i64;
+        while ts < now && !stop.is_cancelled() {
+            let payload = next_payload(&mut rng, &mut values, Some(ts));
+            if client
+                .publish(&topic, opts.qos, false, payload)
+                .await
+                .is_ok()
+            {
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            ts += step;
+        }
+    }
+
     tokio::time::sleep(period.mul_f64(rng.random::<f64>())).await;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let topic = format!("sensor/{id}");
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let mut payload = String::from("{");
-        for (i, (name, centre, spread)) in METRICS.iter().enumerate() {
-            // A random walk pulled back towards the centre looks like a
-            // real sensor drifting around its set point.
-            let v = &mut values[i];
-            *v += (rng.random::<f64>() - 0.5) * spread * 0.1 + (centre - *v) * 0.05;
-            if i > 0 {
-                payload.push(',');
-            }
-            payload.push_str(&format!("\"{name}\":{:.2}", *v));
-        }
-        payload.push('}');
+        let payload = next_payload(&mut rng, &mut values, None);
         if client
             .publish(&topic, opts.qos, false, payload)
             .await

@@ -250,7 +250,10 @@ async fn pages_show_real_values_before_any_script_runs() {
     })
     .await;
     let (_, fleet) = server.get("/").await.expect("fleet page");
-    assert!(!fleet.contains("<template"), "content is inline, not streamed for a script to move");
+    assert!(
+        !fleet.contains("<template"),
+        "content is inline, not streamed for a script to move"
+    );
     for needle in [
         "Device001",
         "22.25",

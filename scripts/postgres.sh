@@ -1,0 +1,25 @@
+# Starts a throwaway PostgreSQL on loopback for the integration tests and
+# exports SIGHTLINE_TEST_POSTGRES_URL; sourced by test.sh.
+
+PG_PORT="${PG_PORT:-55432}"
+
+start_postgres() {
+  local bin
+  bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+  PG_BIN="$bin"
+  PG_DATA="$(mktemp -d /tmp/sightline-pg.XXXXXX)"
+  chown postgres "$PG_DATA"
+  # PostgreSQL refuses to run as root, hence its own user.
+  su postgres -c "$bin/initdb -D $PG_DATA -A trust -U postgres" >/dev/null
+  su postgres -c "$bin/pg_ctl -D $PG_DATA -l $PG_DATA/log -w -o '-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1' start" >/dev/null
+  su postgres -c "$bin/createdb -h 127.0.0.1 -p $PG_PORT sightline_test"
+  export SIGHTLINE_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/sightline_test"
+  echo "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
+}
+
+stop_postgres() {
+  if [[ -n "${PG_DATA:-}" ]]; then
+    su postgres -c "$PG_BIN/pg_ctl -D $PG_DATA -m fast -w stop" >/dev/null 2>&1 || true
+    rm -rf "$PG_DATA"
+  fi
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need, and only what is
+# missing: Debian packages, the wasm target, pinned wasm-bindgen and trunk,
+# and the npm packages (Playwright, binaryen's wasm-opt, ECharts).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+
+WASM_BINDGEN_VERSION=0.2.130
+TRUNK_VERSION=0.21.14
+
+need_apt=()
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+if ((${#need_apt[@]})); then
+  echo "setup: installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  rustup target add wasm32-unknown-unknown
+fi
+
+mkdir -p "$SIGHTLINE_TOOLS"
+if [[ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $WASM_BINDGEN_VERSION" ]]; then
+  # No --locked: its lockfile wants a webpki-roots the registry lacks.
+  cargo install --root "$SIGHTLINE_TOOLS" wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+fi
+if [[ "$(trunk --version 2>/dev/null)" != "trunk $TRUNK_VERSION" ]]; then
+  cargo install --root "$SIGHTLINE_TOOLS" "trunk@$TRUNK_VERSION" --locked
+fi
+
+if [[ ! -x "$ROOT/end2end/node_modules/.bin/wasm-opt" || ! -d "$ROOT/end2end/node_modules/@playwright/test" ]]; then
+  (cd "$ROOT/end2end" && npm ci --no-audit --no-fund)
+fi

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# README command 2, and what CI runs: formatting, lints, unit and
+# integration tests (SQLite and a real PostgreSQL), then the browser tests
+# against the release binary in Debian's Chromium.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+"$ROOT/scripts/setup.sh"
+cd "$ROOT"
+
+step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
+
+step "format"
+cargo fmt --all --check
+
+step "clippy: server side"
+cargo clippy --all-targets -- -D warnings
+step "clippy: browser side"
+cargo clippy -p frontend -p app --features app/hydrate --target wasm32-unknown-unknown -- -D warnings
+
+step "PostgreSQL"
+source "$ROOT/scripts/postgres.sh"
+start_postgres
+trap stop_postgres EXIT
+
+step "unit and integration tests"
+# Release profile: the tests share compiled dependencies with the binary
+# that the browser tests run, so CI compiles them only once.
+cargo test --release --workspace --exclude frontend
+
+step "build: server and hydrate bundle"
+cargo build --release -p server
+trunk build --skip-version-check
+
+step "browser tests"
+(cd end2end && npx playwright test)
+
+step "all tests passed"
