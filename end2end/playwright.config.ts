@@ -20,7 +20,7 @@ function server(name: string, http: number, mqtt: number) {
     url: `http://127.0.0.1:${http}/api/health`,
     reuseExistingServer: false,
     timeout: 30_000,
-    stdout: 'pipe' as const,
+    stdout: 'ignore' as const,
     stderr: 'pipe' as const,
   };
 }
