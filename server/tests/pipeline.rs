@@ -353,3 +353,44 @@ async fn postgres_stores_and_serves_readings() {
     device.disconnect().await;
     server.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn a_viewer_that_stops_reading_is_told_it_lagged_and_never_slows_ingest() {
+    let scratch = Scratch::new();
+    let mut config = test_config(&scratch.sqlite_url());
+    config.live_buffer = 2;
+    let server = TestServer::start(config).await;
+    let mut slow = server.live(r#"{"type":"subscribe_all"}"#).await;
+    let device = server.device("Flood").await;
+    device.publish("sensor/Flood", "{'warm':1}").await;
+    next_matching(&mut slow, readings_of).await;
+
+    // From here on the viewer reads nothing while about 20 MB of live
+    // updates are produced: far more than socket buffers and the two-batch
+    // ring can hold.
+    let fields: Vec<String> = (0..200)
+        .map(|i| format!("\"metric_with_a_deliberately_long_name_to_fill_buffers_{i:03}\":{i}"))
+        .collect();
+    let payload = format!("{{{}}}", fields.join(","));
+    let messages = 1000u64;
+    for _ in 0..messages {
+        device.publish("sensor/Flood", payload.clone()).await;
+    }
+    let expected = 1 + messages * 200;
+    wait_for("every reading to be stored", || async {
+        let c: Counters = server.get_json("/api/stats").await;
+        c.stored == expected
+    })
+    .await;
+    let counters: Counters = server.get_json("/api/stats").await;
+    assert_eq!(counters.dropped, 0, "a stalled viewer must not cost readings");
+
+    let skipped = next_matching(&mut slow, |m| match m {
+        ServerMsg::Lagged { skipped } => Some(skipped),
+        _ => None,
+    })
+    .await;
+    assert!(skipped > 0);
+    device.disconnect().await;
+    server.stop().await.expect("clean shutdown");
+}
