@@ -2,7 +2,9 @@
 //!
 //! Readings reference a series id rather than repeating device and metric
 //! names, which keeps each row to three numbers and makes the
-//! `(series_id, ts)` index the natural path for every chart query.
+//! `(series_id, ts)` index the natural path for every chart query. The
+//! latest value and "last seen" are read from that index too, rather than
+//! kept in columns that every batch would have to update.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{big_integer, big_pk_auto, double, string, string_uniq};
@@ -16,7 +18,6 @@ enum Device {
     Id,
     Name,
     FirstSeen,
-    LastSeen,
 }
 
 #[derive(DeriveIden)]
@@ -25,8 +26,6 @@ enum Series {
     Id,
     DeviceId,
     Metric,
-    LastTs,
-    LastValue,
 }
 
 #[derive(DeriveIden)]
@@ -49,7 +48,6 @@ impl MigrationTrait for Migration {
                     .col(big_pk_auto(Device::Id))
                     .col(string_uniq(Device::Name))
                     .col(big_integer(Device::FirstSeen))
-                    .col(big_integer(Device::LastSeen))
                     .to_owned(),
             )
             .await?;
@@ -61,8 +59,6 @@ impl MigrationTrait for Migration {
                     .col(big_pk_auto(Series::Id))
                     .col(big_integer(Series::DeviceId))
                     .col(string(Series::Metric))
-                    .col(big_integer(Series::LastTs))
-                    .col(double(Series::LastValue))
                     .foreign_key(
                         ForeignKey::create()
                             .from(Series::Table, Series::DeviceId)

@@ -118,15 +118,18 @@ fn link_error(e: LinkError) -> BrokerError {
     BrokerError::Link(e.to_string())
 }
 
-/// rumqttd keeps each filter's messages in a log of segments until every
-/// subscriber has read them. Modest segments bound that memory (the sample
-/// config's 100 MB x 10 can grow to gigabytes); ingest drains the log
-/// continuously, so 4 x 16 MiB absorbs bursts without holding much.
+/// rumqttd keeps each filter's messages in a log of segments and drops the
+/// oldest segment when the log is full, consumed or not, so the log is
+/// always full at steady state and its size is the broker's memory. Its
+/// accounting counts only topic and payload bytes, while each retained
+/// message really costs several times that, so the log is kept small:
+/// ingest reads it continuously, and 4 x 2 MiB still holds about 100,000
+/// typical messages of slack for a stall.
 fn router_config() -> RouterConfig {
     RouterConfig {
         max_connections: 20_010,
         max_outgoing_packet_count: 200,
-        max_segment_size: 16 * 1024 * 1024,
+        max_segment_size: 2 * 1024 * 1024,
         max_segment_count: 4,
         ..RouterConfig::default()
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, QoS};
 use tokio_util::sync::CancellationToken;
 
 /// What to simulate.
@@ -136,12 +136,23 @@ async fn device(id: String, opts: SimOptions, sent: Arc<AtomicU64>, stop: Cancel
     let mut mqtt = MqttOptions::new(id.clone(), broker.ip().to_string(), broker.port());
     mqtt.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(mqtt, 64);
+    // Count a message as sent when it leaves for the socket, not when it is
+    // queued, and keep polling until the DISCONNECT has gone out, so that
+    // a run's report matches what the broker received.
     let poll_stop = stop.clone();
+    let counted = sent.clone();
     let poller = tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = poll_stop.cancelled() => break,
-                event = events.poll() => if let Err(e) = event {
+            match events.poll().await {
+                Ok(Event::Outgoing(Outgoing::Publish(_))) => {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    if poll_stop.is_cancelled() {
+                        break;
+                    }
                     tracing::debug!("simulated device connection: {e}; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -163,9 +174,9 @@ async fn device(id: String, opts: SimOptions, sent: Arc<AtomicU64>, stop: Cancel
             if client
                 .publish(&topic, opts.qos, false, payload)
                 .await
-                .is_ok()
+                .is_err()
             {
-                sent.fetch_add(1, Ordering::Relaxed);
+                break;
             }
             ts += step;
         }
@@ -183,12 +194,11 @@ async fn device(id: String, opts: SimOptions, sent: Arc<AtomicU64>, stop: Cancel
         if client
             .publish(&topic, opts.qos, false, payload)
             .await
-            .is_ok()
+            .is_err()
         {
-            sent.fetch_add(1, Ordering::Relaxed);
+            break;
         }
     }
     let _ = client.disconnect().await;
-    // Give the event loop a moment to flush the DISCONNECT.
-    let _ = tokio::time::timeout(Duration::from_millis(200), poller).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
 }

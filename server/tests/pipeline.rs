@@ -383,7 +383,10 @@ async fn a_viewer_that_stops_reading_is_told_it_lagged_and_never_slows_ingest() 
     })
     .await;
     let counters: Counters = server.get_json("/api/stats").await;
-    assert_eq!(counters.dropped, 0, "a stalled viewer must not cost readings");
+    assert_eq!(
+        counters.dropped, 0,
+        "a stalled viewer must not cost readings"
+    );
 
     let skipped = next_matching(&mut slow, |m| match m {
         ServerMsg::Lagged { skipped } => Some(skipped),

@@ -12,7 +12,6 @@ pub mod device {
         #[sea_orm(unique)]
         pub name: String,
         pub first_seen: i64,
-        pub last_seen: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -22,8 +21,7 @@ pub mod device {
 }
 
 pub mod series {
-    //! One metric of one device, with its newest value so that "latest
-    //! values" never has to scan readings.
+    //! One metric of one device.
     use sea_orm::entity::prelude::*;
 
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
@@ -33,8 +31,6 @@ pub mod series {
         pub id: i64,
         pub device_id: i64,
         pub metric: String,
-        pub last_ts: i64,
-        pub last_value: f64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

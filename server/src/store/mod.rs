@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use app::model::{DeviceSummary, LatestValue, MetricSeries};
 use migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait, FromQueryResult,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 
 use crate::config::redact_url;
@@ -22,6 +23,9 @@ use entity::{device, reading, series};
 /// The most points one metric's history returns; the newest are kept. This
 /// bounds a page load even for a device publishing far faster than 1 Hz.
 pub const MAX_HISTORY_POINTS: u64 = 10_000;
+
+/// Prepared statements cached per connection.
+const STATEMENT_CACHE: usize = 16;
 
 /// How storage could fail.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,14 @@ impl Store {
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
+                    // Every batch size is a distinct multi-row INSERT, and a
+                    // prepared INSERT with thousands of parameters is large;
+                    // sqlx's default of 100 cached statements per connection
+                    // held hundreds of megabytes.
+                    .statement_cache_capacity(STATEMENT_CACHE)
+            })
+            .map_sqlx_postgres_opts(|o: PgConnectOptions| {
+                o.statement_cache_capacity(STATEMENT_CACHE)
             });
         let shown = redact_url(url);
         let db = Database::connect(options)
@@ -91,13 +103,17 @@ impl Store {
             .order_by_asc(device::Column::Name)
             .all(&self.db)
             .await?;
+        let backend = self.db.get_database_backend();
         let mut latest: HashMap<i64, Vec<LatestValue>> = HashMap::new();
-        for s in series::Entity::find()
-            .order_by_asc(series::Column::Metric)
+        for row in LatestRow::find_by_statement(Statement::from_string(backend, LATEST_SQL))
             .all(&self.db)
             .await?
         {
-            latest.entry(s.device_id).or_default().push(latest_value(s));
+            latest.entry(row.device_id).or_default().push(LatestValue {
+                metric: row.metric,
+                ts: row.ts,
+                value: row.value,
+            });
         }
         Ok(devices
             .into_iter()
@@ -130,24 +146,42 @@ impl Store {
         let mut history = Vec::with_capacity(all_series.len());
         let mut values = Vec::with_capacity(all_series.len());
         for s in all_series {
-            let mut points: Vec<(i64, f64)> = reading::Entity::find()
-                .select_only()
-                .column(reading::Column::Ts)
-                .column(reading::Column::Value)
-                .filter(reading::Column::SeriesId.eq(s.id))
-                .filter(reading::Column::Ts.gte(from))
-                .order_by_desc(reading::Column::Ts)
-                .order_by_desc(reading::Column::Id)
-                .limit(MAX_HISTORY_POINTS)
-                .into_tuple()
-                .all(&self.db)
-                .await?;
+            let newest_first = |q: sea_orm::Select<reading::Entity>| {
+                q.select_only()
+                    .column(reading::Column::Ts)
+                    .column(reading::Column::Value)
+                    .filter(reading::Column::SeriesId.eq(s.id))
+                    .order_by_desc(reading::Column::Ts)
+                    .order_by_desc(reading::Column::Id)
+            };
+            let mut points: Vec<(i64, f64)> =
+                newest_first(reading::Entity::find().filter(reading::Column::Ts.gte(from)))
+                    .limit(MAX_HISTORY_POINTS)
+                    .into_tuple()
+                    .all(&self.db)
+                    .await?;
+            // The latest value may be older than the window.
+            let newest = match points.first() {
+                Some(p) => Some(*p),
+                None => {
+                    newest_first(reading::Entity::find())
+                        .into_tuple::<(i64, f64)>()
+                        .one(&self.db)
+                        .await?
+                }
+            };
             points.reverse();
+            if let Some((ts, value)) = newest {
+                values.push(LatestValue {
+                    metric: s.metric.clone(),
+                    ts,
+                    value,
+                });
+            }
             history.push(MetricSeries {
-                metric: s.metric.clone(),
+                metric: s.metric,
                 points,
             });
-            values.push(latest_value(s));
         }
         Ok(Some((summary(d, values), history)))
     }
@@ -158,19 +192,28 @@ impl Store {
     }
 }
 
-fn latest_value(s: series::Model) -> LatestValue {
-    LatestValue {
-        metric: s.metric,
-        ts: s.last_ts,
-        value: s.last_value,
-    }
+/// The newest reading of every series, found through the `(series_id, ts)`
+/// index: one short index probe per series, on SQLite and PostgreSQL alike.
+const LATEST_SQL: &str = "SELECT s.device_id, s.metric, r.ts, r.value \
+     FROM series s JOIN reading r ON r.id = (\
+       SELECT r2.id FROM reading r2 WHERE r2.series_id = s.id \
+       ORDER BY r2.ts DESC, r2.id DESC LIMIT 1) \
+     ORDER BY s.metric";
+
+#[derive(Debug, FromQueryResult)]
+struct LatestRow {
+    device_id: i64,
+    metric: String,
+    ts: i64,
+    value: f64,
 }
 
+/// "Last seen" is the newest reading of any of the device's metrics.
 fn summary(d: device::Model, latest: Vec<LatestValue>) -> DeviceSummary {
     DeviceSummary {
         id: d.name,
         first_seen: d.first_seen,
-        last_seen: d.last_seen,
+        last_seen: latest.iter().map(|l| l.ts).max().unwrap_or(d.first_seen),
         latest,
         rejected: 0,
     }

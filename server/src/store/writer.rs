@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use app::model::Reading;
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::OnConflict;
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TransactionTrait};
 use tokio::sync::{broadcast, mpsc};
@@ -23,8 +23,7 @@ use crate::metrics::Metrics;
 const ROWS_PER_INSERT: usize = 10_000;
 
 /// Writes batches of readings, caching device and series ids so that a
-/// steady stream costs one multi-row INSERT per batch plus one small UPDATE
-/// per touched series.
+/// steady stream costs one multi-row INSERT per batch and nothing else.
 pub struct Writer {
     db: DatabaseConnection,
     devices: HashMap<String, i64>,
@@ -46,8 +45,6 @@ impl Writer {
         let txn = self.db.begin().await?;
         let mut new_devices: HashMap<String, i64> = HashMap::new();
         let mut new_series: HashMap<(i64, String), i64> = HashMap::new();
-        let mut newest: HashMap<i64, (i64, f64)> = HashMap::new();
-        let mut seen: HashMap<i64, i64> = HashMap::new();
         let mut rows = Vec::with_capacity(batch.len());
 
         for r in batch {
@@ -63,7 +60,7 @@ impl Writer {
             let series_id = match self.series.get(&key).or(new_series.get(&key)) {
                 Some(id) => *id,
                 None => {
-                    let id = ensure_series(&txn, device_id, &r.metric, r.ts, r.value).await?;
+                    let id = ensure_series(&txn, device_id, &r.metric).await?;
                     new_series.insert(key, id);
                     id
                 }
@@ -74,35 +71,12 @@ impl Writer {
                 ts: Set(r.ts),
                 value: Set(r.value),
             });
-            let entry = newest.entry(series_id).or_insert((r.ts, r.value));
-            if r.ts >= entry.0 {
-                *entry = (r.ts, r.value);
-            }
-            let last = seen.entry(device_id).or_insert(r.ts);
-            *last = (*last).max(r.ts);
         }
 
         while !rows.is_empty() {
             let rest = rows.split_off(rows.len().min(ROWS_PER_INSERT));
             reading::Entity::insert_many(std::mem::replace(&mut rows, rest))
                 .exec_without_returning(&txn)
-                .await?;
-        }
-        for (series_id, (ts, value)) in newest {
-            series::Entity::update_many()
-                .col_expr(series::Column::LastTs, Expr::value(ts))
-                .col_expr(series::Column::LastValue, Expr::value(value))
-                .filter(series::Column::Id.eq(series_id))
-                .filter(series::Column::LastTs.lte(ts))
-                .exec(&txn)
-                .await?;
-        }
-        for (device_id, ts) in seen {
-            device::Entity::update_many()
-                .col_expr(device::Column::LastSeen, Expr::value(ts))
-                .filter(device::Column::Id.eq(device_id))
-                .filter(device::Column::LastSeen.lt(ts))
-                .exec(&txn)
                 .await?;
         }
         txn.commit().await?;
@@ -122,7 +96,6 @@ async fn ensure_device<C: sea_orm::ConnectionTrait>(
         id: NotSet,
         name: Set(name.to_owned()),
         first_seen: Set(ts),
-        last_seen: Set(ts),
     })
     .on_conflict(
         OnConflict::column(device::Column::Name)
@@ -144,15 +117,11 @@ async fn ensure_series<C: sea_orm::ConnectionTrait>(
     db: &C,
     device_id: i64,
     metric: &str,
-    ts: i64,
-    value: f64,
 ) -> Result<i64, DbErr> {
     series::Entity::insert(series::ActiveModel {
         id: NotSet,
         device_id: Set(device_id),
         metric: Set(metric.to_owned()),
-        last_ts: Set(ts),
-        last_value: Set(value),
     })
     .on_conflict(
         OnConflict::columns([series::Column::DeviceId, series::Column::Metric])
