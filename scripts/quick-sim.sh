@@ -22,7 +22,7 @@ for run in $(seq "$runs"); do
   stored0=$(stat stored) received0=$(stat received) dropped0=$(stat dropped)
   start=$(date +%s.%N)
   sent=$("$SIGHTLINE_BIN" simulate --broker "127.0.0.1:$mqtt" --devices "$devices" --rate "$rate" \
-    --seconds "$seconds" --prefix "run$run-" | sed -E 's/.* ([0-9]+) readings\/s sent.*/\1/')
+    --seconds "$seconds" --prefix "run$run-" | sed -E 's/.*\(([0-9]+) readings\/s sent\).*/\1/')
   # Let the writer finish what is queued before reading the counters.
   prev=-1
   while [[ "$(stat stored)" != "$prev" ]]; do prev=$(stat stored); sleep 0.3; done

@@ -17,6 +17,10 @@ cargo clippy --all-targets -- -D warnings
 step "clippy: browser side"
 cargo clippy -p frontend -p app --features app/hydrate --target wasm32-unknown-unknown -- -D warnings
 
+step "build: server and hydrate bundle"
+cargo build --release -p server
+trunk build --skip-version-check
+
 step "PostgreSQL"
 source "$ROOT/scripts/postgres.sh"
 start_postgres
@@ -26,10 +30,6 @@ step "unit and integration tests"
 # Release profile: the tests share compiled dependencies with the binary
 # that the browser tests run, so CI compiles them only once.
 cargo test --release --workspace --exclude frontend
-
-step "build: server and hydrate bundle"
-cargo build --release -p server
-trunk build --skip-version-check
 
 step "browser tests"
 (cd end2end && npx playwright test)

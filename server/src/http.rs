@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, LeptosRoutes};
+use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -96,6 +97,9 @@ pub fn router(state: AppState) -> Router {
         ))
         .with_state(state)
         .merge(api)
+        // The WASM and ECharts shrink to about a third when gzipped, which
+        // matters most on the phones this dashboard is meant for.
+        .layer(CompressionLayer::new())
         .merge(ws)
 }
 
