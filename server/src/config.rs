@@ -22,8 +22,8 @@ pub struct Config {
     /// A sea-orm database URL: `sqlite://FILE?mode=rwc` or `postgres://...`.
     /// It may hold a password, so `Debug` redacts it.
     pub database_url: String,
-    /// The folder holding the built front end (`pkg/`, `echarts.min.js`,
-    /// `style.css`).
+    /// The folder whose `pkg/` holds the built front end (WASM, JS glue,
+    /// CSS, `echarts.min.js`).
     pub site_root: PathBuf,
     /// Payloads larger than this are rejected and counted.
     pub max_payload_bytes: usize,
@@ -38,7 +38,8 @@ pub struct Config {
     /// dropped (and counted). This bounds ingest memory.
     pub writer_queue: usize,
     /// How many stored batches a WebSocket viewer may fall behind before it
-    /// skips ahead and is told so.
+    /// skips ahead and is told so. A batch holds up to `batch_max`
+    /// readings, so this also bounds the memory a stalled viewer can pin.
     pub live_buffer: usize,
 }
 
@@ -54,7 +55,7 @@ impl Default for Config {
             demo_devices: 6,
             batch_max: 5000,
             writer_queue: 16 * 1024,
-            live_buffer: 1024,
+            live_buffer: 128,
         }
     }
 }
@@ -136,7 +137,7 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
-    /// Folder with the built front end (pkg/, echarts.min.js, style.css) [default: target/site].
+    /// Folder whose pkg/ holds the built front end (WASM, JS, CSS, ECharts) [default: target/site].
     #[arg(long, env = "SIGHTLINE_SITE_ROOT", value_name = "DIR")]
     pub site_root: Option<PathBuf>,
     /// Largest accepted MQTT payload in bytes; larger ones are rejected and counted [default: 65536].
@@ -154,7 +155,7 @@ pub struct ServeArgs {
     /// Messages that may wait for the database writer before new ones are dropped and counted [default: 16384].
     #[arg(long, env = "SIGHTLINE_WRITER_QUEUE", value_name = "N")]
     pub writer_queue: Option<usize>,
-    /// Stored batches a live viewer may fall behind before it skips ahead and is told [default: 1024].
+    /// Stored batches a live viewer may fall behind before it skips ahead and is told [default: 128].
     #[arg(long, env = "SIGHTLINE_LIVE_BUFFER", value_name = "N")]
     pub live_buffer: Option<usize>,
 }
