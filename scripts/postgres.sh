@@ -9,17 +9,21 @@ start_postgres() {
   PG_BIN="$bin"
   PG_DATA="$(mktemp -d /tmp/sightline-pg.XXXXXX)"
   chown postgres "$PG_DATA"
-  # PostgreSQL refuses to run as root, hence its own user.
-  su postgres -c "$bin/initdb -D $PG_DATA -A trust -U postgres" >/dev/null
-  su postgres -c "$bin/pg_ctl -D $PG_DATA -l $PG_DATA/log -w -o '-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1' start" >/dev/null
-  su postgres -c "$bin/createdb -h 127.0.0.1 -p $PG_PORT sightline_test"
+  # PostgreSQL refuses to run as root, hence its own user; it also needs a
+  # working directory that user can read, which root's may not be.
+  (
+    cd /
+    su postgres -c "$bin/initdb -D $PG_DATA -A trust -U postgres" >/dev/null
+    su postgres -c "$bin/pg_ctl -D $PG_DATA -l $PG_DATA/log -w -o '-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1' start" >/dev/null
+    su postgres -c "$bin/createdb -h 127.0.0.1 -p $PG_PORT sightline_test"
+  )
   export SIGHTLINE_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/sightline_test"
   echo "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
 }
 
 stop_postgres() {
   if [[ -n "${PG_DATA:-}" ]]; then
-    su postgres -c "$PG_BIN/pg_ctl -D $PG_DATA -m fast -w stop" >/dev/null 2>&1 || true
+    (cd / && su postgres -c "$PG_BIN/pg_ctl -D $PG_DATA -m fast -w stop") >/dev/null 2>&1 || true
     rm -rf "$PG_DATA"
   fi
 }

@@ -12,6 +12,8 @@ need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v curl >/dev/null || need_apt+=(curl)
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -19,9 +21,13 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
-  rustup target add wasm32-unknown-unknown
-fi
+# Read the lists first: `grep -q` exiting early under pipefail would make
+# a present target look missing.
+targets="$(rustup target list --installed)"
+grep -qx wasm32-unknown-unknown <<<"$targets" || rustup target add wasm32-unknown-unknown
+components="$(rustup component list --installed)"
+grep -q '^rustfmt' <<<"$components" || rustup component add rustfmt
+grep -q '^clippy' <<<"$components" || rustup component add clippy
 
 mkdir -p "$SIGHTLINE_TOOLS"
 if [[ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $WASM_BINDGEN_VERSION" ]]; then
@@ -32,6 +38,10 @@ if [[ "$(trunk --version 2>/dev/null)" != "trunk $TRUNK_VERSION" ]]; then
   cargo install --root "$SIGHTLINE_TOOLS" "trunk@$TRUNK_VERSION" --locked
 fi
 
-if [[ ! -x "$ROOT/end2end/node_modules/.bin/wasm-opt" || ! -d "$ROOT/end2end/node_modules/@playwright/test" ]]; then
+# npm ci again whenever the lockfile is newer than the installed tree.
+modules="$ROOT/end2end/node_modules"
+if [[ ! -x "$modules/.bin/wasm-opt" || ! -d "$modules/@playwright/test" ||
+      ! -f "$modules/echarts/dist/echarts.min.js" ||
+      "$ROOT/end2end/package-lock.json" -nt "$modules/.package-lock.json" ]]; then
   (cd "$ROOT/end2end" && npm ci --no-audit --no-fund)
 fi

@@ -23,8 +23,8 @@ trunk build --skip-version-check
 
 step "PostgreSQL"
 source "$ROOT/scripts/postgres.sh"
-start_postgres
 trap stop_postgres EXIT
+start_postgres
 
 step "unit and integration tests"
 # Release profile: the tests share compiled dependencies with the binary

@@ -8,6 +8,10 @@ use crate::model::{DeviceDetail, Fleet};
 /// How much history the device page loads before live updates take over.
 pub const RECENT_WINDOW_MS: i64 = 15 * 60 * 1000;
 
+/// The most points one metric's chart holds, loaded or live; the newest are
+/// kept. This bounds page loads and browser memory for fast devices.
+pub const MAX_SERIES_POINTS: usize = 10_000;
+
 #[cfg(feature = "ssr")]
 pub use backend::{Backend, BoxFuture, SharedBackend};
 
@@ -43,16 +47,21 @@ mod backend {
 /// Loads the fleet overview.
 #[server(prefix = "/_app", endpoint = "fleet")]
 pub async fn get_fleet() -> Result<Fleet, ServerFnError> {
-    let backend = expect_context::<SharedBackend>();
-    backend.fleet().await.map_err(ServerFnError::new)
+    backend()?.fleet().await.map_err(ServerFnError::new)
 }
 
 /// Loads one device with its recent history.
 #[server(prefix = "/_app", endpoint = "device")]
 pub async fn get_device(id: String) -> Result<Option<DeviceDetail>, ServerFnError> {
-    let backend = expect_context::<SharedBackend>();
-    backend
+    backend()?
         .device(id, RECENT_WINDOW_MS)
         .await
         .map_err(ServerFnError::new)
+}
+
+/// The server provides the backend as context on every request; a missing
+/// one is a wiring bug, reported as an error rather than a panic.
+#[cfg(feature = "ssr")]
+fn backend() -> Result<SharedBackend, ServerFnError> {
+    use_context::<SharedBackend>().ok_or_else(|| ServerFnError::new("no data backend"))
 }

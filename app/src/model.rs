@@ -89,6 +89,8 @@ pub struct DeviceDetail {
     /// One series per metric, covering `[from, generated_at]`.
     pub series: Vec<MetricSeries>,
     pub from: EpochMs,
+    /// Server-wide counters, so the page shows them before any script runs.
+    pub counters: Counters,
     /// The server's clock when the page data was produced. Relative times
     /// ("5 s ago") are computed against it so that the server-rendered HTML
     /// and the first client render agree.

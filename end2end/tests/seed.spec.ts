@@ -20,6 +20,13 @@ function watchConsole(page: Page): string[] {
   return problems;
 }
 
+/** Waits until the server has stored a device's first reading. */
+async function waitForDevice(page: Page, id: string) {
+  await expect
+    .poll(async () => (await page.request.get(`/api/devices/${id}`)).status())
+    .toBe(200);
+}
+
 async function canvasImage(page: Page): Promise<string> {
   return page.evaluate(() => {
     const canvas = document.querySelector('[data-testid="chart"] canvas') as HTMLCanvasElement | null;
@@ -86,6 +93,7 @@ test('bad payloads are counted and the dashboard keeps working', async ({ page }
   const mqtt = info.project.metadata.mqttPort as number;
   const problems = watchConsole(page);
   mosquittoPub(mqtt, 'sensor/Bad01', "{'temp':1}");
+  await waitForDevice(page, 'Bad01');
   await page.goto('/devices/Bad01');
   await expect(page.getByTestId('link-state')).toHaveText('live');
   mosquittoPub(mqtt, 'sensor/Bad01', '{not json');
@@ -99,6 +107,7 @@ test('bad payloads are counted and the dashboard keeps working', async ({ page }
 test('the layout fits the screen without horizontal scrolling', async ({ page }, info) => {
   const mqtt = info.project.metadata.mqttPort as number;
   mosquittoPub(mqtt, 'sensor/Layout-with-a-rather-long-device-name-01', "{'temp':21,'hum':40,'co2':612}");
+  await waitForDevice(page, 'Layout-with-a-rather-long-device-name-01');
   for (const path of ['/', '/devices/Layout-with-a-rather-long-device-name-01']) {
     await page.goto(path);
     await expect(page.getByTestId('link-state')).toHaveText('live');

@@ -53,8 +53,9 @@ pub struct Broker {
     new_link: LinkFactory,
     /// Fires when the listener stops; `run` treats that as fatal.
     pub stopped: oneshot::Receiver<String>,
-    /// Dropping this stops the listener thread.
-    _shutdown: oneshot::Sender<()>,
+    /// Taking (or dropping) this stops the listener thread, which closes
+    /// every device connection.
+    shutdown: std::sync::Mutex<Option<oneshot::Sender<()>>>,
 }
 
 type LinkFactory = Box<dyn Fn(&str) -> Result<(LinkTx, LinkRx), BrokerError> + Send + Sync>;
@@ -100,8 +101,16 @@ impl Broker {
         Ok(Self {
             new_link,
             stopped: stop_rx,
-            _shutdown: shutdown_tx,
+            shutdown: std::sync::Mutex::new(Some(shutdown_tx)),
         })
+    }
+
+    /// Stops accepting devices and closes their connections, so that no
+    /// new message is acknowledged while the server shuts down.
+    pub fn stop_listener(&self) {
+        if let Ok(mut slot) = self.shutdown.lock() {
+            drop(slot.take());
+        }
     }
 
     /// Creates an in-process link subscribed to `filter`. Its client id is

@@ -35,7 +35,8 @@ pub struct Config {
     /// The most readings written in one database transaction.
     pub batch_max: usize,
     /// How many decoded messages may wait for the writer before new ones are
-    /// dropped (and counted). This bounds ingest memory.
+    /// dropped (and counted). With at most 256 readings per message, this
+    /// bounds the memory readings can occupy between ingest and the writer.
     pub writer_queue: usize,
     /// How many stored batches a WebSocket viewer may fall behind before it
     /// skips ahead and is told so. A batch holds up to `batch_max`
@@ -221,6 +222,21 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     name,
                     why: "must be greater than zero",
+                });
+            }
+        }
+        // The live ring allocates every slot up front, and a batch larger
+        // than this would stall the writer for seconds per transaction.
+        let ceilings = [
+            ("live_buffer", self.live_buffer, 65_536),
+            ("batch_max", self.batch_max, 100_000),
+            ("writer_queue", self.writer_queue, 10_000_000),
+        ];
+        for (name, value, max) in ceilings {
+            if value > max {
+                return Err(ConfigError::Invalid {
+                    name,
+                    why: "is too large (see --help for sensible values)",
                 });
             }
         }

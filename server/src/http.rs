@@ -153,6 +153,7 @@ impl PageData {
                     summary,
                     series,
                     from,
+                    counters: self.metrics.snapshot(),
                     generated_at: now,
                 }
             }))

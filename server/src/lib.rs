@@ -53,9 +53,15 @@ pub enum ServeError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
+    #[error("the database writer stopped: {0}")]
+    Writer(String),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
 }
+
+/// How long shutdown waits for a failing database before the writer counts
+/// its remaining readings as dropped.
+const WRITER_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The sockets the server listens on, bound before [`run`] so that tests can
 /// use port 0 and startup errors name the address at fault.
@@ -96,12 +102,14 @@ pub async fn run(
 
     let (queue_tx, queue_rx) = mpsc::channel(config.writer_queue);
     let (live_tx, _) = broadcast::channel(config.live_buffer);
-    let writer = tokio::spawn(store::writer::run(
+    let writer_token = CancellationToken::new();
+    let mut writer = tokio::spawn(store::writer::run(
         store.writer(),
         queue_rx,
         live_tx.clone(),
         metrics.clone(),
         config.batch_max,
+        writer_token.clone(),
     ));
 
     let mut broker = Broker::start(&BrokerSettings {
@@ -162,8 +170,12 @@ pub async fn run(
         result = &mut ingest_task => match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
-            Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
+            Err(e) => Err(ServeError::Ingest(ingest::IngestError::Stopped(e.to_string()))),
         },
+        result = &mut writer => Err(ServeError::Writer(match result {
+            Ok(()) => "it stopped".to_owned(),
+            Err(e) => e.to_string(),
+        })),
         result = &mut http_task => match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServeError::Http(e)),
@@ -171,13 +183,24 @@ pub async fn run(
         },
     };
 
-    // Stop in data-flow order: no new messages, then drain the writer so
-    // that every reading already accepted is committed.
+    // Stop in data-flow order: close the device listener so nothing new is
+    // acknowledged, let ingest read what the broker still holds, then let
+    // the writer commit everything queued. If the database is failing, the
+    // writer gives up after a bounded wait and counts what it could not
+    // store, so shutdown always ends.
+    broker.stop_listener();
     token.cancel();
     if !ingest_task.is_finished() {
         let _ = ingest_task.await;
     }
-    let _ = writer.await;
+    if !writer.is_finished() {
+        let give_up = writer_token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(WRITER_DRAIN_LIMIT).await;
+            give_up.cancel();
+        });
+        let _ = writer.await;
+    }
     if !http_task.is_finished() {
         let _ = http_task.await;
     }

@@ -38,8 +38,8 @@ struct SimulateArgs {
     /// How many devices to connect.
     #[arg(long, default_value_t = 10)]
     devices: usize,
-    /// Messages per second per device (each carries 3 readings).
-    #[arg(long, default_value_t = 1.0)]
+    /// Messages per second per device (each carries 3 readings), 0.001 to 10000.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_rate)]
     rate: f64,
     /// Stop after this many seconds; run until Ctrl-C if omitted.
     #[arg(long)]
@@ -123,6 +123,13 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         report.readings_per_sec()
     );
     Ok(())
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.001..=10_000.0).contains(&r) => Ok(r),
+        _ => Err("expected a number from 0.001 to 10000".into()),
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

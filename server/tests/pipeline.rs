@@ -208,15 +208,14 @@ async fn readings_survive_a_restart() {
             .publish("sensor/Device001", format!("{{\"temp\":{i}}}"))
             .await;
     }
-    // Stop as soon as the broker has the messages; the graceful shutdown
-    // must still commit everything that ingest accepted.
-    wait_for("ingest to receive all 50", || async {
-        let c: Counters = server.get_json("/api/stats").await;
-        c.received == 50
+    // Stop the moment the broker has acknowledged the last message, before
+    // ingest has necessarily read it: shutdown must still store all 50.
+    wait_for("the broker to acknowledge all 50", || async {
+        device.acked.load(std::sync::atomic::Ordering::Relaxed) == 50
     })
     .await;
-    device.disconnect().await;
     server.stop().await.expect("clean shutdown");
+    device.disconnect().await;
 
     let mut again = test_config(&scratch.sqlite_url());
     again.site_root = config.site_root;

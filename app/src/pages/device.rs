@@ -5,26 +5,31 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_params_map;
 
+use super::debounced_reload;
 use super::fleet::CountersBar;
 use super::LiveBadge;
-use crate::api::{get_device, RECENT_WINDOW_MS};
+use crate::api::{get_device, MAX_SERIES_POINTS, RECENT_WINDOW_MS};
 use crate::chart::LiveChart;
 use crate::format;
 use crate::live::LinkState;
-use crate::model::{Counters, DeviceDetail, DeviceSummary, EpochMs, Reading};
+use crate::model::{DeviceDetail, DeviceSummary, EpochMs, Reading};
 
 #[component]
 pub fn DevicePage() -> impl IntoView {
     let params = use_params_map();
     let id = move || params.read().get("id").unwrap_or_default();
     let detail = Resource::new(id, get_device);
-    let reload = Callback::new(move |()| detail.refetch());
+    // The live link's state and the lag notice live here, outside the
+    // reloadable view, so a reload does not wipe the notice it explains.
+    let link = RwSignal::new(LinkState::Connecting);
+    let skipped = RwSignal::new(0u64);
+    let reload = debounced_reload(move || detail.refetch());
     view! {
         <Title text=move || format!("{} · Sightline", id())/>
         <Transition fallback=|| view! { <p class="loading">"Loading device…"</p> }>
             {move || Suspend::new(async move {
                 match detail.await {
-                    Ok(Some(d)) => view! { <DeviceView detail=d reload/> }.into_any(),
+                    Ok(Some(d)) => view! { <DeviceView detail=d reload link skipped/> }.into_any(),
                     Ok(None) => {
                         view! {
                             <p class="empty" data-testid="unknown-device">
@@ -49,13 +54,16 @@ struct Series {
 }
 
 #[component]
-fn DeviceView(detail: DeviceDetail, reload: Callback<()>) -> impl IntoView {
+fn DeviceView(
+    detail: DeviceDetail,
+    reload: Callback<()>,
+    link: RwSignal<LinkState>,
+    skipped: RwSignal<u64>,
+) -> impl IntoView {
     let id = detail.summary.id.clone();
     let now = RwSignal::new(detail.generated_at);
     let summary = RwSignal::new(detail.summary);
-    let counters = RwSignal::new(Counters::default());
-    let link = RwSignal::new(LinkState::Connecting);
-    let skipped = RwSignal::new(0u64);
+    let counters = RwSignal::new(detail.counters);
     let series = RwSignal::new(
         detail
             .series
@@ -204,7 +212,8 @@ fn apply_readings(
             let at = points.partition_point(|(ts, _)| *ts <= r.ts);
             points.insert(at, (r.ts, r.value));
             let stale = points.partition_point(|(ts, _)| *ts < horizon);
-            points.drain(..stale);
+            let excess = points.len().saturating_sub(MAX_SERIES_POINTS);
+            points.drain(..stale.max(excess));
         });
     }
     summary.update(|s| {

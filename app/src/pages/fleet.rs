@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-use super::LiveBadge;
+use super::{debounced_reload, LiveBadge};
 use crate::api::get_fleet;
 use crate::format;
 use crate::live::LinkState;
@@ -15,16 +15,19 @@ use crate::model::{Counters, DeviceSummary, Fleet};
 #[component]
 pub fn FleetPage() -> impl IntoView {
     let fleet = Resource::new(|| (), |_| get_fleet());
+    let link = RwSignal::new(LinkState::Connecting);
+    let skipped = RwSignal::new(0u64);
+    let reload = debounced_reload(move || fleet.refetch());
     view! {
         <Title text="Fleet · Sightline"/>
-        <Suspense fallback=|| view! { <p class="loading">"Loading devices…"</p> }>
+        <Transition fallback=|| view! { <p class="loading">"Loading devices…"</p> }>
             {move || Suspend::new(async move {
                 match fleet.await {
-                    Ok(f) => view! { <FleetView fleet=f/> }.into_any(),
+                    Ok(f) => view! { <FleetView fleet=f reload link skipped/> }.into_any(),
                     Err(e) => view! { <p class="error">{format!("Could not load devices: {e}")}</p> }.into_any(),
                 }
             })}
-        </Suspense>
+        </Transition>
     }
 }
 
@@ -36,11 +39,16 @@ struct Card {
 }
 
 #[component]
-fn FleetView(fleet: Fleet) -> impl IntoView {
+fn FleetView(
+    fleet: Fleet,
+    reload: Callback<()>,
+    link: RwSignal<LinkState>,
+    skipped: RwSignal<u64>,
+) -> impl IntoView {
+    #[cfg(not(feature = "hydrate"))]
+    let _ = reload;
     let now = RwSignal::new(fleet.generated_at);
     let counters = RwSignal::new(fleet.counters.clone());
-    let link = RwSignal::new(LinkState::Connecting);
-    let skipped = RwSignal::new(0u64);
     let cards = RwSignal::new(
         fleet
             .devices
@@ -77,8 +85,13 @@ fn FleetView(fleet: Fleet) -> impl IntoView {
             }
             LiveEvent::Message(ServerMsg::Lagged { skipped: n }) => {
                 skipped.update(|s| *s += n);
+                reload.run(());
             }
-            LiveEvent::Opened { .. } => {}
+            LiveEvent::Opened { reconnect } => {
+                if reconnect {
+                    reload.run(());
+                }
+            }
         });
     });
 

@@ -123,10 +123,12 @@ pub fn parse_topic(topic: &str) -> Result<Route<'_>, Rejection> {
 }
 
 /// Device ids and metric names are restricted to a conservative alphabet so
-/// that they are safe in topics, URLs, file names and HTML alike.
+/// that they are safe in topics, URLs, file names and HTML alike. Names made
+/// only of dots are refused because browsers collapse `.` and `..` in URLs.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
+        && !name.bytes().all(|b| b == b'.')
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
@@ -663,6 +665,15 @@ mod tests {
             ("sensor/D1/temp/x", Err(Rejection::UnknownTopic)),
             ("sensor/D 1", Err(Rejection::InvalidDevice)),
             ("sensor/<script>", Err(Rejection::InvalidDevice)),
+            ("sensor/..", Err(Rejection::InvalidDevice)),
+            ("sensor/.", Err(Rejection::InvalidDevice)),
+            (
+                "sensor/v1.2",
+                Ok(Route {
+                    device: "v1.2",
+                    metric: None,
+                }),
+            ),
             ("sensor/D1/", Err(Rejection::InvalidMetric(String::new()))),
             (
                 "sensor/D1/t\"x",

@@ -22,6 +22,8 @@ use decode::{decode, parse_topic};
 pub enum IngestError {
     #[error("cannot attach ingest to the broker: {0}")]
     Broker(#[from] BrokerError),
+    #[error("ingest stopped: {0}")]
+    Stopped(String),
 }
 
 /// Decodes messages and hands their readings to the writer.
@@ -116,6 +118,10 @@ impl Ingest {
     }
 }
 
+/// How long the link must stay quiet during shutdown before ingest decides
+/// it has read everything.
+const DRAIN_IDLE: Duration = Duration::from_millis(200);
+
 /// Receives publishes from the broker until `shutdown` fires. If the router
 /// ever drops the link, a new one is made so ingest keeps running.
 pub async fn run(
@@ -124,10 +130,24 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
     let (mut _tx, mut rx) = broker.link("ingest", INGEST_FILTER)?;
+    let mut draining = false;
     loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = rx.next() => next,
+        // On shutdown the listener is already closed; what the router still
+        // holds for this link was acknowledged to devices, so it is read to
+        // the end (until the link stays quiet) before ingest returns.
+        let next = if draining {
+            match tokio::time::timeout(DRAIN_IDLE, rx.next()).await {
+                Ok(next) => next,
+                Err(_) => return Ok(()),
+            }
+        } else {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    draining = true;
+                    continue;
+                }
+                next = rx.next() => next,
+            }
         };
         match next {
             Ok(Some(Notification::Forward(forward))) => {

@@ -22,7 +22,7 @@ use entity::{device, reading, series};
 
 /// The most points one metric's history returns; the newest are kept. This
 /// bounds a page load even for a device publishing far faster than 1 Hz.
-pub const MAX_HISTORY_POINTS: u64 = 10_000;
+pub const MAX_HISTORY_POINTS: u64 = app::api::MAX_SERIES_POINTS as u64;
 
 /// Prepared statements cached per connection.
 const STATEMENT_CACHE: usize = 16;

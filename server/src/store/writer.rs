@@ -12,6 +12,7 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TransactionTrait};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::entity::{device, reading, series};
 use super::StoreError;
@@ -139,15 +140,18 @@ async fn ensure_series<C: sea_orm::ConnectionTrait>(
         .ok_or_else(|| DbErr::RecordNotFound(format!("series {metric}")))
 }
 
-/// Runs the writer until the queue is closed and drained. Every queued
-/// reading is either committed or, if the database keeps failing, retried;
-/// it is never silently discarded.
+/// Runs the writer until the queue is closed and drained. A batch that
+/// fails is retried with backoff, so a database outage costs queue space
+/// (and, once the queue is full, counted drops) rather than data in hand.
+/// Only once `give_up` fires (a shutdown that cannot wait any longer) is a
+/// failing batch counted as dropped instead of retried.
 pub async fn run(
     mut writer: Writer,
     mut queue: mpsc::Receiver<Vec<Reading>>,
     live: broadcast::Sender<Arc<LiveBatch>>,
     metrics: Arc<Metrics>,
     batch_max: usize,
+    give_up: CancellationToken,
 ) {
     while let Some(mut batch) = queue.recv().await {
         while batch.len() < batch_max {
@@ -157,18 +161,29 @@ pub async fn run(
             }
         }
         let mut delay = Duration::from_millis(50);
-        loop {
+        let stored = loop {
             match writer.write(&batch).await {
-                Ok(()) => break,
+                Ok(()) => break true,
+                Err(e) if give_up.is_cancelled() => {
+                    tracing::error!("dropping {} readings at shutdown: {e}", batch.len());
+                    break false;
+                }
                 Err(e) => {
                     tracing::error!(
                         "cannot store {} readings, retrying in {delay:?}: {e}",
                         batch.len()
                     );
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = give_up.cancelled() => {}
+                    }
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
+        };
+        if !stored {
+            Metrics::add(&metrics.dropped, batch.len() as u64);
+            continue;
         }
         Metrics::add(&metrics.stored, batch.len() as u64);
         // Sending fails only when no viewer is connected, which is fine.

@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use app::model::ServerMsg;
@@ -164,6 +166,8 @@ impl Drop for TestServer {
 /// A real MQTT client whose event loop runs in the background.
 pub struct Device {
     pub client: AsyncClient,
+    /// QoS 1 publishes the broker has acknowledged (PUBACKs received).
+    pub acked: Arc<AtomicU64>,
     poller: JoinHandle<()>,
 }
 
@@ -173,8 +177,13 @@ impl Device {
         options.set_keep_alive(Duration::from_secs(10));
         options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         let (client, events) = AsyncClient::new(options, 1000);
-        let poller = tokio::spawn(drive(events));
-        Self { client, poller }
+        let acked = Arc::new(AtomicU64::new(0));
+        let poller = tokio::spawn(drive(events, acked.clone()));
+        Self {
+            client,
+            acked,
+            poller,
+        }
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
@@ -190,9 +199,12 @@ impl Device {
     }
 }
 
-async fn drive(mut events: EventLoop) {
+async fn drive(mut events: EventLoop, acked: Arc<AtomicU64>) {
     loop {
         match events.poll().await {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
