@@ -64,14 +64,7 @@ fn FleetView(
     Effect::new(move |_| {
         use crate::live::{connect, LiveEvent};
         use crate::model::{ClientMsg, ServerMsg};
-        let tick = set_interval_with_handle(
-            move || now.set(js_sys::Date::now() as i64),
-            std::time::Duration::from_secs(1),
-        );
-        if let Ok(handle) = tick {
-            on_cleanup(move || handle.clear());
-        }
-        now.set(js_sys::Date::now() as i64);
+        super::follow_clock(now);
         connect(&ClientMsg::SubscribeAll, link, move |event| match event {
             LiveEvent::Message(ServerMsg::Readings { readings }) => {
                 apply_readings(cards, &readings);

@@ -7,6 +7,21 @@ use leptos::prelude::*;
 
 use crate::live::LinkState;
 
+/// Sets `now` to the browser's clock and keeps it current once a second,
+/// for the page's relative times ("5 s ago"). Call it inside an `Effect`,
+/// whose cleanup stops the timer.
+#[cfg(feature = "hydrate")]
+pub fn follow_clock(now: RwSignal<i64>) {
+    let tick = set_interval_with_handle(
+        move || now.set(js_sys::Date::now() as i64),
+        std::time::Duration::from_secs(1),
+    );
+    if let Ok(handle) = tick {
+        on_cleanup(move || handle.clear());
+    }
+    now.set(js_sys::Date::now() as i64);
+}
+
 /// Wraps a page's "reload data" action so that it runs at most once every
 /// two seconds: a viewer that keeps falling behind must not turn into a
 /// stream of full history reloads.
