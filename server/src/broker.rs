@@ -51,8 +51,6 @@ pub struct Broker {
     /// Makes links to the router. rumqttd does not export the router
     /// channel's message type, so the channel is captured in a closure.
     new_link: LinkFactory,
-    /// Fires when the listener stops; `run` treats that as fatal.
-    pub stopped: oneshot::Receiver<String>,
     /// Taking (or dropping) this stops the listener thread, which closes
     /// every device connection.
     shutdown: std::sync::Mutex<Option<oneshot::Sender<()>>>,
@@ -69,8 +67,11 @@ impl std::fmt::Debug for Broker {
 impl Broker {
     /// Starts the router and the listener. The listen address is checked
     /// first, because rumqttd binds inside its own thread and would only log
-    /// a taken port.
-    pub fn start(settings: &BrokerSettings) -> Result<Self, BrokerError> {
+    /// a taken port. The returned receiver fires if the listener stops on
+    /// its own, which the caller should treat as fatal.
+    pub fn start(
+        settings: &BrokerSettings,
+    ) -> Result<(Self, oneshot::Receiver<String>), BrokerError> {
         drop(
             std::net::TcpListener::bind(settings.listen).map_err(|source| BrokerError::Bind {
                 addr: settings.listen,
@@ -98,11 +99,11 @@ impl Broker {
             .name("mqtt-listener".into())
             .spawn(move || listener_thread(server, listen, shutdown_rx, stop_tx))
             .map_err(BrokerError::Thread)?;
-        Ok(Self {
+        let broker = Self {
             new_link,
-            stopped: stop_rx,
             shutdown: std::sync::Mutex::new(Some(shutdown_tx)),
-        })
+        };
+        Ok((broker, stop_rx))
     }
 
     /// Stops accepting devices and closes their connections, so that no

@@ -112,11 +112,10 @@ pub async fn run(
         writer_token.clone(),
     ));
 
-    let mut broker = Broker::start(&BrokerSettings {
+    let (broker, broker_stopped) = Broker::start(&BrokerSettings {
         listen: listeners.mqtt,
         max_packet_bytes: (config.max_payload_bytes.saturating_mul(4)).max(1024 * 1024),
     })?;
-    let broker_stopped = std::mem::replace(&mut broker.stopped, tokio::sync::oneshot::channel().1);
     let broker = Arc::new(broker);
     let ingest = ingest::Ingest::new(metrics.clone(), queue_tx, config.max_payload_bytes);
     let mut ingest_task = tokio::spawn(ingest::run(broker.clone(), ingest, token.clone()));
