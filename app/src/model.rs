@@ -119,6 +119,10 @@ pub struct Counters {
     /// Valid readings that could not be queued for storage because the
     /// writer was saturated.
     pub dropped: u64,
+    /// Messages the broker accepted but discarded before ingest could read
+    /// them (its in-memory log wrapped). Their readings are unknown, so they
+    /// are counted as messages.
+    pub lost: u64,
 }
 
 /// A message from the browser to the live WebSocket.

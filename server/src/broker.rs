@@ -124,6 +124,38 @@ impl Broker {
     }
 }
 
+/// How many MQTT clients are connected to the listener on `port`, read
+/// from the kernel's socket table because rumqttd 0.20 reports neither
+/// connects nor disconnects. It counts established TCP connections, so a
+/// client that has connected but not yet authenticated is included. `None`
+/// where the table is not available (outside Linux).
+pub fn connected_clients(port: u16) -> Option<u64> {
+    let mut found = None;
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        *found.get_or_insert(0) += count_established(&text, port);
+    }
+    found
+}
+
+/// Counts rows of a `/proc/net/tcp` table whose local port is `port` and
+/// whose state is ESTABLISHED (`01`).
+fn count_established(table: &str, port: u16) -> u64 {
+    let port = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut cols = line.split_whitespace();
+            let local = cols.nth(1).unwrap_or_default();
+            let state = cols.nth(1).unwrap_or_default();
+            local.ends_with(&port) && state == "01"
+        })
+        .count() as u64
+}
+
 fn link_error(e: LinkError) -> BrokerError {
     BrokerError::Link(e.to_string())
 }
@@ -192,4 +224,21 @@ fn listener_thread(
             _ = shutdown => {}
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_established;
+
+    #[test]
+    fn counts_established_connections_on_the_listener_port_only() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+   0: 0100007F:075B 00000000:0000 0A 00000000:00000000\n\
+   1: 0100007F:075B 0100007F:D2F0 01 00000000:00000000\n\
+   2: 0100007F:075B 0100007F:D2F2 01 00000000:00000000\n\
+   3: 0100007F:D2F0 0100007F:075B 01 00000000:00000000\n\
+   4: 0100007F:075B 0100007F:D2F4 06 00000000:00000000\n";
+        assert_eq!(count_established(table, 1883), 2);
+        assert_eq!(count_established(table, 1884), 0);
+    }
 }

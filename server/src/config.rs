@@ -38,10 +38,14 @@ pub struct Config {
     /// dropped (and counted). With at most 256 readings per message, this
     /// bounds the memory readings can occupy between ingest and the writer.
     pub writer_queue: usize,
-    /// How many stored batches a WebSocket viewer may fall behind before it
-    /// skips ahead and is told so. A batch holds up to `batch_max`
-    /// readings, so this also bounds the memory a stalled viewer can pin.
-    pub live_buffer: usize,
+    /// How many bytes of live updates may wait for one WebSocket viewer.
+    /// Beyond this, updates for that viewer are skipped (and counted) and it
+    /// is told so, which bounds the memory a slow viewer can pin.
+    pub viewer_buffer_bytes: usize,
+    /// Extra time the writer waits after each batch. Always zero in
+    /// production and not settable from outside; tests use it to make
+    /// ingest outpace storage and check that overload is counted.
+    pub write_pause: std::time::Duration,
 }
 
 impl Default for Config {
@@ -54,9 +58,10 @@ impl Default for Config {
             max_payload_bytes: 64 * 1024,
             demo: false,
             demo_devices: 6,
-            batch_max: 5000,
-            writer_queue: 16 * 1024,
-            live_buffer: 128,
+            batch_max: 50_000,
+            writer_queue: 64 * 1024,
+            viewer_buffer_bytes: 1024 * 1024,
+            write_pause: std::time::Duration::ZERO,
         }
     }
 }
@@ -73,7 +78,8 @@ impl fmt::Debug for Config {
             .field("demo_devices", &self.demo_devices)
             .field("batch_max", &self.batch_max)
             .field("writer_queue", &self.writer_queue)
-            .field("live_buffer", &self.live_buffer)
+            .field("viewer_buffer_bytes", &self.viewer_buffer_bytes)
+            .field("write_pause", &self.write_pause)
             .finish()
     }
 }
@@ -113,7 +119,7 @@ pub struct FileConfig {
     demo_devices: Option<usize>,
     batch_max: Option<usize>,
     writer_queue: Option<usize>,
-    live_buffer: Option<usize>,
+    viewer_buffer_bytes: Option<usize>,
 }
 
 /// Flags of `sightline serve`. Each one may also come from its environment
@@ -150,15 +156,15 @@ pub struct ServeArgs {
     /// Number of simulated devices for --demo [default: 6].
     #[arg(long, env = "SIGHTLINE_DEMO_DEVICES", value_name = "N")]
     pub demo_devices: Option<usize>,
-    /// Most readings written per database transaction [default: 5000].
+    /// Most readings written per database transaction [default: 50000].
     #[arg(long, env = "SIGHTLINE_BATCH_MAX", value_name = "N")]
     pub batch_max: Option<usize>,
-    /// Messages that may wait for the database writer before new ones are dropped and counted [default: 16384].
+    /// Messages that may wait for the database writer before new ones are dropped and counted [default: 65536].
     #[arg(long, env = "SIGHTLINE_WRITER_QUEUE", value_name = "N")]
     pub writer_queue: Option<usize>,
-    /// Stored batches a live viewer may fall behind before it skips ahead and is told [default: 128].
-    #[arg(long, env = "SIGHTLINE_LIVE_BUFFER", value_name = "N")]
-    pub live_buffer: Option<usize>,
+    /// Bytes of live updates that may wait for one slow viewer before updates are skipped and it is told [default: 1048576].
+    #[arg(long, env = "SIGHTLINE_VIEWER_BUFFER_BYTES", value_name = "BYTES")]
+    pub viewer_buffer_bytes: Option<usize>,
 }
 
 /// Why the configuration could not be assembled.
@@ -202,7 +208,7 @@ impl ServeArgs {
             demo_devices,
             batch_max,
             writer_queue,
-            live_buffer
+            viewer_buffer_bytes
         );
         c.validate()?;
         Ok(c)
@@ -215,7 +221,7 @@ impl Config {
             ("max_payload_bytes", self.max_payload_bytes),
             ("batch_max", self.batch_max),
             ("writer_queue", self.writer_queue),
-            ("live_buffer", self.live_buffer),
+            ("viewer_buffer_bytes", self.viewer_buffer_bytes),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -225,10 +231,15 @@ impl Config {
                 });
             }
         }
-        // The live ring allocates every slot up front, and a batch larger
-        // than this would stall the writer for seconds per transaction.
+        // A batch larger than this would stall the writer for seconds per
+        // transaction, and a viewer buffer beyond 64 MiB times a thousand
+        // viewers is no longer a bound worth having.
         let ceilings = [
-            ("live_buffer", self.live_buffer, 65_536),
+            (
+                "viewer_buffer_bytes",
+                self.viewer_buffer_bytes,
+                64 * 1024 * 1024,
+            ),
             ("batch_max", self.batch_max, 100_000),
             ("writer_queue", self.writer_queue, 10_000_000),
         ];

@@ -28,6 +28,8 @@ pub struct AppState {
     pub leptos: LeptosOptions,
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    /// The MQTT listener's port, for counting connected devices.
+    pub mqtt_port: u16,
     pub live: Live,
 }
 
@@ -67,6 +69,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/health", get(health))
         .route("/api/stats", get(stats))
+        .route("/metrics", get(prometheus))
         .route("/api/devices", get(devices))
         .route("/api/devices/{id}", get(device))
         .with_state(state.clone());
@@ -105,6 +108,18 @@ pub fn router(state: AppState) -> Router {
 
 async fn health() -> &'static str {
     "ok"
+}
+
+/// `GET /metrics`: every counter and histogram in Prometheus text format.
+async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
+    let devices = crate::broker::connected_clients(state.mqtt_port);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics.prometheus(devices),
+    )
 }
 
 async fn stats(State(metrics): State<Arc<Metrics>>) -> Json<Counters> {

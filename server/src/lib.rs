@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use leptos::config::LeptosOptions;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use broker::{Broker, BrokerError, BrokerSettings};
@@ -101,14 +101,17 @@ pub async fn run(
     let token = CancellationToken::new();
 
     let (queue_tx, queue_rx) = mpsc::channel(config.writer_queue);
-    let (live_tx, _) = broadcast::channel(config.live_buffer);
+    let hub = Arc::new(live::Hub::new(metrics.clone(), config.viewer_buffer_bytes));
     let writer_token = CancellationToken::new();
     let mut writer = tokio::spawn(store::writer::run(
         store.writer(),
         queue_rx,
-        live_tx.clone(),
+        hub.clone(),
         metrics.clone(),
-        config.batch_max,
+        store::writer::Pace {
+            batch_max: config.batch_max,
+            pause: config.write_pause,
+        },
         writer_token.clone(),
     ));
 
@@ -130,8 +133,9 @@ pub async fn run(
             .build(),
         store: store.clone(),
         metrics: metrics.clone(),
+        mqtt_port: listeners.mqtt.port(),
         live: live::Live {
-            batches: live_tx,
+            hub,
             metrics: metrics.clone(),
             shutdown: token.clone(),
         },

@@ -1,7 +1,9 @@
-//! Process-wide counters for ingest, storage and live push, readable as a
-//! snapshot for the JSON API, the WebSocket and the dashboard.
+//! Process-wide counters and histograms for ingest, storage and live push,
+//! readable as a snapshot for the JSON API, the WebSocket and the
+//! dashboard, and as Prometheus text for `/metrics`.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,20 +18,54 @@ const MAX_TRACKED_DEVICES: usize = 10_000;
 
 /// The server's counters. Atomics keep the hot path lock-free; only the
 /// per-device rejection map takes a lock, and only on a rejection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     pub messages: AtomicU64,
     pub received: AtomicU64,
     pub stored: AtomicU64,
     pub rejected: AtomicU64,
     pub dropped: AtomicU64,
+    /// Messages the broker acknowledged but discarded before ingest read
+    /// them; see [`crate::ingest::GapTracker`].
+    pub lost: AtomicU64,
     /// WebSocket viewers currently connected.
     pub viewers: AtomicU64,
-    /// Batches skipped by viewers that fell behind.
-    pub viewer_lagged: AtomicU64,
+    /// Readings not sent to viewers that fell behind (each such viewer is
+    /// told, and reloads its history).
+    pub live_skipped: AtomicU64,
+    /// Bytes waiting in viewers' outboxes, across all viewers.
+    pub live_pending_bytes: AtomicU64,
+    /// Readings per committed write transaction.
+    pub write_batch: Histogram,
+    /// Time to write and commit one batch.
+    pub write_seconds: Histogram,
+    /// From ingest receiving a message to its readings being handed to a
+    /// viewer's WebSocket. Measured per batch from the batch's earliest
+    /// message, so it errs on the slow side.
+    pub push_seconds: Histogram,
     /// A `std` mutex, not a tokio one: it is held for a hash-map update and
     /// never across an `.await`.
     rejected_by_device: Mutex<HashMap<String, u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            messages: AtomicU64::default(),
+            received: AtomicU64::default(),
+            stored: AtomicU64::default(),
+            rejected: AtomicU64::default(),
+            dropped: AtomicU64::default(),
+            lost: AtomicU64::default(),
+            viewers: AtomicU64::default(),
+            live_skipped: AtomicU64::default(),
+            live_pending_bytes: AtomicU64::default(),
+            write_batch: Histogram::new(BATCH_BOUNDS, 1.0),
+            write_seconds: Histogram::latency(),
+            push_seconds: Histogram::latency(),
+            rejected_by_device: Mutex::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -84,7 +120,182 @@ impl Metrics {
             stored: get(&self.stored),
             rejected: get(&self.rejected),
             dropped: get(&self.dropped),
+            lost: get(&self.lost),
         }
+    }
+
+    /// Renders every metric in the Prometheus text exposition format.
+    /// `devices` is the number of connected MQTT clients, when known.
+    pub fn prometheus(&self, devices: Option<u64>) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(4096);
+        let mut one = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        one(
+            "sightline_messages_total",
+            "counter",
+            "MQTT messages that reached ingest.",
+            get(&self.messages),
+        );
+        one(
+            "sightline_readings_received_total",
+            "counter",
+            "Readings decoded from valid messages.",
+            get(&self.received),
+        );
+        one(
+            "sightline_readings_stored_total",
+            "counter",
+            "Readings committed to the database.",
+            get(&self.stored),
+        );
+        one(
+            "sightline_rejected_total",
+            "counter",
+            "Messages or fields refused as invalid.",
+            get(&self.rejected),
+        );
+        one(
+            "sightline_readings_dropped_total",
+            "counter",
+            "Valid readings dropped because the writer was saturated.",
+            get(&self.dropped),
+        );
+        one(
+            "sightline_broker_lost_messages_total",
+            "counter",
+            "Messages the broker discarded before ingest read them.",
+            get(&self.lost),
+        );
+        one(
+            "sightline_viewers",
+            "gauge",
+            "Live WebSocket viewers connected.",
+            get(&self.viewers),
+        );
+        one(
+            "sightline_live_skipped_readings_total",
+            "counter",
+            "Readings skipped for viewers that fell behind.",
+            get(&self.live_skipped),
+        );
+        one(
+            "sightline_live_pending_bytes",
+            "gauge",
+            "Bytes waiting in live viewers' outboxes.",
+            get(&self.live_pending_bytes),
+        );
+        if let Some(devices) = devices {
+            one(
+                "sightline_devices_connected",
+                "gauge",
+                "MQTT connections currently open.",
+                devices,
+            );
+        }
+        self.write_batch.render(
+            &mut out,
+            "sightline_write_batch_readings",
+            "Readings per committed write transaction.",
+        );
+        self.write_seconds.render(
+            &mut out,
+            "sightline_write_seconds",
+            "Time to write and commit one batch.",
+        );
+        self.push_seconds.render(
+            &mut out,
+            "sightline_push_latency_seconds",
+            "From ingest receiving a message to its readings reaching a viewer's socket.",
+        );
+        out
+    }
+}
+
+/// A histogram with fixed bucket bounds, updated with atomics only.
+/// Observations are integers in a unit of the owner's choosing (readings,
+/// microseconds); `scale` converts them to the exposed unit.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [u64],
+    scale: f64,
+    /// One counter per bound plus one for `+Inf`; not cumulative.
+    buckets: Vec<AtomicU64>,
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+/// Latency bounds in microseconds, from 0.25 ms to 10 s.
+const LATENCY_BOUNDS_US: &[u64] = &[
+    250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 10_000_000,
+];
+
+/// Batch-size bounds in readings.
+const BATCH_BOUNDS: &[u64] = &[1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000];
+
+impl Histogram {
+    pub fn new(bounds: &'static [u64], scale: f64) -> Self {
+        Self {
+            bounds,
+            scale,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// A histogram of durations, exposed in seconds.
+    pub fn latency() -> Self {
+        Self::new(LATENCY_BOUNDS_US, 1e-6)
+    }
+
+    /// Records `n` observations of `value`.
+    pub fn observe_n(&self, value: u64, n: u64) {
+        let i = self.bounds.partition_point(|b| *b < value);
+        self.buckets[i].fetch_add(n, Ordering::Relaxed);
+        self.sum
+            .fetch_add(value.saturating_mul(n), Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn observe(&self, value: u64) {
+        self.observe_n(value, 1);
+    }
+
+    /// Records a duration in microseconds.
+    pub fn observe_duration(&self, d: Duration, n: u64) {
+        self.observe_n(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), n);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Ordering::Relaxed);
+            match self.bounds.get(i) {
+                Some(b) => {
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                        *b as f64 * self.scale
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum.load(Ordering::Relaxed) as f64 * self.scale;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {}", self.count());
     }
 }
 
@@ -151,6 +362,31 @@ mod tests {
         let limiter = LogLimiter::new(1, Duration::ZERO);
         assert_eq!(limiter.allow(), Some(0));
         assert_eq!(limiter.allow(), Some(0), "a new window starts at once");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_the_exposition() {
+        let m = Metrics::default();
+        m.push_seconds
+            .observe_duration(Duration::from_micros(300), 2);
+        m.push_seconds.observe_duration(Duration::from_secs(60), 1);
+        m.write_batch.observe(1);
+        let text = m.prometheus(Some(7));
+        for line in [
+            "sightline_push_latency_seconds_bucket{le=\"0.00025\"} 0",
+            "sightline_push_latency_seconds_bucket{le=\"0.0005\"} 2",
+            "sightline_push_latency_seconds_bucket{le=\"10\"} 2",
+            "sightline_push_latency_seconds_bucket{le=\"+Inf\"} 3",
+            "sightline_push_latency_seconds_count 3",
+            "sightline_write_batch_readings_bucket{le=\"1\"} 1",
+            "sightline_devices_connected 7",
+            "# TYPE sightline_readings_stored_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,12 @@
 
 mod common;
 
+use std::time::Duration;
+
 use app::model::{Counters, DeviceDetail, DeviceSummary, Reading, ServerMsg};
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
 use common::{next_matching, test_config, wait_for, Scratch, TestServer};
 use server::store::Store;
 
@@ -170,7 +175,8 @@ async fn bad_input_is_rejected_counted_and_never_costs_good_readings() {
             received: good,
             stored: good,
             rejected,
-            dropped: 0
+            dropped: 0,
+            lost: 0
         }
     );
     let devices: Vec<DeviceSummary> = server.get_json("/api/devices").await;
@@ -353,48 +359,150 @@ async fn postgres_stores_and_serves_readings() {
     server.stop().await.expect("clean shutdown");
 }
 
+/// Reads one gauge or counter from `/metrics`.
+async fn metric(server: &TestServer, name: &str) -> u64 {
+    let (status, text) = server.get("/metrics").await.expect("metrics");
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+}
+
 #[tokio::test]
-async fn a_viewer_that_stops_reading_is_told_it_lagged_and_never_slows_ingest() {
+async fn a_stalled_viewer_stays_bounded_while_a_healthy_one_gets_everything() {
     let scratch = Scratch::new();
     let mut config = test_config(&scratch.sqlite_url());
-    config.live_buffer = 2;
+    let cap = 256 * 1024;
+    config.viewer_buffer_bytes = cap;
+    config.batch_max = 2000;
     let server = TestServer::start(config).await;
-    let mut slow = server.live(r#"{"type":"subscribe_all"}"#).await;
+    let mut stalled = server.live(r#"{"type":"subscribe_all"}"#).await;
+    let mut healthy = server
+        .live(r#"{"type":"subscribe","devices":["Flood"]}"#)
+        .await;
     let device = server.device("Flood").await;
     device.publish("sensor/Flood", "{'warm':1}").await;
-    next_matching(&mut slow, readings_of).await;
+    next_matching(&mut stalled, readings_of).await;
+    next_matching(&mut healthy, readings_of).await;
 
-    // From here on the viewer reads nothing while about 20 MB of live
-    // updates are produced: far more than socket buffers and the two-batch
-    // ring can hold.
+    // The healthy viewer reads everything in the background and notes any
+    // lag notice; the stalled one reads nothing while about 20 MB of live
+    // updates are produced, far more than its cap and socket buffers.
+    let messages = 1000u64;
+    let expected = messages * 200;
+    let reader = tokio::spawn(async move {
+        let (mut readings, mut lagged) = (0u64, 0u64);
+        // Stats arrive every second, so only silence about readings ends
+        // the wait early.
+        let mut last_reading = tokio::time::Instant::now();
+        while readings < expected && last_reading.elapsed() < Duration::from_secs(15) {
+            let Ok(Some(Ok(msg))) =
+                tokio::time::timeout(Duration::from_secs(1), healthy.next()).await
+            else {
+                continue;
+            };
+            if let Message::Text(text) = msg {
+                match serde_json::from_str::<ServerMsg>(&text).expect("server message") {
+                    ServerMsg::Readings { readings: r } => {
+                        readings += r.len() as u64;
+                        last_reading = tokio::time::Instant::now();
+                    }
+                    ServerMsg::Lagged { skipped } => lagged += skipped,
+                    ServerMsg::Stats { .. } => {}
+                }
+            }
+        }
+        (readings, lagged)
+    });
     let fields: Vec<String> = (0..200)
         .map(|i| format!("\"metric_with_a_deliberately_long_name_to_fill_buffers_{i:03}\":{i}"))
         .collect();
     let payload = format!("{{{}}}", fields.join(","));
-    let messages = 1000u64;
-    for _ in 0..messages {
+    let mut most_pending = 0;
+    for n in 0..messages {
         device.publish("sensor/Flood", payload.clone()).await;
+        if n % 100 == 0 {
+            most_pending = most_pending.max(metric(&server, "sightline_live_pending_bytes").await);
+        }
     }
-    let expected = 1 + messages * 200;
     wait_for("every reading to be stored", || async {
         let c: Counters = server.get_json("/api/stats").await;
-        c.stored == expected
+        c.stored == expected + 1
     })
     .await;
+    most_pending = most_pending.max(metric(&server, "sightline_live_pending_bytes").await);
+
     let counters: Counters = server.get_json("/api/stats").await;
     assert_eq!(
         counters.dropped, 0,
         "a stalled viewer must not cost readings"
     );
+    // Two viewers, each allowed its cap plus one batch in flight.
+    let bound = 2 * (cap as u64 + 2000 * 100);
+    assert!(
+        most_pending <= bound,
+        "viewer outboxes held {most_pending} bytes, above {bound}"
+    );
+    assert!(metric(&server, "sightline_live_skipped_readings_total").await > 0);
 
-    let skipped = next_matching(&mut slow, |m| match m {
+    let (readings, lagged) = reader.await.expect("reader");
+    assert_eq!(lagged, 0, "the healthy viewer must never be told it lagged");
+    assert_eq!(readings, expected, "the healthy viewer gets every reading");
+
+    let skipped = next_matching(&mut stalled, |m| match m {
         ServerMsg::Lagged { skipped } => Some(skipped),
         _ => None,
     })
     .await;
-    assert!(skipped > 0);
+    assert!(skipped > 0, "the stalled viewer is told what it missed");
     device.disconnect().await;
     server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn overload_is_counted_reading_for_reading() {
+    let scratch = Scratch::new();
+    let url = scratch.sqlite_url();
+    let mut config = test_config(&url);
+    // A writer that stores at most 20 readings per 20 ms, behind a queue
+    // of 8 messages, while the device sends as fast as it can.
+    config.write_pause = Duration::from_millis(20);
+    config.batch_max = 20;
+    config.writer_queue = 8;
+    let server = TestServer::start(config).await;
+    let device = server.device("Burst").await;
+    let sent = 3000u64;
+    for i in 0..sent {
+        device.publish("sensor/Burst/temp", format!("{i}")).await;
+    }
+    wait_for("every publish to be acknowledged", || async {
+        device.acked.load(std::sync::atomic::Ordering::Relaxed) == sent
+    })
+    .await;
+    wait_for("every reading to be stored or dropped", || async {
+        let c: Counters = server.get_json("/api/stats").await;
+        c.stored + c.dropped == sent
+    })
+    .await;
+    let counters: Counters = server.get_json("/api/stats").await;
+    assert!(
+        counters.dropped > 0,
+        "the writer was slow enough to overflow"
+    );
+    assert!(counters.stored > 0);
+    assert_eq!(counters.lost, 0, "the broker itself lost nothing");
+    assert_eq!(counters.received, sent);
+    let dropped = metric(&server, "sightline_readings_dropped_total").await;
+    assert_eq!(dropped, counters.dropped, "/metrics agrees with the API");
+    device.disconnect().await;
+    server.stop().await.expect("clean shutdown");
+
+    // What was counted as stored is exactly what the database holds.
+    let store = Store::open(&url).await.expect("reopen");
+    assert_eq!(
+        store.count_readings().await.expect("count"),
+        counters.stored
+    );
 }
 
 #[tokio::test]

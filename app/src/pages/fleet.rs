@@ -179,6 +179,7 @@ pub fn CountersBar(counters: RwSignal<Counters>) -> impl IntoView {
             <div><dt>"stored"</dt><dd data-testid="stored">{move || counters.with(|c| c.stored)}</dd></div>
             <div><dt>"rejected"</dt><dd data-testid="rejected-total">{move || counters.with(|c| c.rejected)}</dd></div>
             <div><dt>"dropped"</dt><dd data-testid="dropped">{move || counters.with(|c| c.dropped)}</dd></div>
+            <div><dt>"lost in broker"</dt><dd data-testid="lost">{move || counters.with(|c| c.lost)}</dd></div>
         </dl>
     }
 }

@@ -6,7 +6,7 @@
 pub mod decode;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use app::model::Reading;
 use rumqttd::Notification;
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerError, INGEST_FILTER};
 use crate::metrics::{LogLimiter, Metrics};
+use crate::store::writer::Arrival;
 use decode::{decode, parse_topic};
 
 /// How ingest could fail.
@@ -31,16 +32,17 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     /// Bounded: when the writer falls behind, readings are dropped and
     /// counted here rather than piling up in memory or stalling the broker.
-    writer: mpsc::Sender<Vec<Reading>>,
+    writer: mpsc::Sender<Arrival>,
     max_payload_bytes: usize,
     reject_log: LogLimiter,
     drop_log: LogLimiter,
+    lost_log: LogLimiter,
 }
 
 impl Ingest {
     pub fn new(
         metrics: Arc<Metrics>,
-        writer: mpsc::Sender<Vec<Reading>>,
+        writer: mpsc::Sender<Arrival>,
         max_payload_bytes: usize,
     ) -> Self {
         Self {
@@ -49,11 +51,25 @@ impl Ingest {
             max_payload_bytes,
             reject_log: LogLimiter::new(20, Duration::from_secs(10)),
             drop_log: LogLimiter::new(5, Duration::from_secs(10)),
+            lost_log: LogLimiter::new(5, Duration::from_secs(10)),
         }
     }
 
-    /// Handles one MQTT message received at `now_ms`.
-    pub fn handle(&self, topic: &[u8], payload: &[u8], now_ms: i64) {
+    /// Counts messages the broker discarded before ingest could read them.
+    pub fn lost(&self, messages: u64) {
+        Metrics::add(&self.metrics.lost, messages);
+        if let Some(suppressed) = self.lost_log.allow() {
+            tracing::error!(
+                messages,
+                suppressed,
+                "the broker discarded messages before ingest read them (its log wrapped)"
+            );
+        }
+    }
+
+    /// Handles one MQTT message received at `now_ms` (wall clock, for
+    /// readings without a timestamp) and `at` (monotonic, for latency).
+    pub fn handle(&self, topic: &[u8], payload: &[u8], now_ms: i64, at: Instant) {
         Metrics::add(&self.metrics.messages, 1);
         let Ok(topic) = std::str::from_utf8(topic) else {
             self.reject(None, "<binary topic>", &[decode::Rejection::UnknownTopic]);
@@ -91,7 +107,7 @@ impl Ingest {
             .collect();
         let n = readings.len() as u64;
         Metrics::add(&self.metrics.received, n);
-        if let Err(e) = self.writer.try_send(readings) {
+        if let Err(e) = self.writer.try_send(Arrival { at, readings }) {
             Metrics::add(&self.metrics.dropped, n);
             if let Some(suppressed) = self.drop_log.allow() {
                 let why = match e {
@@ -130,6 +146,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
     let (mut _tx, mut rx) = broker.link("ingest", INGEST_FILTER)?;
+    let mut gaps = GapTracker::default();
     let mut draining = false;
     loop {
         // On shutdown the listener is already closed; what the router still
@@ -151,8 +168,14 @@ pub async fn run(
         };
         match next {
             Ok(Some(Notification::Forward(forward))) => {
+                if let Some((_, offset)) = forward.cursor {
+                    let lost = gaps.next(offset);
+                    if lost > 0 {
+                        ingest.lost(lost);
+                    }
+                }
                 let publish = forward.publish;
-                ingest.handle(&publish.topic, &publish.payload, now_ms());
+                ingest.handle(&publish.topic, &publish.payload, now_ms(), Instant::now());
             }
             // rumqttd pauses a local link whose buffer filled up; without
             // this wake-up delivery stalls for good.
@@ -160,14 +183,42 @@ pub async fn run(
                 if let Err(e) = rx.wake().await {
                     tracing::warn!("ingest link lost on wake: {e}; relinking");
                     (_tx, rx) = broker.link("ingest", INGEST_FILTER)?;
+                    gaps = GapTracker::default();
                 }
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!("ingest link lost: {e}; relinking");
                 (_tx, rx) = broker.link("ingest", INGEST_FILTER)?;
+                gaps = GapTracker::default();
             }
         }
+    }
+}
+
+/// Finds messages that rumqttd dropped before ingest read them.
+///
+/// rumqttd acknowledges a publish (QoS 1 included) once it is appended to
+/// an in-memory log, and when that log is full it drops its oldest segment
+/// whether or not ingest has read it. It then moves ingest's read cursor
+/// forward and only logs a warning. Every message it forwards carries its
+/// absolute offset in the log, one apart for consecutive messages, so a
+/// jump in offsets is exactly the number of messages lost.
+#[derive(Debug, Default)]
+pub struct GapTracker {
+    expected: Option<u64>,
+}
+
+impl GapTracker {
+    /// Takes the offset of the next forwarded message and returns how many
+    /// messages were skipped before it.
+    pub fn next(&mut self, offset: u64) -> u64 {
+        let lost = match self.expected {
+            Some(expected) => offset.saturating_sub(expected),
+            None => 0,
+        };
+        self.expected = Some(offset + 1);
+        lost
     }
 }
 
@@ -176,4 +227,20 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GapTracker;
+
+    #[test]
+    fn gaps_in_log_offsets_are_counted_as_lost_messages() {
+        let mut gaps = GapTracker::default();
+        assert_eq!(gaps.next(500), 0, "the first offset sets the baseline");
+        assert_eq!(gaps.next(501), 0);
+        assert_eq!(gaps.next(502), 0);
+        assert_eq!(gaps.next(900), 397, "offsets 503..=899 never arrived");
+        assert_eq!(gaps.next(901), 0);
+        assert_eq!(gaps.next(901), 0, "a repeat is not a loss");
+    }
 }

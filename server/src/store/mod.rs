@@ -43,43 +43,80 @@ pub enum StoreError {
 /// A handle to the database. Cloning it is cheap and shares the pool.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// The pool that pages and the API read through.
     db: DatabaseConnection,
+    /// One connection reserved for the batch writer, so page loads never
+    /// wait behind a large transaction for a pool slot, and so only the
+    /// writer pays for a large page cache.
+    writer_db: DatabaseConnection,
+}
+
+/// Who a connection is for; SQLite tuning differs between the two.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Role {
+    Readers,
+    Writer,
+}
+
+/// The writer's SQLite page cache, in KiB. Readings are indexed by
+/// `(series_id, ts)`, so a batch appends to one index leaf per series: with
+/// thousands of series a batch dirties thousands of pages. With SQLite's
+/// default 2 MiB cache each batch re-read those pages through the kernel,
+/// which cost more than the inserts themselves (see BENCHMARKS.md).
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+
+/// Pages of WAL after which SQLite copies the log back into the database.
+/// The default (1,000 pages, 4 MiB) checkpointed after nearly every large
+/// batch, copying the same hot index pages again and again; 64 MiB lets a
+/// checkpoint copy each page once for many batches. The WAL file is reset
+/// after each checkpoint, so this also bounds its size.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 16 * 1024;
+
+async fn connect(url: &str, role: Role) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    let pool = if role == Role::Writer { 1 } else { 8 };
+    options
+        // sea-orm limits SQLite to one connection unless told otherwise;
+        // WAL lets page reads run beside the writer.
+        .max_connections(pool)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(move |o: SqliteConnectOptions| {
+            // WAL lets readers proceed during a write transaction, and
+            // NORMAL sync in WAL mode is durable against process crashes
+            // (the common case: a restart) while avoiding an fsync per
+            // commit. busy_timeout covers the moments when two connections
+            // want the write lock.
+            let o = o
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+                // Every batch size is a distinct multi-row INSERT, and a
+                // prepared INSERT with thousands of parameters is large;
+                // sqlx's default of 100 cached statements per connection
+                // held hundreds of megabytes.
+                .statement_cache_capacity(STATEMENT_CACHE);
+            match role {
+                Role::Readers => o,
+                Role::Writer => o
+                    .pragma("cache_size", (-WRITER_CACHE_KIB).to_string())
+                    .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
+                    .pragma("temp_store", "memory"),
+            }
+        })
+        .map_sqlx_postgres_opts(|o: PgConnectOptions| o.statement_cache_capacity(STATEMENT_CACHE));
+    Database::connect(options).await
 }
 
 impl Store {
     /// Connects and brings the schema up to date.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let mut options = ConnectOptions::new(url.to_owned());
-        options
-            // sea-orm limits SQLite to one connection unless told otherwise;
-            // WAL lets page reads run beside the writer.
-            .max_connections(8)
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(10))
-            .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
-                // WAL lets readers proceed during a write transaction, and
-                // NORMAL sync in WAL mode is durable against process crashes
-                // (the common case: a restart) while avoiding an fsync per
-                // commit. busy_timeout covers the moments when two
-                // connections want the write lock.
-                o.create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
-                    .foreign_keys(true)
-                    // Every batch size is a distinct multi-row INSERT, and a
-                    // prepared INSERT with thousands of parameters is large;
-                    // sqlx's default of 100 cached statements per connection
-                    // held hundreds of megabytes.
-                    .statement_cache_capacity(STATEMENT_CACHE)
-            })
-            .map_sqlx_postgres_opts(|o: PgConnectOptions| {
-                o.statement_cache_capacity(STATEMENT_CACHE)
-            });
         let shown = redact_url(url);
-        let db = Database::connect(options)
+        let db = connect(url, Role::Readers)
             .await
             .map_err(|source| StoreError::Open {
                 url: shown.clone(),
@@ -87,13 +124,20 @@ impl Store {
             })?;
         Migrator::up(&db, None)
             .await
-            .map_err(|source| StoreError::Migrate { url: shown, source })?;
-        Ok(Self { db })
+            .map_err(|source| StoreError::Migrate {
+                url: shown.clone(),
+                source,
+            })?;
+        let writer_db = connect(url, Role::Writer)
+            .await
+            .map_err(|source| StoreError::Open { url: shown, source })?;
+        Ok(Self { db, writer_db })
     }
 
-    /// A writer with its own id caches. There must be only one at a time.
+    /// The writer, on its own connection and with its own id caches. There
+    /// must be only one at a time.
     pub fn writer(&self) -> writer::Writer {
-        writer::Writer::new(self.db.clone())
+        writer::Writer::new(self.writer_db.clone())
     }
 
     /// Every device with its latest value per metric, ordered by id.

@@ -5,23 +5,31 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use app::model::Reading;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TransactionTrait};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::entity::{device, reading, series};
 use super::StoreError;
-use crate::live::LiveBatch;
+use crate::live::{Hub, LiveBatch};
 use crate::metrics::Metrics;
 
 /// Rows per INSERT statement. Three bound values per row keeps a statement
 /// under SQLite's limit of 32,766 parameters.
 const ROWS_PER_INSERT: usize = 10_000;
+
+/// The readings of one message, as ingest queues them for the writer.
+#[derive(Debug)]
+pub struct Arrival {
+    /// When ingest received the message.
+    pub at: Instant,
+    pub readings: Vec<Reading>,
+}
 
 /// Writes batches of readings, caching device and series ids so that a
 /// steady stream costs one multi-row INSERT per batch and nothing else.
@@ -140,6 +148,15 @@ async fn ensure_series<C: sea_orm::ConnectionTrait>(
         .ok_or_else(|| DbErr::RecordNotFound(format!("series {metric}")))
 }
 
+/// How the writer sizes and spaces its transactions.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// The most readings per transaction.
+    pub batch_max: usize,
+    /// A wait after each transaction; zero except in tests.
+    pub pause: Duration,
+}
+
 /// Runs the writer until the queue is closed and drained. A batch that
 /// fails is retried with backoff, so a database outage costs queue space
 /// (and, once the queue is full, counted drops) rather than data in hand.
@@ -147,20 +164,26 @@ async fn ensure_series<C: sea_orm::ConnectionTrait>(
 /// failing batch counted as dropped instead of retried.
 pub async fn run(
     mut writer: Writer,
-    mut queue: mpsc::Receiver<Vec<Reading>>,
-    live: broadcast::Sender<Arc<LiveBatch>>,
+    mut queue: mpsc::Receiver<Arrival>,
+    hub: Arc<Hub>,
     metrics: Arc<Metrics>,
-    batch_max: usize,
+    pace: Pace,
     give_up: CancellationToken,
 ) {
-    while let Some(mut batch) = queue.recv().await {
-        while batch.len() < batch_max {
+    while let Some(first) = queue.recv().await {
+        // Take whatever else is already waiting: under load batches grow by
+        // themselves, which is what keeps the per-reading cost low, while a
+        // lone message is written at once, which keeps latency low.
+        let received_at = first.at;
+        let mut batch = first.readings;
+        while batch.len() < pace.batch_max {
             match queue.try_recv() {
-                Ok(mut more) => batch.append(&mut more),
+                Ok(mut more) => batch.append(&mut more.readings),
                 Err(_) => break,
             }
         }
         let mut delay = Duration::from_millis(50);
+        let started = Instant::now();
         let stored = loop {
             match writer.write(&batch).await {
                 Ok(()) => break true,
@@ -185,8 +208,15 @@ pub async fn run(
             Metrics::add(&metrics.dropped, batch.len() as u64);
             continue;
         }
+        metrics.write_seconds.observe_duration(started.elapsed(), 1);
+        metrics.write_batch.observe(batch.len() as u64);
         Metrics::add(&metrics.stored, batch.len() as u64);
-        // Sending fails only when no viewer is connected, which is fine.
-        let _ = live.send(Arc::new(LiveBatch::new(batch)));
+        hub.publish(&LiveBatch {
+            readings: batch,
+            received_at,
+        });
+        if !pace.pause.is_zero() {
+            tokio::time::sleep(pace.pause).await;
+        }
     }
 }
