@@ -170,7 +170,9 @@ fn link_error(e: LinkError) -> BrokerError {
 fn router_config() -> RouterConfig {
     RouterConfig {
         max_connections: 20_010,
-        max_outgoing_packet_count: 200,
+        // Forwards handed to a link per round; ingest is the only
+        // subscriber, and larger rounds mean fewer wake-ups per message.
+        max_outgoing_packet_count: 1000,
         max_segment_size: 2 * 1024 * 1024,
         max_segment_count: 4,
         ..RouterConfig::default()

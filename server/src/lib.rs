@@ -12,8 +12,10 @@
 //! - [`http`]: the dashboard pages, static assets, JSON API and `/ws`.
 //!
 //! Around them: [`config`] (layered settings), [`metrics`] (counters) and
-//! [`simulate`] (real MQTT clients for demos and benchmarks).
+//! [`simulate`] (real MQTT clients for demos and benchmarks) and [`bench`]
+//! (the benchmark that drives a server process with them).
 
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod http;
@@ -115,6 +117,13 @@ pub async fn run(
         writer_token.clone(),
     ));
 
+    let checkpoint_token = CancellationToken::new();
+    let checkpoints = {
+        let store = store.clone();
+        let stop = checkpoint_token.clone();
+        tokio::spawn(async move { store.checkpoints(stop).await })
+    };
+
     let (broker, broker_stopped) = Broker::start(&BrokerSettings {
         listen: listeners.mqtt,
         max_packet_bytes: (config.max_payload_bytes.saturating_mul(4)).max(1024 * 1024),
@@ -143,7 +152,12 @@ pub async fn run(
     let app = http::router(state);
     let http_token = token.clone();
     let mut http_task = tokio::spawn(async move {
-        axum::serve(listeners.http, app)
+        // Live updates are small frames that must leave at once; Nagle's
+        // algorithm would hold them back behind an unacknowledged one.
+        let http = axum::serve::ListenerExt::tap_io(listeners.http, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(http, app)
             .with_graceful_shutdown(async move { http_token.cancelled().await })
             .await
     });
@@ -204,6 +218,8 @@ pub async fn run(
         });
         let _ = writer.await;
     }
+    checkpoint_token.cancel();
+    let _ = checkpoints.await;
     if !http_task.is_finished() {
         let _ = http_task.await;
     }

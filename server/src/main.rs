@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use server::bench::{self, BenchOptions, Scenario};
 use server::config::ServeArgs;
 use server::simulate::{self, SimOptions};
 use server::Listeners;
@@ -28,6 +30,40 @@ enum Command {
     Serve(ServeArgs),
     /// Connect simulated devices to a broker and publish readings.
     Simulate(SimulateArgs),
+    /// Start a server on a fresh SQLite file, load it, and print what it achieved.
+    Bench(BenchArgs),
+}
+
+/// Each scenario is a preset; the other flags override single parts of it.
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Which target to measure.
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// MQTT QoS level of the publishing devices, 0 or 1.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Publishing devices [scenario default: 1000].
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Messages per second per publishing device, 3 readings each [scenario default].
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// Length of the run in seconds [scenario default: 60 for throughput, 30 otherwise].
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Idle connections held beside the publishing devices [scenario default].
+    #[arg(long)]
+    idle: Option<usize>,
+    /// WebSocket viewers [scenario default].
+    #[arg(long)]
+    viewers: Option<usize>,
+    /// Devices each viewer watches; 0 for all [scenario default].
+    #[arg(long)]
+    watch: Option<usize>,
+    /// Extra flags for `sightline serve`, after `--`.
+    #[arg(last = true)]
+    serve_args: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +114,31 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Simulate(args) => simulate(args).await,
+        Command::Bench(args) => bench(args).await,
+    }
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the sightline binary")?;
+    let mut opts = BenchOptions::preset(args.scenario, exe);
+    opts.qos = qos(args.qos);
+    opts.devices = args.devices.unwrap_or(opts.devices);
+    opts.rate = args.rate.unwrap_or(opts.rate);
+    opts.seconds = args.seconds.unwrap_or(opts.seconds);
+    opts.idle = args.idle.unwrap_or(opts.idle);
+    opts.viewers = args.viewers.unwrap_or(opts.viewers);
+    opts.watch = args.watch.unwrap_or(opts.watch);
+    opts.serve_args = args.serve_args;
+    let report = bench::run(&opts).await?;
+    print!("{}", report.render(&opts));
+    Ok(())
+}
+
+fn qos(level: u8) -> rumqttc::QoS {
+    if level == 1 {
+        rumqttc::QoS::AtLeastOnce
+    } else {
+        rumqttc::QoS::AtMostOnce
     }
 }
 
@@ -90,11 +151,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    let qos = if args.qos == 1 {
-        rumqttc::QoS::AtLeastOnce
-    } else {
-        rumqttc::QoS::AtMostOnce
-    };
+    let qos = qos(args.qos);
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {
@@ -110,6 +167,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             qos,
             duration: args.seconds.map(Duration::from_secs),
             backfill: None,
+            stamp: None,
         },
         cancel,
     )

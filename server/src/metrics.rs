@@ -218,11 +218,13 @@ impl Metrics {
 
 /// A histogram with fixed bucket bounds, updated with atomics only.
 /// Observations are integers in a unit of the owner's choosing (readings,
-/// microseconds); `scale` converts them to the exposed unit.
+/// microseconds); `divisor` converts them to the exposed unit.
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [u64],
-    scale: f64,
+    /// Divides an observation into the exposed unit (1e6 for microseconds
+    /// to seconds); a divisor, not a factor, so that bounds print exactly.
+    divisor: f64,
     /// One counter per bound plus one for `+Inf`; not cumulative.
     buckets: Vec<AtomicU64>,
     sum: AtomicU64,
@@ -239,10 +241,10 @@ const LATENCY_BOUNDS_US: &[u64] = &[
 const BATCH_BOUNDS: &[u64] = &[1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000];
 
 impl Histogram {
-    pub fn new(bounds: &'static [u64], scale: f64) -> Self {
+    pub fn new(bounds: &'static [u64], divisor: f64) -> Self {
         Self {
             bounds,
-            scale,
+            divisor,
             buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
             count: AtomicU64::new(0),
@@ -251,7 +253,7 @@ impl Histogram {
 
     /// A histogram of durations, exposed in seconds.
     pub fn latency() -> Self {
-        Self::new(LATENCY_BOUNDS_US, 1e-6)
+        Self::new(LATENCY_BOUNDS_US, 1e6)
     }
 
     /// Records `n` observations of `value`.
@@ -286,7 +288,7 @@ impl Histogram {
                     let _ = writeln!(
                         out,
                         "{name}_bucket{{le=\"{}\"}} {cumulative}",
-                        *b as f64 * self.scale
+                        *b as f64 / self.divisor
                     );
                 }
                 None => {
@@ -294,7 +296,7 @@ impl Histogram {
                 }
             }
         }
-        let sum = self.sum.load(Ordering::Relaxed) as f64 * self.scale;
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / self.divisor;
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {}", self.count());
     }
 }

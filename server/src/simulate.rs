@@ -27,6 +27,12 @@ pub struct SimOptions {
     /// Before going live, publish this much history (with explicit `ts`),
     /// so a demo's charts are full from the first page load.
     pub backfill: Option<Duration>,
+    /// When set, the third reading of each message is `sent_us`: the
+    /// microseconds from this instant to the moment the message was
+    /// handed to the client. `sightline bench` uses it to measure latency
+    /// end to end; it replaces `co2`, so a message still carries three
+    /// readings.
+    pub stamp: Option<Instant>,
 }
 
 impl SimOptions {
@@ -40,6 +46,7 @@ impl SimOptions {
             qos: QoS::AtMostOnce,
             duration: None,
             backfill: Some(Duration::from_secs(15 * 60)),
+            stamp: None,
         }
     }
 }
@@ -47,6 +54,8 @@ impl SimOptions {
 /// What a simulation run achieved.
 #[derive(Clone, Debug, Default)]
 pub struct SimReport {
+    /// When the fleet, fully connected, started publishing.
+    pub started: Option<Instant>,
     pub messages: u64,
     pub readings: u64,
     pub elapsed: Duration,
@@ -65,11 +74,28 @@ const METRICS: [(&str, f64, f64); 3] = [
     ("co2", 600.0, 150.0),
 ];
 
+/// Readings per simulated message.
+pub const READINGS_PER_MESSAGE: u64 = METRICS.len() as u64;
+
+/// The metric that carries a send time when [`SimOptions::stamp`] is set.
+pub const STAMP_METRIC: &str = "sent_us";
+
 /// Advances each metric's random walk and renders one JSON payload, with
-/// an explicit `ts` when given.
-fn next_payload(rng: &mut StdRng, values: &mut [f64], ts: Option<i64>) -> String {
+/// an explicit `ts` when given, and a send stamp in place of the last
+/// metric when `stamp` is set.
+fn next_payload(
+    rng: &mut StdRng,
+    values: &mut [f64],
+    ts: Option<i64>,
+    stamp: Option<Instant>,
+) -> String {
     let mut payload = String::from("{");
-    for (i, (name, centre, spread)) in METRICS.iter().enumerate() {
+    let walked = if stamp.is_some() {
+        METRICS.len() - 1
+    } else {
+        METRICS.len()
+    };
+    for (i, (name, centre, spread)) in METRICS.iter().enumerate().take(walked) {
         // A random walk pulled back towards the centre looks like a real
         // sensor drifting around its set point.
         let v = &mut values[i];
@@ -78,6 +104,12 @@ fn next_payload(rng: &mut StdRng, values: &mut [f64], ts: Option<i64>) -> String
             payload.push(',');
         }
         payload.push_str(&format!("\"{name}\":{:.2}", *v));
+    }
+    if let Some(epoch) = stamp {
+        payload.push_str(&format!(
+            ",\"{STAMP_METRIC}\":{}",
+            epoch.elapsed().as_micros()
+        ));
     }
     if let Some(ts) = ts {
         payload.push_str(&format!(",\"ts\":{ts}"));
@@ -96,18 +128,21 @@ pub fn loopback(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// How long the fleet may take to connect before it starts anyway.
+const CONNECT_WAIT: Duration = Duration::from_secs(60);
+
 /// Runs the simulated fleet until the duration ends or `cancel` fires.
+/// Every device connects first; the fleet starts publishing (and the
+/// duration starts counting) once all are connected, so a run's rate is
+/// not diluted by connection setup.
 pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
     let messages = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
     let stop = cancel.child_token();
-    if let Some(d) = opts.duration {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            stop.cancel();
-        });
-    }
+    let fleet = Arc::new(Fleet {
+        connected: AtomicU64::new(0),
+        changed: tokio::sync::Notify::new(),
+        go: CancellationToken::new(),
+    });
     let mut tasks = Vec::with_capacity(opts.devices);
     for i in 0..opts.devices {
         let id = format!("{}{:04}", opts.prefix, i + 1);
@@ -115,23 +150,56 @@ pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
             id,
             opts.clone(),
             messages.clone(),
+            fleet.clone(),
             stop.clone(),
         )));
+    }
+    let all = opts.devices as u64;
+    let _ = tokio::time::timeout(CONNECT_WAIT, async {
+        while fleet.connected.load(Ordering::Relaxed) < all {
+            fleet.changed.notified().await;
+        }
+    })
+    .await;
+    fleet.go.cancel();
+    let started = Instant::now();
+    if let Some(d) = opts.duration {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            stop.cancel();
+        });
     }
     for t in tasks {
         let _ = t.await;
     }
     let messages = messages.load(Ordering::Relaxed);
     SimReport {
+        started: Some(started),
         messages,
-        readings: messages * METRICS.len() as u64,
+        readings: messages * READINGS_PER_MESSAGE,
         elapsed: started.elapsed(),
     }
 }
 
+/// What the devices of one run share: how many are connected, and the
+/// signal to start publishing.
+#[derive(Debug)]
+struct Fleet {
+    connected: AtomicU64,
+    changed: tokio::sync::Notify,
+    go: CancellationToken,
+}
+
 /// One simulated device: a connection that publishes on a fixed cadence,
 /// starting at a random phase so that a fleet does not publish in lockstep.
-async fn device(id: String, opts: SimOptions, sent: Arc<AtomicU64>, stop: CancellationToken) {
+async fn device(
+    id: String,
+    opts: SimOptions,
+    sent: Arc<AtomicU64>,
+    fleet: Arc<Fleet>,
+    stop: CancellationToken,
+) {
     let broker = loopback(opts.broker);
     let mut mqtt = MqttOptions::new(id.clone(), broker.ip().to_string(), broker.port());
     mqtt.set_keep_alive(Duration::from_secs(30));
@@ -141,11 +209,19 @@ async fn device(id: String, opts: SimOptions, sent: Arc<AtomicU64>, stop: Cancel
     // a run's report matches what the broker received.
     let poll_stop = stop.clone();
     let counted = sent.clone();
+    // Publishing starts once the broker has accepted every connection;
+    // otherwise the first messages of a large fleet would wait in their
+    // clients while thousands of connections are set up.
+    let on_connack = fleet.clone();
     let poller = tokio::spawn(async move {
         loop {
             match events.poll().await {
                 Ok(Event::Outgoing(Outgoing::Publish(_))) => {
                     counted.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    on_connack.connected.fetch_add(1, Ordering::Relaxed);
+                    on_connack.changed.notify_one();
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                 Ok(_) => {}
@@ -170,7 +246,7 @@ async fn device(id: String, opts: SimOptions, sent: Arc<AtomicU64>, stop: Cancel
         let step = period.as_millis().max(1) as i64;
         let mut ts = now - history.as_millis() as i64;
         while ts < now && !stop.is_cancelled() {
-            let payload = next_payload(&mut rng, &mut values, Some(ts));
+            let payload = next_payload(&mut rng, &mut values, Some(ts), None);
             if client
                 .publish(&topic, opts.qos, false, payload)
                 .await
@@ -182,6 +258,10 @@ async fn device(id: String, opts: SimOptions, sent: Arc<AtomicU64>, stop: Cancel
         }
     }
 
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = fleet.go.cancelled() => {}
+    }
     tokio::time::sleep(period.mul_f64(rng.random::<f64>())).await;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -190,7 +270,7 @@ async fn device(id: String, opts: SimOptions, sent: Arc<AtomicU64>, stop: Cancel
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let payload = next_payload(&mut rng, &mut values, None);
+        let payload = next_payload(&mut rng, &mut values, None, opts.stamp);
         if client
             .publish(&topic, opts.qos, false, payload)
             .await
@@ -201,4 +281,64 @@ async fn device(id: String, opts: SimOptions, sent: Arc<AtomicU64>, stop: Cancel
     }
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
+}
+
+/// Holds `count` idle connections (ids `prefix` plus a number) open until
+/// `stop` fires, and returns how many were acknowledged by the broker and
+/// still open at the end. Used to show how many connections the server
+/// holds beside the publishing fleet.
+pub async fn hold_idle(
+    broker: SocketAddr,
+    prefix: &str,
+    count: usize,
+    stop: CancellationToken,
+) -> u64 {
+    let broker = loopback(broker);
+    let connected = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut mqtt = MqttOptions::new(
+            format!("{prefix}{:05}", i + 1),
+            broker.ip().to_string(),
+            broker.port(),
+        );
+        mqtt.set_keep_alive(Duration::from_secs(60));
+        let (client, mut events) = AsyncClient::new(mqtt, 4);
+        let stop = stop.clone();
+        let connected = connected.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut up = false;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    event = events.poll() => match event {
+                        Ok(Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                            up = true;
+                            connected.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            if up {
+                                up = false;
+                                connected.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    },
+                }
+            }
+            drop(client);
+        }));
+        // Pace connection setup a little so the listener's accept loop is
+        // not handed thousands of handshakes in one instant.
+        if i % 500 == 499 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop.cancelled().await;
+    let held = connected.load(Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    held
 }

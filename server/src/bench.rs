@@ -1,0 +1,543 @@
+//! `sightline bench`: the performance benchmark. It starts the real server
+//! as a child process on a fresh SQLite file, drives it with the
+//! simulator's real MQTT clients and real WebSocket viewers, and prints
+//! what the issue-3 targets ask for: readings persisted per second
+//! (counted in the database), the publish-to-WebSocket latency histogram,
+//! the server's peak RSS, and what was dropped, rejected or lost.
+//!
+//! The server runs in its own process so that its RSS is its own, not the
+//! load generator's, and so that it is exactly the binary users run.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use app::model::{Counters, ServerMsg};
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::QoS;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::simulate::{self, SimOptions, READINGS_PER_MESSAGE, STAMP_METRIC};
+use crate::store::Store;
+
+/// The rows of the issue-3 table, each a preset of the options below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Readings persisted per second: 1,000 devices offering 150,000
+    /// readings/s for 60 s.
+    Throughput,
+    /// Publish-to-WebSocket latency at 10,000 readings/s, one viewer
+    /// subscribed to all devices.
+    Latency,
+    /// 10,000 connections held while 1,000 of them publish 10,000
+    /// readings/s; peak RSS.
+    Connections,
+    /// 1,000 WebSocket viewers, each watching 10 devices, at 10,000
+    /// readings/s.
+    Viewers,
+}
+
+/// A fully resolved benchmark run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub scenario: Scenario,
+    pub qos: QoS,
+    /// Devices that publish.
+    pub devices: usize,
+    /// Messages per second per publishing device; each carries
+    /// [`READINGS_PER_MESSAGE`] readings.
+    pub rate: f64,
+    pub seconds: u64,
+    /// Connections that stay idle beside the publishing devices.
+    pub idle: usize,
+    /// WebSocket viewers; zero means none.
+    pub viewers: usize,
+    /// Devices each viewer watches; zero means all of them.
+    pub watch: usize,
+    /// The `sightline` binary to start as the server.
+    pub server_bin: PathBuf,
+    /// Extra flags passed to `sightline serve`.
+    pub serve_args: Vec<String>,
+}
+
+impl BenchOptions {
+    /// The preset for a scenario; callers override single fields after.
+    pub fn preset(scenario: Scenario, server_bin: PathBuf) -> Self {
+        let base = Self {
+            scenario,
+            qos: QoS::AtMostOnce,
+            devices: 1000,
+            // 1,000 devices x 10/3 messages/s x 3 readings = 10,000 readings/s.
+            rate: 10.0 / 3.0,
+            seconds: 30,
+            idle: 0,
+            viewers: 0,
+            watch: 0,
+            server_bin,
+            serve_args: Vec::new(),
+        };
+        match scenario {
+            Scenario::Throughput => Self {
+                rate: 50.0,
+                seconds: 60,
+                ..base
+            },
+            Scenario::Latency => Self { viewers: 1, ..base },
+            Scenario::Connections => Self { idle: 9000, ..base },
+            Scenario::Viewers => Self {
+                viewers: 1000,
+                watch: 10,
+                ..base
+            },
+        }
+    }
+
+    fn offered_per_sec(&self) -> f64 {
+        self.devices as f64 * self.rate * READINGS_PER_MESSAGE as f64
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Default)]
+pub struct BenchReport {
+    pub sent_readings: u64,
+    pub send_seconds: f64,
+    /// Rows counted in the database after the server stopped.
+    pub persisted: u64,
+    /// From the first publish to the last commit.
+    pub persist_seconds: f64,
+    /// Readings stored per second in each second of the publishing window
+    /// but the first, from the server's counter.
+    pub per_second: Vec<u64>,
+    pub counters: Counters,
+    /// Publish-to-WebSocket latencies in microseconds, sorted.
+    pub latencies_us: Vec<u64>,
+    pub lag_notices: u64,
+    pub peak_rss_bytes: u64,
+    pub idle_held: u64,
+    pub server_connections: Option<u64>,
+}
+
+impl BenchReport {
+    fn percentile(&self, p: f64) -> Option<f64> {
+        if self.latencies_us.is_empty() {
+            return None;
+        }
+        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        Some(self.latencies_us[i] as f64 / 1000.0)
+    }
+
+    fn median_per_second(&self) -> (u64, u64) {
+        let mut steady = self.per_second.clone();
+        steady.sort_unstable();
+        let median = steady.get(steady.len() / 2).copied().unwrap_or(0);
+        let min = steady.first().copied().unwrap_or(0);
+        (median, min)
+    }
+
+    /// The report as printed, one figure per line.
+    pub fn render(&self, opts: &BenchOptions) -> String {
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        let qos = if opts.qos == QoS::AtLeastOnce { 1 } else { 0 };
+        line(format!(
+            "scenario            {:?}, QoS {qos}",
+            opts.scenario
+        ));
+        line(format!(
+            "load                {} devices x {:.2} msg/s x {} readings = {:.0} readings/s offered, {} s; {} idle connections; {} viewers{}",
+            opts.devices,
+            opts.rate,
+            READINGS_PER_MESSAGE,
+            opts.offered_per_sec(),
+            opts.seconds,
+            opts.idle,
+            opts.viewers,
+            match (opts.viewers, opts.watch) {
+                (0, _) => String::new(),
+                (_, 0) => " watching all devices".into(),
+                (_, n) => format!(" watching {n} devices each"),
+            }
+        ));
+        line(format!(
+            "sent                {} readings in {:.1} s ({:.0}/s)",
+            self.sent_readings,
+            self.send_seconds,
+            self.sent_readings as f64 / self.send_seconds.max(1e-9)
+        ));
+        let (median, min) = self.median_per_second();
+        line(format!(
+            "persisted           {} readings in the database, {:.0} readings/s from first publish to last commit; steady seconds: median {median}/s, min {min}/s",
+            self.persisted,
+            self.persisted as f64 / self.persist_seconds.max(1e-9),
+        ));
+        let c = &self.counters;
+        line(format!(
+            "server counters     messages {}, received {}, stored {}, dropped {}, rejected {}, lost in broker {} messages",
+            c.messages, c.received, c.stored, c.dropped, c.rejected, c.lost
+        ));
+        line(format!(
+            "unaccounted         {} readings (sent - stored - dropped - rejected)",
+            self.sent_readings as i64 - c.stored as i64 - c.dropped as i64 - c.rejected as i64
+        ));
+        match (
+            self.percentile(0.5),
+            self.percentile(0.9),
+            self.percentile(0.99),
+            self.percentile(1.0),
+        ) {
+            (Some(p50), Some(p90), Some(p99), Some(max)) => line(format!(
+                "publish->websocket  {} samples: p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; lag notices {}",
+                self.latencies_us.len(),
+                self.lag_notices
+            )),
+            _ => line("publish->websocket  no viewers in this scenario".into()),
+        }
+        line(format!(
+            "server peak RSS     {:.0} MB",
+            self.peak_rss_bytes as f64 / 1e6
+        ));
+        if opts.idle > 0 {
+            line(format!(
+                "connections         {} idle held + {} publishing; server sees {}",
+                self.idle_held,
+                opts.devices,
+                self.server_connections
+                    .map_or_else(|| "unknown".into(), |n| n.to_string())
+            ));
+        }
+        out
+    }
+}
+
+/// Runs one benchmark and returns its report.
+pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let dir =
+        std::env::temp_dir().join(format!("sightline-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let result = run_in(opts, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> {
+    let http = free_addr()?;
+    let mqtt = free_addr()?;
+    let db_url = format!("sqlite://{}?mode=rwc", dir.join("bench.db").display());
+    let mut server = start_server(opts, dir, http, mqtt, &db_url).await?;
+    let pid = server.id().context("server has no pid")?;
+    let client = reqwest::Client::new();
+    let stop = CancellationToken::new();
+
+    // Idle connections first, so the publishing fleet runs beside them.
+    let idle = (opts.idle > 0).then(|| {
+        tokio::spawn(simulate::hold_idle(
+            mqtt,
+            "idle-",
+            opts.idle,
+            stop.child_token(),
+        ))
+    });
+    if opts.idle > 0 {
+        wait_connections(&client, http, opts.idle as u64).await;
+    }
+
+    let epoch = Instant::now();
+    let samples = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let lag = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut viewers = Vec::new();
+    for i in 0..opts.viewers {
+        let subscription = if opts.watch == 0 {
+            r#"{"type":"subscribe_all"}"#.to_owned()
+        } else {
+            let devices: Vec<String> = (0..opts.watch)
+                .map(|k| format!("b-{:04}", (i * opts.watch + k) % opts.devices + 1))
+                .collect();
+            serde_json::json!({"type": "subscribe", "devices": devices}).to_string()
+        };
+        viewers.push(tokio::spawn(viewer(
+            http,
+            subscription,
+            epoch,
+            samples.clone(),
+            lag.clone(),
+            stop.child_token(),
+        )));
+    }
+
+    // The server's stored counter, sampled every second.
+    let sampler_stop = CancellationToken::new();
+    let sampler = tokio::spawn(sample_stored(client.clone(), http, sampler_stop.clone()));
+
+    let sim = simulate::run(
+        SimOptions {
+            broker: mqtt,
+            devices: opts.devices,
+            rate: opts.rate,
+            prefix: "b-".into(),
+            qos: opts.qos,
+            duration: Some(Duration::from_secs(opts.seconds)),
+            backfill: None,
+            stamp: Some(epoch),
+        },
+        CancellationToken::new(),
+    )
+    .await;
+
+    // Wait until the writer has committed everything, and note when that
+    // last changed.
+    let last_commit = settle(&client, http).await;
+    sampler_stop.cancel();
+    let samples_stored = sampler.await.unwrap_or_default();
+    let started = sim.started.unwrap_or(epoch);
+    let per_second = steady_rates(&samples_stored, started, started + sim.elapsed);
+    let counters: Counters = get_json(&client, http, "/api/stats").await?;
+    let server_connections = metric(&client, http, "sightline_devices_connected").await;
+    stop.cancel();
+    let idle_held = match idle {
+        Some(task) => task.await.unwrap_or(0),
+        None => 0,
+    };
+    let mut lag_notices = 0;
+    for v in viewers {
+        let _ = v.await;
+    }
+    lag_notices += lag.load(std::sync::atomic::Ordering::Relaxed);
+    let peak_rss_bytes = peak_rss(pid).unwrap_or(0);
+    stop_server(&mut server).await?;
+
+    let store = Store::open(&db_url)
+        .await
+        .context("cannot reopen the database")?;
+    let persisted = store
+        .count_readings()
+        .await
+        .context("cannot count readings")?;
+    let mut latencies_us =
+        std::mem::take(&mut *samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    latencies_us.sort_unstable();
+    Ok(BenchReport {
+        sent_readings: sim.readings,
+        send_seconds: sim.elapsed.as_secs_f64(),
+        persisted,
+        persist_seconds: last_commit.duration_since(started).as_secs_f64(),
+        per_second,
+        counters,
+        latencies_us,
+        lag_notices,
+        peak_rss_bytes,
+        idle_held,
+        server_connections,
+    })
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?)
+}
+
+async fn start_server(
+    opts: &BenchOptions,
+    dir: &Path,
+    http: SocketAddr,
+    mqtt: SocketAddr,
+    db_url: &str,
+) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(dir.join("server.log"))?;
+    let mut server = Command::new(&opts.server_bin)
+        .arg("serve")
+        .args(["--http-addr", &http.to_string()])
+        .args(["--mqtt-addr", &mqtt.to_string()])
+        .args(["--database-url", db_url])
+        .args(["--site-root", &dir.to_string_lossy()])
+        .args(&opts.serve_args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", opts.server_bin.display()))?;
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("http://{http}/api/health")).send().await {
+            if r.status().is_success() {
+                return Ok(server);
+            }
+        }
+        if let Ok(Some(status)) = server.try_wait() {
+            bail!("the server exited with {status}; see its log");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the server did not answer on {http} within 10 s")
+}
+
+/// Asks the server to shut down gracefully (it stores everything it has
+/// received first) and waits for it.
+async fn stop_server(server: &mut Child) -> anyhow::Result<()> {
+    if let Some(pid) = server.id() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    match tokio::time::timeout(Duration::from_secs(60), server.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => bail!("the server exited with {status}"),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => bail!("the server did not stop within 60 s"),
+    }
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    http: SocketAddr,
+    path: &str,
+) -> anyhow::Result<T> {
+    Ok(client
+        .get(format!("http://{http}{path}"))
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+async fn metric(client: &reqwest::Client, http: SocketAddr, name: &str) -> Option<u64> {
+    let text = client
+        .get(format!("http://{http}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn wait_connections(client: &reqwest::Client, http: SocketAddr, want: u64) {
+    for _ in 0..600 {
+        if metric(client, http, "sightline_devices_connected").await >= Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Samples the server's stored counter about once a second.
+async fn sample_stored(
+    client: reqwest::Client,
+    http: SocketAddr,
+    stop: CancellationToken,
+) -> Vec<(Instant, u64)> {
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Ok(c) = get_json::<Counters>(&client, http, "/api/stats").await {
+            samples.push((Instant::now(), c.stored));
+        }
+    }
+    samples
+}
+
+/// Readings stored per second between consecutive samples that both fall
+/// inside the publishing window, leaving out its first second (ramp-up).
+fn steady_rates(samples: &[(Instant, u64)], from: Instant, to: Instant) -> Vec<u64> {
+    let from = from + Duration::from_secs(1);
+    samples
+        .windows(2)
+        .filter(|w| w[0].0 >= from && w[1].0 <= to)
+        .map(|w| {
+            let secs = w[1].0.duration_since(w[0].0).as_secs_f64().max(1e-3);
+            (w[1].1.saturating_sub(w[0].1) as f64 / secs) as u64
+        })
+        .collect()
+}
+
+/// Polls the stored counter until it has not moved for a second, and
+/// returns when it last moved.
+async fn settle(client: &reqwest::Client, http: SocketAddr) -> Instant {
+    let mut last = Instant::now();
+    let mut prev = None;
+    while last.elapsed() < Duration::from_secs(1) {
+        if let Ok(c) = get_json::<Counters>(client, http, "/api/stats").await {
+            if prev != Some(c.stored) {
+                prev = Some(c.stored);
+                last = Instant::now();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    last
+}
+
+/// The peak resident set of a process, from `/proc/PID/status`.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// A real WebSocket viewer that records, for every stamped reading, the
+/// time from its publish to its arrival here.
+async fn viewer(
+    http: SocketAddr,
+    subscription: String,
+    epoch: Instant,
+    samples: Arc<Mutex<Vec<u64>>>,
+    lag: Arc<std::sync::atomic::AtomicU64>,
+    stop: CancellationToken,
+) {
+    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(format!("ws://{http}/ws")).await else {
+        tracing::error!("bench viewer could not connect");
+        return;
+    };
+    if ws.send(Message::Text(subscription.into())).await.is_err() {
+        return;
+    }
+    let mut mine = Vec::new();
+    loop {
+        let frame = tokio::select! {
+            _ = stop.cancelled() => break,
+            frame = ws.next() => frame,
+        };
+        let text = match frame {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break,
+        };
+        let now = epoch.elapsed().as_micros() as u64;
+        match serde_json::from_str::<ServerMsg>(&text) {
+            Ok(ServerMsg::Readings { readings }) => {
+                for r in readings.iter().filter(|r| r.metric == STAMP_METRIC) {
+                    mine.push(now.saturating_sub(r.value as u64));
+                }
+            }
+            Ok(ServerMsg::Lagged { .. }) => {
+                lag.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+    if let Ok(mut all) = samples.lock() {
+        all.extend(mine);
+    }
+}
