@@ -61,6 +61,9 @@ struct BenchArgs {
     /// Devices each viewer watches; 0 for all [scenario default].
     #[arg(long)]
     watch: Option<usize>,
+    /// Keep the database and the server's log, and print where they are.
+    #[arg(long)]
+    keep: bool,
     /// Extra flags for `sightline serve`, after `--`.
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -90,7 +93,11 @@ struct SimulateArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = cli.log.as_deref().unwrap_or("info,rumqttd=off");
+    // The benchmark prints a report; the server it starts logs to its own
+    // file, so the bench itself only needs warnings.
+    let quiet = matches!(cli.command, Command::Bench(_));
+    let default = if quiet { "warn" } else { "info,rumqttd=off" };
+    let filter = cli.log.as_deref().unwrap_or(default);
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
@@ -129,6 +136,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     opts.viewers = args.viewers.unwrap_or(opts.viewers);
     opts.watch = args.watch.unwrap_or(opts.watch);
     opts.serve_args = args.serve_args;
+    opts.keep = args.keep;
     let report = bench::run(&opts).await?;
     print!("{}", report.render(&opts));
     Ok(())

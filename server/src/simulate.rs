@@ -57,6 +57,8 @@ pub struct SimReport {
     /// When the fleet, fully connected, started publishing.
     pub started: Option<Instant>,
     pub messages: u64,
+    /// QoS 1 messages the broker acknowledged.
+    pub acked: u64,
     pub readings: u64,
     pub elapsed: Duration,
 }
@@ -140,6 +142,7 @@ pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
     let stop = cancel.child_token();
     let fleet = Arc::new(Fleet {
         connected: AtomicU64::new(0),
+        acked: AtomicU64::new(0),
         changed: tokio::sync::Notify::new(),
         go: CancellationToken::new(),
     });
@@ -174,11 +177,18 @@ pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
         let _ = t.await;
     }
     let messages = messages.load(Ordering::Relaxed);
+    // The publishing window; QoS 1 devices may take a moment longer to
+    // collect their last acknowledgements, which is not publishing time.
+    let elapsed = match opts.duration {
+        Some(d) => d.min(started.elapsed()),
+        None => started.elapsed(),
+    };
     SimReport {
         started: Some(started),
+        acked: fleet.acked.load(Ordering::Relaxed),
         messages,
         readings: messages * READINGS_PER_MESSAGE,
-        elapsed: started.elapsed(),
+        elapsed,
     }
 }
 
@@ -187,6 +197,8 @@ pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
 #[derive(Debug)]
 struct Fleet {
     connected: AtomicU64,
+    /// PUBACKs received, across the fleet.
+    acked: AtomicU64,
     changed: tokio::sync::Notify,
     go: CancellationToken,
 }
@@ -213,11 +225,19 @@ async fn device(
     // otherwise the first messages of a large fleet would wait in their
     // clients while thousands of connections are set up.
     let on_connack = fleet.clone();
+    // This device's own publishes and PUBACKs, to finish cleanly below.
+    let mine = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let track = mine.clone();
     let poller = tokio::spawn(async move {
         loop {
             match events.poll().await {
                 Ok(Event::Outgoing(Outgoing::Publish(_))) => {
                     counted.fetch_add(1, Ordering::Relaxed);
+                    track.0.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    on_connack.acked.fetch_add(1, Ordering::Relaxed);
+                    track.1.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
                     on_connack.connected.fetch_add(1, Ordering::Relaxed);
@@ -278,6 +298,17 @@ async fn device(
         {
             break;
         }
+    }
+    // A well-behaved QoS 1 device waits for its acknowledgements before it
+    // disconnects; rumqttc's disconnect does not, and a message still in
+    // flight then would be counted as sent yet never reach the broker.
+    if opts.qos != QoS::AtMostOnce {
+        let settled = async {
+            while mine.1.load(Ordering::Relaxed) < mine.0.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), settled).await;
     }
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
