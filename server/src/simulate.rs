@@ -133,56 +133,99 @@ pub fn loopback(addr: SocketAddr) -> SocketAddr {
 /// How long the fleet may take to connect before it starts anyway.
 const CONNECT_WAIT: Duration = Duration::from_secs(60);
 
+/// How often the publisher looks for devices that are due.
+const PUBLISH_TICK: Duration = Duration::from_millis(1);
+
 /// Runs the simulated fleet until the duration ends or `cancel` fires.
-/// Every device connects first; the fleet starts publishing (and the
-/// duration starts counting) once all are connected, so a run's rate is
-/// not diluted by connection setup.
+///
+/// Every device has its own connection (a rumqttc client and its event
+/// loop). One publisher task paces the whole fleet: each millisecond it
+/// hands every device that is due its next message. A timer and a task
+/// wake-up per device and message would cost the load generator more CPU
+/// than the broker spends on the message, on cores it shares with the
+/// server. Publishing starts once every device is connected, and the
+/// duration counts from then, so a run's rate is not diluted by connection
+/// setup.
 pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
-    let messages = Arc::new(AtomicU64::new(0));
-    let stop = cancel.child_token();
-    let fleet = Arc::new(Fleet {
-        connected: AtomicU64::new(0),
-        acked: AtomicU64::new(0),
-        changed: tokio::sync::Notify::new(),
-        go: CancellationToken::new(),
-    });
-    let mut tasks = Vec::with_capacity(opts.devices);
+    let fleet = Arc::new(Fleet::default());
+    let mut devices = Vec::with_capacity(opts.devices);
     for i in 0..opts.devices {
         let id = format!("{}{:04}", opts.prefix, i + 1);
-        tasks.push(tokio::spawn(device(
-            id,
-            opts.clone(),
-            messages.clone(),
-            fleet.clone(),
-            stop.clone(),
-        )));
+        devices.push(connect(id, &opts, fleet.clone()));
     }
     let all = opts.devices as u64;
     let _ = tokio::time::timeout(CONNECT_WAIT, async {
-        while fleet.connected.load(Ordering::Relaxed) < all {
-            fleet.changed.notified().await;
+        while fleet.connected.load(Ordering::Relaxed) < all && !cancel.is_cancelled() {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(100), fleet.changed.notified()).await;
         }
     })
     .await;
-    fleet.go.cancel();
+
+    let mut rng = StdRng::from_rng(&mut rand::rng());
+    if let Some(history) = opts.backfill {
+        for d in &mut devices {
+            backfill(d, &opts, history, &mut rng).await;
+        }
+    }
+
     let started = Instant::now();
-    if let Some(d) = opts.duration {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            stop.cancel();
-        });
+    let deadline = opts.duration.map(|d| started + d);
+    let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
+    // Random phases, so that the fleet does not publish in lockstep.
+    for d in &mut devices {
+        d.next = started + period.mul_f64(rng.random::<f64>());
     }
-    for t in tasks {
-        let _ = t.await;
+    let mut tick = tokio::time::interval(PUBLISH_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|end| now >= end) {
+            break;
+        }
+        for d in &mut devices {
+            if d.next > now {
+                continue;
+            }
+            let payload = next_payload(&mut rng, &mut d.values, None, opts.stamp);
+            // A full client queue means the connection is not keeping up;
+            // the message is skipped, and it was never counted as sent.
+            let _ = d.client.try_publish(&d.topic, opts.qos, false, payload);
+            d.next += period;
+            // After a stall, resume the cadence instead of bursting to
+            // catch up.
+            if d.next + period < now {
+                d.next = now + period;
+            }
+        }
     }
-    let messages = messages.load(Ordering::Relaxed);
-    // The publishing window; QoS 1 devices may take a moment longer to
-    // collect their last acknowledgements, which is not publishing time.
-    let elapsed = match opts.duration {
-        Some(d) => d.min(started.elapsed()),
-        None => started.elapsed(),
-    };
+    let elapsed = started.elapsed();
+
+    // A well-behaved QoS 1 device waits for its acknowledgements before it
+    // disconnects; rumqttc's disconnect does not, and a message still in
+    // flight then would be counted as sent yet never reach the broker.
+    if opts.qos != QoS::AtMostOnce {
+        let settled = async {
+            while fleet.acked.load(Ordering::Relaxed) < fleet.sent.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), settled).await;
+    }
+    for d in &devices {
+        let _ = d.client.try_disconnect();
+    }
+    let mut pollers: Vec<_> = devices.into_iter().map(|d| d.poller).collect();
+    let all = futures_util::future::join_all(pollers.iter_mut());
+    let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
+    for p in pollers {
+        p.abort();
+    }
+    let messages = fleet.sent.load(Ordering::Relaxed);
     SimReport {
         started: Some(started),
         acked: fleet.acked.load(Ordering::Relaxed),
@@ -192,126 +235,85 @@ pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
     }
 }
 
-/// What the devices of one run share: how many are connected, and the
-/// signal to start publishing.
-#[derive(Debug)]
+/// What the devices of one run share.
+#[derive(Debug, Default)]
 struct Fleet {
     connected: AtomicU64,
-    /// PUBACKs received, across the fleet.
-    acked: AtomicU64,
     changed: tokio::sync::Notify,
-    go: CancellationToken,
+    /// Messages that left for the socket, counted by the event loops.
+    sent: AtomicU64,
+    /// PUBACKs received.
+    acked: AtomicU64,
 }
 
-/// One simulated device: a connection that publishes on a fixed cadence,
-/// starting at a random phase so that a fleet does not publish in lockstep.
-async fn device(
-    id: String,
-    opts: SimOptions,
-    sent: Arc<AtomicU64>,
-    fleet: Arc<Fleet>,
-    stop: CancellationToken,
-) {
+/// One simulated device: its client, its event loop's task, and the state
+/// of its readings.
+struct SimDevice {
+    client: AsyncClient,
+    poller: tokio::task::JoinHandle<()>,
+    topic: String,
+    values: Vec<f64>,
+    next: Instant,
+}
+
+/// Opens a device's connection; its event loop runs in a task of its own
+/// and counts what is sent and acknowledged.
+fn connect(id: String, opts: &SimOptions, fleet: Arc<Fleet>) -> SimDevice {
     let broker = loopback(opts.broker);
     let mut mqtt = MqttOptions::new(id.clone(), broker.ip().to_string(), broker.port());
     mqtt.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(mqtt, 64);
-    // Count a message as sent when it leaves for the socket, not when it is
-    // queued, and keep polling until the DISCONNECT has gone out, so that
-    // a run's report matches what the broker received.
-    let poll_stop = stop.clone();
-    let counted = sent.clone();
-    // Publishing starts once the broker has accepted every connection;
-    // otherwise the first messages of a large fleet would wait in their
-    // clients while thousands of connections are set up.
-    let on_connack = fleet.clone();
-    // This device's own publishes and PUBACKs, to finish cleanly below.
-    let mine = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
-    let track = mine.clone();
     let poller = tokio::spawn(async move {
         loop {
             match events.poll().await {
+                // Count a message as sent when it leaves for the socket,
+                // not when it is queued, so that a run's report matches
+                // what the broker received.
                 Ok(Event::Outgoing(Outgoing::Publish(_))) => {
-                    counted.fetch_add(1, Ordering::Relaxed);
-                    track.0.fetch_add(1, Ordering::Relaxed);
+                    fleet.sent.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Event::Incoming(rumqttc::Packet::PubAck(_))) => {
-                    on_connack.acked.fetch_add(1, Ordering::Relaxed);
-                    track.1.fetch_add(1, Ordering::Relaxed);
+                    fleet.acked.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    on_connack.connected.fetch_add(1, Ordering::Relaxed);
-                    on_connack.changed.notify_one();
+                    fleet.connected.fetch_add(1, Ordering::Relaxed);
+                    fleet.changed.notify_one();
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                 Ok(_) => {}
                 Err(e) => {
-                    if poll_stop.is_cancelled() {
-                        break;
-                    }
                     tracing::debug!("simulated device connection: {e}; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
     });
-
-    let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
-    let mut rng = StdRng::from_rng(&mut rand::rng());
-    let mut values: Vec<f64> = METRICS.iter().map(|(_, centre, _)| *centre).collect();
-    let topic = format!("sensor/{id}");
-
-    if let Some(history) = opts.backfill {
-        let now = crate::ingest::now_ms();
-        let step = period.as_millis().max(1) as i64;
-        let mut ts = now - history.as_millis() as i64;
-        while ts < now && !stop.is_cancelled() {
-            let payload = next_payload(&mut rng, &mut values, Some(ts), None);
-            if client
-                .publish(&topic, opts.qos, false, payload)
-                .await
-                .is_err()
-            {
-                break;
-            }
-            ts += step;
-        }
+    SimDevice {
+        client,
+        poller,
+        topic: format!("sensor/{id}"),
+        values: METRICS.iter().map(|(_, centre, _)| *centre).collect(),
+        next: Instant::now(),
     }
+}
 
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        _ = fleet.go.cancelled() => {}
-    }
-    tokio::time::sleep(period.mul_f64(rng.random::<f64>())).await;
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let payload = next_payload(&mut rng, &mut values, None, opts.stamp);
-        if client
-            .publish(&topic, opts.qos, false, payload)
+/// Publishes `history` worth of past readings, with explicit timestamps,
+/// so a demo's charts are full from the first page load.
+async fn backfill(d: &mut SimDevice, opts: &SimOptions, history: Duration, rng: &mut StdRng) {
+    let now = crate::ingest::now_ms();
+    let step = (1000.0 / opts.rate.max(0.001)).max(1.0) as i64;
+    let mut ts = now - history.as_millis() as i64;
+    while ts < now {
+        let payload = next_payload(rng, &mut d.values, Some(ts), None);
+        if d.client
+            .publish(&d.topic, opts.qos, false, payload)
             .await
             .is_err()
         {
             break;
         }
+        ts += step;
     }
-    // A well-behaved QoS 1 device waits for its acknowledgements before it
-    // disconnects; rumqttc's disconnect does not, and a message still in
-    // flight then would be counted as sent yet never reach the broker.
-    if opts.qos != QoS::AtMostOnce {
-        let settled = async {
-            while mine.1.load(Ordering::Relaxed) < mine.0.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), settled).await;
-    }
-    let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
 }
 
 /// Holds `count` idle connections (ids `prefix` plus a number) open until
