@@ -132,6 +132,8 @@ pub struct BenchReport {
     /// message to its frame being written): the histogram bucket bounds,
     /// in seconds, under which 50 % and 99 % of readings fall.
     pub server_push: Option<(f64, f64)>,
+    /// Where the database and server log were kept, with `--keep`.
+    pub kept: Option<PathBuf>,
 }
 
 impl BenchReport {
@@ -228,9 +230,12 @@ impl BenchReport {
             "server peak RSS     {:.0} MB",
             self.peak_rss_bytes as f64 / 1e6
         ));
+        if let Some(dir) = &self.kept {
+            line(format!("kept                {}", dir.display()));
+        }
         if opts.idle > 0 {
             line(format!(
-                "connections         {} idle held + {} publishing; server sees {}",
+                "connections         {} idle held + {} publishing; the server counted at most {}",
                 self.idle_held,
                 opts.devices,
                 self.server_connections
@@ -246,9 +251,11 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let dir =
         std::env::temp_dir().join(format!("sightline-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let result = run_in(opts, &dir).await;
+    let mut result = run_in(opts, &dir).await;
     if opts.keep {
-        eprintln!("kept the database and server.log in {}", dir.display());
+        if let Ok(report) = &mut result {
+            report.kept = Some(dir);
+        }
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -302,7 +309,7 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> 
 
     // The server's stored counter, sampled every second.
     let sampler_stop = CancellationToken::new();
-    let sampler = tokio::spawn(sample_stored(client.clone(), http, sampler_stop.clone()));
+    let sampler = tokio::spawn(sample(client.clone(), http, sampler_stop.clone()));
 
     let sim = simulate::run(
         SimOptions {
@@ -323,11 +330,11 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> 
     // last changed.
     let last_commit = settle(&client, http).await;
     sampler_stop.cancel();
-    let samples_stored = sampler.await.unwrap_or_default();
+    let sampled = sampler.await.unwrap_or_default();
     let started = sim.started.unwrap_or(epoch);
-    let per_second = steady_rates(&samples_stored, started, started + sim.elapsed);
+    let per_second = steady_rates(&sampled.stored, started, started + sim.elapsed);
     let counters: Counters = get_json(&client, http, "/api/stats").await?;
-    let server_connections = metric(&client, http, "sightline_devices_connected").await;
+    let server_connections = sampled.most_connections;
     let server_push = push_quantiles(&client, http).await;
     stop.cancel();
     let idle_held = match idle {
@@ -366,6 +373,7 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> 
         idle_held,
         server_connections,
         server_push,
+        kept: None,
     })
 }
 
@@ -495,13 +503,18 @@ async fn wait_connections(client: &reqwest::Client, http: SocketAddr, want: u64)
     }
 }
 
-/// Samples the server's stored counter about once a second.
-async fn sample_stored(
-    client: reqwest::Client,
-    http: SocketAddr,
-    stop: CancellationToken,
-) -> Vec<(Instant, u64)> {
-    let mut samples = Vec::new();
+/// What the sampler saw during the run.
+#[derive(Debug, Default)]
+struct Samples {
+    /// The server's stored counter, about once a second.
+    stored: Vec<(Instant, u64)>,
+    /// The most MQTT connections the server reported at any sample.
+    most_connections: Option<u64>,
+}
+
+/// Samples the server's counters about once a second.
+async fn sample(client: reqwest::Client, http: SocketAddr, stop: CancellationToken) -> Samples {
+    let mut samples = Samples::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -509,7 +522,10 @@ async fn sample_stored(
             _ = tick.tick() => {}
         }
         if let Ok(c) = get_json::<Counters>(&client, http, "/api/stats").await {
-            samples.push((Instant::now(), c.stored));
+            samples.stored.push((Instant::now(), c.stored));
+        }
+        if let Some(n) = metric(&client, http, "sightline_devices_connected").await {
+            samples.most_connections = Some(samples.most_connections.unwrap_or(0).max(n));
         }
     }
     samples

@@ -118,12 +118,15 @@ impl Outbox {
     }
 }
 
+/// Viewers by id.
+type Watchers = HashMap<u64, Arc<Outbox>>;
+
 /// Who watches what.
 #[derive(Debug, Default)]
 struct Registry {
     next_id: u64,
-    all: HashMap<u64, Arc<Outbox>>,
-    by_device: HashMap<String, HashMap<u64, Arc<Outbox>>>,
+    all: Watchers,
+    by_device: HashMap<String, Watchers>,
 }
 
 impl Registry {
@@ -198,7 +201,7 @@ impl Hub {
             return;
         }
         // Group the readings of watched devices, keeping their order.
-        let mut groups: HashMap<&str, (Vec<&Reading>, &HashMap<u64, Arc<Outbox>>)> = HashMap::new();
+        let mut groups: HashMap<&str, (Vec<&Reading>, &Watchers)> = HashMap::new();
         for r in &batch.readings {
             if let Some(group) = groups.get_mut(r.device.as_str()) {
                 group.0.push(r);
