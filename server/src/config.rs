@@ -34,9 +34,11 @@ pub struct Config {
     pub demo_devices: usize,
     /// The most readings written in one database transaction.
     pub batch_max: usize,
-    /// How many decoded messages may wait for the writer before new ones are
-    /// dropped (and counted). With at most 256 readings per message, this
-    /// bounds the memory readings can occupy between ingest and the writer.
+    /// How many decoded readings may wait for the writer before new ones are
+    /// dropped (and counted). This bounds the memory readings can occupy
+    /// between ingest and the writer (about 100 bytes each), and how long a
+    /// database stall can last before anything is dropped: the default is
+    /// over three seconds at 150,000 readings/s.
     pub writer_queue: usize,
     /// How many bytes of live updates may wait for one WebSocket viewer.
     /// Beyond this, updates for that viewer are skipped (and counted) and it
@@ -58,8 +60,8 @@ impl Default for Config {
             max_payload_bytes: 64 * 1024,
             demo: false,
             demo_devices: 6,
-            batch_max: 50_000,
-            writer_queue: 64 * 1024,
+            batch_max: 100_000,
+            writer_queue: 500_000,
             viewer_buffer_bytes: 1024 * 1024,
             write_pause: std::time::Duration::ZERO,
         }
@@ -156,10 +158,10 @@ pub struct ServeArgs {
     /// Number of simulated devices for --demo [default: 6].
     #[arg(long, env = "SIGHTLINE_DEMO_DEVICES", value_name = "N")]
     pub demo_devices: Option<usize>,
-    /// Most readings written per database transaction [default: 50000].
+    /// Most readings written per database transaction [default: 100000].
     #[arg(long, env = "SIGHTLINE_BATCH_MAX", value_name = "N")]
     pub batch_max: Option<usize>,
-    /// Messages that may wait for the database writer before new ones are dropped and counted [default: 65536].
+    /// Readings that may wait for the database writer before new ones are dropped and counted [default: 500000].
     #[arg(long, env = "SIGHTLINE_WRITER_QUEUE", value_name = "N")]
     pub writer_queue: Option<usize>,
     /// Bytes of live updates that may wait for one slow viewer before updates are skipped and it is told [default: 1048576].
@@ -240,7 +242,7 @@ impl Config {
                 self.viewer_buffer_bytes,
                 64 * 1024 * 1024,
             ),
-            ("batch_max", self.batch_max, 100_000),
+            ("batch_max", self.batch_max, 1_000_000),
             ("writer_queue", self.writer_queue, 10_000_000),
         ];
         for (name, value, max) in ceilings {

@@ -31,7 +31,6 @@ use std::sync::Arc;
 
 use leptos::config::LeptosOptions;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use broker::{Broker, BrokerError, BrokerSettings};
@@ -102,7 +101,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let token = CancellationToken::new();
 
-    let (queue_tx, queue_rx) = mpsc::channel(config.writer_queue);
+    let (queue_tx, queue_rx) = store::writer::queue(config.writer_queue);
     let hub = Arc::new(live::Hub::new(metrics.clone(), config.viewer_buffer_bytes));
     let writer_token = CancellationToken::new();
     let mut writer = tokio::spawn(store::writer::run(

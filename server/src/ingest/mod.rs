@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use app::model::Reading;
 use rumqttd::Notification;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerError, INGEST_FILTER};
 use crate::metrics::{LogLimiter, Metrics};
-use crate::store::writer::Arrival;
+use crate::store::writer::{Arrival, QueueFull, QueueTx};
 use decode::{decode, parse_topic};
 
 /// How ingest could fail.
@@ -32,7 +31,7 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     /// Bounded: when the writer falls behind, readings are dropped and
     /// counted here rather than piling up in memory or stalling the broker.
-    writer: mpsc::Sender<Arrival>,
+    writer: QueueTx,
     max_payload_bytes: usize,
     reject_log: LogLimiter,
     drop_log: LogLimiter,
@@ -40,11 +39,7 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        writer: mpsc::Sender<Arrival>,
-        max_payload_bytes: usize,
-    ) -> Self {
+    pub fn new(metrics: Arc<Metrics>, writer: QueueTx, max_payload_bytes: usize) -> Self {
         Self {
             metrics,
             writer,
@@ -111,8 +106,8 @@ impl Ingest {
             Metrics::add(&self.metrics.dropped, n);
             if let Some(suppressed) = self.drop_log.allow() {
                 let why = match e {
-                    mpsc::error::TrySendError::Full(_) => "the database writer is saturated",
-                    mpsc::error::TrySendError::Closed(_) => "the database writer has stopped",
+                    QueueFull::Full => "the database writer is saturated",
+                    QueueFull::Closed => "the database writer has stopped",
                 };
                 tracing::warn!(
                     device = route.device,
