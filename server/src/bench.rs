@@ -328,9 +328,13 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> 
 
     // Wait until the writer has committed everything, and note when that
     // last changed.
-    let last_commit = settle(&client, http).await;
+    // The sampler keeps running while the writer drains, so that the
+    // moment of the last commit is known to within one sample even when
+    // QoS 1 devices spend a while collecting their last acknowledgements.
+    let final_stored = settle(&client, http).await;
     sampler_stop.cancel();
     let sampled = sampler.await.unwrap_or_default();
+    let last_commit = last_commit(&sampled.stored, final_stored).unwrap_or_else(Instant::now);
     let started = sim.started.unwrap_or(epoch);
     let per_second = steady_rates(&sampled.stored, started, started + sim.elapsed);
     let counters: Counters = get_json(&client, http, "/api/stats").await?;
@@ -447,15 +451,21 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         .await?)
 }
 
-async fn metric(client: &reqwest::Client, http: SocketAddr, name: &str) -> Option<u64> {
-    let text = client
+/// The server's `/metrics` page.
+async fn metrics_text(client: &reqwest::Client, http: SocketAddr) -> Option<String> {
+    client
         .get(format!("http://{http}/metrics"))
         .send()
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
+        .ok()
+}
+
+/// One unlabelled gauge or counter from `/metrics`.
+async fn metric(client: &reqwest::Client, http: SocketAddr, name: &str) -> Option<u64> {
+    let text = metrics_text(client, http).await?;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
@@ -463,14 +473,7 @@ async fn metric(client: &reqwest::Client, http: SocketAddr, name: &str) -> Optio
 /// Reads the push-latency histogram and returns the bucket bounds that
 /// hold 50 % and 99 % of its observations.
 async fn push_quantiles(client: &reqwest::Client, http: SocketAddr) -> Option<(f64, f64)> {
-    let text = client
-        .get(format!("http://{http}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = metrics_text(client, http).await?;
     let buckets: Vec<(f64, u64)> = text
         .lines()
         .filter_map(|l| {
@@ -506,16 +509,16 @@ async fn wait_connections(client: &reqwest::Client, http: SocketAddr, want: u64)
 /// What the sampler saw during the run.
 #[derive(Debug, Default)]
 struct Samples {
-    /// The server's stored counter, about once a second.
+    /// The server's stored counter, every [`SAMPLE_EVERY`].
     stored: Vec<(Instant, u64)>,
     /// The most MQTT connections the server reported at any sample.
     most_connections: Option<u64>,
 }
 
-/// Samples the server's counters about once a second.
+/// Samples the server's counters every 100 ms.
 async fn sample(client: reqwest::Client, http: SocketAddr, stop: CancellationToken) -> Samples {
     let mut samples = Samples::default();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -531,13 +534,23 @@ async fn sample(client: reqwest::Client, http: SocketAddr, stop: CancellationTok
     samples
 }
 
-/// Readings stored per second between consecutive samples that both fall
-/// inside the publishing window, leaving out its first second (ramp-up).
+/// How often the sampler reads the server's counters.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Readings stored per second, over one-second windows that lie inside
+/// the publishing window, leaving out its first second (ramp-up).
 fn steady_rates(samples: &[(Instant, u64)], from: Instant, to: Instant) -> Vec<u64> {
+    let per_window = (Duration::from_secs(1).as_millis() / SAMPLE_EVERY.as_millis()) as usize;
     let from = from + Duration::from_secs(1);
-    samples
+    let inside: Vec<&(Instant, u64)> = samples
+        .iter()
+        .filter(|(t, _)| *t >= from && *t <= to)
+        .collect();
+    inside
+        .iter()
+        .step_by(per_window.max(1))
+        .collect::<Vec<_>>()
         .windows(2)
-        .filter(|w| w[0].0 >= from && w[1].0 <= to)
         .map(|w| {
             let secs = w[1].0.duration_since(w[0].0).as_secs_f64().max(1e-3);
             (w[1].1.saturating_sub(w[0].1) as f64 / secs) as u64
@@ -546,20 +559,26 @@ fn steady_rates(samples: &[(Instant, u64)], from: Instant, to: Instant) -> Vec<u
 }
 
 /// Polls the stored counter until it has not moved for a second, and
-/// returns when it last moved.
-async fn settle(client: &reqwest::Client, http: SocketAddr) -> Instant {
+/// returns its final value.
+async fn settle(client: &reqwest::Client, http: SocketAddr) -> u64 {
     let mut last = Instant::now();
-    let mut prev = None;
+    let mut prev = 0;
     while last.elapsed() < Duration::from_secs(1) {
         if let Ok(c) = get_json::<Counters>(client, http, "/api/stats").await {
-            if prev != Some(c.stored) {
-                prev = Some(c.stored);
+            if c.stored != prev {
+                prev = c.stored;
                 last = Instant::now();
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    last
+    prev
+}
+
+/// When the stored counter first reached `stored`: the last commit, to
+/// within one sample.
+fn last_commit(samples: &[(Instant, u64)], stored: u64) -> Option<Instant> {
+    samples.iter().find(|(_, n)| *n >= stored).map(|(t, _)| *t)
 }
 
 /// The peak resident set of a process, from `/proc/PID/status`.

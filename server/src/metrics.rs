@@ -129,72 +129,75 @@ impl Metrics {
     pub fn prometheus(&self, devices: Option<u64>) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::with_capacity(4096);
-        let mut one = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        one(
-            "sightline_messages_total",
-            "counter",
-            "MQTT messages that reached ingest.",
-            get(&self.messages),
-        );
-        one(
-            "sightline_readings_received_total",
-            "counter",
-            "Readings decoded from valid messages.",
-            get(&self.received),
-        );
-        one(
-            "sightline_readings_stored_total",
-            "counter",
-            "Readings committed to the database.",
-            get(&self.stored),
-        );
-        one(
-            "sightline_rejected_total",
-            "counter",
-            "Messages or fields refused as invalid.",
-            get(&self.rejected),
-        );
-        one(
-            "sightline_readings_dropped_total",
-            "counter",
-            "Valid readings dropped because the writer was saturated.",
-            get(&self.dropped),
-        );
-        one(
-            "sightline_broker_lost_messages_total",
-            "counter",
-            "Messages the broker discarded before ingest read them.",
-            get(&self.lost),
-        );
-        one(
-            "sightline_viewers",
-            "gauge",
-            "Live WebSocket viewers connected.",
-            get(&self.viewers),
-        );
-        one(
-            "sightline_live_skipped_readings_total",
-            "counter",
-            "Readings skipped for viewers that fell behind.",
-            get(&self.live_skipped),
-        );
-        one(
-            "sightline_live_pending_bytes",
-            "gauge",
-            "Bytes waiting in live viewers' outboxes.",
-            get(&self.live_pending_bytes),
-        );
+        // Name, type, help text and value of every plain counter and gauge.
+        let mut plain = vec![
+            (
+                "sightline_messages_total",
+                "counter",
+                "MQTT messages that reached ingest.",
+                get(&self.messages),
+            ),
+            (
+                "sightline_readings_received_total",
+                "counter",
+                "Readings decoded from valid messages.",
+                get(&self.received),
+            ),
+            (
+                "sightline_readings_stored_total",
+                "counter",
+                "Readings committed to the database.",
+                get(&self.stored),
+            ),
+            (
+                "sightline_rejected_total",
+                "counter",
+                "Messages or fields refused as invalid.",
+                get(&self.rejected),
+            ),
+            (
+                "sightline_readings_dropped_total",
+                "counter",
+                "Valid readings dropped because the writer was saturated.",
+                get(&self.dropped),
+            ),
+            (
+                "sightline_broker_lost_messages_total",
+                "counter",
+                "Messages the broker discarded before ingest read them.",
+                get(&self.lost),
+            ),
+            (
+                "sightline_viewers",
+                "gauge",
+                "Live WebSocket viewers connected.",
+                get(&self.viewers),
+            ),
+            (
+                "sightline_live_skipped_readings_total",
+                "counter",
+                "Readings skipped for viewers that fell behind.",
+                get(&self.live_skipped),
+            ),
+            (
+                "sightline_live_pending_bytes",
+                "gauge",
+                "Bytes waiting in live viewers' outboxes.",
+                get(&self.live_pending_bytes),
+            ),
+        ];
         if let Some(devices) = devices {
-            one(
+            plain.push((
                 "sightline_devices_connected",
                 "gauge",
                 "MQTT connections currently open.",
                 devices,
+            ));
+        }
+        for (name, kind, help, value) in plain {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
         self.write_batch.render(
