@@ -48,6 +48,9 @@ pub struct Config {
     /// production and not settable from outside; tests use it to make
     /// ingest outpace storage and check that overload is counted.
     pub write_pause: std::time::Duration,
+    /// Extra time ingest spends on each message, for the same purpose:
+    /// tests use it to make the broker's log outrun ingest and wrap.
+    pub ingest_pause: std::time::Duration,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             writer_queue: 500_000,
             viewer_buffer_bytes: 1024 * 1024,
             write_pause: std::time::Duration::ZERO,
+            ingest_pause: std::time::Duration::ZERO,
         }
     }
 }
@@ -82,6 +86,7 @@ impl fmt::Debug for Config {
             .field("writer_queue", &self.writer_queue)
             .field("viewer_buffer_bytes", &self.viewer_buffer_bytes)
             .field("write_pause", &self.write_pause)
+            .field("ingest_pause", &self.ingest_pause)
             .finish()
     }
 }

@@ -129,7 +129,12 @@ pub async fn run(
     })?;
     let broker = Arc::new(broker);
     let ingest = ingest::Ingest::new(metrics.clone(), queue_tx, config.max_payload_bytes);
-    let mut ingest_task = tokio::spawn(ingest::run(broker.clone(), ingest, token.clone()));
+    let mut ingest_task = tokio::spawn(ingest::run(
+        broker.clone(),
+        ingest,
+        config.ingest_pause,
+        token.clone(),
+    ));
 
     let http_addr = listeners.http.local_addr().map_err(ServeError::Http)?;
     let state = http::AppState {

@@ -135,12 +135,17 @@ const DRAIN_IDLE: Duration = Duration::from_millis(200);
 
 /// Receives publishes from the broker until `shutdown` fires. If the router
 /// ever drops the link, a new one is made so ingest keeps running.
+/// `pause` is zero except in tests; see [`crate::config::Config::ingest_pause`].
 pub async fn run(
     broker: Arc<Broker>,
     ingest: Ingest,
+    pause: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
     let (mut _tx, mut rx) = broker.link("ingest", INGEST_FILTER)?;
+    // Timers tick in milliseconds, so a sub-millisecond pause is owed until
+    // it adds up to one.
+    let mut owed = Duration::ZERO;
     let mut gaps = GapTracker::default();
     let mut draining = false;
     loop {
@@ -171,6 +176,10 @@ pub async fn run(
                 }
                 let publish = forward.publish;
                 ingest.handle(&publish.topic, &publish.payload, now_ms(), Instant::now());
+                owed += pause;
+                if owed >= Duration::from_millis(1) {
+                    tokio::time::sleep(std::mem::take(&mut owed)).await;
+                }
             }
             // rumqttd pauses a local link whose buffer filled up; without
             // this wake-up delivery stalls for good.
