@@ -34,4 +34,13 @@ cargo test --release --workspace --exclude frontend
 step "browser tests"
 (cd end2end && npx playwright test)
 
+step "benchmark smoke run"
+# A few seconds of the real benchmark, so that `sightline bench` (the tool
+# BENCHMARKS.md depends on) keeps working; the figures themselves are
+# measured by hand on an otherwise idle machine.
+report="$("$SIGHTLINE_BIN" bench --scenario viewers --devices 20 --viewers 5 --watch 4 --seconds 3)"
+echo "$report"
+grep -q '^publish->websocket  [0-9]* samples' <<<"$report"
+grep -q 'dropped 0, rejected 0, lost in broker 0' <<<"$report"
+
 step "all tests passed"
