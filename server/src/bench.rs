@@ -307,7 +307,8 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> 
         )));
     }
 
-    // The server's stored counter, sampled every second.
+    // The server's counters, sampled every `SAMPLE_EVERY` while the fleet
+    // publishes.
     let sampler_stop = CancellationToken::new();
     let sampler = tokio::spawn(sample(client.clone(), http, sampler_stop.clone()));
 
@@ -326,14 +327,13 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> 
     )
     .await;
 
-    // Wait until the writer has committed everything, and note when that
-    // last changed.
-    // The sampler keeps running while the writer drains, so that the
-    // moment of the last commit is known to within one sample even when
-    // QoS 1 devices spend a while collecting their last acknowledgements.
-    let final_stored = settle(&client, http).await;
+    // The sampler ran until here, so the moment of the last commit is known
+    // to within one sample even when QoS 1 devices spent a while collecting
+    // their last acknowledgements; from here `settle` polls until the
+    // writer has committed everything.
     sampler_stop.cancel();
-    let sampled = sampler.await.unwrap_or_default();
+    let mut sampled = sampler.await.unwrap_or_default();
+    let final_stored = settle(&client, http, &mut sampled.stored).await;
     let last_commit = last_commit(&sampled.stored, final_stored).unwrap_or_else(Instant::now);
     let started = sim.started.unwrap_or(epoch);
     let per_second = steady_rates(&sampled.stored, started, started + sim.elapsed);
@@ -345,11 +345,10 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> 
         Some(task) => task.await.unwrap_or(0),
         None => 0,
     };
-    let mut lag_notices = 0;
     for v in viewers {
         let _ = v.await;
     }
-    lag_notices += lag.load(std::sync::atomic::Ordering::Relaxed);
+    let lag_notices = lag.load(std::sync::atomic::Ordering::Relaxed);
     let peak_rss_bytes = peak_rss(pid).unwrap_or(0);
     stop_server(&mut server).await?;
 
@@ -465,9 +464,7 @@ async fn metrics_text(client: &reqwest::Client, http: SocketAddr) -> Option<Stri
 
 /// One unlabelled gauge or counter from `/metrics`.
 async fn metric(client: &reqwest::Client, http: SocketAddr, name: &str) -> Option<u64> {
-    let text = metrics_text(client, http).await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    crate::metrics::read_value(&metrics_text(client, http).await?, name)
 }
 
 /// Reads the push-latency histogram and returns the bucket bounds that
@@ -564,13 +561,18 @@ fn steady_rates(samples: &[(Instant, u64)], from: Instant, to: Instant) -> Vec<u
         .collect()
 }
 
-/// Polls the stored counter until it has not moved for a second, and
-/// returns its final value.
-async fn settle(client: &reqwest::Client, http: SocketAddr) -> u64 {
+/// Polls the stored counter until it has not moved for a second, adding
+/// each reading to `samples`, and returns its final value.
+async fn settle(
+    client: &reqwest::Client,
+    http: SocketAddr,
+    samples: &mut Vec<(Instant, u64)>,
+) -> u64 {
     let mut last = Instant::now();
     let mut prev = 0;
     while last.elapsed() < Duration::from_secs(1) {
         if let Ok(c) = get_json::<Counters>(client, http, "/api/stats").await {
+            samples.push((Instant::now(), c.stored));
             if c.stored != prev {
                 prev = c.stored;
                 last = Instant::now();

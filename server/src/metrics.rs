@@ -219,6 +219,13 @@ impl Metrics {
     }
 }
 
+/// Reads one unlabelled counter or gauge from Prometheus text, as
+/// [`Metrics::prometheus`] renders it.
+pub fn read_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A histogram with fixed bucket bounds, updated with atomics only.
 /// Observations are integers in a unit of the owner's choosing (readings,
 /// microseconds); `divisor` converts them to the exposed unit.
@@ -392,6 +399,12 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+        assert_eq!(read_value(&text, "sightline_devices_connected"), Some(7));
+        assert_eq!(
+            read_value(&text, "sightline_devices"),
+            None,
+            "names match whole"
+        );
     }
 
     #[test]

@@ -363,8 +363,7 @@ async fn postgres_stores_and_serves_readings() {
 async fn metric(server: &TestServer, name: &str) -> u64 {
     let (status, text) = server.get("/metrics").await.expect("metrics");
     assert_eq!(status, 200);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    server::metrics::read_value(&text, name)
         .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
 }
 
