@@ -54,8 +54,9 @@ pub struct LiveBatch {
 }
 
 /// Serialised readings bound for one or more viewers: JSON objects joined
-/// by commas, ready to be spliced into a `readings` message.
-#[derive(Debug)]
+/// by commas, ready to be spliced into a `readings` message. Cloning shares
+/// the text.
+#[derive(Clone, Debug)]
 struct Fragment {
     json: Arc<str>,
     readings: u64,
@@ -96,11 +97,7 @@ impl Outbox {
         } else {
             p.bytes += len;
             Metrics::add(&metrics.live_pending_bytes, len as u64);
-            p.fragments.push(Fragment {
-                json: fragment.json.clone(),
-                readings: fragment.readings,
-                received_at: fragment.received_at,
-            });
+            p.fragments.push(fragment.clone());
         }
         drop(p);
         self.ready.notify_one();
@@ -120,6 +117,9 @@ impl Outbox {
 
 /// Viewers by id.
 type Watchers = HashMap<u64, Arc<Outbox>>;
+
+/// One device's readings in a batch, and the viewers they go to.
+type Group<'a> = (Vec<&'a Reading>, Vec<Arc<Outbox>>);
 
 /// Who watches what.
 #[derive(Debug, Default)]
@@ -188,30 +188,36 @@ impl Hub {
     /// Hands a committed batch to every viewer that watches any of its
     /// devices. Never blocks on a viewer.
     pub fn publish(&self, batch: &LiveBatch) {
-        let Ok(registry) = self.registry.lock() else {
-            return;
-        };
-        if !registry.all.is_empty() && !batch.readings.is_empty() {
-            let fragment = fragment(batch.readings.iter(), batch.received_at);
-            for outbox in registry.all.values() {
-                outbox.push(&fragment, &self.metrics);
+        // Only who gets what is decided under the registry's lock; the
+        // serialising happens after it is released, so viewers joining or
+        // leaving never wait behind a large batch.
+        let mut all: Vec<Arc<Outbox>> = Vec::new();
+        let mut groups: HashMap<&str, Group<'_>> = HashMap::new();
+        {
+            let Ok(registry) = self.registry.lock() else {
+                return;
+            };
+            all.extend(registry.all.values().cloned());
+            if !registry.by_device.is_empty() {
+                // Group the readings of watched devices, keeping their order.
+                for r in &batch.readings {
+                    if let Some(group) = groups.get_mut(r.device.as_str()) {
+                        group.0.push(r);
+                    } else if let Some(viewers) = registry.by_device.get(&r.device) {
+                        groups.insert(&r.device, (vec![r], viewers.values().cloned().collect()));
+                    }
+                }
             }
         }
-        if registry.by_device.is_empty() {
-            return;
-        }
-        // Group the readings of watched devices, keeping their order.
-        let mut groups: HashMap<&str, (Vec<&Reading>, &Watchers)> = HashMap::new();
-        for r in &batch.readings {
-            if let Some(group) = groups.get_mut(r.device.as_str()) {
-                group.0.push(r);
-            } else if let Some(viewers) = registry.by_device.get(&r.device) {
-                groups.insert(&r.device, (vec![r], viewers));
+        if !all.is_empty() && !batch.readings.is_empty() {
+            let fragment = fragment(batch.readings.iter(), batch.received_at);
+            for outbox in &all {
+                outbox.push(&fragment, &self.metrics);
             }
         }
         for (readings, viewers) in groups.into_values() {
             let fragment = fragment(readings.into_iter(), batch.received_at);
-            for outbox in viewers.values() {
+            for outbox in &viewers {
                 outbox.push(&fragment, &self.metrics);
             }
         }
