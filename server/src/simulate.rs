@@ -151,7 +151,7 @@ pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
     let mut devices = Vec::with_capacity(opts.devices);
     for i in 0..opts.devices {
         let id = format!("{}{:04}", opts.prefix, i + 1);
-        devices.push(connect(id, &opts, fleet.clone()));
+        devices.push(connect(id, opts.broker, fleet.clone()));
     }
     let all = opts.devices as u64;
     let _ = tokio::time::timeout(CONNECT_WAIT, async {
@@ -216,15 +216,7 @@ pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), settled).await;
     }
-    for d in &devices {
-        let _ = d.client.try_disconnect();
-    }
-    let mut pollers: Vec<_> = devices.into_iter().map(|d| d.poller).collect();
-    let all = futures_util::future::join_all(pollers.iter_mut());
-    let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
-    for p in pollers {
-        p.abort();
-    }
+    disconnect_all(devices).await;
     let messages = fleet.sent.load(Ordering::Relaxed);
     SimReport {
         started: Some(started),
@@ -238,6 +230,7 @@ pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
 /// What the devices of one run share.
 #[derive(Debug, Default)]
 struct Fleet {
+    /// Connections the broker has accepted and that are still open.
     connected: AtomicU64,
     changed: tokio::sync::Notify,
     /// Messages that left for the socket, counted by the event loops.
@@ -258,12 +251,13 @@ struct SimDevice {
 
 /// Opens a device's connection; its event loop runs in a task of its own
 /// and counts what is sent and acknowledged.
-fn connect(id: String, opts: &SimOptions, fleet: Arc<Fleet>) -> SimDevice {
-    let broker = loopback(opts.broker);
+fn connect(id: String, broker: SocketAddr, fleet: Arc<Fleet>) -> SimDevice {
+    let broker = loopback(broker);
     let mut mqtt = MqttOptions::new(id.clone(), broker.ip().to_string(), broker.port());
     mqtt.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(mqtt, 64);
     let poller = tokio::spawn(async move {
+        let mut up = false;
         loop {
             match events.poll().await {
                 // Count a message as sent when it leaves for the socket,
@@ -276,12 +270,16 @@ fn connect(id: String, opts: &SimOptions, fleet: Arc<Fleet>) -> SimDevice {
                     fleet.acked.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    up = true;
                     fleet.connected.fetch_add(1, Ordering::Relaxed);
                     fleet.changed.notify_one();
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                 Ok(_) => {}
                 Err(e) => {
+                    if std::mem::take(&mut up) {
+                        fleet.connected.fetch_sub(1, Ordering::Relaxed);
+                    }
                     tracing::debug!("simulated device connection: {e}; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -326,42 +324,14 @@ pub async fn hold_idle(
     count: usize,
     stop: CancellationToken,
 ) -> u64 {
-    let broker = loopback(broker);
-    let connected = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(count);
+    let fleet = Arc::new(Fleet::default());
+    let mut devices = Vec::with_capacity(count);
     for i in 0..count {
-        let mut mqtt = MqttOptions::new(
+        devices.push(connect(
             format!("{prefix}{:05}", i + 1),
-            broker.ip().to_string(),
-            broker.port(),
-        );
-        mqtt.set_keep_alive(Duration::from_secs(60));
-        let (client, mut events) = AsyncClient::new(mqtt, 4);
-        let stop = stop.clone();
-        let connected = connected.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut up = false;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    event = events.poll() => match event {
-                        Ok(Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                            up = true;
-                            connected.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(_) => {}
-                        Err(_) => {
-                            if up {
-                                up = false;
-                                connected.fetch_sub(1, Ordering::Relaxed);
-                            }
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                    },
-                }
-            }
-            drop(client);
-        }));
+            broker,
+            fleet.clone(),
+        ));
         // Pace connection setup a little so the listener's accept loop is
         // not handed thousands of handshakes in one instant.
         if i % 500 == 499 {
@@ -369,9 +339,21 @@ pub async fn hold_idle(
         }
     }
     stop.cancelled().await;
-    let held = connected.load(Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
+    let held = fleet.connected.load(Ordering::Relaxed);
+    disconnect_all(devices).await;
     held
+}
+
+/// Disconnects every device and waits (a bounded time) for their event
+/// loops to send the DISCONNECT.
+async fn disconnect_all(devices: Vec<SimDevice>) {
+    for d in &devices {
+        let _ = d.client.try_disconnect();
+    }
+    let mut pollers: Vec<_> = devices.into_iter().map(|d| d.poller).collect();
+    let all = futures_util::future::join_all(pollers.iter_mut());
+    let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
+    for p in pollers {
+        p.abort();
+    }
 }
