@@ -100,10 +100,11 @@ async fn connect(url: &str, role: Role) -> Result<DatabaseConnection, DbErr> {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
-                // Every batch size is a distinct multi-row INSERT, and a
-                // prepared INSERT with thousands of parameters is large;
-                // sqlx's default of 100 cached statements per connection
-                // held hundreds of megabytes.
+                // A prepared multi-row INSERT with thousands of parameters
+                // is large, and device registration prepares one per chunk
+                // size; sqlx's default of 100 cached statements per
+                // connection held hundreds of megabytes. The writer's five
+                // reading INSERTs fit well within 16.
                 .statement_cache_capacity(STATEMENT_CACHE);
             match role {
                 Role::Readers => o,

@@ -150,12 +150,7 @@ impl Writer {
 
         let mut rows = Vec::with_capacity(batch.len());
         for r in batch {
-            let device_id = self
-                .devices
-                .get(&r.device)
-                .or_else(|| new_devices.get(&r.device))
-                .copied();
-            let series_id = device_id.and_then(|d| {
+            let series_id = self.device_id(&new_devices, &r.device).and_then(|d| {
                 self.series
                     .get(&d)
                     .and_then(|m| m.get(&r.metric))
@@ -200,6 +195,14 @@ impl Writer {
             self.series.entry(device_id).or_default().insert(metric, id);
         }
         Ok(())
+    }
+
+    /// A device's id, from the cache or from this batch's registrations.
+    fn device_id(&self, new_devices: &HashMap<String, i64>, name: &str) -> Option<i64> {
+        self.devices
+            .get(name)
+            .or_else(|| new_devices.get(name))
+            .copied()
     }
 
     /// Registers every device of the batch that is not cached yet, with one
@@ -260,11 +263,7 @@ impl Writer {
         let mut unknown: Vec<(i64, &str)> = Vec::new();
         let mut seen: HashSet<(i64, &str)> = HashSet::new();
         for r in batch {
-            let Some(&device_id) = self
-                .devices
-                .get(&r.device)
-                .or_else(|| new_devices.get(&r.device))
-            else {
+            let Some(device_id) = self.device_id(new_devices, &r.device) else {
                 continue;
             };
             let cached = self
