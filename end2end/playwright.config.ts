@@ -16,7 +16,7 @@ function server(name: string, http: number, mqtt: number) {
     command:
       `mkdir -p ${scratch} && rm -f ${db} ${db}-wal ${db}-shm && exec ${bin} serve ` +
       `--http-addr 127.0.0.1:${http} --mqtt-addr 127.0.0.1:${mqtt} ` +
-      `--database-url "sqlite://${db}?mode=rwc" --site-root ${siteRoot}`,
+      `--database-url "sqlite://${db}?mode=rwc" --site-root ${siteRoot} --open-registration`,
     url: `http://127.0.0.1:${http}/api/health`,
     reuseExistingServer: false,
     timeout: 30_000,

@@ -41,6 +41,6 @@ step "benchmark smoke run"
 report="$("$SIGHTLINE_BIN" bench --scenario viewers --devices 20 --viewers 5 --watch 4 --seconds 3)"
 echo "$report"
 grep -q '^publish->websocket  [0-9]* samples' <<<"$report"
-grep -q 'dropped 0, rejected 0, lost in broker 0' <<<"$report"
+grep -q 'dropped 0, rejected 0, refused at edge 0' <<<"$report"
 
 step "all tests passed"

@@ -1,7 +1,7 @@
 //! Formatting of values and times that gives the same text on the server and
 //! in the browser, so hydration never sees two different renderings.
 
-use crate::model::EpochMs;
+use crate::model::{DeviceSummary, EpochMs, Presence};
 
 /// Shows a value with at most two decimals and no trailing zeros: `22`,
 /// `22.5`, `41.23`.
@@ -31,13 +31,30 @@ pub fn ago(ts: EpochMs, now: EpochMs) -> String {
     }
 }
 
-/// A device counts as online when it reported within this window. A precise
-/// connection-based status arrives with the device edge.
-pub const ONLINE_WINDOW_MS: i64 = 60_000;
+/// Whether the device is connected right now, as the MQTT edge reports it.
+pub fn is_online(summary: &DeviceSummary) -> bool {
+    summary.presence.as_ref().is_some_and(|p| p.online)
+}
 
-/// Whether a device that was last seen at `last_seen` looks online at `now`.
-pub fn is_online(last_seen: EpochMs, now: EpochMs) -> bool {
-    last_seen > 0 && now - last_seen <= ONLINE_WINDOW_MS
+/// When the device was last heard from: now while it is connected,
+/// otherwise the later of its disconnect and its newest reading.
+pub fn last_seen(summary: &DeviceSummary, now: EpochMs) -> EpochMs {
+    match &summary.presence {
+        Some(p) if p.online => now,
+        Some(p) => p.last_seen.max(summary.last_seen),
+        None => summary.last_seen,
+    }
+}
+
+/// "online" or "offline", with the reason the last connection ended.
+pub fn status(summary: &DeviceSummary) -> String {
+    match &summary.presence {
+        Some(p) if p.online => "online".into(),
+        Some(Presence {
+            reason: Some(why), ..
+        }) => format!("offline ({why})"),
+        _ => "offline".into(),
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,9 @@ pub struct DeviceSummary {
     /// Messages or fields from this device that were rejected since the
     /// server started.
     pub rejected: u64,
+    /// The device's connection; `None` if it has not connected since the
+    /// server started.
+    pub presence: Option<Presence>,
 }
 
 impl DeviceSummary {
@@ -119,10 +122,27 @@ pub struct Counters {
     /// Valid readings that could not be queued for storage because the
     /// writer was saturated.
     pub dropped: u64,
-    /// Messages the broker accepted but discarded before ingest could read
-    /// them (its in-memory log wrapped). Their readings are unknown, so they
-    /// are counted as messages.
-    pub lost: u64,
+    /// Logins, publishes and subscriptions refused at the device edge:
+    /// wrong credentials, topics outside the device's own, and limits.
+    pub refused: u64,
+    /// Devices connected right now.
+    pub connected: u64,
+}
+
+/// A device's connection, as the MQTT edge saw it. The edge knows the
+/// moment a device connects or goes away, so this is exact, not guessed
+/// from the age of its last reading.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub device: String,
+    pub online: bool,
+    /// When the current connection was made; `None` while offline.
+    pub connected_since: Option<EpochMs>,
+    /// When the edge last heard from the device: now while online, the
+    /// moment the connection ended while offline.
+    pub last_seen: EpochMs,
+    /// Why the last connection ended, e.g. "keep-alive expired".
+    pub reason: Option<String>,
 }
 
 /// A message from the browser to the live WebSocket.
@@ -144,6 +164,9 @@ pub enum ServerMsg {
     /// This connection fell behind and `skipped` batches of updates were
     /// dropped for it; the page should say so and may reload its history.
     Lagged { skipped: u64 },
+    /// Devices that connected or went away, sent within a fraction of a
+    /// second of the event.
+    Presence { devices: Vec<Presence> },
     /// Periodic counters, with per-device rejection counts of subscribed
     /// devices.
     Stats {

@@ -4,6 +4,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_readings;
+mod m20261129_000002_device_credentials;
 
 /// Applies every migration in order.
 #[derive(Debug)]
@@ -12,6 +13,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261129_000001_readings::Migration)]
+        vec![
+            Box::new(m20261129_000001_readings::Migration),
+            Box::new(m20261129_000002_device_credentials::Migration),
+        ]
     }
 }

@@ -17,8 +17,29 @@ use serde::Deserialize;
 pub struct Config {
     /// Where the dashboard, JSON API and WebSocket listen.
     pub http_addr: SocketAddr,
-    /// Where the embedded MQTT 3.1.1 broker listens for devices.
+    /// Whether plain (unencrypted) HTTP is served on `http_addr`.
+    pub http_plaintext: bool,
+    /// Where HTTPS is served when a TLS certificate is configured.
+    pub https_addr: SocketAddr,
+    /// Where devices connect over plain MQTT 3.1.1.
     pub mqtt_addr: SocketAddr,
+    /// Whether plain MQTT is served at all; turn it off to require TLS.
+    pub mqtt_plaintext: bool,
+    /// Where devices connect over MQTT with TLS, when a certificate is
+    /// configured.
+    pub mqtts_addr: SocketAddr,
+    /// The server's TLS certificate chain (PEM); with `tls_key`, turns on
+    /// MQTT over TLS and HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Lets devices connect without a secret under any unclaimed name and
+    /// registers them on their first reading. For demos and trials.
+    pub open_registration: bool,
+    /// Devices connected at once.
+    pub max_connections: usize,
+    /// Publishes per second one device may sustain.
+    pub max_publish_rate: f64,
     /// A sea-orm database URL: `sqlite://FILE?mode=rwc` or `postgres://...`.
     /// It may hold a password, so `Debug` redacts it.
     pub database_url: String,
@@ -48,16 +69,22 @@ pub struct Config {
     /// production and not settable from outside; tests use it to make
     /// ingest outpace storage and check that overload is counted.
     pub write_pause: std::time::Duration,
-    /// Extra time ingest spends on each message, for the same purpose:
-    /// tests use it to make the broker's log outrun ingest and wrap.
-    pub ingest_pause: std::time::Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             http_addr: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            http_plaintext: true,
+            https_addr: SocketAddr::from(([0, 0, 0, 0], 3443)),
             mqtt_addr: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            mqtt_plaintext: true,
+            mqtts_addr: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            tls_cert: None,
+            tls_key: None,
+            open_registration: false,
+            max_connections: 20_000,
+            max_publish_rate: 1_000.0,
             database_url: "sqlite://sightline.db?mode=rwc".into(),
             site_root: PathBuf::from("target/site"),
             max_payload_bytes: 64 * 1024,
@@ -67,7 +94,6 @@ impl Default for Config {
             writer_queue: 500_000,
             viewer_buffer_bytes: 1024 * 1024,
             write_pause: std::time::Duration::ZERO,
-            ingest_pause: std::time::Duration::ZERO,
         }
     }
 }
@@ -76,7 +102,18 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("http_addr", &self.http_addr)
+            .field("http_plaintext", &self.http_plaintext)
+            .field("https_addr", &self.https_addr)
             .field("mqtt_addr", &self.mqtt_addr)
+            .field("mqtt_plaintext", &self.mqtt_plaintext)
+            .field("mqtts_addr", &self.mqtts_addr)
+            .field("tls_cert", &self.tls_cert)
+            // The key file's path is not secret; its contents never reach
+            // this struct.
+            .field("tls_key", &self.tls_key)
+            .field("open_registration", &self.open_registration)
+            .field("max_connections", &self.max_connections)
+            .field("max_publish_rate", &self.max_publish_rate)
             .field("database_url", &redact_url(&self.database_url))
             .field("site_root", &self.site_root)
             .field("max_payload_bytes", &self.max_payload_bytes)
@@ -86,7 +123,6 @@ impl fmt::Debug for Config {
             .field("writer_queue", &self.writer_queue)
             .field("viewer_buffer_bytes", &self.viewer_buffer_bytes)
             .field("write_pause", &self.write_pause)
-            .field("ingest_pause", &self.ingest_pause)
             .finish()
     }
 }
@@ -118,7 +154,16 @@ pub fn redact_url(url: &str) -> String {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     http_addr: Option<SocketAddr>,
+    http_plaintext: Option<bool>,
+    https_addr: Option<SocketAddr>,
     mqtt_addr: Option<SocketAddr>,
+    mqtt_plaintext: Option<bool>,
+    mqtts_addr: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    open_registration: Option<bool>,
+    max_connections: Option<usize>,
+    max_publish_rate: Option<f64>,
     database_url: Option<String>,
     site_root: Option<PathBuf>,
     max_payload_bytes: Option<usize>,
@@ -139,9 +184,36 @@ pub struct ServeArgs {
     /// Address for the dashboard, JSON API and WebSocket [default: 0.0.0.0:3000].
     #[arg(long, env = "SIGHTLINE_HTTP_ADDR", value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
-    /// Address for the embedded MQTT 3.1.1 broker [default: 0.0.0.0:1883].
+    /// Serve plain HTTP on --http-addr; set false to serve HTTPS only [default: true].
+    #[arg(long, env = "SIGHTLINE_HTTP_PLAINTEXT", value_name = "BOOL")]
+    pub http_plaintext: Option<bool>,
+    /// Address for HTTPS, served when --tls-cert and --tls-key are given [default: 0.0.0.0:3443].
+    #[arg(long, env = "SIGHTLINE_HTTPS_ADDR", value_name = "ADDR")]
+    pub https_addr: Option<SocketAddr>,
+    /// Address for devices over plain MQTT 3.1.1 [default: 0.0.0.0:1883].
     #[arg(long, env = "SIGHTLINE_MQTT_ADDR", value_name = "ADDR")]
     pub mqtt_addr: Option<SocketAddr>,
+    /// Serve plain MQTT on --mqtt-addr; set false to require TLS [default: true].
+    #[arg(long, env = "SIGHTLINE_MQTT_PLAINTEXT", value_name = "BOOL")]
+    pub mqtt_plaintext: Option<bool>,
+    /// Address for devices over MQTT with TLS, served when --tls-cert and --tls-key are given [default: 0.0.0.0:8883].
+    #[arg(long, env = "SIGHTLINE_MQTTS_ADDR", value_name = "ADDR")]
+    pub mqtts_addr: Option<SocketAddr>,
+    /// TLS certificate chain (PEM) for MQTT over TLS and HTTPS; `sightline cert dev` makes one.
+    #[arg(long, env = "SIGHTLINE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SIGHTLINE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Let devices connect without a secret under any unclaimed name (demos and trials only).
+    #[arg(long, env = "SIGHTLINE_OPEN_REGISTRATION", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub open_registration: Option<bool>,
+    /// Devices connected at once; more are refused with CONNACK "server unavailable" [default: 20000].
+    #[arg(long, env = "SIGHTLINE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Publishes per second one device may sustain (one second's burst allowed); faster devices are disconnected [default: 1000].
+    #[arg(long, env = "SIGHTLINE_MAX_PUBLISH_RATE", value_name = "PER_SEC")]
+    pub max_publish_rate: Option<f64>,
     /// Database URL: sqlite://FILE?mode=rwc or postgres://USER:PASS@HOST/DB
     /// [default: sqlite://sightline.db?mode=rwc].
     #[arg(
@@ -207,7 +279,14 @@ impl ServeArgs {
         }
         layer!(
             http_addr,
+            http_plaintext,
+            https_addr,
             mqtt_addr,
+            mqtt_plaintext,
+            mqtts_addr,
+            open_registration,
+            max_connections,
+            max_publish_rate,
             database_url,
             site_root,
             max_payload_bytes,
@@ -217,6 +296,16 @@ impl ServeArgs {
             writer_queue,
             viewer_buffer_bytes
         );
+        // The certificate paths are optional in `Config` too, so they are
+        // layered as options.
+        for (from_file, from_args, slot) in [
+            (&file.tls_cert, &self.tls_cert, &mut c.tls_cert),
+            (&file.tls_key, &self.tls_key, &mut c.tls_key),
+        ] {
+            if let Some(path) = from_args.as_ref().or(from_file.as_ref()) {
+                *slot = Some(path.clone());
+            }
+        }
         c.validate()?;
         Ok(c)
     }
@@ -229,6 +318,7 @@ impl Config {
             ("batch_max", self.batch_max),
             ("writer_queue", self.writer_queue),
             ("viewer_buffer_bytes", self.viewer_buffer_bytes),
+            ("max_connections", self.max_connections),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -249,6 +339,7 @@ impl Config {
             ),
             ("batch_max", self.batch_max, 1_000_000),
             ("writer_queue", self.writer_queue, 10_000_000),
+            ("max_connections", self.max_connections, 1_000_000),
         ];
         for (name, value, max) in ceilings {
             if value > max {
@@ -258,7 +349,36 @@ impl Config {
                 });
             }
         }
+        if !(self.max_publish_rate.is_finite() && self.max_publish_rate > 0.0) {
+            return Err(ConfigError::Invalid {
+                name: "max_publish_rate",
+                why: "must be a positive number",
+            });
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                name: "tls_cert",
+                why: "needs tls_key too, and the other way round",
+            });
+        }
+        if !self.mqtt_plaintext && !self.tls() {
+            return Err(ConfigError::Invalid {
+                name: "mqtt_plaintext",
+                why: "is off and no TLS certificate is set, so devices could not connect at all",
+            });
+        }
+        if !self.http_plaintext && !self.tls() {
+            return Err(ConfigError::Invalid {
+                name: "http_plaintext",
+                why: "is off and no TLS certificate is set, so the dashboard could not be reached",
+            });
+        }
         Ok(())
+    }
+
+    /// Whether a TLS certificate and key are configured.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
     }
 }
 

@@ -8,7 +8,7 @@ use app::model::{Counters, DeviceDetail, DeviceSummary, Fleet};
 use axum::extract::{FromRef, Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
@@ -20,6 +20,8 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::ingest::now_ms;
 use crate::live::{self, Live};
 use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::store::registry::{NewDevice, RegistryError};
 use crate::store::{Store, StoreError};
 
 /// Everything the handlers share.
@@ -28,8 +30,7 @@ pub struct AppState {
     pub leptos: LeptosOptions,
     pub store: Store,
     pub metrics: Arc<Metrics>,
-    /// The MQTT listener's port, for counting connected devices.
-    pub mqtt_port: u16,
+    pub presence: Arc<Presence>,
     pub live: Live,
 }
 
@@ -39,17 +40,37 @@ pub struct AppState {
 pub enum HttpError {
     #[error("not found")]
     NotFound,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<RegistryError> for HttpError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::InvalidId(_) => Self::BadRequest(e.to_string()),
+            RegistryError::Exists(_) => Self::Conflict(e.to_string()),
+            RegistryError::NotFound(_) => Self::NotFound,
+            RegistryError::Store(e) => Self::Store(e),
+        }
+    }
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let (status, message) = match &self {
-            Self::NotFound => (StatusCode::NOT_FOUND, "not found"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
+            Self::BadRequest(why) => (StatusCode::BAD_REQUEST, why.clone()),
+            Self::Conflict(why) => (StatusCode::CONFLICT, why.clone()),
             Self::Store(e) => {
                 tracing::error!("API request failed: {e}");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_owned(),
+                )
             }
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()
@@ -61,6 +82,7 @@ pub fn router(state: AppState) -> Router {
     let backend: SharedBackend = Arc::new(PageData {
         store: state.store.clone(),
         metrics: state.metrics.clone(),
+        presence: state.presence.clone(),
     });
     let routes = generate_route_list(app::App);
     let leptos = state.leptos.clone();
@@ -70,8 +92,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/health", get(health))
         .route("/api/stats", get(stats))
         .route("/metrics", get(prometheus))
-        .route("/api/devices", get(devices))
+        .route("/api/devices", get(devices).post(add_device))
         .route("/api/devices/{id}", get(device))
+        .route("/api/devices/{id}/secret", post(rotate_secret))
+        .route("/api/devices/{id}/enabled", put(set_enabled))
         .with_state(state.clone());
     let ws = Router::new()
         .route("/ws", get(live::websocket))
@@ -112,13 +136,12 @@ async fn health() -> &'static str {
 
 /// `GET /metrics`: every counter and histogram in Prometheus text format.
 async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
-    let devices = crate::broker::connected_clients(state.mqtt_port);
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.metrics.prometheus(devices),
+        state.metrics.prometheus(),
     )
 }
 
@@ -131,7 +154,66 @@ async fn devices(State(state): State<AppState>) -> Result<Json<Vec<DeviceSummary
     for d in &mut list {
         d.rejected = state.metrics.rejected_for(&d.id);
     }
+    state.presence.annotate(&mut list);
     Ok(Json(list))
+}
+
+/// The body of `POST /api/devices`.
+#[derive(Debug, serde::Deserialize)]
+struct AddDevice {
+    id: String,
+}
+
+/// A device's credentials, returned once when they are made.
+#[derive(Debug, serde::Serialize)]
+struct Credentials {
+    id: String,
+    /// Log in with user name = id and password = secret, or with the
+    /// secret alone as the user name (ThingsBoard's access token).
+    secret: String,
+}
+
+impl From<NewDevice> for Credentials {
+    fn from(d: NewDevice) -> Self {
+        Self {
+            id: d.id,
+            secret: d.secret,
+        }
+    }
+}
+
+/// `POST /api/devices`: creates a device and returns its secret, once.
+async fn add_device(
+    State(state): State<AppState>,
+    body: Result<Json<AddDevice>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Credentials>), HttpError> {
+    let Json(body) = body.map_err(|e| HttpError::BadRequest(e.body_text()))?;
+    let created = state.store.add_device(&body.id, now_ms()).await?;
+    tracing::info!(device = %created.id, "device created");
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+/// `POST /api/devices/{id}/secret`: replaces a device's secret and returns
+/// the new one, once.
+async fn rotate_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Credentials>, HttpError> {
+    let rotated = state.store.rotate_secret(&id).await?;
+    tracing::info!(device = %rotated.id, "device secret replaced");
+    Ok(Json(rotated.into()))
+}
+
+/// `PUT /api/devices/{id}/enabled` with `true` or `false`.
+async fn set_enabled(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<bool>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode, HttpError> {
+    let Json(enabled) = body.map_err(|e| HttpError::BadRequest(e.body_text()))?;
+    state.store.set_disabled(&id, !enabled).await?;
+    tracing::info!(device = %id, enabled, "device enabled state changed");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn device(
@@ -141,6 +223,7 @@ async fn device(
     let data = PageData {
         store: state.store.clone(),
         metrics: state.metrics.clone(),
+        presence: state.presence.clone(),
     };
     data.detail(&id, RECENT_WINDOW_MS)
         .await?
@@ -152,6 +235,7 @@ async fn device(
 struct PageData {
     store: Store,
     metrics: Arc<Metrics>,
+    presence: Arc<Presence>,
 }
 
 impl PageData {
@@ -164,6 +248,7 @@ impl PageData {
             .await?
             .map(|(mut summary, series)| {
                 summary.rejected = self.metrics.rejected_for(&summary.id);
+                summary.presence = self.presence.get(&summary.id);
                 DeviceDetail {
                     summary,
                     series,
@@ -182,6 +267,7 @@ impl Backend for PageData {
             for d in &mut devices {
                 d.rejected = self.metrics.rejected_for(&d.id);
             }
+            self.presence.annotate(&mut devices);
             Ok(Fleet {
                 devices,
                 counters: self.metrics.snapshot(),

@@ -3,25 +3,30 @@
 //!
 //! Data flows through the modules in this order:
 //!
-//! - [`broker`]: rumqttd, embedded; devices publish to `sensor/...`.
-//! - [`ingest`]: receives each publish over an in-process link and decodes
-//!   it into readings, rejecting and counting bad input.
+//! - [`edge`]: the MQTT listener (plain and TLS). It authenticates each
+//!   device, confines it to its own topics, and tracks who is online.
+//! - [`ingest`]: decodes each publish into readings under the
+//!   authenticated device, rejecting and counting bad input.
 //! - [`store`]: the batch writer commits readings through sea-orm, then
-//!   hands each committed batch to live push.
-//! - [`live`]: fans batches out to browsers over WebSockets.
+//!   releases QoS 1 acknowledgements and hands the batch to live push.
+//! - [`live`]: fans batches and [`presence`] changes out to browsers over
+//!   WebSockets.
 //! - [`http`]: the dashboard pages, static assets, JSON API and `/ws`.
 //!
-//! Around them: [`config`] (layered settings), [`metrics`] (counters) and
+//! Beside them, [`broker`] (rumqttd's router) carries commands to devices.
+//! Around them: [`config`] (layered settings), [`metrics`] (counters),
 //! [`simulate`] (real MQTT clients for demos and benchmarks) and [`bench`]
 //! (the benchmark that drives a server process with them).
 
 pub mod bench;
 pub mod broker;
 pub mod config;
+pub mod edge;
 pub mod http;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
+pub mod presence;
 pub mod simulate;
 pub mod store;
 
@@ -32,28 +37,31 @@ use std::sync::Arc;
 use leptos::config::LeptosOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use broker::{Broker, BrokerError, BrokerSettings};
+use broker::Broker;
 use config::Config;
+use edge::tls::{TlsError, TlsListener};
+use edge::{Edge, EdgeSettings};
 use metrics::Metrics;
+use presence::Presence;
 use store::{Store, StoreError};
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error(
-        "cannot listen for HTTP on {addr}: {source} (change --http-addr or SIGHTLINE_HTTP_ADDR)"
-    )]
-    HttpBind {
+    #[error("cannot listen for {what} on {addr}: {source} (change --{flag} or SIGHTLINE_{env})")]
+    Bind {
+        what: &'static str,
+        flag: &'static str,
+        env: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Broker(#[from] BrokerError),
-    #[error(transparent)]
-    Ingest(#[from] ingest::IngestError),
+    Tls(#[from] TlsError),
     #[error("the database writer stopped: {0}")]
     Writer(String),
     #[error("HTTP server failed: {0}")]
@@ -65,29 +73,75 @@ pub enum ServeError {
 const WRITER_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The sockets the server listens on, bound before [`run`] so that tests can
-/// use port 0 and startup errors name the address at fault.
-#[derive(Debug)]
+/// use port 0 and startup errors name the address at fault. Each is `None`
+/// when that listener is turned off.
+#[derive(Debug, Default)]
 pub struct Listeners {
-    pub http: TcpListener,
-    /// rumqttd binds its own socket, so the MQTT side is an address that
-    /// [`Broker::start`] checks before handing it over.
-    pub mqtt: SocketAddr,
+    pub http: Option<TcpListener>,
+    pub https: Option<TcpListener>,
+    pub mqtt: Option<TcpListener>,
+    pub mqtts: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// Binds the HTTP socket at `config.http_addr`.
+    /// Binds every listener the configuration turns on.
     pub async fn bind(config: &Config) -> Result<Self, ServeError> {
-        let http = TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|source| ServeError::HttpBind {
-                addr: config.http_addr,
-                source,
-            })?;
+        let tls = config.tls();
         Ok(Self {
-            http,
-            mqtt: config.mqtt_addr,
+            http: bind(
+                config.http_plaintext,
+                "HTTP",
+                "http-addr",
+                "HTTP_ADDR",
+                config.http_addr,
+            )
+            .await?,
+            https: bind(tls, "HTTPS", "https-addr", "HTTPS_ADDR", config.https_addr).await?,
+            mqtt: bind(
+                config.mqtt_plaintext,
+                "MQTT",
+                "mqtt-addr",
+                "MQTT_ADDR",
+                config.mqtt_addr,
+            )
+            .await?,
+            mqtts: bind(
+                tls,
+                "MQTT over TLS",
+                "mqtts-addr",
+                "MQTTS_ADDR",
+                config.mqtts_addr,
+            )
+            .await?,
         })
     }
+
+    /// Where each listener ended up, for logs and tests.
+    pub fn addr(listener: &Option<TcpListener>) -> Option<SocketAddr> {
+        listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+async fn bind(
+    on: bool,
+    what: &'static str,
+    flag: &'static str,
+    env: &'static str,
+    addr: SocketAddr,
+) -> Result<Option<TcpListener>, ServeError> {
+    if !on {
+        return Ok(None);
+    }
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| ServeError::Bind {
+            what,
+            flag,
+            env,
+            addr,
+            source,
+        })
 }
 
 /// Runs the whole server until `shutdown` completes, then stops accepting
@@ -97,6 +151,15 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // TLS files are read first, so that a bad certificate stops the start
+    // before anything else happens.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some((
+            edge::tls::acceptor(cert, key, &[])?,
+            edge::tls::acceptor(cert, key, &[b"http/1.1"])?,
+        )),
+        _ => None,
+    };
     let store = Store::open(&config.database_url).await?;
     let metrics = Arc::new(Metrics::default());
     let token = CancellationToken::new();
@@ -116,27 +179,68 @@ pub async fn run(
         writer_token.clone(),
     ));
 
-    let checkpoint_token = CancellationToken::new();
+    let background = CancellationToken::new();
     let checkpoints = {
         let store = store.clone();
-        let stop = checkpoint_token.clone();
+        let stop = background.clone();
         tokio::spawn(async move { store.checkpoints(stop).await })
     };
+    let presence = Arc::new(Presence::default());
+    let presence_task = {
+        let presence = presence.clone();
+        let stop = background.clone();
+        tokio::spawn(async move { presence.run(stop).await })
+    };
 
-    let (broker, broker_stopped) = Broker::start(&BrokerSettings {
-        listen: listeners.mqtt,
-        max_packet_bytes: (config.max_payload_bytes.saturating_mul(4)).max(1024 * 1024),
-    })?;
-    let broker = Arc::new(broker);
-    let ingest = ingest::Ingest::new(metrics.clone(), queue_tx, config.max_payload_bytes);
-    let mut ingest_task = tokio::spawn(ingest::run(
+    // The demo's simulated devices have no secrets.
+    let open_registration = config.open_registration || config.demo;
+    let broker = Arc::new(Broker::start(config.max_connections + 64));
+    let edge = Arc::new(Edge::new(
+        EdgeSettings {
+            // Payloads over the ingest limit are still read, so that they
+            // are rejected and counted rather than cutting the connection.
+            max_packet_bytes: (config.max_payload_bytes.saturating_mul(4)).max(1024 * 1024),
+            max_connections: config.max_connections,
+            max_publish_rate: config.max_publish_rate,
+            open_registration,
+        },
+        store.clone(),
+        ingest::Ingest::new(metrics.clone(), queue_tx, config.max_payload_bytes),
         broker.clone(),
-        ingest,
-        config.ingest_pause,
-        token.clone(),
+        presence.clone(),
+        metrics.clone(),
     ));
+    let sessions = TaskTracker::new();
+    let edge_stop = CancellationToken::new();
+    let mqtt_addr = Listeners::addr(&listeners.mqtt);
+    let mut edge_listeners = Vec::new();
+    for (listener, acceptor, what) in [
+        (listeners.mqtt, None, "MQTT"),
+        (
+            listeners.mqtts,
+            tls.as_ref().map(|t| t.0.clone()),
+            "MQTT over TLS",
+        ),
+    ] {
+        if let Some(listener) = listener {
+            tracing::info!(
+                "devices connect over {what} on {}",
+                edge::describe(&listener)
+            );
+            edge_listeners.push(tokio::spawn(edge::serve(
+                edge.clone(),
+                listener,
+                acceptor,
+                sessions.clone(),
+                edge_stop.clone(),
+            )));
+        }
+    }
+    drop(edge);
 
-    let http_addr = listeners.http.local_addr().map_err(ServeError::Http)?;
+    let http_addr = Listeners::addr(&listeners.http)
+        .or_else(|| Listeners::addr(&listeners.https))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let state = http::AppState {
         leptos: LeptosOptions::builder()
             .output_name("frontend")
@@ -146,74 +250,91 @@ pub async fn run(
             .build(),
         store: store.clone(),
         metrics: metrics.clone(),
-        mqtt_port: listeners.mqtt.port(),
+        presence: presence.clone(),
         live: live::Live {
             hub,
+            presence: presence.clone(),
             metrics: metrics.clone(),
             shutdown: token.clone(),
         },
     };
     let app = http::router(state);
-    let http_token = token.clone();
-    let mut http_task = tokio::spawn(async move {
-        // Live updates are small frames that must leave at once; Nagle's
-        // algorithm would hold them back behind an unacknowledged one.
-        let http = axum::serve::ListenerExt::tap_io(listeners.http, |tcp| {
-            let _ = tcp.set_nodelay(true);
+    let mut http_tasks = tokio::task::JoinSet::new();
+    if let Some(listener) = listeners.http {
+        tracing::info!(
+            "serving the dashboard on http://{}",
+            simulate::loopback(http_addr)
+        );
+        let app = app.clone();
+        let stop = token.clone();
+        http_tasks.spawn(async move {
+            // Live updates are small frames that must leave at once; Nagle's
+            // algorithm would hold them back behind an unacknowledged one.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
         });
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move { http_token.cancelled().await })
-            .await
-    });
+    }
+    if let (Some(listener), Some((_, acceptor))) = (listeners.https, &tls) {
+        tracing::info!(
+            "serving the dashboard on https://{}",
+            edge::describe(&listener)
+        );
+        let listener = TlsListener::new(listener, acceptor.clone(), token.clone())
+            .map_err(ServeError::Http)?;
+        let stop = token.clone();
+        http_tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+    }
 
     if config.demo {
-        let target = simulate::loopback(listeners.mqtt);
-        tracing::info!(
-            "demo: simulating {} devices against {target}",
-            config.demo_devices
-        );
-        tokio::spawn(simulate::run(
-            simulate::SimOptions::demo(target, config.demo_devices),
-            token.clone(),
-        ));
+        match mqtt_addr {
+            Some(addr) => {
+                let target = simulate::loopback(addr);
+                tracing::info!(
+                    "demo: simulating {} devices against {target}",
+                    config.demo_devices
+                );
+                tokio::spawn(simulate::run(
+                    simulate::SimOptions::demo(target, config.demo_devices),
+                    token.clone(),
+                ));
+            }
+            None => tracing::warn!("demo: plain MQTT is off, so no devices are simulated"),
+        }
     }
-    tracing::info!(
-        "serving the dashboard on http://{} and MQTT on {}",
-        simulate::loopback(http_addr),
-        listeners.mqtt
-    );
 
     let outcome = tokio::select! {
         () = shutdown => Ok(()),
-        why = broker_stopped => Err(ServeError::Broker(BrokerError::Stopped(
-            why.unwrap_or_else(|_| "listener thread ended".into()),
-        ))),
-        result = &mut ingest_task => match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
-            Err(e) => Err(ServeError::Ingest(ingest::IngestError::Stopped(e.to_string()))),
-        },
         result = &mut writer => Err(ServeError::Writer(match result {
             Ok(()) => "it stopped".to_owned(),
             Err(e) => e.to_string(),
         })),
-        result = &mut http_task => match result {
+        Some(result) = http_tasks.join_next() => match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServeError::Http(e)),
             Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
         },
     };
 
-    // Stop in data-flow order: close the device listener so nothing new is
-    // acknowledged, let ingest read what the broker still holds, then let
-    // the writer commit everything queued. If the database is failing, the
-    // writer gives up after a bounded wait and counts what it could not
-    // store, so shutdown always ends.
-    broker.stop_listener();
-    token.cancel();
-    if !ingest_task.is_finished() {
-        let _ = ingest_task.await;
+    // Stop in data-flow order: stop accepting devices and end their
+    // sessions, so nothing new is queued; then let the writer commit
+    // everything queued. If the database is failing, the writer gives up
+    // after a bounded wait and counts what it could not store, so shutdown
+    // always ends.
+    edge_stop.cancel();
+    for listener in edge_listeners {
+        let _ = listener.await;
     }
+    sessions.close();
+    sessions.wait().await;
+    token.cancel();
     if !writer.is_finished() {
         let give_up = writer_token.clone();
         tokio::spawn(async move {
@@ -222,11 +343,10 @@ pub async fn run(
         });
         let _ = writer.await;
     }
-    checkpoint_token.cancel();
+    background.cancel();
     let _ = checkpoints.await;
-    if !http_task.is_finished() {
-        let _ = http_task.await;
-    }
+    let _ = presence_task.await;
+    while http_tasks.join_next().await.is_some() {}
     drop(broker);
     outcome
 }

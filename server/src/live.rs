@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 
 /// A viewer that cannot take a message within this time is disconnected;
 /// its browser reconnects and reloads history when it is responsive again.
@@ -300,6 +301,7 @@ fn encode(msg: &ServerMsg) -> Utf8Bytes {
 #[derive(Clone, Debug)]
 pub struct Live {
     pub hub: Arc<Hub>,
+    pub presence: Arc<Presence>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
 }
@@ -325,6 +327,7 @@ async fn viewer(socket: WebSocket, live: Live) {
     let (mut sink, mut stream) = socket.split();
     let mut subscription = Subscription::Nothing;
     let mut stats = tokio::time::interval(STATS_EVERY);
+    let mut presence = live.presence.subscribe();
     loop {
         let mut frames = Vec::new();
         let mut delivered: Vec<(Instant, u64)> = Vec::new();
@@ -356,6 +359,22 @@ async fn viewer(socket: WebSocket, live: Live) {
                         .iter()
                         .map(|f| (f.received_at, f.readings))
                         .collect();
+                }
+            },
+            changes = presence.recv() => {
+                let statuses = match changes {
+                    Ok(changes) => changes.iter().filter(|p| subscription.includes(&p.device)).cloned().collect(),
+                    // Fell behind: send everything instead of what was missed.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => live
+                        .presence
+                        .all()
+                        .into_iter()
+                        .filter(|p| subscription.includes(&p.device))
+                        .collect(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => Vec::new(),
+                };
+                if !statuses.is_empty() {
+                    frames.push(encode(&ServerMsg::Presence { devices: statuses }));
                 }
             },
             _ = stats.tick() => {
@@ -394,6 +413,16 @@ async fn viewer(socket: WebSocket, live: Live) {
     }
     live.hub.leave(id, &outbox, &subscription);
     live.metrics.viewers.fetch_sub(1, Ordering::Relaxed);
+}
+
+impl Subscription {
+    fn includes(&self, device: &str) -> bool {
+        match self {
+            Self::Nothing => false,
+            Self::All => true,
+            Self::Devices(devices) => devices.contains(device),
+        }
+    }
 }
 
 fn subscribe(msg: ClientMsg) -> Subscription {

@@ -27,11 +27,59 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: MQTT broker, ingest, storage, dashboard.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Connect simulated devices to a broker and publish readings.
     Simulate(SimulateArgs),
     /// Start a server on a fresh SQLite file, load it, and print what it achieved.
     Bench(BenchArgs),
+    /// Manage devices and their secrets.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Make TLS certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Create a device (or give a self-registered one a secret) and print its secret, once.
+    Add(DeviceArgs),
+    /// Replace a device's secret and print the new one, once.
+    Rotate(DeviceArgs),
+    /// Refuse a device's logins from now on; its data stays.
+    Disable(DeviceArgs),
+    /// Accept a disabled device's logins again.
+    Enable(DeviceArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DeviceArgs {
+    /// The device id, as it appears in `sensor/<id>`.
+    id: String,
+    /// A TOML config file, as for `serve`.
+    #[arg(long, env = "SIGHTLINE_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Database URL, as for `serve` [default: sqlite://sightline.db?mode=rwc].
+    #[arg(
+        long,
+        env = "SIGHTLINE_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Write a self-signed development CA and a server certificate signed by it.
+    Dev {
+        /// Folder for ca.pem, server.pem and server.key.
+        #[arg(long, default_value = "certs")]
+        out: std::path::PathBuf,
+        /// Host names and IP addresses the server certificate is valid for.
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+        hosts: Vec<String>,
+    },
 }
 
 /// Each scenario is a preset; the other flags override single parts of it.
@@ -119,10 +167,63 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Simulate(args) => simulate(args).await,
         Command::Bench(args) => bench(args).await,
+        Command::Device(command) => device(command).await,
+        Command::Cert(CertCommand::Dev { out, hosts }) => {
+            let files = server::edge::tls::write_dev_cert(&out, &hosts)?;
+            println!(
+                "wrote {} (give it to clients), {} and {}\n\
+                 serve with: sightline serve --tls-cert {} --tls-key {}\n\
+                 try it:     mosquitto_pub --cafile {} -h localhost -p 8883 -u ID -P SECRET -t sensor/ID -m '{{\"temp\":21}}'",
+                files.ca.display(),
+                files.cert.display(),
+                files.key.display(),
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display(),
+            );
+            Ok(())
+        }
     }
+}
+
+async fn device(command: DeviceCommand) -> anyhow::Result<()> {
+    let (DeviceCommand::Add(args)
+    | DeviceCommand::Rotate(args)
+    | DeviceCommand::Disable(args)
+    | DeviceCommand::Enable(args)) = &command;
+    let config = ServeArgs {
+        config: args.config.clone(),
+        database_url: args.database_url.clone(),
+        ..ServeArgs::default()
+    }
+    .resolve()?;
+    let store = server::store::Store::open(&config.database_url).await?;
+    let id = args.id.as_str();
+    let created = match command {
+        DeviceCommand::Add(_) => store.add_device(id, server::ingest::now_ms()).await?,
+        DeviceCommand::Rotate(_) => store.rotate_secret(id).await?,
+        DeviceCommand::Disable(_) | DeviceCommand::Enable(_) => {
+            let disable = matches!(command, DeviceCommand::Disable(_));
+            store.set_disabled(id, disable).await?;
+            println!(
+                "device {id} {}",
+                if disable { "disabled" } else { "enabled" }
+            );
+            return Ok(());
+        }
+    };
+    println!(
+        "device: {}\nsecret: {}\n\n\
+         The secret is shown only now; it is stored as a hash. Connect with\n  \
+         mosquitto_pub -u {} -P <secret> -t sensor/{} -m '{{\"temp\":21}}'\n\
+         or, ThingsBoard style, with the secret as the user name:\n  \
+         mosquitto_pub -u <secret> -t v1/devices/me/telemetry -m '{{\"temp\":21}}'",
+        created.id, created.secret, created.id, created.id
+    );
+    Ok(())
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {

@@ -10,14 +10,83 @@ use std::time::{Duration, Instant};
 
 use app::model::Counters;
 
-/// How many distinct devices get their own rejection counter. Beyond this
-/// (for example a client inventing a new device id per message) rejections
-/// are still counted in the total, but not per device, so a hostile client
-/// cannot grow this map without bound.
+/// How many distinct devices get their own counter in a [`DeviceCounts`].
+/// Beyond this (for example a client inventing a new device id per
+/// message) events are still counted in the total, but not per device, so
+/// a hostile client cannot grow the map without bound.
 const MAX_TRACKED_DEVICES: usize = 10_000;
 
+/// Counts of some event per device, bounded to [`MAX_TRACKED_DEVICES`].
+/// A `std` mutex, not a tokio one: it is held for a hash-map update and
+/// never across an `.await`, and only taken when the event happens.
+#[derive(Debug, Default)]
+pub struct DeviceCounts(Mutex<HashMap<String, u64>>);
+
+impl DeviceCounts {
+    pub fn add(&self, device: &str, n: u64) {
+        let Ok(mut map) = self.0.lock() else {
+            return;
+        };
+        if let Some(count) = map.get_mut(device) {
+            *count += n;
+        } else if map.len() < MAX_TRACKED_DEVICES {
+            map.insert(device.to_owned(), n);
+        }
+    }
+
+    pub fn get(&self, device: &str) -> u64 {
+        self.0
+            .lock()
+            .map(|m| m.get(device).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Counts for the given devices (or all of them), skipping zeros.
+    pub fn among(&self, devices: Option<&[String]>) -> Vec<(String, u64)> {
+        let Ok(map) = self.0.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, u64)> = match devices {
+            Some(list) => list
+                .iter()
+                .filter_map(|d| map.get(d).map(|n| (d.clone(), *n)))
+                .collect(),
+            None => map.iter().map(|(d, n)| (d.clone(), *n)).collect(),
+        };
+        out.sort();
+        out
+    }
+}
+
+/// What the device edge counts: its sessions and every refusal, by kind.
+#[derive(Debug, Default)]
+pub struct EdgeCounters {
+    /// Devices connected and logged in right now.
+    pub sessions: AtomicU64,
+    /// CONNECTs refused for unknown, wrong or disabled credentials.
+    pub logins_refused: AtomicU64,
+    /// Publishes or subscriptions outside the device's own topics.
+    pub denied: AtomicU64,
+    /// Devices disconnected for publishing faster than allowed.
+    pub rate_limited: AtomicU64,
+    /// Packets larger than the packet limit.
+    pub too_large: AtomicU64,
+    /// CONNECTs refused because the connection limit was reached.
+    pub over_capacity: AtomicU64,
+    /// Sockets that did not finish the TLS handshake or send CONNECT in time.
+    pub handshake_timeouts: AtomicU64,
+    /// Connections closed for malformed packets or protocol violations.
+    pub protocol_errors: AtomicU64,
+    /// Sessions closed because the device fell silent past its keep-alive.
+    pub keepalive_expired: AtomicU64,
+    /// Last Wills published for devices that went away without DISCONNECT.
+    pub wills: AtomicU64,
+    /// Refusals of every kind, per device, where the device is known.
+    pub refused_by_device: DeviceCounts,
+}
+
 /// The server's counters. Atomics keep the hot path lock-free; only the
-/// per-device rejection map takes a lock, and only on a rejection.
+/// per-device maps take a lock, and only when something is refused.
 #[derive(Debug)]
 pub struct Metrics {
     pub messages: AtomicU64,
@@ -25,9 +94,7 @@ pub struct Metrics {
     pub stored: AtomicU64,
     pub rejected: AtomicU64,
     pub dropped: AtomicU64,
-    /// Messages the broker acknowledged but discarded before ingest read
-    /// them; see [`crate::ingest::GapTracker`].
-    pub lost: AtomicU64,
+    pub edge: EdgeCounters,
     /// WebSocket viewers currently connected.
     pub viewers: AtomicU64,
     /// Readings not sent to viewers that fell behind (each such viewer is
@@ -43,9 +110,7 @@ pub struct Metrics {
     /// viewer's WebSocket. Measured per batch from the batch's earliest
     /// message, so it errs on the slow side.
     pub push_seconds: Histogram,
-    /// A `std` mutex, not a tokio one: it is held for a hash-map update and
-    /// never across an `.await`.
-    rejected_by_device: Mutex<HashMap<String, u64>>,
+    rejected_by_device: DeviceCounts,
 }
 
 impl Default for Metrics {
@@ -56,14 +121,14 @@ impl Default for Metrics {
             stored: AtomicU64::default(),
             rejected: AtomicU64::default(),
             dropped: AtomicU64::default(),
-            lost: AtomicU64::default(),
+            edge: EdgeCounters::default(),
             viewers: AtomicU64::default(),
             live_skipped: AtomicU64::default(),
             live_pending_bytes: AtomicU64::default(),
             write_batch: Histogram::new(BATCH_BOUNDS, 1.0),
             write_seconds: Histogram::latency(),
             push_seconds: Histogram::latency(),
-            rejected_by_device: Mutex::default(),
+            rejected_by_device: DeviceCounts::default(),
         }
     }
 }
@@ -76,57 +141,51 @@ impl Metrics {
     /// Counts `n` rejections, attributed to `device` when it is known.
     pub fn reject(&self, device: Option<&str>, n: u64) {
         Self::add(&self.rejected, n);
-        let Some(device) = device else { return };
-        let Ok(mut map) = self.rejected_by_device.lock() else {
-            return;
-        };
-        if let Some(count) = map.get_mut(device) {
-            *count += n;
-        } else if map.len() < MAX_TRACKED_DEVICES {
-            map.insert(device.to_owned(), n);
+        if let Some(device) = device {
+            self.rejected_by_device.add(device, n);
+        }
+    }
+
+    /// Counts one refusal at the edge under `kind` (one of the counters in
+    /// [`EdgeCounters`]), attributed to `device` when it is known.
+    pub fn refuse(&self, kind: &AtomicU64, device: Option<&str>) {
+        Self::add(kind, 1);
+        if let Some(device) = device {
+            self.edge.refused_by_device.add(device, 1);
         }
     }
 
     /// Rejections attributed to `device` since start.
     pub fn rejected_for(&self, device: &str) -> u64 {
-        self.rejected_by_device
-            .lock()
-            .map(|m| m.get(device).copied().unwrap_or(0))
-            .unwrap_or(0)
+        self.rejected_by_device.get(device)
     }
 
     /// Per-device rejection counts for the given devices (or all of them),
     /// skipping devices with none.
     pub fn rejected_among(&self, devices: Option<&[String]>) -> Vec<(String, u64)> {
-        let Ok(map) = self.rejected_by_device.lock() else {
-            return Vec::new();
-        };
-        let mut out: Vec<(String, u64)> = match devices {
-            Some(list) => list
-                .iter()
-                .filter_map(|d| map.get(d).map(|n| (d.clone(), *n)))
-                .collect(),
-            None => map.iter().map(|(d, n)| (d.clone(), *n)).collect(),
-        };
-        out.sort();
-        out
+        self.rejected_by_device.among(devices)
     }
 
     pub fn snapshot(&self) -> Counters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let e = &self.edge;
         Counters {
             messages: get(&self.messages),
             received: get(&self.received),
             stored: get(&self.stored),
             rejected: get(&self.rejected),
             dropped: get(&self.dropped),
-            lost: get(&self.lost),
+            refused: get(&e.logins_refused)
+                + get(&e.denied)
+                + get(&e.rate_limited)
+                + get(&e.too_large)
+                + get(&e.over_capacity),
+            connected: get(&e.sessions),
         }
     }
 
     /// Renders every metric in the Prometheus text exposition format.
-    /// `devices` is the number of connected MQTT clients, when known.
-    pub fn prometheus(&self, devices: Option<u64>) -> String {
+    pub fn prometheus(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::with_capacity(4096);
         // Name, type, help text and value of every plain counter and gauge.
@@ -162,12 +221,6 @@ impl Metrics {
                 get(&self.dropped),
             ),
             (
-                "sightline_broker_lost_messages_total",
-                "counter",
-                "Messages the broker discarded before ingest read them.",
-                get(&self.lost),
-            ),
-            (
                 "sightline_viewers",
                 "gauge",
                 "Live WebSocket viewers connected.",
@@ -186,14 +239,69 @@ impl Metrics {
                 get(&self.live_pending_bytes),
             ),
         ];
-        if let Some(devices) = devices {
-            plain.push((
+        let e = &self.edge;
+        plain.extend([
+            (
                 "sightline_devices_connected",
                 "gauge",
-                "MQTT connections currently open.",
-                devices,
-            ));
-        }
+                "Devices connected and logged in.",
+                get(&e.sessions),
+            ),
+            (
+                "sightline_edge_logins_refused_total",
+                "counter",
+                "CONNECTs refused for unknown, wrong or disabled credentials.",
+                get(&e.logins_refused),
+            ),
+            (
+                "sightline_edge_denied_total",
+                "counter",
+                "Publishes or subscriptions outside a device's own topics.",
+                get(&e.denied),
+            ),
+            (
+                "sightline_edge_rate_limited_total",
+                "counter",
+                "Devices disconnected for exceeding the publish rate.",
+                get(&e.rate_limited),
+            ),
+            (
+                "sightline_edge_too_large_total",
+                "counter",
+                "Packets larger than the packet limit.",
+                get(&e.too_large),
+            ),
+            (
+                "sightline_edge_over_capacity_total",
+                "counter",
+                "CONNECTs refused at the connection limit.",
+                get(&e.over_capacity),
+            ),
+            (
+                "sightline_edge_handshake_timeouts_total",
+                "counter",
+                "Sockets that sent no CONNECT or finished no TLS handshake in time.",
+                get(&e.handshake_timeouts),
+            ),
+            (
+                "sightline_edge_protocol_errors_total",
+                "counter",
+                "Connections closed for malformed packets or protocol violations.",
+                get(&e.protocol_errors),
+            ),
+            (
+                "sightline_edge_keepalive_expired_total",
+                "counter",
+                "Sessions closed after 1.5 x keep-alive of silence.",
+                get(&e.keepalive_expired),
+            ),
+            (
+                "sightline_edge_wills_total",
+                "counter",
+                "Last Wills published.",
+                get(&e.wills),
+            ),
+        ]);
         for (name, kind, help, value) in plain {
             let _ = writeln!(
                 out,
@@ -383,7 +491,8 @@ mod tests {
             .observe_duration(Duration::from_micros(300), 2);
         m.push_seconds.observe_duration(Duration::from_secs(60), 1);
         m.write_batch.observe(1);
-        let text = m.prometheus(Some(7));
+        Metrics::add(&m.edge.sessions, 7);
+        let text = m.prometheus();
         for line in [
             "sightline_push_latency_seconds_bucket{le=\"0.00025\"} 0",
             "sightline_push_latency_seconds_bucket{le=\"0.0005\"} 2",

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use common::{next_matching, test_config, wait_for, Scratch, TestServer};
+use rumqttc::QoS;
 use server::store::Store;
 
 fn readings_of(msg: ServerMsg) -> Option<Vec<Reading>> {
@@ -152,7 +153,6 @@ async fn bad_input_is_rejected_counted_and_never_costs_good_readings() {
             1,
         ),
         ("sensor/Device001", "\u{0}\u{1}binary".into(), 0, 1),
-        ("other/topic", "1".into(), 0, 1),
         ("sensor/Device001", "{'temp':24}".into(), 1, 0),
     ];
     let mut good = 0;
@@ -176,12 +176,12 @@ async fn bad_input_is_rejected_counted_and_never_costs_good_readings() {
             stored: good,
             rejected,
             dropped: 0,
-            lost: 0
+            refused: 0,
+            connected: 1,
         }
     );
     let devices: Vec<DeviceSummary> = server.get_json("/api/devices").await;
-    // Everything but the message on `other/topic` names Device001.
-    assert_eq!(devices[0].rejected, rejected - 1);
+    assert_eq!(devices[0].rejected, rejected);
     assert_eq!(
         devices[0].latest[0].value, 24.0,
         "the last good reading is latest"
@@ -300,11 +300,10 @@ async fn startup_errors_name_the_cause_and_the_option() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut config = test_config(&scratch.sqlite_url());
     config.mqtt_addr = taken.local_addr().expect("addr");
-    let listeners = server::Listeners::bind(&config).await.expect("http binds");
-    let err = server::run(config, listeners, std::future::pending())
+    let text = server::Listeners::bind(&config)
         .await
-        .expect_err("port taken");
-    let text = err.to_string();
+        .expect_err("port taken")
+        .to_string();
     assert!(
         text.contains("--mqtt-addr") && text.contains("in use"),
         "{text}"
@@ -407,7 +406,7 @@ async fn a_stalled_viewer_stays_bounded_while_a_healthy_one_gets_everything() {
                         last_reading = tokio::time::Instant::now();
                     }
                     ServerMsg::Lagged { skipped } => lagged += skipped,
-                    ServerMsg::Stats { .. } => {}
+                    ServerMsg::Stats { .. } | ServerMsg::Presence { .. } => {}
                 }
             }
         }
@@ -468,19 +467,22 @@ async fn overload_is_counted_reading_for_reading() {
     config.write_pause = Duration::from_millis(20);
     config.batch_max = 20;
     config.writer_queue = 8;
+    // The device floods on purpose; this test is about the writer, not
+    // the per-device rate limit.
+    config.max_publish_rate = 1e6;
     let server = TestServer::start(config).await;
     let device = server.device("Burst").await;
+    // QoS 0: the device expects no acknowledgement, so a saturated writer
+    // must drop (and count) rather than hold the connection up.
     let sent = 3000u64;
     for i in 0..sent {
-        device.publish("sensor/Burst/temp", format!("{i}")).await;
+        device
+            .publish_qos("sensor/Burst/temp", QoS::AtMostOnce, format!("{i}"))
+            .await;
     }
-    wait_for("every publish to be acknowledged", || async {
-        device.acked.load(std::sync::atomic::Ordering::Relaxed) == sent
-    })
-    .await;
     wait_for("every reading to be stored or dropped", || async {
         let c: Counters = server.get_json("/api/stats").await;
-        c.stored + c.dropped == sent
+        c.received == sent && c.stored + c.dropped == sent
     })
     .await;
     let counters: Counters = server.get_json("/api/stats").await;
@@ -489,7 +491,6 @@ async fn overload_is_counted_reading_for_reading() {
         "the writer was slow enough to overflow"
     );
     assert!(counters.stored > 0);
-    assert_eq!(counters.lost, 0, "the broker itself lost nothing");
     assert_eq!(counters.received, sent);
     let dropped = metric(&server, "sightline_readings_dropped_total").await;
     assert_eq!(dropped, counters.dropped, "/metrics agrees with the API");
@@ -505,42 +506,36 @@ async fn overload_is_counted_reading_for_reading() {
 }
 
 #[tokio::test]
-async fn a_wrapped_broker_log_is_counted_as_lost() {
+async fn qos1_waits_for_a_slow_writer_and_acknowledges_only_what_is_stored() {
     let scratch = Scratch::new();
-    let mut config = test_config(&scratch.sqlite_url());
-    // Ingest reads about 5,000 messages a second while the device sends
-    // 20 MB as fast as the broker acknowledges, and the broker's log holds
-    // 8 MiB: it must wrap, which rumqttd itself reports only in a log line.
-    config.ingest_pause = Duration::from_micros(200);
+    let url = scratch.sqlite_url();
+    let mut config = test_config(&url);
+    // The same slow writer as above, but the device asks for QoS 1: the
+    // edge holds each PUBACK until the readings are committed, and waits
+    // for room in the queue instead of dropping.
+    config.write_pause = Duration::from_millis(20);
+    config.batch_max = 20;
+    config.writer_queue = 8;
     let server = TestServer::start(config).await;
-    let device = server.device("Wrap").await;
-    let sent = 20_000u64;
-    let padding = " ".repeat(1000);
+    let device = server.device("Patient").await;
+    let sent = 600u64;
     for i in 0..sent {
-        device
-            .publish("sensor/Wrap/temp", format!("{{\"value\":{i}}}{padding}"))
-            .await;
+        device.publish("sensor/Patient/temp", format!("{i}")).await;
+        // Never more acknowledged than committed, at any moment.
+        let acked = device.acked.load(std::sync::atomic::Ordering::Relaxed);
+        let c: Counters = server.get_json("/api/stats").await;
+        assert!(acked <= c.stored, "acked {acked} before storing ({c:?})");
     }
     wait_for("every publish to be acknowledged", || async {
         device.acked.load(std::sync::atomic::Ordering::Relaxed) == sent
     })
     .await;
-    wait_for("ingest to account for every message", || async {
-        let c: Counters = server.get_json("/api/stats").await;
-        c.messages + c.lost == sent && c.stored == c.received
-    })
-    .await;
     let c: Counters = server.get_json("/api/stats").await;
-    assert!(c.lost > 0, "the log wrapped, so messages were lost: {c:?}");
-    // One reading per message: every acknowledged reading is stored or
-    // counted, none is missing silently.
-    assert_eq!(c.stored + c.dropped + c.rejected + c.lost, sent, "{c:?}");
-    assert_eq!(
-        metric(&server, "sightline_broker_lost_messages_total").await,
-        c.lost
-    );
+    assert_eq!((c.stored, c.dropped), (sent, 0), "{c:?}");
     device.disconnect().await;
     server.stop().await.expect("clean shutdown");
+    let store = Store::open(&url).await.expect("reopen");
+    assert_eq!(store.count_readings().await.expect("count"), sent);
 }
 
 #[tokio::test]

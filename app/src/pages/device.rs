@@ -109,6 +109,11 @@ fn DeviceView(
                     skipped.update(|s| *s += n);
                     reload.run(());
                 }
+                LiveEvent::Message(ServerMsg::Presence { devices }) => {
+                    if let Some(change) = devices.into_iter().rev().find(|p| p.device == device) {
+                        summary.update(|s| s.presence = Some(change));
+                    }
+                }
                 LiveEvent::Opened { reconnect } => {
                     if reconnect {
                         reload.run(());
@@ -118,7 +123,8 @@ fn DeviceView(
         });
     }
 
-    let online = move || summary.with(|s| format::is_online(s.last_seen, now.get()));
+    let online = move || summary.with(format::is_online);
+    let since = move || summary.with(|s| s.presence.as_ref().and_then(|p| p.connected_since));
     view! {
         <section class="page-head">
             <a href="/" class="back" aria-label="Back to the fleet">"←"</a>
@@ -127,8 +133,13 @@ fn DeviceView(
             <LiveBadge state=link skipped/>
         </section>
         <p class="device-meta">
-            "last seen "
-            <span data-testid="last-seen">{move || format::ago(summary.with(|s| s.last_seen), now.get())}</span>
+            <span data-testid="presence">{move || summary.with(format::status)}</span>
+            {move || since().map(|t| view! {
+                " · connected "
+                <span data-testid="connected-since">{move || format::ago(t, now.get())}</span>
+            })}
+            " · last seen "
+            <span data-testid="last-seen">{move || format::ago(summary.with(|s| format::last_seen(s, now.get())), now.get())}</span>
             " · "
             <span data-testid="device-rejected">{move || summary.with(|s| s.rejected)}</span>
             " rejected"

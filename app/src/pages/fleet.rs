@@ -80,6 +80,9 @@ fn FleetView(
                 skipped.update(|s| *s += n);
                 reload.run(());
             }
+            LiveEvent::Message(ServerMsg::Presence { devices }) => {
+                apply_presence(cards, devices);
+            }
             LiveEvent::Opened { reconnect } => {
                 if reconnect {
                     reload.run(());
@@ -114,6 +117,21 @@ fn FleetView(
     }
 }
 
+/// Updates the online status of the cards that changed.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+fn apply_presence(cards: RwSignal<Vec<Card>>, changes: Vec<crate::model::Presence>) {
+    cards.with_untracked(|cards| {
+        for change in changes {
+            if let Some(card) = cards
+                .iter()
+                .find(|c| c.id.with_value(|id| *id == change.device))
+            {
+                card.summary.update(|s| s.presence = Some(change));
+            }
+        }
+    });
+}
+
 /// Folds new readings into the cards, adding a card for a device seen for
 /// the first time. Cards stay sorted by device id.
 #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
@@ -139,6 +157,7 @@ fn apply_readings(cards: RwSignal<Vec<Card>>, readings: &[crate::model::Reading]
                         last_seen: 0,
                         latest: Vec::new(),
                         rejected: 0,
+                        presence: None,
                     }),
                 };
                 cards.update(|c| {
@@ -179,7 +198,7 @@ pub fn CountersBar(counters: RwSignal<Counters>) -> impl IntoView {
             <div><dt>"stored"</dt><dd data-testid="stored">{move || counters.with(|c| c.stored)}</dd></div>
             <div><dt>"rejected"</dt><dd data-testid="rejected-total">{move || counters.with(|c| c.rejected)}</dd></div>
             <div><dt>"dropped"</dt><dd data-testid="dropped">{move || counters.with(|c| c.dropped)}</dd></div>
-            <div><dt>"lost in broker"</dt><dd data-testid="lost">{move || counters.with(|c| c.lost)}</dd></div>
+            <div><dt>"refused at edge"</dt><dd data-testid="refused">{move || counters.with(|c| c.refused)}</dd></div>
         </dl>
     }
 }
@@ -189,13 +208,14 @@ fn DeviceCard(card: Card, now: RwSignal<i64>) -> impl IntoView {
     let summary = card.summary;
     let id = card.id.get_value();
     let href = format!("/devices/{id}");
-    let online = move || summary.with(|s| format::is_online(s.last_seen, now.get()));
+    let online = move || summary.with(format::is_online);
     view! {
         <li class="card" data-device=id.clone()>
             <a href=href class="card-link">
                 <span class="card-head">
                     <span class=move || if online() { "dot on" } else { "dot off" }
-                        title=move || if online() { "online" } else { "offline" }></span>
+                        data-testid="presence"
+                        title=move || summary.with(format::status)></span>
                     <span class="device-id">{id.clone()}</span>
                 </span>
                 <span class="metrics">
@@ -216,7 +236,7 @@ fn DeviceCard(card: Card, now: RwSignal<i64>) -> impl IntoView {
                 </span>
                 <span class="card-foot">
                     "last seen "
-                    <span data-testid="last-seen">{move || format::ago(summary.with(|s| s.last_seen), now.get())}</span>
+                    <span data-testid="last-seen">{move || format::ago(summary.with(|s| format::last_seen(s, now.get())), now.get())}</span>
                     {move || {
                         let n = summary.with(|s| s.rejected);
                         (n > 0).then(|| view! { <span class="rejected">{format!(" · {n} rejected")}</span> })

@@ -138,18 +138,10 @@ pub fn valid_name(name: &str) -> bool {
 /// own `ts` with `received_ms`.
 pub fn decode(route: &Route<'_>, payload: &[u8], received_ms: i64, max_len: usize) -> Decoded {
     let mut out = Decoded::default();
-    if payload.len() > max_len {
-        out.rejections.push(Rejection::Oversized {
-            len: payload.len(),
-            max: max_len,
-        });
-        return out;
-    }
-    let text = match std::str::from_utf8(payload) {
-        Ok(t) => t.trim(),
-        Err(_) => {
-            out.rejections
-                .push(Rejection::Malformed("payload is not UTF-8".into()));
+    let text = match payload_text(payload, max_len) {
+        Ok(text) => text,
+        Err(r) => {
+            out.rejections.push(r);
             return out;
         }
     };
@@ -161,6 +153,19 @@ pub fn decode(route: &Route<'_>, payload: &[u8], received_ms: i64, max_len: usiz
         out.rejections.push(Rejection::Empty);
     }
     out
+}
+
+/// The payload as trimmed text, if it is within the size limit and UTF-8.
+fn payload_text(payload: &[u8], max_len: usize) -> Result<&str, Rejection> {
+    if payload.len() > max_len {
+        return Err(Rejection::Oversized {
+            len: payload.len(),
+            max: max_len,
+        });
+    }
+    std::str::from_utf8(payload)
+        .map(str::trim)
+        .map_err(|_| Rejection::Malformed("payload is not UTF-8".into()))
 }
 
 /// `sensor/<device>/<metric>` takes a bare number, or an object with a
@@ -200,7 +205,82 @@ fn decode_object_topic(text: &str, received_ms: i64, out: &mut Decoded) {
         Ok(ts) => ts,
         Err(r) => return out.rejections.push(r),
     };
-    for (name, value) in &object {
+    decode_fields(&object, ts, out);
+}
+
+/// Decodes a payload sent to ThingsBoard's `v1/devices/me/telemetry`:
+/// `{"temp":21}`, `{"ts":1700000000000,"values":{"temp":21}}`, or an array
+/// of either. The device is the one that logged in, never the payload.
+pub fn decode_thingsboard(payload: &[u8], received_ms: i64, max_len: usize) -> Decoded {
+    let mut out = Decoded::default();
+    let text = match payload_text(payload, max_len) {
+        Ok(text) => text,
+        Err(r) => {
+            out.rejections.push(r);
+            return out;
+        }
+    };
+    let entries = match parse_value(text) {
+        Ok(Value::Array(items)) => items,
+        Ok(Value::Object(o)) => vec![Value::Object(o)],
+        Ok(_) => {
+            out.rejections.push(Rejection::Malformed(
+                "expected a JSON object or an array of objects".into(),
+            ));
+            return out;
+        }
+        Err(r) => {
+            out.rejections.push(r);
+            return out;
+        }
+    };
+    let fields: usize = entries.iter().map(thingsboard_fields).sum();
+    if fields > MAX_FIELDS {
+        out.rejections.push(Rejection::TooManyFields(fields));
+        return out;
+    }
+    for entry in &entries {
+        let Value::Object(entry) = entry else {
+            out.rejections.push(Rejection::Malformed(
+                "an array entry is not an object".into(),
+            ));
+            continue;
+        };
+        let ts = match timestamp(entry, received_ms) {
+            Ok(ts) => ts,
+            Err(r) => {
+                out.rejections.push(r);
+                continue;
+            }
+        };
+        match entry.get("values") {
+            Some(Value::Object(values)) => decode_fields(values, ts, &mut out),
+            Some(_) => out
+                .rejections
+                .push(Rejection::Malformed("\"values\" is not an object".into())),
+            None => decode_fields(entry, ts, &mut out),
+        }
+    }
+    if out.samples.is_empty() && out.rejections.is_empty() {
+        out.rejections.push(Rejection::Empty);
+    }
+    out
+}
+
+/// How many readings one ThingsBoard entry claims, for the field limit.
+fn thingsboard_fields(entry: &Value) -> usize {
+    match entry {
+        Value::Object(o) => match o.get("values") {
+            Some(Value::Object(values)) => values.len(),
+            _ => o.len() - usize::from(o.contains_key("ts")),
+        },
+        _ => 1,
+    }
+}
+
+/// Every field but `ts` is a metric.
+fn decode_fields(object: &Object, ts: i64, out: &mut Decoded) {
+    for (name, value) in object {
         if name == "ts" {
             continue;
         }
@@ -244,20 +324,25 @@ type Object = serde_json::Map<String, Value>;
 /// Parses a JSON object, accepting the single-quoted form that the seed
 /// article's `mosquitto_pub` example sends (`{'temp':22}`).
 fn parse_object(text: &str) -> Result<Object, Rejection> {
-    let value: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(first) => match single_to_double_quotes(text) {
-            Some(fixed) => serde_json::from_str(&fixed)
-                .map_err(|_| Rejection::Malformed(json_error(&first)))?,
-            None => return Err(Rejection::Malformed(json_error(&first))),
-        },
-    };
-    match value {
+    match parse_value(text)? {
         Value::Object(o) => Ok(o),
         Value::Number(_) => Err(Rejection::Malformed(
             "a bare number needs a metric topic: sensor/<device>/<metric>".into(),
         )),
         _ => Err(Rejection::Malformed("expected a JSON object".into())),
+    }
+}
+
+/// Parses JSON, accepting single-quoted strings too.
+fn parse_value(text: &str) -> Result<Value, Rejection> {
+    match serde_json::from_str(text) {
+        Ok(v) => Ok(v),
+        Err(first) => match single_to_double_quotes(text) {
+            Some(fixed) => {
+                serde_json::from_str(&fixed).map_err(|_| Rejection::Malformed(json_error(&first)))
+            }
+            None => Err(Rejection::Malformed(json_error(&first))),
+        },
     }
 }
 
@@ -703,5 +788,36 @@ mod tests {
                 "{input}"
             );
         }
+    }
+
+    #[test]
+    fn decodes_every_thingsboard_telemetry_shape() {
+        let tb = |payload: &str| decode_thingsboard(payload.as_bytes(), NOW, MAX);
+        assert_eq!(
+            tb(r#"{"temp":21.5}"#).samples,
+            vec![sample("temp", NOW, 21.5)]
+        );
+        let ts = NOW - 1000;
+        assert_eq!(
+            tb(&format!(r#"{{"ts":{ts},"values":{{"a":1,"b":2}}}}"#)).samples,
+            vec![sample("a", ts, 1.0), sample("b", ts, 2.0)]
+        );
+        let both = tb(&format!(r#"[{{"ts":{ts},"values":{{"a":1}}}},{{"b":2}}]"#));
+        assert_eq!(
+            both.samples,
+            vec![sample("a", ts, 1.0), sample("b", NOW, 2.0)]
+        );
+        assert!(both.rejections.is_empty());
+        let bad = tb(r#"[{"a":"x"},3,{"values":7}]"#);
+        assert!(bad.samples.is_empty());
+        assert_eq!(bad.rejections.len(), 3, "{:?}", bad.rejections);
+        assert_eq!(tb("[]").rejections, vec![Rejection::Empty]);
+        assert!(matches!(tb("42").rejections[..], [Rejection::Malformed(_)]));
+        let many: Vec<String> = (0..300).map(|i| format!(r#"{{"m{i}":1}}"#)).collect();
+        let many = format!("[{}]", many.join(","));
+        assert_eq!(
+            decode_thingsboard(many.as_bytes(), NOW, 1 << 20).rejections,
+            vec![Rejection::TooManyFields(300)]
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! sea-orm entities for the tables created by the `migrations` crate.
 
 pub mod device {
-    //! A device, registered on its first message.
+    //! A device: created by an operator with a secret, or registered on its
+    //! first message under open registration.
     use sea_orm::entity::prelude::*;
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -12,6 +13,10 @@ pub mod device {
         #[sea_orm(unique)]
         pub name: String,
         pub first_seen: i64,
+        /// The SHA-256 of the device's secret, in hex; `None` for devices
+        /// that registered themselves.
+        pub secret_hash: Option<String>,
+        pub disabled: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -3,6 +3,7 @@
 //! batched transactions and answers the pages' and API's queries.
 
 mod entity;
+pub mod registry;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -271,6 +272,47 @@ impl Store {
         Ok(Some((summary(d, values), history)))
     }
 
+    /// Creates a device with a new secret; see [`registry::add`].
+    pub async fn add_device(
+        &self,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<registry::NewDevice, registry::RegistryError> {
+        registry::add(&self.db, id, now_ms).await
+    }
+
+    /// Gives a device a new secret; see [`registry::rotate`].
+    pub async fn rotate_secret(
+        &self,
+        id: &str,
+    ) -> Result<registry::NewDevice, registry::RegistryError> {
+        registry::rotate(&self.db, id).await
+    }
+
+    /// Enables or disables a device; see [`registry::set_disabled`].
+    pub async fn set_disabled(
+        &self,
+        id: &str,
+        disabled: bool,
+    ) -> Result<(), registry::RegistryError> {
+        registry::set_disabled(&self.db, id, disabled).await
+    }
+
+    /// Checks a device's login; see [`registry::login`].
+    pub async fn login(
+        &self,
+        user: &str,
+        password: Option<&str>,
+    ) -> Result<registry::Login, StoreError> {
+        registry::login(&self.db, user, password).await
+    }
+
+    /// Whether a device name is protected by a secret; see
+    /// [`registry::is_secured`].
+    pub async fn is_secured(&self, id: &str) -> Result<bool, StoreError> {
+        registry::is_secured(&self.db, id).await
+    }
+
     /// How many readings are stored in all.
     pub async fn count_readings(&self) -> Result<u64, StoreError> {
         Ok(reading::Entity::find().count(&self.db).await?)
@@ -301,5 +343,6 @@ fn summary(d: device::Model, latest: Vec<LatestValue>) -> DeviceSummary {
         last_seen: latest.iter().map(|l| l.ts).max().unwrap_or(d.first_seen),
         latest,
         rejected: 0,
+        presence: None,
     }
 }

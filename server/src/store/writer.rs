@@ -36,18 +36,28 @@ pub struct Arrival {
     /// When ingest received the message.
     pub at: Instant,
     pub readings: Vec<Reading>,
+    /// Who to tell once the readings are committed: a QoS 1 publish's
+    /// session, with the packet id it must acknowledge then.
+    pub ack: Option<(Committed, u16)>,
 }
+
+/// A device session's end of the commit notifications. The writer sends
+/// each acknowledged packet id once its readings are in the database, in
+/// the order they were queued.
+pub type Committed = mpsc::UnboundedSender<u16>;
 
 /// Creates the hand-off from ingest to the writer, bounded by the number of
 /// readings waiting rather than messages: a message carries from one to
 /// 256 readings, so a bound in messages would not bound memory.
 pub fn queue(readings: usize) -> (QueueTx, QueueRx) {
-    let budget = Arc::new(Semaphore::new(readings.min(Semaphore::MAX_PERMITS)));
+    let capacity = readings.clamp(1, Semaphore::MAX_PERMITS);
+    let budget = Arc::new(Semaphore::new(capacity));
     let (tx, rx) = mpsc::unbounded_channel();
     (
         QueueTx {
             tx,
             budget: budget.clone(),
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
         },
         QueueRx { rx, budget },
     )
@@ -63,45 +73,74 @@ pub enum QueueFull {
 }
 
 /// Ingest's end of the queue.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct QueueTx {
-    tx: mpsc::UnboundedSender<Arrival>,
+    /// Each arrival travels with the number of permits it holds.
+    tx: mpsc::UnboundedSender<(Arrival, u32)>,
     budget: Arc<Semaphore>,
+    capacity: u32,
 }
 
 impl QueueTx {
     /// Queues `arrival` if there is room for its readings; never waits.
+    /// This is for QoS 0, where the device expects no acknowledgement and a
+    /// saturated writer must cost counted drops, not a stalled connection.
     pub fn try_send(&self, arrival: Arrival) -> Result<(), QueueFull> {
-        let n = u32::try_from(arrival.readings.len()).map_err(|_| QueueFull::Full)?;
+        let n = self.permits_for(&arrival);
         let permit = self
             .budget
             .try_acquire_many(n)
             .map_err(|_| QueueFull::Full)?;
         permit.forget();
-        self.tx.send(arrival).map_err(|rejected| {
-            self.budget.add_permits(rejected.0.readings.len());
+        self.tx.send((arrival, n)).map_err(|rejected| {
+            self.budget.add_permits(rejected.0 .1 as usize);
             QueueFull::Closed
         })
+    }
+
+    /// Queues `arrival`, waiting for room if the writer is behind. This is
+    /// for QoS 1: the device holds the message until it is acknowledged, so
+    /// waiting slows only that device down and loses nothing.
+    pub async fn send(&self, arrival: Arrival) -> Result<(), QueueFull> {
+        let n = self.permits_for(&arrival);
+        let permit = self
+            .budget
+            .acquire_many(n)
+            .await
+            .map_err(|_| QueueFull::Closed)?;
+        permit.forget();
+        self.tx.send((arrival, n)).map_err(|rejected| {
+            self.budget.add_permits(rejected.0 .1 as usize);
+            QueueFull::Closed
+        })
+    }
+
+    /// One permit per reading, but never more than the queue holds, so that
+    /// a message larger than a tiny queue can still wait its turn.
+    fn permits_for(&self, arrival: &Arrival) -> u32 {
+        u32::try_from(arrival.readings.len())
+            .unwrap_or(u32::MAX)
+            .min(self.capacity)
     }
 }
 
 /// The writer's end of the queue; taking a message frees its room.
 #[derive(Debug)]
 pub struct QueueRx {
-    rx: mpsc::UnboundedReceiver<Arrival>,
+    rx: mpsc::UnboundedReceiver<(Arrival, u32)>,
     budget: Arc<Semaphore>,
 }
 
 impl QueueRx {
     async fn recv(&mut self) -> Option<Arrival> {
-        let arrival = self.rx.recv().await?;
-        self.budget.add_permits(arrival.readings.len());
+        let (arrival, permits) = self.rx.recv().await?;
+        self.budget.add_permits(permits as usize);
         Some(arrival)
     }
 
     fn try_recv(&mut self) -> Option<Arrival> {
-        let arrival = self.rx.try_recv().ok()?;
-        self.budget.add_permits(arrival.readings.len());
+        let (arrival, permits) = self.rx.try_recv().ok()?;
+        self.budget.add_permits(permits as usize);
         Some(arrival)
     }
 }
@@ -231,6 +270,8 @@ impl Writer {
                 id: NotSet,
                 name: Set(name.to_owned()),
                 first_seen: Set(ts),
+                secret_hash: NotSet,
+                disabled: NotSet,
             }))
             .on_conflict(
                 OnConflict::column(device::Column::Name)
@@ -360,10 +401,14 @@ pub async fn run(
         // themselves, which is what keeps the per-reading cost low, while a
         // lone message is written at once, which keeps latency low.
         let received_at = first.at;
+        let mut acks: Vec<(Committed, u16)> = first.ack.into_iter().collect();
         let mut batch = first.readings;
         while batch.len() < pace.batch_max {
             match queue.try_recv() {
-                Some(mut more) => batch.append(&mut more.readings),
+                Some(mut more) => {
+                    batch.append(&mut more.readings);
+                    acks.extend(more.ack);
+                }
                 None => break,
             }
         }
@@ -398,6 +443,12 @@ pub async fn run(
         metrics.write_seconds.observe_duration(started.elapsed(), 1);
         metrics.write_batch.observe(batch.len() as u64);
         Metrics::add(&metrics.stored, batch.len() as u64);
+        // Only now may the devices hear that their readings are safe. A
+        // session that has gone away simply misses its acknowledgement,
+        // and its device sends the message again when it reconnects.
+        for (session, pkid) in acks {
+            let _ = session.send(pkid);
+        }
         hub.publish(&LiveBatch {
             readings: batch,
             received_at,

@@ -14,7 +14,6 @@ use futures_util::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
 use server::config::Config;
 use server::{Listeners, ServeError};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -26,6 +25,8 @@ pub type Ws =
 pub struct TestServer {
     pub http: SocketAddr,
     pub mqtt: SocketAddr,
+    /// The MQTT-over-TLS listener, when the configuration has a certificate.
+    pub mqtts: Option<SocketAddr>,
     pub database_url: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
@@ -52,19 +53,17 @@ impl Scratch {
     }
 }
 
-/// A port nobody listens on right now. rumqttd binds its own socket, so the
-/// test must pick the port; the window for a clash is tiny.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
+/// A configuration on free loopback ports. Open registration is on, so
+/// that tests about ingest and live push can connect devices by client id;
+/// the device-edge tests turn it off.
 pub fn test_config(database_url: &str) -> Config {
+    let any_port: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     Config {
-        http_addr: "127.0.0.1:0".parse().expect("addr"),
-        mqtt_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        http_addr: any_port,
+        https_addr: any_port,
+        mqtt_addr: any_port,
+        mqtts_addr: any_port,
+        open_registration: true,
         database_url: database_url.to_owned(),
         site_root: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/site"),
         ..Config::default()
@@ -74,16 +73,11 @@ pub fn test_config(database_url: &str) -> Config {
 impl TestServer {
     /// Starts the server and waits until HTTP and MQTT both answer.
     pub async fn start(config: Config) -> Self {
-        let http = TcpListener::bind(config.http_addr)
-            .await
-            .expect("bind http");
-        let http_addr = http.local_addr().expect("http addr");
-        let listeners = Listeners {
-            http,
-            mqtt: config.mqtt_addr,
-        };
+        let listeners = Listeners::bind(&config).await.expect("bind");
+        let http_addr = Listeners::addr(&listeners.http).expect("http addr");
+        let mqtt = Listeners::addr(&listeners.mqtt).expect("mqtt addr");
+        let mqtts = Listeners::addr(&listeners.mqtts);
         let (stop, stopped) = oneshot::channel::<()>();
-        let mqtt = config.mqtt_addr;
         let database_url = config.database_url.clone();
         let task = tokio::spawn(server::run(config, listeners, async move {
             let _ = stopped.await;
@@ -91,6 +85,7 @@ impl TestServer {
         let server = Self {
             http: http_addr,
             mqtt,
+            mqtts,
             database_url,
             stop: Some(stop),
             task: Some(task),
@@ -101,10 +96,6 @@ impl TestServer {
                 .await
                 .map(|(s, _)| s == 200)
                 .unwrap_or(false)
-        })
-        .await;
-        wait_for("the MQTT listener", || async {
-            tokio::net::TcpStream::connect(mqtt).await.is_ok()
         })
         .await;
         server
@@ -187,8 +178,12 @@ impl Device {
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.publish_qos(topic, QoS::AtLeastOnce, payload).await;
+    }
+
+    pub async fn publish_qos(&self, topic: &str, qos: QoS, payload: impl Into<Vec<u8>>) {
         self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .publish(topic, qos, false, payload)
             .await
             .expect("publish queued");
     }

@@ -1,0 +1,212 @@
+//! The device edge: the MQTT listener that owns every device connection.
+//!
+//! rumqttd alone cannot refuse a login with a CONNACK, confine a device to
+//! its own topics, tell who published a message, report connects and
+//! disconnects, or hold a QoS 1 acknowledgement until the reading is
+//! stored. So the edge owns the sockets (plain TCP, or TLS through rustls)
+//! and speaks MQTT itself, with rumqttc's packet codec:
+//!
+//! 1. A socket must finish its TLS handshake and send CONNECT within
+//!    [`HANDSHAKE_TIMEOUT`]. Each socket runs in its own task, so a silent
+//!    one never delays anyone else's handshake.
+//! 2. CONNECT is checked against the device registry, and refused with a
+//!    proper CONNACK code when the login is wrong, unknown or disabled.
+//! 3. Each PUBLISH is checked against the device's own topics
+//!    ([`acl`]), decoded under the *authenticated* device id, and queued
+//!    for the writer. A QoS 1 PUBACK is sent only once the writer has
+//!    committed the readings.
+//! 4. A SUBSCRIBE to the device's own command topics gets the device a
+//!    local link to rumqttd's router, which delivers commands to it.
+//! 5. Connects, DISCONNECTs, closed sockets and keep-alive expiry update
+//!    [`crate::presence`] at once; a Last Will is honoured.
+
+pub mod acl;
+mod session;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::Broker;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::store::Store;
+
+/// How long a new socket has to finish TLS and send its CONNECT.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sockets accepted beyond the connection limit, so that a device over the
+/// limit still gets a CONNACK that says why, instead of a reset. Beyond
+/// this many more, sockets are closed at once.
+const ACCEPT_HEADROOM: usize = 256;
+
+/// The edge's limits and modes.
+#[derive(Clone, Debug)]
+pub struct EdgeSettings {
+    /// The largest MQTT packet read at all; a larger one closes the
+    /// connection. Payloads over the (smaller) ingest limit are read,
+    /// rejected and counted instead.
+    pub max_packet_bytes: usize,
+    /// Devices connected at once; more get CONNACK "server unavailable".
+    pub max_connections: usize,
+    /// Publishes per second one device may sustain; a device that exceeds
+    /// it (beyond one second's burst) is disconnected and counted.
+    pub max_publish_rate: f64,
+    /// Lets devices without a secret connect under the name they give,
+    /// registering them on their first reading. Only for demos and trials.
+    pub open_registration: bool,
+}
+
+/// Everything device sessions share.
+pub struct Edge {
+    settings: EdgeSettings,
+    store: Store,
+    ingest: Ingest,
+    broker: Arc<Broker>,
+    presence: Arc<Presence>,
+    metrics: Arc<Metrics>,
+    /// The current session of each connected device, so that a second
+    /// connection of the same device replaces the first, as MQTT requires.
+    sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    next_session: AtomicU64,
+    /// Sockets open, logged in or not.
+    sockets: AtomicUsize,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Edge {
+    pub fn new(
+        settings: EdgeSettings,
+        store: Store,
+        ingest: Ingest,
+        broker: Arc<Broker>,
+        presence: Arc<Presence>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        if settings.open_registration {
+            tracing::warn!(
+                "open registration is on: any client may connect without a secret under a \
+                 device name nobody has claimed; use it only for demos and trials"
+            );
+        }
+        Self {
+            settings,
+            store,
+            ingest,
+            broker,
+            presence,
+            metrics,
+            sessions: Mutex::default(),
+            next_session: AtomicU64::new(1),
+            sockets: AtomicUsize::new(0),
+        }
+    }
+
+    /// Makes `session` the current session of `device`; `replaced` fires
+    /// if a later connection of the device replaces it.
+    fn claim(&self, device: &str, session: u64, replaced: CancellationToken) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            if let Some((_, old)) = sessions.insert(device.to_owned(), (session, replaced)) {
+                old.cancel();
+            }
+        }
+    }
+
+    fn release(&self, device: &str, session: u64) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            if sessions.get(device).is_some_and(|(s, _)| *s == session) {
+                sessions.remove(device);
+            }
+        }
+    }
+}
+
+/// Counts an open socket for as long as it lives.
+struct SocketGuard<'a>(&'a AtomicUsize);
+
+impl Drop for SocketGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts devices on `listener` (through TLS if `tls` is given) until
+/// `stop` fires. Every connection runs on `tracker`, so the caller can wait
+/// for all of them to end.
+pub async fn serve(
+    edge: Arc<Edge>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Usually out of file descriptors; pausing lets
+                    // closing sockets free some instead of spinning.
+                    tracing::warn!("cannot accept an MQTT connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let open = edge.sockets.fetch_add(1, Ordering::Relaxed) + 1;
+        if open > edge.settings.max_connections + ACCEPT_HEADROOM {
+            edge.sockets.fetch_sub(1, Ordering::Relaxed);
+            edge.metrics.refuse(&edge.metrics.edge.over_capacity, None);
+            continue;
+        }
+        // Acknowledgements and commands are small packets that must leave
+        // at once.
+        let _ = tcp.set_nodelay(true);
+        let edge = edge.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let _guard = SocketGuard(&edge.sockets);
+            match tls {
+                None => session::run(&edge, tcp, peer, stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => session::run(&edge, stream, peer, stop).await,
+                        Ok(Err(e)) => {
+                            Metrics::add(&edge.metrics.edge.protocol_errors, 1);
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                        }
+                        Err(_) => {
+                            Metrics::add(&edge.metrics.edge.handshake_timeouts, 1);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The address a listener is bound to, for logs.
+pub fn describe(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|_| "?".into(), |a: SocketAddr| a.to_string())
+}

@@ -1,0 +1,901 @@
+//! One device connection, from CONNECT to the end: login, topic checks,
+//! readings to ingest, PUBACK after commit, commands from the router,
+//! keep-alive, Last Will and online status.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{
+    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PubAck, PubComp, PubRec, Publish,
+    SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
+};
+use rumqttc::mqttbytes::{check, Error as CodecError, Protocol, QoS};
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::Notification;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{acl, Edge, HANDSHAKE_TIMEOUT};
+use crate::ingest::decode::valid_name;
+use crate::ingest::now_ms;
+use crate::metrics::{LogLimiter, Metrics};
+use crate::store::registry::Login;
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 4096;
+
+/// How long a session waits at shutdown for its last readings to commit.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// A device that cannot take our packets within this time is disconnected.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a session ended. Everything but a DISCONNECT from the device, a
+/// newer connection of the same device, and server shutdown publishes the
+/// device's Last Will.
+#[derive(Debug)]
+enum End {
+    /// The device sent DISCONNECT.
+    Disconnect,
+    /// The socket closed or failed without DISCONNECT.
+    SocketClosed,
+    /// Nothing arrived for 1.5 x the keep-alive the device asked for.
+    KeepAlive,
+    /// The same device connected again; MQTT says the old one goes.
+    TakenOver,
+    /// The server is stopping.
+    Shutdown,
+    /// The device used a topic that is not its own.
+    Denied,
+    /// The device published faster than allowed.
+    RateLimited,
+    /// A packet exceeded the size limit.
+    TooLarge,
+    /// A malformed packet or a protocol violation.
+    Protocol(String),
+    /// The device stopped reading what we sent it.
+    WriteStalled,
+}
+
+impl End {
+    fn reason(&self) -> String {
+        match self {
+            Self::Disconnect => "disconnected".into(),
+            Self::SocketClosed => "connection lost".into(),
+            Self::KeepAlive => "keep-alive expired".into(),
+            Self::TakenOver => "replaced by a new connection".into(),
+            Self::Shutdown => "server stopped".into(),
+            Self::Denied => "refused: topic not allowed".into(),
+            Self::RateLimited => "refused: publish rate exceeded".into(),
+            Self::TooLarge => "refused: packet too large".into(),
+            Self::Protocol(why) => format!("protocol error: {why}"),
+            Self::WriteStalled => "stopped reading".into(),
+        }
+    }
+
+    fn publishes_will(&self) -> bool {
+        !matches!(self, Self::Disconnect | Self::TakenOver | Self::Shutdown)
+    }
+}
+
+/// Why reading one packet failed.
+enum ReadError {
+    Closed,
+    TooLarge,
+    Malformed(CodecError),
+}
+
+/// Reads until `buf` holds one whole packet, without decoding it.
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<(), ReadError> {
+    loop {
+        let needed = match check(buf.iter(), max) {
+            Ok(header) if buf.len() >= header.frame_length() => return Ok(()),
+            Ok(header) => header.frame_length() - buf.len(),
+            Err(CodecError::InsufficientBytes(n)) => n,
+            Err(CodecError::PayloadSizeLimitExceeded(_)) => return Err(ReadError::TooLarge),
+            Err(e) => return Err(ReadError::Malformed(e)),
+        };
+        buf.reserve(needed.max(READ_CHUNK));
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(ReadError::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The protocol level of a buffered CONNECT frame: 4 for MQTT 3.1.1, 5 for
+/// MQTT 5. It is read before decoding because the two versions' CONNECTs
+/// differ after this byte, and each deserves a refusal it understands.
+fn protocol_level(frame: &[u8]) -> Option<u8> {
+    // One type byte, then a remaining length of one to four bytes, each
+    // but the last with its top bit set.
+    let length_bytes = frame.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    // The protocol name "MQTT" is two length bytes and four letters.
+    frame.get(1 + length_bytes + 6).copied()
+}
+
+/// An MQTT 5 CONNACK refusing the protocol version, in MQTT 5's format so
+/// that an MQTT 5 client can report it.
+fn refuse_v5() -> BytesMut {
+    use rumqttc::v5::mqttbytes::v5::{ConnAck as ConnAck5, ConnectReturnCode as Code5};
+    let mut buf = BytesMut::new();
+    let ack = ConnAck5 {
+        session_present: false,
+        code: Code5::UnsupportedProtocolVersion,
+        properties: None,
+    };
+    if let Err(e) = ack.write(&mut buf) {
+        tracing::error!("cannot encode an MQTT 5 CONNACK: {e}");
+    }
+    buf
+}
+
+/// Runs one connection to its end.
+pub(super) async fn run<S>(edge: &Edge, stream: S, peer: SocketAddr, stop: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+    let max = edge.settings.max_packet_bytes;
+    let counters = &edge.metrics.edge;
+    let first = tokio::select! {
+        () = stop.cancelled() => return,
+        first = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut rd, &mut inbuf, max)) => first,
+    };
+    match first {
+        Err(_) => {
+            Metrics::add(&counters.handshake_timeouts, 1);
+            return;
+        }
+        Ok(Err(ReadError::Closed)) => return,
+        Ok(Err(ReadError::TooLarge)) => {
+            edge.metrics.refuse(&counters.too_large, None);
+            return;
+        }
+        Ok(Err(ReadError::Malformed(e))) => {
+            Metrics::add(&counters.protocol_errors, 1);
+            tracing::debug!(%peer, "malformed first packet: {e}");
+            return;
+        }
+        Ok(Ok(())) => {}
+    }
+    if protocol_level(&inbuf) == Some(5) {
+        // MQTT 5 is not served yet; say so in its own terms.
+        Metrics::add(&counters.protocol_errors, 1);
+        tracing::info!(%peer, "refused an MQTT 5 client: only MQTT 3.1.1 is served");
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&refuse_v5())).await;
+        return;
+    }
+    let connect = match Packet::read(&mut inbuf, max) {
+        Ok(Packet::Connect(connect)) => connect,
+        Err(CodecError::InvalidProtocolLevel(level)) => {
+            // MQTT 3.1.1 answers an unknown protocol level with return
+            // code 1 before closing, so the client can say why.
+            Metrics::add(&counters.protocol_errors, 1);
+            tracing::info!(%peer, level, "refused a client of an unsupported MQTT version");
+            let _ = send(&mut wr, refusal(ConnectReturnCode::RefusedProtocolVersion)).await;
+            return;
+        }
+        Ok(other) => {
+            Metrics::add(&counters.protocol_errors, 1);
+            tracing::debug!(%peer, "first packet was not CONNECT: {other:?}");
+            return;
+        }
+        Err(e) => {
+            Metrics::add(&counters.protocol_errors, 1);
+            tracing::debug!(%peer, "malformed CONNECT: {e}");
+            return;
+        }
+    };
+    if connect.protocol != Protocol::V4 {
+        Metrics::add(&counters.protocol_errors, 1);
+        let _ = send(&mut wr, refusal(ConnectReturnCode::RefusedProtocolVersion)).await;
+        return;
+    }
+    let device = match admit(edge, &connect).await {
+        Ok(device) => device,
+        Err((code, device)) => {
+            let kind = match code {
+                ConnectReturnCode::ServiceUnavailable => &counters.over_capacity,
+                _ => &counters.logins_refused,
+            };
+            edge.metrics.refuse(kind, device.as_deref());
+            log_refusal(&peer, &connect, code);
+            let _ = send(&mut wr, refusal(code)).await;
+            return;
+        }
+    };
+
+    Metrics::add(&counters.sessions, 1);
+    let session_id = edge
+        .next_session
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut session = Session {
+        edge,
+        device: String::new(),
+        session_id,
+        replaced: CancellationToken::new(),
+        keep_alive: keep_alive_limit(connect.keep_alive),
+        will: connect.last_will,
+        out: BytesMut::new(),
+        pending: VecDeque::new(),
+        link: None,
+        link_name: format!("device-{session_id}"),
+        bucket: Bucket::new(edge.settings.max_publish_rate),
+        ended_because: String::new(),
+    };
+    if let Some(device) = device {
+        session.bind(device);
+    }
+    let end = match send(
+        &mut wr,
+        Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
+    )
+    .await
+    {
+        Ok(()) => session.serve(&mut rd, &mut wr, inbuf, &stop).await,
+        Err(_) => End::SocketClosed,
+    };
+    session.finish(end).await;
+    edge.metrics
+        .edge
+        .sessions
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let _ = wr.shutdown().await;
+    session.unbind();
+}
+
+/// Decides who a CONNECT is, or which CONNACK code refuses it (and the
+/// device to charge the refusal to, when one is named). `None` is an
+/// anonymous client under open registration: it becomes the device its
+/// first publish names, as long as nobody has claimed that name.
+async fn admit(
+    edge: &Edge,
+    connect: &Connect,
+) -> Result<Option<String>, (ConnectReturnCode, Option<String>)> {
+    let open = edge.settings.open_registration;
+    let user = connect
+        .login
+        .as_ref()
+        .map(|l| l.username.as_str())
+        .unwrap_or("");
+    let password = connect.login.as_ref().map(|l| l.password.as_str());
+    let unavailable = |e: crate::store::StoreError| {
+        tracing::error!("cannot check a device login: {e}");
+        (ConnectReturnCode::ServiceUnavailable, None)
+    };
+    let named = |name: &str| valid_name(name).then(|| name.to_owned());
+    let device = if user.is_empty() {
+        // No credentials at all: only open registration admits these.
+        if !open {
+            return Err((ConnectReturnCode::NotAuthorized, None));
+        }
+        return admit_capacity(edge, None);
+    } else {
+        match edge
+            .store
+            .login(user, password)
+            .await
+            .map_err(unavailable)?
+        {
+            Login::Device(id) => id,
+            Login::Unsecured(id) if open => id,
+            Login::Unsecured(id) => return Err((ConnectReturnCode::NotAuthorized, Some(id))),
+            Login::Disabled => return Err((ConnectReturnCode::NotAuthorized, named(user))),
+            Login::BadSecret => return Err((ConnectReturnCode::BadUserNamePassword, named(user))),
+            Login::Unknown if open && valid_name(user) => user.to_owned(),
+            Login::Unknown => return Err((ConnectReturnCode::BadUserNamePassword, None)),
+        }
+    };
+    // A Last Will is a publish made on the device's behalf later, so it
+    // must pass the same topic check now.
+    if let Some(will) = &connect.last_will {
+        if acl::publish(&device, &will.topic).is_none() {
+            Metrics::add(&edge.metrics.edge.denied, 1);
+            return Err((ConnectReturnCode::NotAuthorized, Some(device)));
+        }
+    }
+    admit_capacity(edge, Some(device))
+}
+
+/// Admits a client if the connection limit allows.
+fn admit_capacity(
+    edge: &Edge,
+    device: Option<String>,
+) -> Result<Option<String>, (ConnectReturnCode, Option<String>)> {
+    let sessions = edge
+        .metrics
+        .edge
+        .sessions
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if sessions >= edge.settings.max_connections as u64 {
+        return Err((ConnectReturnCode::ServiceUnavailable, device));
+    }
+    Ok(device)
+}
+
+/// Logs a refused CONNECT at a bounded rate; a misconfigured fleet can
+/// retry thousands of times a second.
+fn log_refusal(peer: &SocketAddr, connect: &Connect, code: ConnectReturnCode) {
+    static LOG: std::sync::OnceLock<LogLimiter> = std::sync::OnceLock::new();
+    let log = LOG.get_or_init(|| LogLimiter::new(20, Duration::from_secs(10)));
+    if let Some(suppressed) = log.allow() {
+        let user = connect
+            .login
+            .as_ref()
+            .map(|l| l.username.as_str())
+            .unwrap_or("");
+        let user: String = user.chars().take(64).collect();
+        let client: String = connect.client_id.chars().take(64).collect();
+        tracing::info!(
+            %peer,
+            client = %client.escape_debug(),
+            user = %user.escape_debug(),
+            suppressed,
+            "refused a device login: {code:?}"
+        );
+    }
+}
+
+fn refusal(code: ConnectReturnCode) -> Packet {
+    Packet::ConnAck(ConnAck::new(code, false))
+}
+
+/// Writes one packet straight away (used before the session starts).
+async fn send<W: AsyncWrite + Unpin>(wr: &mut W, packet: Packet) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(packet.size());
+    packet
+        .write(&mut buf, usize::MAX)
+        .map_err(std::io::Error::other)?;
+    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&buf))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// MQTT closes a connection after 1.5 times the keep-alive the client
+/// asked for passes without a packet; 0 turns the check off.
+fn keep_alive_limit(seconds: u16) -> Option<Duration> {
+    (seconds > 0).then(|| Duration::from_millis(u64::from(seconds) * 1500))
+}
+
+/// A token bucket of publishes: `rate` per second, with one second's worth
+/// (at least 10) of burst, so a device that wakes and flushes a backlog is
+/// not punished.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64) -> Self {
+        let burst = rate.max(10.0);
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// An acknowledgement owed to the device, in the order its publishes came.
+#[derive(Debug)]
+struct Owed {
+    pkid: u16,
+    /// PUBREC for QoS 2, PUBACK for QoS 1.
+    exactly_once: bool,
+    /// Whether it may be sent: the readings are committed, or there were
+    /// none to store.
+    ready: bool,
+}
+
+/// A logged-in device's state.
+struct Session<'a> {
+    edge: &'a Edge,
+    /// The device this session acts for; empty until an anonymous client
+    /// (open registration) names itself with its first publish.
+    device: String,
+    session_id: u64,
+    /// Fires when a newer connection of the same device takes over.
+    replaced: CancellationToken,
+    keep_alive: Option<Duration>,
+    will: Option<LastWill>,
+    /// Packets waiting to be written, sent after each round of reading.
+    out: BytesMut,
+    /// Acknowledgements owed, oldest first. MQTT requires PUBACKs in the
+    /// order of the PUBLISHes, so a rejected message (acknowledged at once)
+    /// waits behind an earlier one whose readings are still being written.
+    pending: VecDeque<Owed>,
+    /// The device's link to the router, made at its first SUBSCRIBE.
+    link: Option<(LinkTx, LinkRx)>,
+    link_name: String,
+    bucket: Bucket,
+    ended_because: String,
+}
+
+impl Session<'_> {
+    /// Makes this session the device's current one and marks it online.
+    fn bind(&mut self, device: String) {
+        self.edge
+            .claim(&device, self.session_id, self.replaced.clone());
+        self.edge
+            .presence
+            .connected(&device, self.session_id, now_ms());
+        self.device = device;
+    }
+
+    /// Marks the device offline, unless a newer session has taken over.
+    fn unbind(&self) {
+        if self.device.is_empty() {
+            return;
+        }
+        self.edge.release(&self.device, self.session_id);
+        self.edge.presence.disconnected(
+            &self.device,
+            self.session_id,
+            now_ms(),
+            &self.ended_because,
+        );
+    }
+
+    /// Binds an anonymous client (open registration) to the device its
+    /// first `sensor/<id>` publish names, unless that name has a secret.
+    async fn bind_by_topic(&mut self, topic: &str) -> bool {
+        let Some(owner) = topic
+            .strip_prefix("sensor/")
+            .and_then(|rest| rest.split('/').next())
+            .filter(|owner| valid_name(owner))
+        else {
+            return false;
+        };
+        match self.edge.store.is_secured(owner).await {
+            Ok(false) => {
+                self.bind(owner.to_owned());
+                true
+            }
+            Ok(true) => false,
+            Err(e) => {
+                tracing::error!("cannot check a device name: {e}");
+                false
+            }
+        }
+    }
+
+    async fn serve<R, W>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        mut inbuf: BytesMut,
+        stop: &CancellationToken,
+    ) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let (committed_tx, mut committed) = mpsc::unbounded_channel::<u16>();
+        let max = self.edge.settings.max_packet_bytes;
+        let mut last_heard = Instant::now();
+        let replaced = self.replaced.clone();
+        loop {
+            // Handle every whole packet already read.
+            loop {
+                match Packet::read(&mut inbuf, max) {
+                    Ok(packet) => {
+                        if let Err(end) = self.handle(packet, &committed_tx).await {
+                            let _ = self.flush(wr).await;
+                            return end;
+                        }
+                    }
+                    Err(CodecError::InsufficientBytes(_)) => break,
+                    Err(CodecError::PayloadSizeLimitExceeded(_)) => return End::TooLarge,
+                    Err(e) => return End::Protocol(e.to_string()),
+                }
+            }
+            if self.flush(wr).await.is_err() {
+                return End::WriteStalled;
+            }
+            if inbuf.capacity() - inbuf.len() < READ_CHUNK / 2 {
+                inbuf.reserve(READ_CHUNK);
+            }
+            let expiry = self.keep_alive.map(|k| last_heard + k);
+            tokio::select! {
+                () = stop.cancelled() => {
+                    self.settle(&mut committed, wr).await;
+                    return End::Shutdown;
+                }
+                () = replaced.cancelled() => return End::TakenOver,
+                Some(pkid) = committed.recv() => {
+                    self.committed(pkid);
+                    while let Ok(pkid) = committed.try_recv() {
+                        self.committed(pkid);
+                    }
+                    self.release_acks();
+                }
+                read = rd.read_buf(&mut inbuf) => match read {
+                    Ok(0) | Err(_) => return End::SocketClosed,
+                    Ok(_) => last_heard = Instant::now(),
+                },
+                () = sleep_until(expiry) => return End::KeepAlive,
+                delivery = next_delivery(&mut self.link) => self.deliver(delivery).await,
+            }
+        }
+    }
+
+    /// Handles one packet from the device.
+    async fn handle(
+        &mut self,
+        packet: Packet,
+        committed: &mpsc::UnboundedSender<u16>,
+    ) -> Result<(), End> {
+        match packet {
+            Packet::Publish(publish) => self.publish(publish, committed).await,
+            Packet::PubRel(rel) => {
+                self.write(Packet::PubComp(PubComp::new(rel.pkid)));
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => {
+                self.subscribe(subscribe);
+                Ok(())
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                self.unsubscribe(unsubscribe);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.write(Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect => Err(End::Disconnect),
+            // Commands go out at QoS 0, so acknowledgements from the device
+            // need nothing.
+            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => Ok(()),
+            Packet::Connect(_) => Err(End::Protocol("a second CONNECT".into())),
+            other => Err(End::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        p: Publish,
+        committed: &mpsc::UnboundedSender<u16>,
+    ) -> Result<(), End> {
+        let metrics = &self.edge.metrics;
+        if !self.bucket.take(Instant::now()) {
+            metrics.refuse(&metrics.edge.rate_limited, Some(&self.device));
+            return Err(End::RateLimited);
+        }
+        if self.device.is_empty() && !self.bind_by_topic(&p.topic).await {
+            metrics.refuse(&metrics.edge.denied, None);
+            log_denied("<anonymous>", "publish to", &p.topic);
+            return Err(End::Denied);
+        }
+        let Some(telemetry) = acl::publish(&self.device, &p.topic) else {
+            metrics.refuse(&metrics.edge.denied, Some(&self.device));
+            log_denied(&self.device, "publish to", &p.topic);
+            return Err(End::Denied);
+        };
+        let at = Instant::now();
+        let readings =
+            self.edge
+                .ingest
+                .decode(&self.device, &p.topic, telemetry, &p.payload, now_ms());
+        let exactly_once = match p.qos {
+            QoS::AtMostOnce => {
+                if !readings.is_empty() {
+                    self.edge.ingest.queue(readings, at);
+                }
+                return Ok(());
+            }
+            QoS::AtLeastOnce => false,
+            QoS::ExactlyOnce => true,
+        };
+        let ready = readings.is_empty();
+        if !ready {
+            self.edge
+                .ingest
+                .queue_acked(readings, at, committed.clone(), p.pkid)
+                .await;
+        }
+        self.pending.push_back(Owed {
+            pkid: p.pkid,
+            exactly_once,
+            ready,
+        });
+        self.release_acks();
+        Ok(())
+    }
+
+    /// At shutdown, waits (briefly) for the writer to commit what this
+    /// device already sent, and acknowledges it, so that a graceful restart
+    /// costs the device no retransmissions.
+    async fn settle<W: AsyncWrite + Unpin>(
+        &mut self,
+        committed: &mut mpsc::UnboundedReceiver<u16>,
+        wr: &mut W,
+    ) {
+        let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+        while self.pending.iter().any(|o| !o.ready) {
+            match tokio::time::timeout_at(deadline, committed.recv()).await {
+                Ok(Some(pkid)) => self.committed(pkid),
+                _ => break,
+            }
+        }
+        self.release_acks();
+        let _ = self.flush(wr).await;
+    }
+
+    /// The writer committed the readings of `pkid`. Commits arrive in the
+    /// order the readings were queued, which is the order of `pending`.
+    fn committed(&mut self, pkid: u16) {
+        if let Some(owed) = self.pending.iter_mut().find(|o| !o.ready) {
+            debug_assert_eq!(owed.pkid, pkid, "commits arrive in queue order");
+            owed.ready = true;
+        }
+    }
+
+    /// Sends every acknowledgement at the front of the queue that is ready.
+    fn release_acks(&mut self) {
+        while self.pending.front().is_some_and(|o| o.ready) {
+            let Some(owed) = self.pending.pop_front() else {
+                break;
+            };
+            if owed.exactly_once {
+                self.write(Packet::PubRec(PubRec::new(owed.pkid)));
+            } else {
+                self.write(Packet::PubAck(PubAck::new(owed.pkid)));
+            }
+        }
+    }
+
+    fn subscribe(&mut self, s: Subscribe) {
+        let metrics = &self.edge.metrics;
+        let mut codes = Vec::with_capacity(s.filters.len());
+        for filter in &s.filters {
+            // An anonymous client has no commands to receive.
+            let allowed = if self.device.is_empty() {
+                None
+            } else {
+                acl::subscribe(&self.device, &filter.path)
+            };
+            let code = match allowed {
+                Some(broker_filter) => match self.link_tx() {
+                    Some(tx) => match tx.subscribe(broker_filter) {
+                        Ok(_) => SubscribeReasonCode::Success(QoS::AtMostOnce),
+                        Err(e) => {
+                            tracing::warn!(device = %self.device, "cannot subscribe in the router: {e}");
+                            SubscribeReasonCode::Failure
+                        }
+                    },
+                    None => SubscribeReasonCode::Failure,
+                },
+                None => {
+                    metrics.refuse(&metrics.edge.denied, Some(&self.device));
+                    log_denied(&self.device, "subscribe to", &filter.path);
+                    SubscribeReasonCode::Failure
+                }
+            };
+            codes.push(code);
+        }
+        self.write(Packet::SubAck(SubAck::new(s.pkid, codes)));
+    }
+
+    fn unsubscribe(&mut self, u: Unsubscribe) {
+        for topic in u.topics.iter().filter(|_| !self.device.is_empty()) {
+            if let (Some(filter), Some((tx, _))) =
+                (acl::subscribe(&self.device, topic), self.link.as_mut())
+            {
+                let _ = tx.unsubscribe(filter);
+            }
+        }
+        self.write(Packet::UnsubAck(UnsubAck::new(u.pkid)));
+    }
+
+    /// The device's router link, made on first use.
+    fn link_tx(&mut self) -> Option<&mut LinkTx> {
+        if self.link.is_none() {
+            match self.edge.broker.link(&self.link_name) {
+                Ok(link) => self.link = Some(link),
+                Err(e) => {
+                    tracing::warn!(device = %self.device, "cannot link to the router: {e}");
+                    return None;
+                }
+            }
+        }
+        self.link.as_mut().map(|(tx, _)| tx)
+    }
+
+    /// Writes a message the router delivered to the device.
+    async fn deliver(&mut self, delivery: Delivery) {
+        match delivery {
+            Delivery::Publish(topic, payload) => {
+                let topic = acl::delivered_topic(&self.device, &topic);
+                self.write(Packet::Publish(Publish::from_bytes(
+                    topic,
+                    QoS::AtMostOnce,
+                    payload,
+                )));
+            }
+            Delivery::Wake => {
+                if let Some((_, rx)) = &self.link {
+                    let _ = rx.wake().await;
+                }
+            }
+            Delivery::Nothing => {}
+            Delivery::Lost(e) => {
+                tracing::warn!(device = %self.device, "router link lost: {e}");
+                self.link = None;
+            }
+        }
+    }
+
+    fn write(&mut self, packet: Packet) {
+        if let Err(e) = packet.write(&mut self.out, usize::MAX) {
+            tracing::error!(device = %self.device, "cannot encode {packet:?}: {e}");
+        }
+    }
+
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let result = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&self.out)).await;
+        self.out.clear();
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        }
+    }
+
+    /// Cleans up after the session ended: publishes the Last Will if due,
+    /// leaves the router and records why the device went away.
+    async fn finish(&mut self, end: End) {
+        let metrics = &self.edge.metrics;
+        match &end {
+            End::KeepAlive => Metrics::add(&metrics.edge.keepalive_expired, 1),
+            End::TooLarge => metrics.refuse(&metrics.edge.too_large, Some(&self.device)),
+            End::Protocol(why) => {
+                Metrics::add(&metrics.edge.protocol_errors, 1);
+                tracing::info!(device = %self.device, "closing: protocol error: {why}");
+            }
+            _ => {}
+        }
+        if end.publishes_will() {
+            if let Some(will) = self.will.take() {
+                self.publish_will(will);
+            }
+        }
+        if let Some((mut tx, _)) = self.link.take() {
+            crate::broker::leave(&mut tx).await;
+        }
+        self.ended_because = end.reason();
+    }
+
+    /// A Last Will is stored like any publish of the device: a will of
+    /// `{"online":0}` on `sensor/<id>` becomes a reading.
+    fn publish_will(&self, will: LastWill) {
+        if self.device.is_empty() {
+            return;
+        }
+        Metrics::add(&self.edge.metrics.edge.wills, 1);
+        let Some(telemetry) = acl::publish(&self.device, &will.topic) else {
+            return;
+        };
+        let readings = self.edge.ingest.decode(
+            &self.device,
+            &will.topic,
+            telemetry,
+            &will.message,
+            now_ms(),
+        );
+        if !readings.is_empty() {
+            self.edge.ingest.queue(readings, Instant::now());
+        }
+    }
+}
+
+/// Logs a topic refusal at a bounded rate.
+fn log_denied(device: &str, action: &str, topic: &str) {
+    static LOG: std::sync::OnceLock<LogLimiter> = std::sync::OnceLock::new();
+    let log = LOG.get_or_init(|| LogLimiter::new(20, Duration::from_secs(10)));
+    if let Some(suppressed) = log.allow() {
+        let topic: String = topic.chars().take(128).collect();
+        tracing::info!(
+            device,
+            suppressed,
+            "refused {action} {:?}",
+            topic.escape_debug().to_string()
+        );
+    }
+}
+
+/// What the router had for the device.
+enum Delivery {
+    Publish(String, bytes::Bytes),
+    /// The router paused the link because its buffer filled; it must be
+    /// woken or delivery stops.
+    Wake,
+    Nothing,
+    Lost(String),
+}
+
+/// Waits for the router's next delivery, or forever if there is no link.
+async fn next_delivery(link: &mut Option<(LinkTx, LinkRx)>) -> Delivery {
+    let Some((_, rx)) = link.as_mut() else {
+        return std::future::pending().await;
+    };
+    match rx.next().await {
+        Ok(Some(Notification::Forward(f))) => Delivery::Publish(
+            String::from_utf8_lossy(&f.publish.topic).into_owned(),
+            f.publish.payload,
+        ),
+        Ok(Some(Notification::Unschedule)) => Delivery::Wake,
+        Ok(_) => Delivery::Nothing,
+        Err(e) => Delivery::Lost(e.to_string()),
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_protocol_level_of_a_connect() {
+        let mut buf = BytesMut::new();
+        Packet::Connect(Connect::new("A"))
+            .write(&mut buf, usize::MAX)
+            .expect("encodes");
+        assert_eq!(protocol_level(&buf), Some(4));
+        assert_eq!(protocol_level(&[0x10]), None);
+    }
+
+    #[test]
+    fn keep_alive_is_enforced_at_one_and_a_half_times() {
+        assert_eq!(keep_alive_limit(0), None);
+        assert_eq!(keep_alive_limit(2), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn the_rate_bucket_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut b = Bucket::new(100.0);
+        b.last = start;
+        let burst = (0..200).filter(|_| b.take(start)).count();
+        assert_eq!(burst, 100, "one second's worth at once");
+        assert!(!b.take(start));
+        assert!(
+            b.take(start + Duration::from_millis(20)),
+            "refilled at the rate"
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! The device registry: creating devices with a secret, checking the
+//! credentials a device presents at CONNECT, and enabling or disabling it.
+//!
+//! A secret is 32 random alphanumeric characters (about 190 bits), shown
+//! once when it is made and stored only as its SHA-256. Because secrets are
+//! random rather than chosen by people, a fast hash is enough: nobody can
+//! guess one from its hash, and checking a login stays cheap when
+//! thousands of devices reconnect at once. (Operator passwords, which
+//! people choose, need a slow hash; that is a different table.)
+
+use rand::distr::{Alphanumeric, SampleString};
+use sea_orm::ActiveValue::{NotSet, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
+};
+use sha2::{Digest, Sha256};
+
+use super::entity::device;
+use super::StoreError;
+use crate::ingest::decode::valid_name;
+
+/// Length of a device secret.
+const SECRET_LEN: usize = 32;
+
+/// A device that has just been given a secret. The secret exists only here:
+/// show it to the operator once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewDevice {
+    pub id: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for NewDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewDevice")
+            .field("id", &self.id)
+            .field("secret", &"***")
+            .finish()
+    }
+}
+
+/// Why a device could not be created or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid device id {0:?}: use 1-64 characters from A-Z a-z 0-9 _ - . :")]
+    InvalidId(String),
+    #[error("device {0} already has a secret")]
+    Exists(String),
+    #[error("no device {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sea_orm::DbErr> for RegistryError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        Self::Store(StoreError::Db(e))
+    }
+}
+
+/// What the registry says about a login.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Login {
+    /// The credentials belong to this device.
+    Device(String),
+    /// The device exists but was registered without a secret (open
+    /// registration); it may connect only while that mode is on.
+    Unsecured(String),
+    /// No device has these credentials.
+    Unknown,
+    /// The device exists but the secret is wrong.
+    BadSecret,
+    /// The device exists and the secret is right, but it is disabled.
+    Disabled,
+}
+
+/// The SHA-256 of a secret, in lower-case hex.
+pub fn hash_secret(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Creates device `id` with a new secret, or gives a secret to a device
+/// that registered itself without one. A device that already has a secret
+/// keeps it: use [`rotate`] to replace it.
+pub async fn add(
+    db: &DatabaseConnection,
+    id: &str,
+    now_ms: i64,
+) -> Result<NewDevice, RegistryError> {
+    if !valid_name(id) {
+        return Err(RegistryError::InvalidId(id.to_owned()));
+    }
+    let secret = Alphanumeric.sample_string(&mut rand::rng(), SECRET_LEN);
+    let hash = hash_secret(&secret);
+    match find(db, id).await? {
+        Some(d) if d.secret_hash.is_some() => return Err(RegistryError::Exists(id.to_owned())),
+        Some(d) => {
+            let mut d = d.into_active_model();
+            d.secret_hash = Set(Some(hash));
+            d.update(db).await?;
+        }
+        None => {
+            device::ActiveModel {
+                id: NotSet,
+                name: Set(id.to_owned()),
+                first_seen: Set(now_ms),
+                secret_hash: Set(Some(hash)),
+                disabled: Set(false),
+            }
+            .insert(db)
+            .await?;
+        }
+    }
+    Ok(NewDevice {
+        id: id.to_owned(),
+        secret,
+    })
+}
+
+/// Replaces the secret of an existing device. Its connected sessions keep
+/// running; the old secret stops working at the next CONNECT.
+pub async fn rotate(db: &DatabaseConnection, id: &str) -> Result<NewDevice, RegistryError> {
+    let d = find(db, id)
+        .await?
+        .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+    let secret = Alphanumeric.sample_string(&mut rand::rng(), SECRET_LEN);
+    let mut d = d.into_active_model();
+    d.secret_hash = Set(Some(hash_secret(&secret)));
+    d.update(db).await?;
+    Ok(NewDevice {
+        id: id.to_owned(),
+        secret,
+    })
+}
+
+/// Enables or disables a device. A disabled device's logins are refused;
+/// its stored readings stay.
+pub async fn set_disabled(
+    db: &DatabaseConnection,
+    id: &str,
+    disabled: bool,
+) -> Result<(), RegistryError> {
+    let d = find(db, id)
+        .await?
+        .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+    let mut d = d.into_active_model();
+    d.disabled = Set(disabled);
+    d.update(db).await?;
+    Ok(())
+}
+
+/// Checks a login. With a password, the user name is the device id and the
+/// password its secret. Without one, the user name is the secret itself
+/// (ThingsBoard's access-token convention).
+pub async fn login(
+    db: &DatabaseConnection,
+    user: &str,
+    password: Option<&str>,
+) -> Result<Login, StoreError> {
+    let (found, presented) = match password {
+        Some(p) if !p.is_empty() => (find(db, user).await?, hash_secret(p)),
+        _ => {
+            let hash = hash_secret(user);
+            let found = device::Entity::find()
+                .filter(device::Column::SecretHash.eq(hash.clone()))
+                .one(db)
+                .await?;
+            (found, hash)
+        }
+    };
+    let Some(d) = found else {
+        return Ok(Login::Unknown);
+    };
+    Ok(match d.secret_hash {
+        None => Login::Unsecured(d.name),
+        Some(stored) if stored != presented => Login::BadSecret,
+        Some(_) if d.disabled => Login::Disabled,
+        Some(_) => Login::Device(d.name),
+    })
+}
+
+/// Whether device `id` exists and has a secret, so that nobody may use its
+/// name without it, even under open registration.
+pub async fn is_secured(db: &DatabaseConnection, id: &str) -> Result<bool, StoreError> {
+    Ok(find(db, id)
+        .await?
+        .is_some_and(|d| d.secret_hash.is_some() || d.disabled))
+}
+
+async fn find(db: &DatabaseConnection, id: &str) -> Result<Option<device::Model>, StoreError> {
+    Ok(device::Entity::find()
+        .filter(device::Column::Name.eq(id))
+        .one(db)
+        .await?)
+}
