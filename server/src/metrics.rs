@@ -308,6 +308,19 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        let refused = self.edge.refused_by_device.among(None);
+        if !refused.is_empty() {
+            let name = "sightline_device_refused_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Logins, publishes and subscriptions refused at the edge, per device.\n# TYPE {name} counter"
+            );
+            // Device ids are restricted to characters that are safe in a
+            // label value (see `valid_name`).
+            for (device, n) in refused {
+                let _ = writeln!(out, "{name}{{device=\"{device}\"}} {n}");
+            }
+        }
         self.write_batch.render(
             &mut out,
             "sightline_write_batch_readings",

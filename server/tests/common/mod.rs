@@ -27,6 +27,8 @@ pub struct TestServer {
     pub mqtt: SocketAddr,
     /// The MQTT-over-TLS listener, when the configuration has a certificate.
     pub mqtts: Option<SocketAddr>,
+    /// The HTTPS listener, when the configuration has a certificate.
+    pub https: Option<SocketAddr>,
     pub database_url: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
@@ -75,8 +77,12 @@ impl TestServer {
     pub async fn start(config: Config) -> Self {
         let listeners = Listeners::bind(&config).await.expect("bind");
         let http_addr = Listeners::addr(&listeners.http).expect("http addr");
-        let mqtt = Listeners::addr(&listeners.mqtt).expect("mqtt addr");
         let mqtts = Listeners::addr(&listeners.mqtts);
+        let https = Listeners::addr(&listeners.https);
+        // With plain MQTT turned off, `mqtt` is the TLS listener.
+        let mqtt = Listeners::addr(&listeners.mqtt)
+            .or(mqtts)
+            .expect("an MQTT listener");
         let (stop, stopped) = oneshot::channel::<()>();
         let database_url = config.database_url.clone();
         let task = tokio::spawn(server::run(config, listeners, async move {
@@ -86,6 +92,7 @@ impl TestServer {
             http: http_addr,
             mqtt,
             mqtts,
+            https,
             database_url,
             stop: Some(stop),
             task: Some(task),
@@ -138,6 +145,24 @@ impl TestServer {
             .await
             .expect("subscribe");
         ws
+    }
+
+    /// Creates a device through the API and returns its secret.
+    pub async fn add_device(&self, id: &str) -> String {
+        let response = reqwest::Client::new()
+            .post(self.url("/api/devices"))
+            .json(&serde_json::json!({ "id": id }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 201, "create {id}");
+        let body: serde_json::Value = response.json().await.expect("json");
+        body["secret"].as_str().expect("secret").to_owned()
+    }
+
+    /// The server's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.expect("metrics").1
     }
 
     /// A connected MQTT device.

@@ -1,0 +1,901 @@
+//! The device edge with real clients: `mosquitto_pub`/`mosquitto_sub` and
+//! rumqttc against the server's own MQTT listener, plain and TLS, plus raw
+//! sockets where a test must control every byte (keep-alive, Last Will,
+//! idle connections, garbage).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use app::model::{DeviceDetail, Presence, ServerMsg};
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{Connect, Packet};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Outgoing, QoS,
+    SubscribeReasonCode,
+};
+use server::config::Config;
+use server::metrics::read_value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::{next_matching, test_config, wait_for, Scratch, TestServer};
+
+/// Devices must log in: open registration is off, as in production.
+fn closed_config(scratch: &Scratch) -> Config {
+    Config {
+        open_registration: false,
+        ..test_config(&scratch.sqlite_url())
+    }
+}
+
+/// What a mosquitto client printed, and whether it succeeded.
+struct Run {
+    ok: bool,
+    text: String,
+}
+
+/// Runs `mosquitto_pub` or `mosquitto_sub` with a time limit.
+async fn mosquitto(program: &str, args: &[&str]) -> Run {
+    let out = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::process::Command::new(program)
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{program} {args:?} timed out"))
+    .unwrap_or_else(|e| panic!("cannot run {program} (scripts/setup.sh installs it): {e}"));
+    Run {
+        ok: out.status.success(),
+        text: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn options(broker: SocketAddr, client_id: &str, login: Option<(&str, &str)>) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
+    o.set_keep_alive(Duration::from_secs(10));
+    if let Some((user, password)) = login {
+        o.set_credentials(user, password);
+    }
+    o
+}
+
+/// Connects with rumqttc and returns `None` if the server accepted, or the
+/// CONNACK code it refused with.
+async fn connack(
+    broker: SocketAddr,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+) -> Option<ConnectReturnCode> {
+    let (_client, mut events) = AsyncClient::new(options(broker, client_id, login), 10);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(rumqttc::Packet::ConnAck(_))) => return None,
+                Ok(_) => {}
+                Err(ConnectionError::ConnectionRefused(code)) => return Some(code),
+                Err(e) => panic!("expected a CONNACK, got {e}"),
+            }
+        }
+    })
+    .await
+    .expect("a CONNACK in time")
+}
+
+async fn set_enabled(server: &TestServer, id: &str, enabled: bool) {
+    let status = reqwest::Client::new()
+        .put(server.url(&format!("/api/devices/{id}/enabled")))
+        .json(&enabled)
+        .send()
+        .await
+        .expect("request")
+        .status();
+    assert_eq!(status.as_u16(), 204);
+}
+
+fn refused_for(metrics: &str, device: &str) -> u64 {
+    let prefix = format!("sightline_device_refused_total{{device=\"{device}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn wrong_unknown_or_disabled_credentials_get_a_connack_refusal() {
+    let scratch = Scratch::new();
+    let server = TestServer::start(closed_config(&scratch)).await;
+    let secret = server.add_device("A").await;
+    let port = server.mqtt.port().to_string();
+    let publish = |user: &'static str, password: String| {
+        let port = port.clone();
+        async move {
+            mosquitto(
+                "mosquitto_pub",
+                &[
+                    "-p",
+                    &port,
+                    "-u",
+                    user,
+                    "-P",
+                    &password,
+                    "-t",
+                    "sensor/A",
+                    "-m",
+                    "{\"temp\":1}",
+                ],
+            )
+            .await
+        }
+    };
+
+    let wrong = publish("A", "wrong".into()).await;
+    assert!(!wrong.ok, "{}", wrong.text);
+    assert!(
+        wrong.text.contains("bad user name or password"),
+        "mosquitto_pub says why: {}",
+        wrong.text
+    );
+    for login in [("nobody", "x"), ("A", "wrong")] {
+        assert_eq!(
+            connack(server.mqtt, "c1", Some(login)).await,
+            Some(ConnectReturnCode::BadUserNamePassword),
+            "{login:?}"
+        );
+    }
+    assert_eq!(
+        connack(server.mqtt, "A", None).await,
+        Some(ConnectReturnCode::NotAuthorized),
+        "no credentials, no open registration"
+    );
+
+    set_enabled(&server, "A", false).await;
+    assert_eq!(
+        connack(server.mqtt, "c2", Some(("A", &secret))).await,
+        Some(ConnectReturnCode::NotAuthorized),
+        "a disabled device is refused even with its secret"
+    );
+    let disabled = publish("A", secret.clone()).await;
+    assert!(
+        !disabled.ok && disabled.text.contains("not authorised"),
+        "{}",
+        disabled.text
+    );
+    set_enabled(&server, "A", true).await;
+    assert_eq!(connack(server.mqtt, "c3", Some(("A", &secret))).await, None);
+    assert!(publish("A", secret).await.ok);
+
+    let metrics = server.metrics().await;
+    assert_eq!(
+        read_value(&metrics, "sightline_edge_logins_refused_total"),
+        Some(6)
+    );
+    assert_eq!(
+        refused_for(&metrics, "A"),
+        4,
+        "refusals naming A: {metrics}"
+    );
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_device_stays_inside_its_own_topics() {
+    let scratch = Scratch::new();
+    let server = TestServer::start(closed_config(&scratch)).await;
+    let a = server.add_device("A").await;
+    server.add_device("B").await;
+    let port = server.mqtt.port().to_string();
+
+    let sub = mosquitto(
+        "mosquitto_sub",
+        &[
+            "-p", &port, "-u", "A", "-P", &a, "-t", "sensor/#", "-W", "2",
+        ],
+    )
+    .await;
+    assert!(
+        sub.text.contains("All subscription requests were denied"),
+        "{}",
+        sub.text
+    );
+    let spoof = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &port,
+            "-u",
+            "A",
+            "-P",
+            &a,
+            "-q",
+            "1",
+            "-t",
+            "sensor/B",
+            "-m",
+            "{\"temp\":66}",
+        ],
+    )
+    .await;
+    assert!(
+        !spoof.ok,
+        "publishing as another device ends the connection: {}",
+        spoof.text
+    );
+
+    // rumqttc: a mixed SUBSCRIBE gets one code per filter.
+    let (client, mut events) = AsyncClient::new(options(server.mqtt, "a1", Some(("A", &a))), 10);
+    client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new("sensor/#".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new("command/A".into(), QoS::AtMostOnce),
+            rumqttc::SubscribeFilter::new("command/B".into(), QoS::AtMostOnce),
+        ])
+        .await
+        .expect("queued");
+    client
+        .publish("sensor/B/temp", QoS::AtLeastOnce, false, "67")
+        .await
+        .expect("queued");
+    let mut codes = None;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(rumqttc::Packet::SubAck(ack))) => codes = Some(ack.return_codes),
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the spoofing publish closed the connection");
+    assert_eq!(
+        codes.expect("a SUBACK"),
+        vec![
+            SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Success(QoS::AtMostOnce),
+            SubscribeReasonCode::Failure
+        ]
+    );
+
+    // A's own topic still works, and nothing was ever stored for B.
+    let own = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &port,
+            "-u",
+            "A",
+            "-P",
+            &a,
+            "-q",
+            "1",
+            "-t",
+            "sensor/A",
+            "-m",
+            "{\"temp\":21}",
+        ],
+    )
+    .await;
+    assert!(own.ok, "{}", own.text);
+    let detail: DeviceDetail = server.get_json("/api/devices/A").await;
+    assert_eq!(detail.summary.latest[0].value, 21.0);
+    let b: DeviceDetail = server.get_json("/api/devices/B").await;
+    assert!(b.series.is_empty(), "nothing stored for B: {b:?}");
+
+    let metrics = server.metrics().await;
+    assert_eq!(read_value(&metrics, "sightline_edge_denied_total"), Some(5));
+    assert_eq!(refused_for(&metrics, "A"), 5, "each refusal counted for A");
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_thingsboard_device_publishes_with_its_token_under_its_own_id() {
+    let scratch = Scratch::new();
+    let server = TestServer::start(closed_config(&scratch)).await;
+    let token = server.add_device("TB1").await;
+    let port = server.mqtt.port().to_string();
+    let ts = server::ingest::now_ms() - 60_000;
+    let payload = format!(r#"[{{"ts":{ts},"values":{{"temp":21.5}}}},{{"hum":40}}]"#);
+    let run = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &port,
+            "-u",
+            &token,
+            "-q",
+            "1",
+            "-t",
+            "v1/devices/me/telemetry",
+            "-m",
+            &payload,
+        ],
+    )
+    .await;
+    assert!(run.ok, "{}", run.text);
+    let detail: DeviceDetail = server.get_json("/api/devices/TB1").await;
+    let latest: Vec<(String, f64)> = detail
+        .summary
+        .latest
+        .iter()
+        .map(|l| (l.metric.clone(), l.value))
+        .collect();
+    assert_eq!(latest, vec![("hum".into(), 40.0), ("temp".into(), 21.5)]);
+    let temp = detail.summary.latest.iter().find(|l| l.metric == "temp");
+    assert_eq!(temp.map(|l| l.ts), Some(ts), "the device's own timestamp");
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn tls_works_with_the_dev_ca_only_and_an_idle_socket_blocks_nobody() {
+    let scratch = Scratch::new();
+    let certs = scratch.path("certs");
+    let files =
+        server::edge::tls::write_dev_cert(&certs, &["localhost".into(), "127.0.0.1".into()])
+            .expect("dev certificate");
+    let mut config = closed_config(&scratch);
+    config.tls_cert = Some(files.cert.clone());
+    config.tls_key = Some(files.key.clone());
+    config.mqtt_plaintext = false;
+    let server = TestServer::start(config).await;
+    let secret = server.add_device("S").await;
+    let mqtts = server.mqtts.expect("TLS listener").port().to_string();
+    let ca = files.ca.to_string_lossy().into_owned();
+
+    // Two sockets that never finish a handshake: one silent, one that
+    // stops half way through a ClientHello.
+    let _idle = TcpStream::connect(server.mqtts.expect("TLS"))
+        .await
+        .expect("idle");
+    let mut half = TcpStream::connect(server.mqtts.expect("TLS"))
+        .await
+        .expect("half");
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .expect("partial hello");
+
+    let started = Instant::now();
+    let ok = mosquitto(
+        "mosquitto_pub",
+        &[
+            "--cafile",
+            &ca,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtts,
+            "-u",
+            "S",
+            "-P",
+            &secret,
+            "-q",
+            "1",
+            "-t",
+            "sensor/S",
+            "-m",
+            "{\"temp\":7}",
+        ],
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(ok.ok, "{}", ok.text);
+    assert!(
+        took < Duration::from_secs(1),
+        "a TLS client behind idle sockets connected and published in {took:?}"
+    );
+    let detail: DeviceDetail = server.get_json("/api/devices/S").await;
+    assert_eq!(detail.summary.latest[0].value, 7.0);
+
+    let untrusted = mosquitto(
+        "mosquitto_pub",
+        &[
+            "--capath",
+            "/etc/ssl/certs",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtts,
+            "-u",
+            "S",
+            "-P",
+            &secret,
+            "-q",
+            "1",
+            "-t",
+            "sensor/S",
+            "-m",
+            "{\"temp\":8}",
+        ],
+    )
+    .await;
+    assert!(
+        !untrusted.ok,
+        "without the dev CA the server is not trusted"
+    );
+
+    // HTTPS, with the same certificate, also behind an idle socket.
+    let https = server.https.expect("HTTPS listener");
+    let _idle_https = TcpStream::connect(https).await.expect("idle https");
+    let curl = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert", &ca])
+        .arg(format!("https://127.0.0.1:{}/api/health", https.port()))
+        .output()
+        .await
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    let detail: DeviceDetail = server.get_json("/api/devices/S").await;
+    assert_eq!(
+        detail.summary.latest[0].value, 7.0,
+        "the untrusted publish never arrived"
+    );
+    server.stop().await.expect("clean shutdown");
+}
+
+/// Writes one packet to a raw socket.
+async fn write_packet(socket: &mut TcpStream, packet: Packet) {
+    let mut buf = BytesMut::new();
+    packet.write(&mut buf, usize::MAX).expect("encodes");
+    socket.write_all(&buf).await.expect("write");
+}
+
+/// Reads one packet from a raw socket.
+async fn read_packet(socket: &mut TcpStream) -> Packet {
+    let mut buf = BytesMut::new();
+    loop {
+        match Packet::read(&mut buf, 1 << 20) {
+            Ok(p) => return p,
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
+                let n = socket.read_buf(&mut buf).await.expect("read");
+                assert!(n > 0, "closed before a whole packet");
+            }
+            Err(e) => panic!("bad packet: {e}"),
+        }
+    }
+}
+
+/// Connects a raw socket and logs in as `device`.
+async fn raw_login(
+    server: &TestServer,
+    device: &str,
+    secret: &str,
+    keep_alive: u16,
+    will: Option<LastWill>,
+) -> TcpStream {
+    let mut socket = TcpStream::connect(server.mqtt).await.expect("connect");
+    let mut connect = Connect::new(device);
+    connect.keep_alive = keep_alive;
+    connect.set_login(device, secret);
+    connect.last_will = will;
+    write_packet(&mut socket, Packet::Connect(connect)).await;
+    match read_packet(&mut socket).await {
+        Packet::ConnAck(ack) => assert_eq!(ack.code, ConnectReturnCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    socket
+}
+
+/// The next presence change of `device` on a live socket.
+async fn presence_of(ws: &mut common::Ws, device: &str) -> Presence {
+    next_matching(ws, |msg| match msg {
+        ServerMsg::Presence { devices } => devices.into_iter().find(|p| p.device == device),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn online_and_offline_reach_the_dashboard_within_a_second() {
+    let scratch = Scratch::new();
+    let server = TestServer::start(closed_config(&scratch)).await;
+    let secret = server.add_device("KA").await;
+    let mut ws = server
+        .live(r#"{"type":"subscribe","devices":["KA"]}"#)
+        .await;
+    // Let the subscription land before the device connects.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let connected = Instant::now();
+    let socket = raw_login(&server, "KA", &secret, 1, None).await;
+    let online = presence_of(&mut ws, "KA").await;
+    assert!(
+        online.online && online.connected_since.is_some(),
+        "{online:?}"
+    );
+    assert!(
+        connected.elapsed() < Duration::from_secs(1),
+        "online shown {:?} after CONNECT",
+        connected.elapsed()
+    );
+
+    // Silence: keep-alive 1 s, so the server gives up after 1.5 s.
+    let offline = presence_of(&mut ws, "KA").await;
+    let after = connected.elapsed();
+    assert!(!offline.online, "{offline:?}");
+    assert_eq!(offline.reason.as_deref(), Some("keep-alive expired"));
+    assert!(
+        after >= Duration::from_millis(1500) && after < Duration::from_millis(2500),
+        "offline shown {after:?} after CONNECT; expiry is at 1.5 s"
+    );
+    drop(socket);
+    let metrics = server.metrics().await;
+    assert_eq!(
+        read_value(&metrics, "sightline_edge_keepalive_expired_total"),
+        Some(1)
+    );
+
+    // The page data agrees.
+    let detail: DeviceDetail = server.get_json("/api/devices/KA").await;
+    let p = detail.summary.presence.expect("presence");
+    assert!(!p.online);
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_last_will_is_stored_when_the_socket_drops_but_not_after_disconnect() {
+    let scratch = Scratch::new();
+    let server = TestServer::start(closed_config(&scratch)).await;
+    let secret = server.add_device("W").await;
+    let mut ws = server.live(r#"{"type":"subscribe","devices":["W"]}"#).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let will = || {
+        Some(LastWill::new(
+            "sensor/W",
+            r#"{"online":0}"#,
+            QoS::AtLeastOnce,
+            false,
+        ))
+    };
+
+    let socket = raw_login(&server, "W", &secret, 30, will()).await;
+    assert!(presence_of(&mut ws, "W").await.online);
+    drop(socket);
+    let gone = presence_of(&mut ws, "W").await;
+    assert_eq!(gone.reason.as_deref(), Some("connection lost"));
+    wait_for("the will to be stored", || async {
+        let d: DeviceDetail = server.get_json("/api/devices/W").await;
+        d.summary
+            .latest
+            .iter()
+            .any(|l| l.metric == "online" && l.value == 0.0)
+    })
+    .await;
+
+    // A clean DISCONNECT discards the will.
+    let mut socket = raw_login(&server, "W", &secret, 30, will()).await;
+    assert!(presence_of(&mut ws, "W").await.online);
+    write_packet(&mut socket, Packet::Disconnect).await;
+    let gone = presence_of(&mut ws, "W").await;
+    assert_eq!(gone.reason.as_deref(), Some("disconnected"));
+    let metrics = server.metrics().await;
+    assert_eq!(read_value(&metrics, "sightline_edge_wills_total"), Some(1));
+    let d: DeviceDetail = server.get_json("/api/devices/W").await;
+    assert_eq!(d.series[0].points.len(), 1, "one will reading, not two");
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn limits_are_answered_counted_and_leave_other_devices_alone() {
+    let scratch = Scratch::new();
+    let mut config = closed_config(&scratch);
+    config.max_connections = 2;
+    config.max_publish_rate = 20.0;
+    let server = TestServer::start(config).await;
+    let fast = server.add_device("Fast").await;
+    let calm = server.add_device("Calm").await;
+    let big = server.add_device("Big").await;
+
+    // Over the rate (20/s with a burst of 20): disconnected and counted.
+    let (client, mut events) =
+        AsyncClient::new(options(server.mqtt, "f", Some(("Fast", &fast))), 200);
+    for i in 0..100 {
+        client
+            .publish("sensor/Fast/n", QoS::AtMostOnce, false, i.to_string())
+            .await
+            .expect("queued");
+    }
+    let cut = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if events.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "a flooding device is disconnected");
+    drop(events);
+
+    // A packet over the limit (1 MiB here): disconnected and counted.
+    let mut o = options(server.mqtt, "b", Some(("Big", &big)));
+    o.set_max_packet_size(8 << 20, 8 << 20);
+    let (client, mut events) = AsyncClient::new(o, 10);
+    client
+        .publish("sensor/Big/n", QoS::AtMostOnce, false, vec![b'1'; 2 << 20])
+        .await
+        .expect("queued");
+    let cut = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if events.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "an oversized packet ends the connection");
+    drop(events);
+
+    // At the connection limit, the next device hears "server unavailable".
+    let _one = raw_login(&server, "Calm", &calm, 30, None).await;
+    let _two = raw_login(&server, "Fast", &fast, 30, None).await;
+    assert_eq!(
+        connack(server.mqtt, "x", Some(("Big", &big))).await,
+        Some(ConnectReturnCode::ServiceUnavailable)
+    );
+    drop(_two);
+    wait_for("a slot to free up", || async {
+        connack(server.mqtt, "y", Some(("Big", &big)))
+            .await
+            .is_none()
+    })
+    .await;
+
+    let metrics = server.metrics().await;
+    assert_eq!(
+        read_value(&metrics, "sightline_edge_rate_limited_total"),
+        Some(1)
+    );
+    assert_eq!(
+        read_value(&metrics, "sightline_edge_too_large_total"),
+        Some(1)
+    );
+    assert!(read_value(&metrics, "sightline_edge_over_capacity_total") >= Some(1));
+    assert_eq!(server.get("/api/health").await.expect("health").0, 200);
+    server.stop().await.expect("clean shutdown");
+}
+
+/// A QoS 1 device that remembers which of its values were acknowledged.
+struct Counting {
+    client: AsyncClient,
+    acked: std::sync::Arc<std::sync::Mutex<BTreeSet<u64>>>,
+}
+
+impl Counting {
+    fn start(broker: SocketAddr, id: &str) -> Self {
+        let mut o = options(broker, id, None);
+        o.set_keep_alive(Duration::from_secs(5));
+        let (client, mut events) = AsyncClient::new(o, 1000);
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+        let seen = acked.clone();
+        tokio::spawn(async move {
+            // Values go out in order, so each outgoing packet id belongs to
+            // the next value; a PUBACK then names the value it confirms.
+            let mut next_value = 0u64;
+            let mut in_flight = std::collections::HashMap::new();
+            loop {
+                match events.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        in_flight.insert(pkid, next_value);
+                        next_value += 1;
+                    }
+                    Ok(Event::Incoming(rumqttc::Packet::PubAck(ack))) => {
+                        if let Some(v) = in_flight.remove(&ack.pkid) {
+                            seen.lock().expect("lock").insert(v);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        Self { client, acked }
+    }
+}
+
+/// Starts `sightline serve` as a child process and returns it with its
+/// HTTP and MQTT addresses, read from its log.
+async fn spawn_server(db_url: &str) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sightline"))
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--database-url", db_url, "--open-registration"])
+        .args(["--max-publish-rate", "1000000"])
+        .env("NO_COLOR", "1")
+        .env("SIGHTLINE_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start sightline");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut http, mut mqtt) = (None, None);
+    let addr_after = |line: &str, marker: &str| -> Option<SocketAddr> {
+        let rest = &line[line.find(marker)? + marker.len()..];
+        let addr: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+            .collect();
+        addr.parse().ok()
+    };
+    while http.is_none() || mqtt.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+            .await
+            .expect("server log in time")
+            .expect("read log")
+            .expect("server still running");
+        http = http.or(addr_after(&line, "dashboard on http://"));
+        mqtt = mqtt.or(addr_after(&line, "over MQTT on "));
+    }
+    // Keep draining the log so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, http.expect("http"), mqtt.expect("mqtt"))
+}
+
+#[tokio::test]
+async fn every_acknowledged_reading_survives_kill_9() {
+    let scratch = Scratch::new();
+    let url = scratch.sqlite_url();
+    let (mut server, _, mqtt) = spawn_server(&url).await;
+    let device = Counting::start(mqtt, "Durable");
+    let publisher = {
+        let client = device.client.clone();
+        tokio::spawn(async move {
+            // 10 readings every millisecond: fast enough that the writer
+            // always has a batch in flight when the server dies, so an
+            // acknowledgement sent before its commit would show up here.
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            let mut i = 0u64;
+            loop {
+                tick.tick().await;
+                for _ in 0..10 {
+                    let sent = client
+                        .publish("sensor/Durable/n", QoS::AtLeastOnce, false, i.to_string())
+                        .await;
+                    if sent.is_err() {
+                        return;
+                    }
+                    i += 1;
+                }
+            }
+        })
+    };
+    wait_for("a steady stream of acknowledgements", || async {
+        device.acked.lock().expect("lock").len() >= 2000
+    })
+    .await;
+    // Stall the database (as a slow disk or a long query would) by taking
+    // SQLite's write lock, while the device keeps publishing, and kill the
+    // server in the middle of the stall. Readings received during the stall
+    // cannot be committed, so a server that acknowledged on receipt would
+    // lose every one of them here.
+    use sea_orm::ConnectionTrait;
+    let lock = sea_orm::Database::connect(&url).await.expect("open db");
+    lock.execute_unprepared("BEGIN IMMEDIATE")
+        .await
+        .expect("write lock");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.start_kill().expect("SIGKILL");
+    server.wait().await.expect("killed");
+    publisher.abort();
+    lock.execute_unprepared("ROLLBACK").await.expect("unlock");
+    drop(lock);
+    let acked = device.acked.lock().expect("lock").clone();
+
+    let (_restarted, http, _) = spawn_server(&url).await;
+    let response = reqwest::get(format!("http://{http}/api/devices/Durable"))
+        .await
+        .expect("request");
+    // A 404 means the device never reached the database at all.
+    let stored: BTreeSet<u64> = if response.status().as_u16() == 404 {
+        BTreeSet::new()
+    } else {
+        let detail: DeviceDetail = response.json().await.expect("json");
+        detail.series[0]
+            .points
+            .iter()
+            .map(|(_, v)| *v as u64)
+            .collect()
+    };
+    let missing: Vec<&u64> = acked.difference(&stored).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged readings missing after kill -9: {:?}",
+        missing.len(),
+        acked.len(),
+        missing.iter().take(10).collect::<Vec<_>>()
+    );
+    println!(
+        "kill -9 mid-stream: {} acknowledged, {} stored, none missing",
+        acked.len(),
+        stored.len()
+    );
+}
+
+#[test]
+fn arbitrary_bytes_never_hurt_the_listener() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as Cases, TestRunner};
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let scratch = Scratch::new();
+    let server = runtime.block_on(TestServer::start(test_config(&scratch.sqlite_url())));
+    let mqtt = server.mqtt;
+    let mut connect = BytesMut::new();
+    Packet::Connect(Connect::new("Fuzz"))
+        .write(&mut connect, usize::MAX)
+        .expect("encodes");
+    let connect = connect.to_vec();
+
+    // Cases: raw garbage, or garbage after a valid CONNECT (so the session's
+    // packet handling sees it), or a valid CONNECT then a PUBLISH with an
+    // arbitrary payload (so decoding sees it). PROPTEST_CASES raises the
+    // count for longer runs.
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200);
+    let mut runner = TestRunner::new(Cases::with_cases(cases));
+    let strategy = (0u8..3, proptest::collection::vec(any::<u8>(), 0..600));
+    runner
+        .run(&strategy, |(shape, bytes)| {
+            let mut input = Vec::new();
+            match shape {
+                0 => input.extend(&bytes),
+                1 => {
+                    input.extend(&connect);
+                    input.extend(&bytes);
+                }
+                _ => {
+                    input.extend(&connect);
+                    let mut publish = BytesMut::new();
+                    Packet::Publish(rumqttc::Publish::new("sensor/Fuzz", QoS::AtMostOnce, bytes))
+                        .write(&mut publish, usize::MAX)
+                        .expect("encodes");
+                    input.extend(&publish);
+                }
+            }
+            runtime.block_on(async {
+                let mut socket = TcpStream::connect(mqtt).await.expect("connect");
+                let _ = socket.write_all(&input).await;
+                let _ = socket.shutdown().await;
+                let mut sink = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(2), socket.read_to_end(&mut sink))
+                    .await;
+            });
+            Ok(())
+        })
+        .expect("no case failed");
+
+    // Still serving: a real device publishes and its reading is stored.
+    runtime.block_on(async move {
+        let device = server.device("AfterFuzz").await;
+        device.publish("sensor/AfterFuzz", "{\"temp\":1}").await;
+        wait_for("a reading after the fuzzing", || async {
+            server
+                .get("/api/devices/AfterFuzz")
+                .await
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
+        })
+        .await;
+        assert_eq!(server.get("/api/health").await.expect("health").0, 200);
+        server.stop().await.expect("clean shutdown");
+    });
+}
