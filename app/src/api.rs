@@ -3,7 +3,7 @@
 
 use leptos::prelude::*;
 
-use crate::model::{DeviceDetail, Fleet};
+use crate::model::{DeviceCredentials, DeviceDetail, Fleet};
 
 /// How much history the device page loads before live updates take over.
 pub const RECENT_WINDOW_MS: i64 = 15 * 60 * 1000;
@@ -21,7 +21,7 @@ mod backend {
     use std::pin::Pin;
     use std::sync::Arc;
 
-    use crate::model::{DeviceDetail, Fleet};
+    use crate::model::{DeviceCredentials, DeviceDetail, Fleet};
 
     /// A boxed, sendable future, so the trait stays object-safe.
     pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -38,6 +38,9 @@ mod backend {
             id: String,
             window_ms: i64,
         ) -> BoxFuture<'_, Result<Option<DeviceDetail>, String>>;
+        /// Creates a device and returns its secret, once. The error is a
+        /// message for the operator.
+        fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, String>>;
     }
 
     /// The form in which the backend is stored in Leptos context.
@@ -55,6 +58,15 @@ pub async fn get_fleet() -> Result<Fleet, ServerFnError> {
 pub async fn get_device(id: String) -> Result<Option<DeviceDetail>, ServerFnError> {
     backend()?
         .device(id, RECENT_WINDOW_MS)
+        .await
+        .map_err(ServerFnError::new)
+}
+
+/// Creates a device from the dashboard and returns its secret, once.
+#[server(prefix = "/_app", endpoint = "add_device")]
+pub async fn add_device(id: String) -> Result<DeviceCredentials, ServerFnError> {
+    backend()?
+        .add_device(id.trim().to_owned())
         .await
         .map_err(ServerFnError::new)
 }

@@ -145,6 +145,16 @@ pub struct Presence {
     pub reason: Option<String>,
 }
 
+/// A new device's credentials, returned once when the device is created
+/// (or its secret replaced). The server keeps only a hash of the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCredentials {
+    pub id: String,
+    /// Log in with user name = id and password = secret, or with the
+    /// secret alone as the user name (ThingsBoard's access token).
+    pub secret: String,
+}
+
 /// A message from the browser to the live WebSocket.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

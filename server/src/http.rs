@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use app::api::{Backend, BoxFuture, SharedBackend, RECENT_WINDOW_MS};
-use app::model::{Counters, DeviceDetail, DeviceSummary, Fleet};
+use app::model::{Counters, DeviceCredentials, DeviceDetail, DeviceSummary, Fleet};
 use axum::extract::{FromRef, Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -164,21 +164,10 @@ struct AddDevice {
     id: String,
 }
 
-/// A device's credentials, returned once when they are made.
-#[derive(Debug, serde::Serialize)]
-struct Credentials {
-    id: String,
-    /// Log in with user name = id and password = secret, or with the
-    /// secret alone as the user name (ThingsBoard's access token).
-    secret: String,
-}
-
-impl From<NewDevice> for Credentials {
-    fn from(d: NewDevice) -> Self {
-        Self {
-            id: d.id,
-            secret: d.secret,
-        }
+fn credentials(d: NewDevice) -> DeviceCredentials {
+    DeviceCredentials {
+        id: d.id,
+        secret: d.secret,
     }
 }
 
@@ -186,11 +175,11 @@ impl From<NewDevice> for Credentials {
 async fn add_device(
     State(state): State<AppState>,
     body: Result<Json<AddDevice>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<Credentials>), HttpError> {
+) -> Result<(StatusCode, Json<DeviceCredentials>), HttpError> {
     let Json(body) = body.map_err(|e| HttpError::BadRequest(e.body_text()))?;
     let created = state.store.add_device(&body.id, now_ms()).await?;
     tracing::info!(device = %created.id, "device created");
-    Ok((StatusCode::CREATED, Json(created.into())))
+    Ok((StatusCode::CREATED, Json(credentials(created))))
 }
 
 /// `POST /api/devices/{id}/secret`: replaces a device's secret and returns
@@ -198,10 +187,10 @@ async fn add_device(
 async fn rotate_secret(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Credentials>, HttpError> {
+) -> Result<Json<DeviceCredentials>, HttpError> {
     let rotated = state.store.rotate_secret(&id).await?;
     tracing::info!(device = %rotated.id, "device secret replaced");
-    Ok(Json(rotated.into()))
+    Ok(Json(credentials(rotated)))
 }
 
 /// `PUT /api/devices/{id}/enabled` with `true` or `false`.
@@ -282,6 +271,19 @@ impl Backend for PageData {
         window_ms: i64,
     ) -> BoxFuture<'_, Result<Option<DeviceDetail>, String>> {
         Box::pin(async move { self.detail(&id, window_ms).await.map_err(log_for_page) })
+    }
+
+    fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, String>> {
+        Box::pin(async move {
+            match self.store.add_device(&id, now_ms()).await {
+                Ok(created) => {
+                    tracing::info!(device = %created.id, "device created from the dashboard");
+                    Ok(credentials(created))
+                }
+                Err(RegistryError::Store(e)) => Err(log_for_page(e)),
+                Err(e) => Err(e.to_string()),
+            }
+        })
     }
 }
 

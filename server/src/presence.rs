@@ -7,7 +7,7 @@
 //! cost each viewer a few messages, not a thousand, while one device's
 //! change still reaches the dashboard well within a second.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,10 +36,10 @@ pub struct Presence {
 
 #[derive(Debug)]
 struct Entry {
-    /// The edge session that owns the current status, so that a session
-    /// replaced by a newer connection of the same device cannot mark the
-    /// device offline when it ends.
-    session: u64,
+    /// The device's live edge sessions and when each began. A device may
+    /// hold more than one connection (say, a publisher and a command
+    /// subscriber); it is online while any of them is.
+    sessions: BTreeMap<u64, i64>,
     status: Status,
 }
 
@@ -57,43 +57,68 @@ impl Default for Presence {
 impl Presence {
     /// Records that `device` connected in `session` at `now`.
     pub fn connected(&self, device: &str, session: u64, now: i64) {
-        let status = Status {
-            device: device.to_owned(),
-            online: true,
-            connected_since: Some(now),
-            last_seen: now,
-            reason: None,
-        };
-        if let Ok(mut devices) = self.devices.lock() {
-            devices.insert(
-                device.to_owned(),
-                Entry {
-                    session,
-                    status: status.clone(),
+        let status = {
+            let Ok(mut devices) = self.devices.lock() else {
+                return;
+            };
+            let entry = devices.entry(device.to_owned()).or_insert_with(|| Entry {
+                sessions: BTreeMap::new(),
+                status: Status {
+                    device: device.to_owned(),
+                    online: false,
+                    connected_since: None,
+                    last_seen: now,
+                    reason: None,
                 },
-            );
-        }
+            });
+            entry.sessions.insert(session, now);
+            if entry.status.online {
+                // Already online through another connection: nothing a
+                // viewer would see has changed.
+                return;
+            }
+            entry.status = Status {
+                device: device.to_owned(),
+                online: true,
+                connected_since: Some(now),
+                last_seen: now,
+                reason: None,
+            };
+            entry.status.clone()
+        };
         self.push(status);
     }
 
     /// Records that `session` of `device` ended at `now` because of
-    /// `reason`. Does nothing if a newer session of the device has taken
-    /// over, since the device is then still online.
+    /// `reason`. The device goes offline when its last session ends.
     pub fn disconnected(&self, device: &str, session: u64, now: i64, reason: &str) {
         let status = {
             let Ok(mut devices) = self.devices.lock() else {
                 return;
             };
-            match devices.get_mut(device) {
-                Some(entry) if entry.session == session => {
-                    entry.status.online = false;
-                    entry.status.connected_since = None;
-                    entry.status.last_seen = now;
-                    entry.status.reason = Some(reason.to_owned());
-                    entry.status.clone()
-                }
-                _ => return,
+            let Some(entry) = devices.get_mut(device) else {
+                return;
+            };
+            if entry.sessions.remove(&session).is_none() {
+                return;
             }
+            let status = &mut entry.status;
+            match entry.sessions.values().min() {
+                // Still connected: it has been since its oldest live session.
+                Some(&since) => {
+                    if status.connected_since == Some(since) {
+                        return;
+                    }
+                    status.connected_since = Some(since);
+                }
+                None => {
+                    status.online = false;
+                    status.connected_since = None;
+                    status.last_seen = now;
+                    status.reason = Some(reason.to_owned());
+                }
+            }
+            status.clone()
         };
         self.push(status);
     }
@@ -160,18 +185,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_old_session_cannot_mark_a_reconnected_device_offline() {
+    fn a_device_is_online_while_any_of_its_sessions_is() {
         let p = Presence::default();
         p.connected("A", 1, 100);
         p.connected("A", 2, 200);
-        p.disconnected("A", 1, 300, "taken over");
+        p.disconnected("A", 1, 300, "replaced by a new connection");
         let s = p.get("A").expect("known");
         assert!(s.online);
         assert_eq!(s.connected_since, Some(200));
+        p.disconnected("A", 1, 350, "a repeat changes nothing");
         p.disconnected("A", 2, 400, "keep-alive expired");
         let s = p.get("A").expect("known");
         assert!(!s.online);
         assert_eq!(s.last_seen, 400);
         assert_eq!(s.reason.as_deref(), Some("keep-alive expired"));
+        let changes = p.pending.lock().expect("lock").len();
+        assert_eq!(changes, 3, "online, connected-since moved, offline");
     }
 }

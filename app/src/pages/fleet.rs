@@ -7,7 +7,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 
 use super::{debounced_reload, LiveBadge};
-use crate::api::get_fleet;
+use crate::api::{get_fleet, AddDevice};
 use crate::format;
 use crate::live::LinkState;
 use crate::model::{Counters, DeviceSummary, Fleet};
@@ -28,6 +28,51 @@ pub fn FleetPage() -> impl IntoView {
                 }
             })}
         </Transition>
+        <AddDeviceForm added=Callback::new(move |()| fleet.refetch())/>
+    }
+}
+
+/// Creates a device and shows its secret, once. It lives outside the
+/// fleet's `Transition`, so reloading the cards keeps the secret on screen.
+#[component]
+fn AddDeviceForm(added: Callback<()>) -> impl IntoView {
+    let add = ServerAction::<AddDevice>::new();
+    let result = add.value();
+    Effect::new(move |_| {
+        if let Some(Ok(_)) = result.get() {
+            added.run(());
+        }
+    });
+    view! {
+        <section class="add-device">
+            <h2>"Add a device"</h2>
+            <ActionForm action=add attr:class="add-form">
+                <label for="new-device-id">"Device id"</label>
+                <input id="new-device-id" type="text" name="id" required maxlength="64"
+                    autocomplete="off" placeholder="Device001" data-testid="new-device-id"/>
+                <button type="submit" data-testid="add-device">"Create"</button>
+            </ActionForm>
+            {move || match result.get() {
+                Some(Ok(c)) => view! {
+                    <div class="notice" role="status" data-testid="new-device">
+                        <p>"Device " <strong>{c.id.clone()}</strong> " created. Copy its secret now; it is not shown again:"</p>
+                        <code class="secret" data-testid="new-secret">{c.secret.clone()}</code>
+                        <p class="hint">
+                            "Connect with user name " <code>{c.id.clone()}</code>
+                            " and the secret as password, or with the secret alone as user name (ThingsBoard style)."
+                        </p>
+                    </div>
+                }.into_any(),
+                Some(Err(e)) => {
+                    let message = match e {
+                        ServerFnError::ServerError(m) => m,
+                        other => other.to_string(),
+                    };
+                    view! { <p class="error" role="alert" data-testid="add-error">{message}</p> }.into_any()
+                }
+                None => ().into_any(),
+            }}
+        </section>
     }
 }
 

@@ -74,9 +74,11 @@ pub struct Edge {
     broker: Arc<Broker>,
     presence: Arc<Presence>,
     metrics: Arc<Metrics>,
-    /// The current session of each connected device, so that a second
-    /// connection of the same device replaces the first, as MQTT requires.
-    sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// The current session of each connected client, by device and client
+    /// id, so that a second connection with the same client id replaces the
+    /// first, as MQTT requires. One device may hold several connections
+    /// under different client ids.
+    sessions: Mutex<HashMap<(String, String), (u64, CancellationToken)>>,
     next_session: AtomicU64,
     /// Sockets open, logged in or not.
     sockets: AtomicUsize,
@@ -118,20 +120,20 @@ impl Edge {
         }
     }
 
-    /// Makes `session` the current session of `device`; `replaced` fires
-    /// if a later connection of the device replaces it.
-    fn claim(&self, device: &str, session: u64, replaced: CancellationToken) {
+    /// Makes `session` the current session of `client` (device and client
+    /// id); `replaced` fires if a later connection takes the client over.
+    fn claim(&self, client: (String, String), session: u64, replaced: CancellationToken) {
         if let Ok(mut sessions) = self.sessions.lock() {
-            if let Some((_, old)) = sessions.insert(device.to_owned(), (session, replaced)) {
+            if let Some((_, old)) = sessions.insert(client, (session, replaced)) {
                 old.cancel();
             }
         }
     }
 
-    fn release(&self, device: &str, session: u64) {
+    fn release(&self, client: &(String, String), session: u64) {
         if let Ok(mut sessions) = self.sessions.lock() {
-            if sessions.get(device).is_some_and(|(s, _)| *s == session) {
-                sessions.remove(device);
+            if sessions.get(client).is_some_and(|(s, _)| *s == session) {
+                sessions.remove(client);
             }
         }
     }

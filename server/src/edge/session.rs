@@ -44,7 +44,7 @@ enum End {
     SocketClosed,
     /// Nothing arrived for 1.5 x the keep-alive the device asked for.
     KeepAlive,
-    /// The same device connected again; MQTT says the old one goes.
+    /// A new connection used the same client id; MQTT says the old one goes.
     TakenOver,
     /// The server is stopping.
     Shutdown,
@@ -222,6 +222,11 @@ where
         edge,
         device: String::new(),
         session_id,
+        client_id: if connect.client_id.is_empty() {
+            format!("#{session_id}")
+        } else {
+            connect.client_id.clone()
+        },
         replaced: CancellationToken::new(),
         keep_alive: keep_alive_limit(connect.keep_alive),
         will: connect.last_will,
@@ -419,7 +424,10 @@ struct Session<'a> {
     /// (open registration) names itself with its first publish.
     device: String,
     session_id: u64,
-    /// Fires when a newer connection of the same device takes over.
+    /// The MQTT client id; an empty one (allowed with a clean session) is
+    /// replaced by a unique one, so it never takes anyone over.
+    client_id: String,
+    /// Fires when a newer connection with the same client id takes over.
     replaced: CancellationToken,
     keep_alive: Option<Duration>,
     will: Option<LastWill>,
@@ -439,8 +447,11 @@ struct Session<'a> {
 impl Session<'_> {
     /// Makes this session the device's current one and marks it online.
     fn bind(&mut self, device: String) {
-        self.edge
-            .claim(&device, self.session_id, self.replaced.clone());
+        self.edge.claim(
+            (device.clone(), self.client_id.clone()),
+            self.session_id,
+            self.replaced.clone(),
+        );
         self.edge
             .presence
             .connected(&device, self.session_id, now_ms());
@@ -452,7 +463,10 @@ impl Session<'_> {
         if self.device.is_empty() {
             return;
         }
-        self.edge.release(&self.device, self.session_id);
+        self.edge.release(
+            &(self.device.clone(), self.client_id.clone()),
+            self.session_id,
+        );
         self.edge.presence.disconnected(
             &self.device,
             self.session_id,
