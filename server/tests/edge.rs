@@ -331,6 +331,30 @@ async fn a_thingsboard_device_publishes_with_its_token_under_its_own_id() {
     assert_eq!(latest, vec![("hum".into(), 40.0), ("temp".into(), 21.5)]);
     let temp = detail.summary.latest.iter().find(|l| l.metric == "temp");
     assert_eq!(temp.map(|l| l.ts), Some(ts), "the device's own timestamp");
+
+    // rumqttc, token as user name and an empty password, QoS 1.
+    let (client, mut events) = AsyncClient::new(options(server.mqtt, "tb", Some((&token, ""))), 10);
+    client
+        .publish(
+            "v1/devices/me/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"hum":41}"#,
+        )
+        .await
+        .expect("queued");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Event::Incoming(rumqttc::Packet::PubAck(_)) = events.poll().await.expect("poll")
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("acknowledged");
+    let detail: DeviceDetail = server.get_json("/api/devices/TB1").await;
+    assert_eq!(detail.summary.latest[0].value, 41.0, "stored under TB1");
     server.stop().await.expect("clean shutdown");
 }
 
@@ -394,6 +418,22 @@ async fn tls_works_with_the_dev_ca_only_and_an_idle_socket_blocks_nobody() {
     let detail: DeviceDetail = server.get_json("/api/devices/S").await;
     assert_eq!(detail.summary.latest[0].value, 7.0);
 
+    // rumqttc over TLS, trusting the dev CA, also behind the idle sockets.
+    let mqtts_addr = server.mqtts.expect("TLS");
+    let started = Instant::now();
+    let trusted = tls_connack(mqtts_addr, &secret, Some(&files.ca)).await;
+    assert!(trusted.is_ok(), "{trusted:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let refused = tls_connack(mqtts_addr, &secret, None).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("UnknownIssuer")),
+        "without the dev CA the handshake fails: {refused:?}"
+    );
+
     let untrusted = mosquitto(
         "mosquitto_pub",
         &[
@@ -442,6 +482,45 @@ async fn tls_works_with_the_dev_ca_only_and_an_idle_socket_blocks_nobody() {
         "the untrusted publish never arrived"
     );
     server.stop().await.expect("clean shutdown");
+}
+
+/// Connects as device S over TLS with rumqttc, trusting `ca` (or nothing),
+/// and returns whether the server accepted, or the client's error.
+async fn tls_connack(
+    broker: SocketAddr,
+    secret: &str,
+    ca: Option<&std::path::Path>,
+) -> Result<(), String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::{crypto::ring, ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    if let Some(ca) = ca {
+        for cert in CertificateDer::pem_file_iter(ca).expect("ca file") {
+            roots.add(cert.expect("ca cert")).expect("add ca");
+        }
+    }
+    let config = ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut o = options(broker, "s-tls", Some(("S", secret)));
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
+    ));
+    let (_client, mut events) = AsyncClient::new(o, 10);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(rumqttc::Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("{e:?}")),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("timed out".into()))
 }
 
 /// Writes one packet to a raw socket.
@@ -507,8 +586,18 @@ async fn online_and_offline_reach_the_dashboard_within_a_second() {
     // Let the subscription land before the device connects.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
+    // A rumqttc device with a 1 s keep-alive whose event loop stops being
+    // polled after CONNACK, so it never sends PINGREQ: a hung device.
     let connected = Instant::now();
-    let socket = raw_login(&server, "KA", &secret, 1, None).await;
+    let mut o = options(server.mqtt, "ka", Some(("KA", &secret)));
+    o.set_keep_alive(Duration::from_secs(1));
+    let (_client, mut events) = AsyncClient::new(o, 10);
+    loop {
+        match events.poll().await.expect("connects") {
+            Event::Incoming(rumqttc::Packet::ConnAck(_)) => break,
+            _ => continue,
+        }
+    }
     let online = presence_of(&mut ws, "KA").await;
     assert!(
         online.online && online.connected_since.is_some(),
@@ -529,7 +618,7 @@ async fn online_and_offline_reach_the_dashboard_within_a_second() {
         after >= Duration::from_millis(1500) && after < Duration::from_millis(2500),
         "offline shown {after:?} after CONNECT; expiry is at 1.5 s"
     );
-    drop(socket);
+    drop(events);
     let metrics = server.metrics().await;
     assert_eq!(
         read_value(&metrics, "sightline_edge_keepalive_expired_total"),

@@ -820,4 +820,40 @@ mod tests {
             vec![Rejection::TooManyFields(300)]
         );
     }
+
+    /// Payloads that look like what devices send, with the odd twist.
+    fn jsonish() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::string::string_regex(
+            r#"\[?\{(['"][a-z<>ts]{0,4}['"] ?: ?(-?[0-9]{1,18}(\.[0-9]{0,3})?(e[0-9]{1,3})?|"[^"]{0,4}"|null|true|\[\]|\{"values":\{"a":1\}\}),?){0,6}\}\]?"#,
+        )
+        .expect("valid regex")
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_payload_decodes_to_valid_readings_or_reasons(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            text in jsonish(),
+            metric in proptest::option::of("[a-z]{1,5}"),
+        ) {
+            let route = Route { device: "D", metric: metric.as_deref() };
+            for payload in [bytes.as_slice(), text.as_bytes()] {
+                for decoded in [
+                    decode(&route, payload, NOW, MAX),
+                    decode_thingsboard(payload, NOW, MAX),
+                ] {
+                    proptest::prop_assert!(decoded.samples.len() <= MAX_FIELDS);
+                    proptest::prop_assert!(
+                        !decoded.samples.is_empty() || !decoded.rejections.is_empty(),
+                        "every message yields readings or reasons"
+                    );
+                    for s in &decoded.samples {
+                        proptest::prop_assert!(s.value.is_finite());
+                        proptest::prop_assert!(valid_name(&s.metric));
+                        proptest::prop_assert!(s.ts >= MIN_TS_MS && s.ts <= NOW + MAX_FUTURE_SKEW_MS);
+                    }
+                }
+            }
+        }
+    }
 }
