@@ -988,3 +988,153 @@ fn arbitrary_bytes_never_hurt_the_listener() {
         server.stop().await.expect("clean shutdown");
     });
 }
+
+#[tokio::test]
+async fn mqtt5_devices_get_mqtt5_reason_codes() {
+    use rumqttc::v5::mqttbytes::v5::{
+        ConnectReturnCode as Code5, DisconnectReasonCode, Packet as Packet5, PubAckReason,
+        SubscribeReasonCode as Sub5,
+    };
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::{
+        AsyncClient as Client5, ConnectionError as Error5, Event as Event5,
+        MqttOptions as Options5, StateError,
+    };
+
+    let scratch = Scratch::new();
+    let server = TestServer::start(closed_config(&scratch)).await;
+    let secret = server.add_device("V5").await;
+    server.add_device("Other").await;
+    let port = server.mqtt.port().to_string();
+
+    let wrong = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-V",
+            "mqttv5",
+            "-p",
+            &port,
+            "-u",
+            "V5",
+            "-P",
+            "wrong",
+            "-t",
+            "sensor/V5",
+            "-m",
+            "1",
+        ],
+    )
+    .await;
+    assert!(!wrong.ok);
+    assert!(
+        wrong
+            .text
+            .to_lowercase()
+            .contains("bad user name or password"),
+        "{}",
+        wrong.text
+    );
+    let good = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-V",
+            "mqttv5",
+            "-p",
+            &port,
+            "-u",
+            "V5",
+            "-P",
+            &secret,
+            "-q",
+            "1",
+            "-t",
+            "sensor/V5",
+            "-m",
+            "{\"temp\":5}",
+        ],
+    )
+    .await;
+    assert!(good.ok, "{}", good.text);
+
+    let options = |password: &str| {
+        let mut o = Options5::new("v5", server.mqtt.ip().to_string(), server.mqtt.port());
+        o.set_credentials("V5", password);
+        o
+    };
+    let (_c, mut events) = Client5::new(options("wrong"), 10);
+    let refused = loop {
+        match events.poll().await {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(
+            refused,
+            Error5::ConnectionRefused(Code5::BadUserNamePassword)
+        ),
+        "{refused:?}"
+    );
+
+    let (client, mut events) = Client5::new(options(&secret), 10);
+    client
+        .subscribe("sensor/#", QoS5::AtMostOnce)
+        .await
+        .expect("queued");
+    client
+        .publish("sensor/V5", QoS5::AtLeastOnce, false, "not json")
+        .await
+        .expect("queued");
+    client
+        .publish("sensor/V5", QoS5::AtLeastOnce, false, r#"{"temp":6}"#)
+        .await
+        .expect("queued");
+    let mut suback = None;
+    let mut pubacks = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while pubacks.len() < 2 {
+            match events.poll().await.expect("connected") {
+                Event5::Incoming(Packet5::SubAck(ack)) => suback = Some(ack.return_codes),
+                Event5::Incoming(Packet5::PubAck(ack)) => pubacks.push(ack.reason),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("two PUBACKs");
+    assert_eq!(suback, Some(vec![Sub5::NotAuthorized]));
+    assert_eq!(
+        pubacks,
+        vec![PubAckReason::PayloadFormatInvalid, PubAckReason::Success],
+        "a payload with no usable reading is acknowledged as invalid"
+    );
+
+    client
+        .publish("sensor/Other", QoS5::AtLeastOnce, false, r#"{"temp":7}"#)
+        .await
+        .expect("queued");
+    let goodbye = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Err(e) = events.poll().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the server ends the connection");
+    assert!(
+        matches!(
+            goodbye,
+            Error5::MqttState(StateError::ServerDisconnect {
+                reason_code: DisconnectReasonCode::NotAuthorized,
+                ..
+            })
+        ),
+        "the server says why it disconnects: {goodbye:?}"
+    );
+    let detail: DeviceDetail = server.get_json("/api/devices/V5").await;
+    assert_eq!(detail.summary.latest[0].value, 6.0);
+    let other: DeviceDetail = server.get_json("/api/devices/Other").await;
+    assert!(other.series.is_empty());
+    server.stop().await.expect("clean shutdown");
+}

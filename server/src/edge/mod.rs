@@ -4,7 +4,8 @@
 //! its own topics, tell who published a message, report connects and
 //! disconnects, or hold a QoS 1 acknowledgement until the reading is
 //! stored. So the edge owns the sockets (plain TCP, or TLS through rustls)
-//! and speaks MQTT itself, with rumqttc's packet codec:
+//! and speaks MQTT 3.1.1 and 5 itself, with rumqttc's packet codecs
+//! ([`codec`]):
 //!
 //! 1. A socket must finish its TLS handshake and send CONNECT within
 //!    [`HANDSHAKE_TIMEOUT`]. Each socket runs in its own task, so a silent
@@ -21,6 +22,7 @@
 //!    [`crate::presence`] at once; a Last Will is honoured.
 
 pub mod acl;
+pub mod codec;
 mod session;
 pub mod tls;
 

@@ -6,18 +6,17 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PubAck, PubComp, PubRec, Publish,
-    SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
-};
-use rumqttc::mqttbytes::{check, Error as CodecError, Protocol, QoS};
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::{check, Error as CodecError, QoS};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::codec::{
+    ConnectCode, ConnectInfo, Goodbye, Inbound, Outbound, ReadError, Version, Will,
+};
 use super::{acl, Edge, HANDSHAKE_TIMEOUT};
 use crate::ingest::decode::valid_name;
 use crate::ingest::now_ms;
@@ -40,6 +39,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 enum End {
     /// The device sent DISCONNECT.
     Disconnect,
+    /// The device sent an MQTT 5 DISCONNECT asking for its will anyway.
+    DisconnectWithWill,
     /// The socket closed or failed without DISCONNECT.
     SocketClosed,
     /// Nothing arrived for 1.5 x the keep-alive the device asked for.
@@ -63,7 +64,7 @@ enum End {
 impl End {
     fn reason(&self) -> String {
         match self {
-            Self::Disconnect => "disconnected".into(),
+            Self::Disconnect | Self::DisconnectWithWill => "disconnected".into(),
             Self::SocketClosed => "connection lost".into(),
             Self::KeepAlive => "keep-alive expired".into(),
             Self::TakenOver => "replaced by a new connection".into(),
@@ -79,10 +80,27 @@ impl End {
     fn publishes_will(&self) -> bool {
         !matches!(self, Self::Disconnect | Self::TakenOver | Self::Shutdown)
     }
+
+    /// What an MQTT 5 client is told when the server is the one closing.
+    fn goodbye(&self) -> Option<Goodbye> {
+        match self {
+            Self::KeepAlive => Some(Goodbye::KeepAliveTimeout),
+            Self::TakenOver => Some(Goodbye::SessionTakenOver),
+            Self::Shutdown => Some(Goodbye::ShuttingDown),
+            Self::Denied => Some(Goodbye::NotAuthorized),
+            Self::RateLimited => Some(Goodbye::RateTooHigh),
+            Self::TooLarge => Some(Goodbye::PacketTooLarge),
+            Self::Protocol(_) => Some(Goodbye::ProtocolError),
+            Self::Disconnect
+            | Self::DisconnectWithWill
+            | Self::SocketClosed
+            | Self::WriteStalled => None,
+        }
+    }
 }
 
-/// Why reading one packet failed.
-enum ReadError {
+/// Why reading the first packet's frame failed.
+enum FrameError {
     Closed,
     TooLarge,
     Malformed(CodecError),
@@ -93,48 +111,21 @@ async fn read_frame<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
     max: usize,
-) -> Result<(), ReadError> {
+) -> Result<(), FrameError> {
     loop {
         let needed = match check(buf.iter(), max) {
             Ok(header) if buf.len() >= header.frame_length() => return Ok(()),
             Ok(header) => header.frame_length() - buf.len(),
             Err(CodecError::InsufficientBytes(n)) => n,
-            Err(CodecError::PayloadSizeLimitExceeded(_)) => return Err(ReadError::TooLarge),
-            Err(e) => return Err(ReadError::Malformed(e)),
+            Err(CodecError::PayloadSizeLimitExceeded(_)) => return Err(FrameError::TooLarge),
+            Err(e) => return Err(FrameError::Malformed(e)),
         };
         buf.reserve(needed.max(READ_CHUNK));
         match rd.read_buf(buf).await {
-            Ok(0) | Err(_) => return Err(ReadError::Closed),
+            Ok(0) | Err(_) => return Err(FrameError::Closed),
             Ok(_) => {}
         }
     }
-}
-
-/// The protocol level of a buffered CONNECT frame: 4 for MQTT 3.1.1, 5 for
-/// MQTT 5. It is read before decoding because the two versions' CONNECTs
-/// differ after this byte, and each deserves a refusal it understands.
-fn protocol_level(frame: &[u8]) -> Option<u8> {
-    // One type byte, then a remaining length of one to four bytes, each
-    // but the last with its top bit set.
-    let length_bytes = frame.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
-    // The protocol name "MQTT" is two length bytes and four letters.
-    frame.get(1 + length_bytes + 6).copied()
-}
-
-/// An MQTT 5 CONNACK refusing the protocol version, in MQTT 5's format so
-/// that an MQTT 5 client can report it.
-fn refuse_v5() -> BytesMut {
-    use rumqttc::v5::mqttbytes::v5::{ConnAck as ConnAck5, ConnectReturnCode as Code5};
-    let mut buf = BytesMut::new();
-    let ack = ConnAck5 {
-        session_present: false,
-        code: Code5::UnsupportedProtocolVersion,
-        properties: None,
-    };
-    if let Err(e) = ack.write(&mut buf) {
-        tracing::error!("cannot encode an MQTT 5 CONNACK: {e}");
-    }
-    buf
 }
 
 /// Runs one connection to its end.
@@ -155,35 +146,39 @@ where
             Metrics::add(&counters.handshake_timeouts, 1);
             return;
         }
-        Ok(Err(ReadError::Closed)) => return,
-        Ok(Err(ReadError::TooLarge)) => {
+        Ok(Err(FrameError::Closed)) => return,
+        Ok(Err(FrameError::TooLarge)) => {
             edge.metrics.refuse(&counters.too_large, None);
             return;
         }
-        Ok(Err(ReadError::Malformed(e))) => {
+        Ok(Err(FrameError::Malformed(e))) => {
             Metrics::add(&counters.protocol_errors, 1);
             tracing::debug!(%peer, "malformed first packet: {e}");
             return;
         }
         Ok(Ok(())) => {}
     }
-    if protocol_level(&inbuf) == Some(5) {
-        // MQTT 5 is not served yet; say so in its own terms.
-        Metrics::add(&counters.protocol_errors, 1);
-        tracing::info!(%peer, "refused an MQTT 5 client: only MQTT 3.1.1 is served");
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&refuse_v5())).await;
-        return;
-    }
-    let connect = match Packet::read(&mut inbuf, max) {
-        Ok(Packet::Connect(connect)) => connect,
-        Err(CodecError::InvalidProtocolLevel(level)) => {
+    let version = match Version::of_connect(&inbuf) {
+        Ok(version) => version,
+        Err(level) => {
             // MQTT 3.1.1 answers an unknown protocol level with return
             // code 1 before closing, so the client can say why.
             Metrics::add(&counters.protocol_errors, 1);
-            tracing::info!(%peer, level, "refused a client of an unsupported MQTT version");
-            let _ = send(&mut wr, refusal(ConnectReturnCode::RefusedProtocolVersion)).await;
+            tracing::info!(%peer, ?level, "refused a client of an unsupported MQTT version");
+            let mut out = BytesMut::new();
+            let refusal =
+                rumqttc::mqttbytes::v4::Packet::ConnAck(rumqttc::mqttbytes::v4::ConnAck::new(
+                    rumqttc::mqttbytes::v4::ConnectReturnCode::RefusedProtocolVersion,
+                    false,
+                ));
+            if refusal.write(&mut out, usize::MAX).is_ok() {
+                let _ = send(&mut wr, &out).await;
+            }
             return;
         }
+    };
+    let connect = match version.read(&mut inbuf, max) {
+        Ok(Inbound::Connect(connect)) => connect,
         Ok(other) => {
             Metrics::add(&counters.protocol_errors, 1);
             tracing::debug!(%peer, "first packet was not CONNECT: {other:?}");
@@ -191,25 +186,23 @@ where
         }
         Err(e) => {
             Metrics::add(&counters.protocol_errors, 1);
-            tracing::debug!(%peer, "malformed CONNECT: {e}");
+            tracing::debug!(%peer, "malformed CONNECT: {e:?}");
             return;
         }
     };
-    if connect.protocol != Protocol::V4 {
-        Metrics::add(&counters.protocol_errors, 1);
-        let _ = send(&mut wr, refusal(ConnectReturnCode::RefusedProtocolVersion)).await;
-        return;
-    }
     let device = match admit(edge, &connect).await {
         Ok(device) => device,
         Err((code, device)) => {
             let kind = match code {
-                ConnectReturnCode::ServiceUnavailable => &counters.over_capacity,
+                ConnectCode::ServerUnavailable => &counters.over_capacity,
                 _ => &counters.logins_refused,
             };
             edge.metrics.refuse(kind, device.as_deref());
             log_refusal(&peer, &connect, code);
-            let _ = send(&mut wr, refusal(code)).await;
+            let mut out = BytesMut::new();
+            if version.write(&mut out, Outbound::ConnAck(code)).is_ok() {
+                let _ = send(&mut wr, &out).await;
+            }
             return;
         }
     };
@@ -228,8 +221,9 @@ where
             connect.client_id.clone()
         },
         replaced: CancellationToken::new(),
+        version,
         keep_alive: keep_alive_limit(connect.keep_alive),
-        will: connect.last_will,
+        will: connect.will,
         out: BytesMut::new(),
         pending: VecDeque::new(),
         link: None,
@@ -240,15 +234,15 @@ where
     if let Some(device) = device {
         session.bind(device);
     }
-    let end = match send(
-        &mut wr,
-        Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
-    )
-    .await
-    {
+    session.say(Outbound::ConnAck(ConnectCode::Accepted));
+    let end = match session.flush(&mut wr).await {
         Ok(()) => session.serve(&mut rd, &mut wr, inbuf, &stop).await,
         Err(_) => End::SocketClosed,
     };
+    if let Some(goodbye) = end.goodbye() {
+        session.say(Outbound::Disconnect(goodbye, end.reason()));
+        let _ = session.flush(&mut wr).await;
+    }
     session.finish(end).await;
     edge.metrics
         .edge
@@ -264,24 +258,20 @@ where
 /// first publish names, as long as nobody has claimed that name.
 async fn admit(
     edge: &Edge,
-    connect: &Connect,
-) -> Result<Option<String>, (ConnectReturnCode, Option<String>)> {
+    connect: &ConnectInfo,
+) -> Result<Option<String>, (ConnectCode, Option<String>)> {
     let open = edge.settings.open_registration;
-    let user = connect
-        .login
-        .as_ref()
-        .map(|l| l.username.as_str())
-        .unwrap_or("");
-    let password = connect.login.as_ref().map(|l| l.password.as_str());
+    let user = connect.user.as_str();
+    let password = connect.password.as_deref();
     let unavailable = |e: crate::store::StoreError| {
         tracing::error!("cannot check a device login: {e}");
-        (ConnectReturnCode::ServiceUnavailable, None)
+        (ConnectCode::ServerUnavailable, None)
     };
     let named = |name: &str| valid_name(name).then(|| name.to_owned());
     let device = if user.is_empty() {
         // No credentials at all: only open registration admits these.
         if !open {
-            return Err((ConnectReturnCode::NotAuthorized, None));
+            return Err((ConnectCode::NotAuthorized, None));
         }
         return admit_capacity(edge, None);
     } else {
@@ -293,19 +283,19 @@ async fn admit(
         {
             Login::Device(id) => id,
             Login::Unsecured(id) if open => id,
-            Login::Unsecured(id) => return Err((ConnectReturnCode::NotAuthorized, Some(id))),
-            Login::Disabled => return Err((ConnectReturnCode::NotAuthorized, named(user))),
-            Login::BadSecret => return Err((ConnectReturnCode::BadUserNamePassword, named(user))),
+            Login::Unsecured(id) => return Err((ConnectCode::NotAuthorized, Some(id))),
+            Login::Disabled => return Err((ConnectCode::NotAuthorized, named(user))),
+            Login::BadSecret => return Err((ConnectCode::BadCredentials, named(user))),
             Login::Unknown if open && valid_name(user) => user.to_owned(),
-            Login::Unknown => return Err((ConnectReturnCode::BadUserNamePassword, None)),
+            Login::Unknown => return Err((ConnectCode::BadCredentials, None)),
         }
     };
     // A Last Will is a publish made on the device's behalf later, so it
     // must pass the same topic check now.
-    if let Some(will) = &connect.last_will {
+    if let Some(will) = &connect.will {
         if acl::publish(&device, &will.topic).is_none() {
             Metrics::add(&edge.metrics.edge.denied, 1);
-            return Err((ConnectReturnCode::NotAuthorized, Some(device)));
+            return Err((ConnectCode::NotAuthorized, Some(device)));
         }
     }
     admit_capacity(edge, Some(device))
@@ -315,30 +305,25 @@ async fn admit(
 fn admit_capacity(
     edge: &Edge,
     device: Option<String>,
-) -> Result<Option<String>, (ConnectReturnCode, Option<String>)> {
+) -> Result<Option<String>, (ConnectCode, Option<String>)> {
     let sessions = edge
         .metrics
         .edge
         .sessions
         .load(std::sync::atomic::Ordering::Relaxed);
     if sessions >= edge.settings.max_connections as u64 {
-        return Err((ConnectReturnCode::ServiceUnavailable, device));
+        return Err((ConnectCode::ServerUnavailable, device));
     }
     Ok(device)
 }
 
 /// Logs a refused CONNECT at a bounded rate; a misconfigured fleet can
 /// retry thousands of times a second.
-fn log_refusal(peer: &SocketAddr, connect: &Connect, code: ConnectReturnCode) {
+fn log_refusal(peer: &SocketAddr, connect: &ConnectInfo, code: ConnectCode) {
     static LOG: std::sync::OnceLock<LogLimiter> = std::sync::OnceLock::new();
     let log = LOG.get_or_init(|| LogLimiter::new(20, Duration::from_secs(10)));
     if let Some(suppressed) = log.allow() {
-        let user = connect
-            .login
-            .as_ref()
-            .map(|l| l.username.as_str())
-            .unwrap_or("");
-        let user: String = user.chars().take(64).collect();
+        let user: String = connect.user.chars().take(64).collect();
         let client: String = connect.client_id.chars().take(64).collect();
         tracing::info!(
             %peer,
@@ -350,17 +335,9 @@ fn log_refusal(peer: &SocketAddr, connect: &Connect, code: ConnectReturnCode) {
     }
 }
 
-fn refusal(code: ConnectReturnCode) -> Packet {
-    Packet::ConnAck(ConnAck::new(code, false))
-}
-
-/// Writes one packet straight away (used before the session starts).
-async fn send<W: AsyncWrite + Unpin>(wr: &mut W, packet: Packet) -> std::io::Result<()> {
-    let mut buf = BytesMut::with_capacity(packet.size());
-    packet
-        .write(&mut buf, usize::MAX)
-        .map_err(std::io::Error::other)?;
-    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&buf))
+/// Writes encoded packets straight away (used around the session).
+async fn send<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(bytes))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
@@ -415,6 +392,8 @@ struct Owed {
     /// Whether it may be sent: the readings are committed, or there were
     /// none to store.
     ready: bool,
+    /// Whether the message yielded any reading (MQTT 5 says so).
+    stored: bool,
 }
 
 /// A logged-in device's state.
@@ -429,8 +408,9 @@ struct Session<'a> {
     client_id: String,
     /// Fires when a newer connection with the same client id takes over.
     replaced: CancellationToken,
+    version: Version,
     keep_alive: Option<Duration>,
-    will: Option<LastWill>,
+    will: Option<Will>,
     /// Packets waiting to be written, sent after each round of reading.
     out: BytesMut,
     /// Acknowledgements owed, oldest first. MQTT requires PUBACKs in the
@@ -516,16 +496,16 @@ impl Session<'_> {
         loop {
             // Handle every whole packet already read.
             loop {
-                match Packet::read(&mut inbuf, max) {
+                match self.version.read(&mut inbuf, max) {
                     Ok(packet) => {
                         if let Err(end) = self.handle(packet, &committed_tx).await {
                             let _ = self.flush(wr).await;
                             return end;
                         }
                     }
-                    Err(CodecError::InsufficientBytes(_)) => break,
-                    Err(CodecError::PayloadSizeLimitExceeded(_)) => return End::TooLarge,
-                    Err(e) => return End::Protocol(e.to_string()),
+                    Err(ReadError::Incomplete) => break,
+                    Err(ReadError::TooLarge) => return End::TooLarge,
+                    Err(ReadError::Malformed(why)) => return End::Protocol(why),
                 }
             }
             if self.flush(wr).await.is_err() {
@@ -561,39 +541,48 @@ impl Session<'_> {
     /// Handles one packet from the device.
     async fn handle(
         &mut self,
-        packet: Packet,
+        packet: Inbound,
         committed: &mpsc::UnboundedSender<u16>,
     ) -> Result<(), End> {
         match packet {
-            Packet::Publish(publish) => self.publish(publish, committed).await,
-            Packet::PubRel(rel) => {
-                self.write(Packet::PubComp(PubComp::new(rel.pkid)));
+            Inbound::Publish {
+                topic,
+                payload,
+                qos,
+                pkid,
+            } => self.publish(&topic, &payload, qos, pkid, committed).await,
+            Inbound::PubRel(pkid) => {
+                self.say(Outbound::PubComp(pkid));
                 Ok(())
             }
-            Packet::Subscribe(subscribe) => {
-                self.subscribe(subscribe);
+            Inbound::Subscribe { pkid, filters } => {
+                self.subscribe(pkid, &filters);
                 Ok(())
             }
-            Packet::Unsubscribe(unsubscribe) => {
-                self.unsubscribe(unsubscribe);
+            Inbound::Unsubscribe { pkid, filters } => {
+                self.unsubscribe(pkid, &filters);
                 Ok(())
             }
-            Packet::PingReq => {
-                self.write(Packet::PingResp);
+            Inbound::PingReq => {
+                self.say(Outbound::PingResp);
                 Ok(())
             }
-            Packet::Disconnect => Err(End::Disconnect),
+            Inbound::Disconnect { with_will: false } => Err(End::Disconnect),
+            Inbound::Disconnect { with_will: true } => Err(End::DisconnectWithWill),
             // Commands go out at QoS 0, so acknowledgements from the device
             // need nothing.
-            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => Ok(()),
-            Packet::Connect(_) => Err(End::Protocol("a second CONNECT".into())),
-            other => Err(End::Protocol(format!("unexpected {other:?}"))),
+            Inbound::Ack => Ok(()),
+            Inbound::Connect(_) => Err(End::Protocol("a second CONNECT".into())),
+            Inbound::Unexpected(what) => Err(End::Protocol(format!("unexpected {what}"))),
         }
     }
 
     async fn publish(
         &mut self,
-        p: Publish,
+        topic: &str,
+        payload: &Bytes,
+        qos: QoS,
+        pkid: u16,
         committed: &mpsc::UnboundedSender<u16>,
     ) -> Result<(), End> {
         let metrics = &self.edge.metrics;
@@ -601,22 +590,22 @@ impl Session<'_> {
             metrics.refuse(&metrics.edge.rate_limited, Some(&self.device));
             return Err(End::RateLimited);
         }
-        if self.device.is_empty() && !self.bind_by_topic(&p.topic).await {
+        if self.device.is_empty() && !self.bind_by_topic(topic).await {
             metrics.refuse(&metrics.edge.denied, None);
-            log_denied("<anonymous>", "publish to", &p.topic);
+            log_denied("<anonymous>", "publish to", topic);
             return Err(End::Denied);
         }
-        let Some(telemetry) = acl::publish(&self.device, &p.topic) else {
+        let Some(telemetry) = acl::publish(&self.device, topic) else {
             metrics.refuse(&metrics.edge.denied, Some(&self.device));
-            log_denied(&self.device, "publish to", &p.topic);
+            log_denied(&self.device, "publish to", topic);
             return Err(End::Denied);
         };
         let at = Instant::now();
-        let readings =
-            self.edge
-                .ingest
-                .decode(&self.device, &p.topic, telemetry, &p.payload, now_ms());
-        let exactly_once = match p.qos {
+        let readings = self
+            .edge
+            .ingest
+            .decode(&self.device, topic, telemetry, payload, now_ms());
+        let exactly_once = match qos {
             QoS::AtMostOnce => {
                 if !readings.is_empty() {
                     self.edge.ingest.queue(readings, at);
@@ -630,13 +619,14 @@ impl Session<'_> {
         if !ready {
             self.edge
                 .ingest
-                .queue_acked(readings, at, committed.clone(), p.pkid)
+                .queue_acked(readings, at, committed.clone(), pkid)
                 .await;
         }
         self.pending.push_back(Owed {
-            pkid: p.pkid,
+            pkid,
             exactly_once,
             ready,
+            stored: !ready,
         });
         self.release_acks();
         Ok(())
@@ -676,55 +666,59 @@ impl Session<'_> {
             let Some(owed) = self.pending.pop_front() else {
                 break;
             };
+            let (pkid, stored) = (owed.pkid, owed.stored);
             if owed.exactly_once {
-                self.write(Packet::PubRec(PubRec::new(owed.pkid)));
+                self.say(Outbound::PubRec { pkid, stored });
             } else {
-                self.write(Packet::PubAck(PubAck::new(owed.pkid)));
+                self.say(Outbound::PubAck { pkid, stored });
             }
         }
     }
 
-    fn subscribe(&mut self, s: Subscribe) {
+    fn subscribe(&mut self, pkid: u16, filters: &[String]) {
         let metrics = &self.edge.metrics;
-        let mut codes = Vec::with_capacity(s.filters.len());
-        for filter in &s.filters {
+        let mut granted = Vec::with_capacity(filters.len());
+        for filter in filters {
             // An anonymous client has no commands to receive.
             let allowed = if self.device.is_empty() {
                 None
             } else {
-                acl::subscribe(&self.device, &filter.path)
+                acl::subscribe(&self.device, filter)
             };
-            let code = match allowed {
+            let ok = match allowed {
                 Some(broker_filter) => match self.link_tx() {
                     Some(tx) => match tx.subscribe(broker_filter) {
-                        Ok(_) => SubscribeReasonCode::Success(QoS::AtMostOnce),
+                        Ok(_) => true,
                         Err(e) => {
                             tracing::warn!(device = %self.device, "cannot subscribe in the router: {e}");
-                            SubscribeReasonCode::Failure
+                            false
                         }
                     },
-                    None => SubscribeReasonCode::Failure,
+                    None => false,
                 },
                 None => {
                     metrics.refuse(&metrics.edge.denied, Some(&self.device));
-                    log_denied(&self.device, "subscribe to", &filter.path);
-                    SubscribeReasonCode::Failure
+                    log_denied(&self.device, "subscribe to", filter);
+                    false
                 }
             };
-            codes.push(code);
+            granted.push(ok);
         }
-        self.write(Packet::SubAck(SubAck::new(s.pkid, codes)));
+        self.say(Outbound::SubAck { pkid, granted });
     }
 
-    fn unsubscribe(&mut self, u: Unsubscribe) {
-        for topic in u.topics.iter().filter(|_| !self.device.is_empty()) {
+    fn unsubscribe(&mut self, pkid: u16, filters: &[String]) {
+        for topic in filters.iter().filter(|_| !self.device.is_empty()) {
             if let (Some(filter), Some((tx, _))) =
                 (acl::subscribe(&self.device, topic), self.link.as_mut())
             {
                 let _ = tx.unsubscribe(filter);
             }
         }
-        self.write(Packet::UnsubAck(UnsubAck::new(u.pkid)));
+        self.say(Outbound::UnsubAck {
+            pkid,
+            filters: filters.len(),
+        });
     }
 
     /// The device's router link, made on first use.
@@ -746,11 +740,7 @@ impl Session<'_> {
         match delivery {
             Delivery::Publish(topic, payload) => {
                 let topic = acl::delivered_topic(&self.device, &topic);
-                self.write(Packet::Publish(Publish::from_bytes(
-                    topic,
-                    QoS::AtMostOnce,
-                    payload,
-                )));
+                self.say(Outbound::Publish { topic, payload });
             }
             Delivery::Wake => {
                 if let Some((_, rx)) = &self.link {
@@ -765,9 +755,10 @@ impl Session<'_> {
         }
     }
 
-    fn write(&mut self, packet: Packet) {
-        if let Err(e) = packet.write(&mut self.out, usize::MAX) {
-            tracing::error!(device = %self.device, "cannot encode {packet:?}: {e}");
+    /// Queues a packet for the device, in its protocol version.
+    fn say(&mut self, packet: Outbound) {
+        if let Err(e) = self.version.write(&mut self.out, packet) {
+            tracing::error!(device = %self.device, "cannot encode a packet: {e}");
         }
     }
 
@@ -809,7 +800,7 @@ impl Session<'_> {
 
     /// A Last Will is stored like any publish of the device: a will of
     /// `{"online":0}` on `sensor/<id>` becomes a reading.
-    fn publish_will(&self, will: LastWill) {
+    fn publish_will(&self, will: Will) {
         if self.device.is_empty() {
             return;
         }
@@ -821,7 +812,7 @@ impl Session<'_> {
             &self.device,
             &will.topic,
             telemetry,
-            &will.message,
+            &will.payload,
             now_ms(),
         );
         if !readings.is_empty() {
@@ -882,16 +873,6 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_the_protocol_level_of_a_connect() {
-        let mut buf = BytesMut::new();
-        Packet::Connect(Connect::new("A"))
-            .write(&mut buf, usize::MAX)
-            .expect("encodes");
-        assert_eq!(protocol_level(&buf), Some(4));
-        assert_eq!(protocol_level(&[0x10]), None);
-    }
 
     #[test]
     fn keep_alive_is_enforced_at_one_and_a_half_times() {

@@ -1,0 +1,513 @@
+//! The two MQTT versions the edge speaks, 3.1.1 and 5, behind one small set
+//! of packet types, so that the session logic is written once.
+//!
+//! Parsing and encoding are rumqttc's (`mqttbytes::v4` and
+//! `v5::mqttbytes::v5`); this module only translates. What MQTT 5 adds and
+//! the edge uses is the reason codes: a refused subscription says "not
+//! authorized", a rejected payload's PUBACK says "payload format invalid",
+//! and the server says why it closes a connection with a DISCONNECT.
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4;
+use rumqttc::mqttbytes::{Error as Error4, QoS};
+use rumqttc::v5::mqttbytes::v5;
+use rumqttc::v5::mqttbytes::{Error as Error5, QoS as QoS5};
+
+/// Which protocol a connection speaks, fixed by its CONNECT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// MQTT 3.1.1 (protocol level 4).
+    V4,
+    /// MQTT 5 (protocol level 5).
+    V5,
+}
+
+/// A Last Will, as the session keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Bytes,
+}
+
+/// What a CONNECT says, in either version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectInfo {
+    pub client_id: String,
+    pub keep_alive: u16,
+    pub will: Option<Will>,
+    /// Empty when the client sent no user name.
+    pub user: String,
+    /// `None` when the client sent no password.
+    pub password: Option<String>,
+}
+
+/// A packet from a device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inbound {
+    Connect(ConnectInfo),
+    Publish {
+        topic: String,
+        payload: Bytes,
+        qos: QoS,
+        pkid: u16,
+    },
+    PubRel(u16),
+    Subscribe {
+        pkid: u16,
+        filters: Vec<String>,
+    },
+    Unsubscribe {
+        pkid: u16,
+        filters: Vec<String>,
+    },
+    PingReq,
+    /// DISCONNECT; MQTT 5 lets the client ask for its will anyway.
+    Disconnect {
+        with_will: bool,
+    },
+    /// An acknowledgement of something the server sent.
+    Ack,
+    /// A packet a client must not send to a server.
+    Unexpected(&'static str),
+}
+
+/// Why a packet could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// More bytes are needed.
+    Incomplete,
+    /// The packet is larger than the limit.
+    TooLarge,
+    /// Not a valid packet.
+    Malformed(String),
+}
+
+/// How a CONNECT is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectCode {
+    Accepted,
+    BadClientId,
+    ServerUnavailable,
+    BadCredentials,
+    NotAuthorized,
+}
+
+/// Why the server closes a connection; MQTT 5 clients are told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Goodbye {
+    NotAuthorized,
+    RateTooHigh,
+    PacketTooLarge,
+    KeepAliveTimeout,
+    SessionTakenOver,
+    ShuttingDown,
+    ProtocolError,
+}
+
+/// A packet to a device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outbound {
+    ConnAck(ConnectCode),
+    /// `stored` is false when none of the message could be used (MQTT 5
+    /// then says "payload format invalid"; 3.1.1 has no way to say it).
+    PubAck {
+        pkid: u16,
+        stored: bool,
+    },
+    PubRec {
+        pkid: u16,
+        stored: bool,
+    },
+    PubComp(u16),
+    /// One entry per filter: granted (at QoS 0) or refused.
+    SubAck {
+        pkid: u16,
+        granted: Vec<bool>,
+    },
+    UnsubAck {
+        pkid: u16,
+        filters: usize,
+    },
+    PingResp,
+    Publish {
+        topic: String,
+        payload: Bytes,
+    },
+    /// Only MQTT 5 has a server-sent DISCONNECT, with a reason code and a
+    /// human-readable reason; for 3.1.1 nothing is sent.
+    Disconnect(Goodbye, String),
+}
+
+impl Version {
+    /// The version a buffered CONNECT frame asks for, from its protocol
+    /// level; `Err` carries a level the edge does not speak.
+    pub fn of_connect(frame: &[u8]) -> Result<Self, Option<u8>> {
+        // One type byte, then a remaining length of one to four bytes, each
+        // but the last with its top bit set; then the protocol name "MQTT"
+        // (two length bytes and four letters) and the level.
+        let length_bytes = frame
+            .iter()
+            .skip(1)
+            .take(4)
+            .position(|b| b & 0x80 == 0)
+            .ok_or(None)?
+            + 1;
+        match frame.get(1 + length_bytes + 6) {
+            Some(4) => Ok(Self::V4),
+            Some(5) => Ok(Self::V5),
+            other => Err(other.copied()),
+        }
+    }
+
+    /// Reads the next whole packet from `buf`.
+    pub fn read(self, buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
+        match self {
+            Self::V4 => v4::Packet::read(buf, max)
+                .map(from_v4)
+                .map_err(|e| match e {
+                    Error4::InsufficientBytes(_) => ReadError::Incomplete,
+                    Error4::PayloadSizeLimitExceeded(_) => ReadError::TooLarge,
+                    e => ReadError::Malformed(e.to_string()),
+                }),
+            Self::V5 => {
+                let max = u32::try_from(max).unwrap_or(u32::MAX);
+                match v5::Packet::read(buf, Some(max)) {
+                    Ok(packet) => from_v5(packet),
+                    Err(Error5::InsufficientBytes(_)) => Err(ReadError::Incomplete),
+                    Err(Error5::PayloadSizeLimitExceeded { .. }) => Err(ReadError::TooLarge),
+                    Err(e) => Err(ReadError::Malformed(e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Appends `packet` to `out`.
+    pub fn write(self, out: &mut BytesMut, packet: Outbound) -> Result<(), String> {
+        match self {
+            Self::V4 => match to_v4(packet) {
+                Some(p) => p
+                    .write(out, usize::MAX)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            },
+            Self::V5 => to_v5(packet)
+                .write(out, None)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+fn from_v4(packet: v4::Packet) -> Inbound {
+    match packet {
+        v4::Packet::Connect(c) => Inbound::Connect(ConnectInfo {
+            client_id: c.client_id,
+            keep_alive: c.keep_alive,
+            will: c.last_will.map(|w| Will {
+                topic: w.topic,
+                payload: w.message,
+            }),
+            user: c
+                .login
+                .as_ref()
+                .map(|l| l.username.clone())
+                .unwrap_or_default(),
+            password: c.login.map(|l| l.password).filter(|p| !p.is_empty()),
+        }),
+        v4::Packet::Publish(p) => Inbound::Publish {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            pkid: p.pkid,
+        },
+        v4::Packet::PubRel(r) => Inbound::PubRel(r.pkid),
+        v4::Packet::Subscribe(s) => Inbound::Subscribe {
+            pkid: s.pkid,
+            filters: s.filters.into_iter().map(|f| f.path).collect(),
+        },
+        v4::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
+            pkid: u.pkid,
+            filters: u.topics,
+        },
+        v4::Packet::PingReq => Inbound::PingReq,
+        v4::Packet::Disconnect => Inbound::Disconnect { with_will: false },
+        v4::Packet::PubAck(_) | v4::Packet::PubRec(_) | v4::Packet::PubComp(_) => Inbound::Ack,
+        v4::Packet::ConnAck(_) => Inbound::Unexpected("CONNACK"),
+        v4::Packet::SubAck(_) => Inbound::Unexpected("SUBACK"),
+        v4::Packet::UnsubAck(_) => Inbound::Unexpected("UNSUBACK"),
+        v4::Packet::PingResp => Inbound::Unexpected("PINGRESP"),
+    }
+}
+
+fn from_v5(packet: v5::Packet) -> Result<Inbound, ReadError> {
+    let text = |b: Bytes, what: &str| {
+        String::from_utf8(b.to_vec())
+            .map_err(|_| ReadError::Malformed(format!("{what} is not UTF-8")))
+    };
+    Ok(match packet {
+        v5::Packet::Connect(c, will, login) => Inbound::Connect(ConnectInfo {
+            client_id: c.client_id,
+            keep_alive: c.keep_alive,
+            will: match will {
+                Some(w) => Some(Will {
+                    topic: text(w.topic, "the will topic")?,
+                    payload: w.message,
+                }),
+                None => None,
+            },
+            user: login
+                .as_ref()
+                .map(|l| l.username.clone())
+                .unwrap_or_default(),
+            password: login.map(|l| l.password).filter(|p| !p.is_empty()),
+        }),
+        v5::Packet::Publish(p) => {
+            // The edge advertises no topic aliases, so a publish must name
+            // its topic.
+            if p.topic.is_empty() {
+                return Ok(Inbound::Unexpected("a topic alias"));
+            }
+            Inbound::Publish {
+                topic: text(p.topic, "the topic")?,
+                payload: p.payload,
+                qos: match p.qos {
+                    QoS5::AtMostOnce => QoS::AtMostOnce,
+                    QoS5::AtLeastOnce => QoS::AtLeastOnce,
+                    QoS5::ExactlyOnce => QoS::ExactlyOnce,
+                },
+                pkid: p.pkid,
+            }
+        }
+        v5::Packet::PubRel(r) => Inbound::PubRel(r.pkid),
+        v5::Packet::Subscribe(s) => Inbound::Subscribe {
+            pkid: s.pkid,
+            filters: s.filters.into_iter().map(|f| f.path).collect(),
+        },
+        v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
+            pkid: u.pkid,
+            filters: u.filters,
+        },
+        v5::Packet::PingReq(_) => Inbound::PingReq,
+        v5::Packet::Disconnect(d) => Inbound::Disconnect {
+            with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+        },
+        v5::Packet::PubAck(_) | v5::Packet::PubRec(_) | v5::Packet::PubComp(_) => Inbound::Ack,
+        v5::Packet::Auth(_) => Inbound::Unexpected("AUTH"),
+        v5::Packet::ConnAck(_) => Inbound::Unexpected("CONNACK"),
+        v5::Packet::SubAck(_) => Inbound::Unexpected("SUBACK"),
+        v5::Packet::UnsubAck(_) => Inbound::Unexpected("UNSUBACK"),
+        v5::Packet::PingResp(_) => Inbound::Unexpected("PINGRESP"),
+    })
+}
+
+fn to_v4(packet: Outbound) -> Option<v4::Packet> {
+    use v4::ConnectReturnCode as Code;
+    Some(match packet {
+        Outbound::ConnAck(code) => v4::Packet::ConnAck(v4::ConnAck::new(
+            match code {
+                ConnectCode::Accepted => Code::Success,
+                ConnectCode::BadClientId => Code::BadClientId,
+                ConnectCode::ServerUnavailable => Code::ServiceUnavailable,
+                ConnectCode::BadCredentials => Code::BadUserNamePassword,
+                ConnectCode::NotAuthorized => Code::NotAuthorized,
+            },
+            false,
+        )),
+        Outbound::PubAck { pkid, .. } => v4::Packet::PubAck(v4::PubAck::new(pkid)),
+        Outbound::PubRec { pkid, .. } => v4::Packet::PubRec(v4::PubRec::new(pkid)),
+        Outbound::PubComp(pkid) => v4::Packet::PubComp(v4::PubComp::new(pkid)),
+        Outbound::SubAck { pkid, granted } => v4::Packet::SubAck(v4::SubAck::new(
+            pkid,
+            granted
+                .into_iter()
+                .map(|ok| {
+                    if ok {
+                        v4::SubscribeReasonCode::Success(QoS::AtMostOnce)
+                    } else {
+                        v4::SubscribeReasonCode::Failure
+                    }
+                })
+                .collect(),
+        )),
+        Outbound::UnsubAck { pkid, .. } => v4::Packet::UnsubAck(v4::UnsubAck::new(pkid)),
+        Outbound::PingResp => v4::Packet::PingResp,
+        Outbound::Publish { topic, payload } => {
+            v4::Packet::Publish(v4::Publish::from_bytes(topic, QoS::AtMostOnce, payload))
+        }
+        Outbound::Disconnect(..) => return None,
+    })
+}
+
+fn to_v5(packet: Outbound) -> v5::Packet {
+    use v5::ConnectReturnCode as Code;
+    match packet {
+        Outbound::ConnAck(code) => v5::Packet::ConnAck(v5::ConnAck {
+            session_present: false,
+            code: match code {
+                ConnectCode::Accepted => Code::Success,
+                ConnectCode::BadClientId => Code::ClientIdentifierNotValid,
+                ConnectCode::ServerUnavailable => Code::ServerBusy,
+                ConnectCode::BadCredentials => Code::BadUserNamePassword,
+                ConnectCode::NotAuthorized => Code::NotAuthorized,
+            },
+            properties: None,
+        }),
+        Outbound::PubAck { pkid, stored } => v5::Packet::PubAck(v5::PubAck {
+            pkid,
+            reason: if stored {
+                v5::PubAckReason::Success
+            } else {
+                v5::PubAckReason::PayloadFormatInvalid
+            },
+            properties: None,
+        }),
+        Outbound::PubRec { pkid, stored } => v5::Packet::PubRec(v5::PubRec {
+            pkid,
+            reason: if stored {
+                v5::PubRecReason::Success
+            } else {
+                v5::PubRecReason::PayloadFormatInvalid
+            },
+            properties: None,
+        }),
+        Outbound::PubComp(pkid) => v5::Packet::PubComp(v5::PubComp {
+            pkid,
+            reason: v5::PubCompReason::Success,
+            properties: None,
+        }),
+        Outbound::SubAck { pkid, granted } => v5::Packet::SubAck(v5::SubAck {
+            pkid,
+            return_codes: granted
+                .into_iter()
+                .map(|ok| {
+                    if ok {
+                        v5::SubscribeReasonCode::Success(QoS5::AtMostOnce)
+                    } else {
+                        v5::SubscribeReasonCode::NotAuthorized
+                    }
+                })
+                .collect(),
+            properties: None,
+        }),
+        Outbound::UnsubAck { pkid, filters } => v5::Packet::UnsubAck(v5::UnsubAck {
+            pkid,
+            reasons: vec![v5::UnsubAckReason::Success; filters],
+            properties: None,
+        }),
+        Outbound::PingResp => v5::Packet::PingResp(v5::PingResp),
+        Outbound::Publish { topic, payload } => v5::Packet::Publish(v5::Publish {
+            dup: false,
+            qos: QoS5::AtMostOnce,
+            retain: false,
+            topic: Bytes::from(topic),
+            pkid: 0,
+            payload,
+            properties: None,
+        }),
+        // The reason string is not only for people: rumqttc 0.25 encodes a
+        // DISCONNECT with a reason code but no properties with a remaining
+        // length one byte short, which corrupts the stream for the client.
+        Outbound::Disconnect(why, text) => v5::Packet::Disconnect(v5::Disconnect {
+            reason_code: match why {
+                Goodbye::NotAuthorized => v5::DisconnectReasonCode::NotAuthorized,
+                Goodbye::RateTooHigh => v5::DisconnectReasonCode::MessageRateTooHigh,
+                Goodbye::PacketTooLarge => v5::DisconnectReasonCode::PacketTooLarge,
+                Goodbye::KeepAliveTimeout => v5::DisconnectReasonCode::KeepAliveTimeout,
+                Goodbye::SessionTakenOver => v5::DisconnectReasonCode::SessionTakenOver,
+                Goodbye::ShuttingDown => v5::DisconnectReasonCode::ServerShuttingDown,
+                Goodbye::ProtocolError => v5::DisconnectReasonCode::ProtocolError,
+            },
+            properties: Some(v5::DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(if text.is_empty() {
+                    "closed".into()
+                } else {
+                    text
+                }),
+                user_properties: Vec::new(),
+                server_reference: None,
+            }),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connect_names_its_version() {
+        let mut buf = BytesMut::new();
+        v4::Packet::Connect(v4::Connect::new("A"))
+            .write(&mut buf, usize::MAX)
+            .expect("encodes");
+        assert_eq!(Version::of_connect(&buf), Ok(Version::V4));
+        assert_eq!(Version::of_connect(&[0x10]), Err(None));
+    }
+
+    #[test]
+    fn both_versions_read_what_clients_write() {
+        for version in [Version::V4, Version::V5] {
+            let mut buf = BytesMut::new();
+            match version {
+                Version::V4 => {
+                    let mut c = v4::Connect::new("dev");
+                    c.set_login("dev", "s3cret");
+                    v4::Packet::Connect(c)
+                        .write(&mut buf, usize::MAX)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+                Version::V5 => v5::Packet::Connect(
+                    v5::Connect {
+                        keep_alive: 30,
+                        client_id: "dev".into(),
+                        clean_start: true,
+                        properties: None,
+                    },
+                    None,
+                    Some(v5::Login::new("dev", "s3cret")),
+                )
+                .write(&mut buf, None)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            }
+            .expect("encodes");
+            assert_eq!(Version::of_connect(&buf), Ok(version));
+            let Ok(Inbound::Connect(info)) = version.read(&mut buf, 1024) else {
+                panic!("{version:?}: not a CONNECT");
+            };
+            assert_eq!(
+                (
+                    info.client_id.as_str(),
+                    info.user.as_str(),
+                    info.password.as_deref()
+                ),
+                ("dev", "dev", Some("s3cret")),
+                "{version:?}"
+            );
+            assert_eq!(version.read(&mut buf, 1024), Err(ReadError::Incomplete));
+        }
+    }
+
+    #[test]
+    fn only_mqtt5_hears_why_it_was_disconnected() {
+        let goodbye = || Outbound::Disconnect(Goodbye::RateTooHigh, "too fast".into());
+        let mut out = BytesMut::new();
+        Version::V4.write(&mut out, goodbye()).expect("encodes");
+        assert!(out.is_empty());
+        Version::V5.write(&mut out, goodbye()).expect("encodes");
+        match v5::Packet::read(&mut out, None) {
+            Ok(v5::Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, v5::DisconnectReasonCode::MessageRateTooHigh);
+                assert_eq!(
+                    d.properties.and_then(|p| p.reason_string).as_deref(),
+                    Some("too fast")
+                );
+            }
+            other => panic!("not a DISCONNECT: {other:?}"),
+        }
+        assert!(out.is_empty(), "exactly one packet, nothing left over");
+    }
+}
