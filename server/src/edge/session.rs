@@ -26,7 +26,8 @@ use crate::store::registry::Login;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 4096;
 
-/// How long a session waits at shutdown for its last readings to commit.
+/// How long a session the server closes waits for its last readings to
+/// commit.
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// A device that cannot take our packets within this time is disconnected.
@@ -499,7 +500,15 @@ impl Session<'_> {
                 match self.version.read(&mut inbuf, max) {
                     Ok(packet) => {
                         if let Err(end) = self.handle(packet, &committed_tx).await {
-                            let _ = self.flush(wr).await;
+                            // Readings the device sent before it was cut
+                            // off are stored anyway; acknowledging them
+                            // spares it sending them twice. A device that
+                            // said DISCONNECT expects nothing more.
+                            if matches!(end, End::Disconnect | End::DisconnectWithWill) {
+                                let _ = self.flush(wr).await;
+                            } else {
+                                self.settle(&mut committed, wr).await;
+                            }
                             return end;
                         }
                     }
@@ -632,9 +641,9 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// At shutdown, waits (briefly) for the writer to commit what this
-    /// device already sent, and acknowledges it, so that a graceful restart
-    /// costs the device no retransmissions.
+    /// Before the server closes a connection (shutdown, or a device cut
+    /// off), waits briefly for the writer to commit what the device already
+    /// sent, and acknowledges it, so that it need not send it again.
     async fn settle<W: AsyncWrite + Unpin>(
         &mut self,
         committed: &mut mpsc::UnboundedReceiver<u16>,
