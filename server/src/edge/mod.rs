@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -160,20 +160,7 @@ pub async fn serve(
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Usually out of file descriptors; pausing lets
-                    // closing sockets free some instead of spinning.
-                    tracing::warn!("cannot accept an MQTT connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer)) = accept(&listener, &stop, "MQTT").await {
         let open = edge.sockets.fetch_add(1, Ordering::Relaxed) + 1;
         if open > edge.settings.max_connections + ACCEPT_HEADROOM {
             edge.sockets.fetch_sub(1, Ordering::Relaxed);
@@ -205,6 +192,28 @@ pub async fn serve(
                 }
             }
         });
+    }
+}
+
+/// Accepts the next connection, or returns `None` once `stop` fires.
+/// Accept errors (usually: out of file descriptors) are logged and retried
+/// after a pause that lets closing sockets free some, instead of spinning.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    what: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(e) => {
+                    tracing::warn!("cannot accept an {what} connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
     }
 }
 

@@ -146,18 +146,7 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    () = stop.cancelled() => return,
-                    accepted = tcp.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            tracing::warn!("cannot accept an HTTPS connection: {e}");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
+            while let Some((stream, peer)) = super::accept(&tcp, &stop, "HTTPS").await {
                 let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
