@@ -23,6 +23,11 @@ use crate::ingest::now_ms;
 use crate::metrics::{LogLimiter, Metrics};
 use crate::store::registry::Login;
 
+/// The largest CONNECT accepted. It holds a client id, a login and perhaps
+/// a Last Will, and it arrives before the client has proved anything, so
+/// it gets a tighter limit than later packets.
+const MAX_CONNECT_BYTES: usize = 128 * 1024;
+
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 4096;
 
@@ -121,7 +126,10 @@ async fn read_frame<R: AsyncRead + Unpin>(
             Err(CodecError::PayloadSizeLimitExceeded(_)) => return Err(FrameError::TooLarge),
             Err(e) => return Err(FrameError::Malformed(e)),
         };
-        buf.reserve(needed.max(READ_CHUNK));
+        // Grow with the bytes that actually arrive, not with the length the
+        // header announces, so that a client announcing a large packet and
+        // sending nothing pins no memory.
+        buf.reserve(needed.min(READ_CHUNK));
         match rd.read_buf(buf).await {
             Ok(0) | Err(_) => return Err(FrameError::Closed),
             Ok(_) => {}
@@ -140,7 +148,7 @@ where
     let counters = &edge.metrics.edge;
     let first = tokio::select! {
         () = stop.cancelled() => return,
-        first = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut rd, &mut inbuf, max)) => first,
+        first = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut rd, &mut inbuf, MAX_CONNECT_BYTES.min(max))) => first,
     };
     match first {
         Err(_) => {
