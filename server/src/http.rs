@@ -8,7 +8,7 @@ use app::model::{Counters, DeviceCredentials, DeviceDetail, DeviceSummary, Fleet
 use axum::extract::{FromRef, Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
@@ -17,6 +17,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::edge::Sessions;
 use crate::ingest::now_ms;
 use crate::live::{self, Live};
 use crate::metrics::Metrics;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub presence: Arc<Presence>,
+    /// Live device sessions, so that disabling a device disconnects it.
+    pub sessions: Arc<Sessions>,
     pub live: Live,
 }
 
@@ -94,7 +97,6 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(prometheus))
         .route("/api/devices", get(devices).post(add_device))
         .route("/api/devices/{id}", get(device))
-        .route("/api/devices/{id}/secret", post(rotate_secret))
         .route("/api/devices/{id}/enabled", put(set_enabled))
         .with_state(state.clone());
     let ws = Router::new()
@@ -182,17 +184,6 @@ async fn add_device(
     Ok((StatusCode::CREATED, Json(credentials(created))))
 }
 
-/// `POST /api/devices/{id}/secret`: replaces a device's secret and returns
-/// the new one, once.
-async fn rotate_secret(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<DeviceCredentials>, HttpError> {
-    let rotated = state.store.rotate_secret(&id).await?;
-    tracing::info!(device = %rotated.id, "device secret replaced");
-    Ok(Json(credentials(rotated)))
-}
-
 /// `PUT /api/devices/{id}/enabled` with `true` or `false`.
 async fn set_enabled(
     State(state): State<AppState>,
@@ -201,7 +192,12 @@ async fn set_enabled(
 ) -> Result<StatusCode, HttpError> {
     let Json(enabled) = body.map_err(|e| HttpError::BadRequest(e.body_text()))?;
     state.store.set_disabled(&id, !enabled).await?;
-    tracing::info!(device = %id, enabled, "device enabled state changed");
+    let ended = if enabled {
+        0
+    } else {
+        state.sessions.disable(&id)
+    };
+    tracing::info!(device = %id, enabled, sessions_ended = ended, "device enabled state changed");
     Ok(StatusCode::NO_CONTENT)
 }
 

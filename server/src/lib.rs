@@ -42,7 +42,7 @@ use tokio_util::task::TaskTracker;
 use broker::Broker;
 use config::Config;
 use edge::tls::{TlsError, TlsListener};
-use edge::{Edge, EdgeSettings};
+use edge::{Edge, EdgeSettings, Sessions};
 use metrics::Metrics;
 use presence::Presence;
 use store::{Store, StoreError};
@@ -195,6 +195,7 @@ pub async fn run(
     // The demo's simulated devices have no secrets.
     let open_registration = config.open_registration || config.demo;
     let broker = Arc::new(Broker::start(config.max_connections + 64));
+    let sessions = Arc::new(Sessions::default());
     let edge = Arc::new(Edge::new(
         EdgeSettings {
             // Payloads over the ingest limit are still read, so that they
@@ -209,8 +210,9 @@ pub async fn run(
         broker.clone(),
         presence.clone(),
         metrics.clone(),
+        sessions.clone(),
     ));
-    let sessions = TaskTracker::new();
+    let session_tasks = TaskTracker::new();
     let edge_stop = CancellationToken::new();
     let mqtt_addr = Listeners::addr(&listeners.mqtt);
     let mut edge_listeners = Vec::new();
@@ -231,7 +233,7 @@ pub async fn run(
                 edge.clone(),
                 listener,
                 acceptor,
-                sessions.clone(),
+                session_tasks.clone(),
                 edge_stop.clone(),
             )));
         }
@@ -251,6 +253,7 @@ pub async fn run(
         store: store.clone(),
         metrics: metrics.clone(),
         presence: presence.clone(),
+        sessions,
         live: live::Live {
             hub,
             presence: presence.clone(),
@@ -326,21 +329,22 @@ pub async fn run(
     // Stop in data-flow order: stop accepting devices and end their
     // sessions, so nothing new is queued; then let the writer commit
     // everything queued. If the database is failing, the writer gives up
-    // after a bounded wait and counts what it could not store, so shutdown
-    // always ends.
+    // after a bounded wait (counted from here, since sessions waiting for
+    // queue room end at once on shutdown) and counts what it could not
+    // store, so shutdown always ends.
     edge_stop.cancel();
+    let give_up = writer_token.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(WRITER_DRAIN_LIMIT).await;
+        give_up.cancel();
+    });
     for listener in edge_listeners {
         let _ = listener.await;
     }
-    sessions.close();
-    sessions.wait().await;
+    session_tasks.close();
+    session_tasks.wait().await;
     token.cancel();
     if !writer.is_finished() {
-        let give_up = writer_token.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(WRITER_DRAIN_LIMIT).await;
-            give_up.cancel();
-        });
         let _ = writer.await;
     }
     background.cancel();

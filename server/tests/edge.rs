@@ -157,7 +157,31 @@ async fn wrong_unknown_or_disabled_credentials_get_a_connack_refusal() {
         "no credentials, no open registration"
     );
 
+    // Disabling a device also ends the connection it has open.
+    let (_held, mut held_events) =
+        AsyncClient::new(options(server.mqtt, "held", Some(("A", &secret))), 10);
+    loop {
+        if let Event::Incoming(rumqttc::Packet::ConnAck(_)) =
+            held_events.poll().await.expect("connects")
+        {
+            break;
+        }
+    }
     set_enabled(&server, "A", false).await;
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if held_events.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the disabled device's connection was ended");
+    let detail: DeviceDetail = server.get_json("/api/devices/A").await;
+    assert_eq!(
+        detail.summary.presence.and_then(|p| p.reason).as_deref(),
+        Some("device disabled")
+    );
     assert_eq!(
         connack(server.mqtt, "c2", Some(("A", &secret))).await,
         Some(ConnectReturnCode::NotAuthorized),
@@ -182,6 +206,63 @@ async fn wrong_unknown_or_disabled_credentials_get_a_connack_refusal() {
         refused_for(&metrics, "A"),
         4,
         "refusals naming A: {metrics}"
+    );
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn open_registration_never_hands_out_a_name_that_has_a_secret() {
+    let scratch = Scratch::new();
+    let server = TestServer::start(test_config(&scratch.sqlite_url())).await;
+    let secret = server.add_device("Sec").await;
+    assert_eq!(
+        connack(server.mqtt, "x", Some(("Sec", ""))).await,
+        Some(ConnectReturnCode::BadUserNamePassword),
+        "a secured name without its secret"
+    );
+    // An anonymous client naming the secured device in a topic is cut off.
+    let port = server.mqtt.port().to_string();
+    let spoof = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &port,
+            "-q",
+            "1",
+            "-t",
+            "sensor/Sec",
+            "-m",
+            "{\"temp\":66}",
+        ],
+    )
+    .await;
+    assert!(!spoof.ok, "{}", spoof.text);
+    let free = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &port,
+            "-q",
+            "1",
+            "-t",
+            "sensor/Free",
+            "-m",
+            "{\"temp\":1}",
+        ],
+    )
+    .await;
+    assert!(free.ok, "an unclaimed name is open: {}", free.text);
+    let sec: DeviceDetail = server.get_json("/api/devices/Sec").await;
+    assert!(sec.series.is_empty(), "nothing stored for Sec: {sec:?}");
+    // The owner still gets in, until the device is disabled.
+    assert_eq!(
+        connack(server.mqtt, "y", Some(("Sec", &secret))).await,
+        None
+    );
+    set_enabled(&server, "Sec", false).await;
+    assert_eq!(
+        connack(server.mqtt, "z", Some(("Sec", &secret))).await,
+        Some(ConnectReturnCode::NotAuthorized)
     );
     server.stop().await.expect("clean shutdown");
 }

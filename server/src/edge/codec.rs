@@ -33,6 +33,8 @@ pub struct Will {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectInfo {
     pub client_id: String,
+    /// Clean session (3.1.1) or clean start (5).
+    pub clean: bool,
     pub keep_alive: u16,
     pub will: Option<Will>,
     /// Empty when the client sent no user name.
@@ -161,22 +163,38 @@ impl Version {
 
     /// Reads the next whole packet from `buf`.
     pub fn read(self, buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
-        match self {
-            Self::V4 => v4::Packet::read(buf, max)
-                .map(from_v4)
+        // Whether a whole frame is buffered is decided from the fixed header
+        // first: once the codec has taken a frame off the buffer, any error
+        // means the frame itself is bad, even one the codec words as
+        // "insufficient bytes" (a length inside the frame that overruns it).
+        let framed = match self {
+            Self::V4 => rumqttc::mqttbytes::check(buf.iter(), max)
+                .map(|h| h.frame_length())
                 .map_err(|e| match e {
                     Error4::InsufficientBytes(_) => ReadError::Incomplete,
                     Error4::PayloadSizeLimitExceeded(_) => ReadError::TooLarge,
                     e => ReadError::Malformed(e.to_string()),
                 }),
+            Self::V5 => v5::check(buf.iter(), Some(u32::try_from(max).unwrap_or(u32::MAX)))
+                .map(|h| h.frame_length())
+                .map_err(|e| match e {
+                    Error5::InsufficientBytes(_) => ReadError::Incomplete,
+                    Error5::PayloadSizeLimitExceeded { .. } => ReadError::TooLarge,
+                    e => ReadError::Malformed(e.to_string()),
+                }),
+        }?;
+        if buf.len() < framed {
+            return Err(ReadError::Incomplete);
+        }
+        match self {
+            Self::V4 => v4::Packet::read(buf, max)
+                .map(from_v4)
+                .map_err(|e| ReadError::Malformed(e.to_string())),
             Self::V5 => {
                 let max = u32::try_from(max).unwrap_or(u32::MAX);
-                match v5::Packet::read(buf, Some(max)) {
-                    Ok(packet) => from_v5(packet),
-                    Err(Error5::InsufficientBytes(_)) => Err(ReadError::Incomplete),
-                    Err(Error5::PayloadSizeLimitExceeded { .. }) => Err(ReadError::TooLarge),
-                    Err(e) => Err(ReadError::Malformed(e.to_string())),
-                }
+                v5::Packet::read(buf, Some(max))
+                    .map_err(|e| ReadError::Malformed(e.to_string()))
+                    .and_then(from_v5)
             }
         }
     }
@@ -203,6 +221,7 @@ fn from_v4(packet: v4::Packet) -> Inbound {
     match packet {
         v4::Packet::Connect(c) => Inbound::Connect(ConnectInfo {
             client_id: c.client_id,
+            clean: c.clean_session,
             keep_alive: c.keep_alive,
             will: c.last_will.map(|w| Will {
                 topic: w.topic,
@@ -248,6 +267,7 @@ fn from_v5(packet: v5::Packet) -> Result<Inbound, ReadError> {
     Ok(match packet {
         v5::Packet::Connect(c, will, login) => Inbound::Connect(ConnectInfo {
             client_id: c.client_id,
+            clean: c.clean_start,
             keep_alive: c.keep_alive,
             will: match will {
                 Some(w) => Some(Will {
@@ -488,6 +508,18 @@ mod tests {
                 "{version:?}"
             );
             assert_eq!(version.read(&mut buf, 1024), Err(ReadError::Incomplete));
+        }
+    }
+
+    #[test]
+    fn a_bad_length_inside_a_whole_frame_is_malformed_not_incomplete() {
+        // A PUBLISH frame of 3 bytes whose topic claims 200 bytes.
+        for version in [Version::V4, Version::V5] {
+            let mut buf = BytesMut::from(&[0x30, 0x03, 0x00, 0xC8, b'a'][..]);
+            assert!(
+                matches!(version.read(&mut buf, 1024), Err(ReadError::Malformed(_))),
+                "{version:?}"
+            );
         }
     }
 

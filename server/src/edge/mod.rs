@@ -28,7 +28,7 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +45,12 @@ use crate::store::Store;
 
 /// How long a new socket has to finish TLS and send its CONNECT.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sockets that may be between accept and a decided CONNECT at once. Each
+/// may hold a partial CONNECT (up to 64 KiB) for up to
+/// [`HANDSHAKE_TIMEOUT`], so this bounds what clients that never log in can
+/// make the server hold, whatever the connection limit.
+const MAX_PENDING_LOGINS: usize = 1024;
 
 /// Sockets accepted beyond the connection limit, so that a device over the
 /// limit still gets a CONNACK that says why, instead of a reset. Beyond
@@ -76,14 +82,12 @@ pub struct Edge {
     broker: Arc<Broker>,
     presence: Arc<Presence>,
     metrics: Arc<Metrics>,
-    /// The current session of each connected client, by device and client
-    /// id, so that a second connection with the same client id replaces the
-    /// first, as MQTT requires. One device may hold several connections
-    /// under different client ids.
-    sessions: Mutex<HashMap<(String, String), (u64, CancellationToken)>>,
+    sessions: Arc<Sessions>,
     next_session: AtomicU64,
     /// Sockets open, logged in or not.
     sockets: AtomicUsize,
+    /// Sockets that have not had their CONNECT decided yet.
+    logging_in: AtomicUsize,
 }
 
 impl std::fmt::Debug for Edge {
@@ -102,6 +106,7 @@ impl Edge {
         broker: Arc<Broker>,
         presence: Arc<Presence>,
         metrics: Arc<Metrics>,
+        sessions: Arc<Sessions>,
     ) -> Self {
         if settings.open_registration {
             tracing::warn!(
@@ -116,32 +121,82 @@ impl Edge {
             broker,
             presence,
             metrics,
-            sessions: Mutex::default(),
+            sessions,
             next_session: AtomicU64::new(1),
             sockets: AtomicUsize::new(0),
+            logging_in: AtomicUsize::new(0),
         }
     }
+}
 
+/// What the edge knows of one live session, for ending it from outside.
+#[derive(Debug)]
+struct Handle {
+    session: u64,
+    /// Fires to end the session.
+    end: CancellationToken,
+    /// Set before `end` fires when the device was disabled, rather than
+    /// replaced by a newer connection.
+    disabled: Arc<AtomicBool>,
+}
+
+/// The current session of each connected client, by device and client id,
+/// so that a second connection with the same client id replaces the first
+/// (as MQTT requires), and so that disabling a device ends its sessions.
+/// One device may hold several connections under different client ids.
+#[derive(Debug, Default)]
+pub struct Sessions(Mutex<HashMap<(String, String), Handle>>);
+
+impl Sessions {
     /// Makes `session` the current session of `client` (device and client
-    /// id); `replaced` fires if a later connection takes the client over.
-    fn claim(&self, client: (String, String), session: u64, replaced: CancellationToken) {
-        if let Ok(mut sessions) = self.sessions.lock() {
-            if let Some((_, old)) = sessions.insert(client, (session, replaced)) {
-                old.cancel();
+    /// id), ending the one it replaces.
+    fn claim(
+        &self,
+        client: (String, String),
+        session: u64,
+        end: CancellationToken,
+        disabled: Arc<AtomicBool>,
+    ) {
+        if let Ok(mut sessions) = self.0.lock() {
+            let handle = Handle {
+                session,
+                end,
+                disabled,
+            };
+            if let Some(old) = sessions.insert(client, handle) {
+                old.end.cancel();
             }
         }
     }
 
     fn release(&self, client: &(String, String), session: u64) {
-        if let Ok(mut sessions) = self.sessions.lock() {
-            if sessions.get(client).is_some_and(|(s, _)| *s == session) {
+        if let Ok(mut sessions) = self.0.lock() {
+            if sessions.get(client).is_some_and(|h| h.session == session) {
                 sessions.remove(client);
             }
         }
     }
+
+    /// Ends every session of `device` because it was disabled, and returns
+    /// how many there were.
+    pub fn disable(&self, device: &str) -> usize {
+        let Ok(sessions) = self.0.lock() else {
+            return 0;
+        };
+        let mine: Vec<&Handle> = sessions
+            .iter()
+            .filter(|((d, _), _)| d == device)
+            .map(|(_, h)| h)
+            .collect();
+        for h in &mine {
+            h.disabled.store(true, Ordering::Relaxed);
+            h.end.cancel();
+        }
+        mine.len()
+    }
 }
 
-/// Counts an open socket for as long as it lives.
+/// Counts a socket (open, or still logging in) for as long as it lives.
 struct SocketGuard<'a>(&'a AtomicUsize);
 
 impl Drop for SocketGuard<'_> {
@@ -162,8 +217,10 @@ pub async fn serve(
 ) {
     while let Some((tcp, peer)) = accept(&listener, &stop, "MQTT").await {
         let open = edge.sockets.fetch_add(1, Ordering::Relaxed) + 1;
-        if open > edge.settings.max_connections + ACCEPT_HEADROOM {
+        let pending = edge.logging_in.fetch_add(1, Ordering::Relaxed) + 1;
+        if open > edge.settings.max_connections + ACCEPT_HEADROOM || pending > MAX_PENDING_LOGINS {
             edge.sockets.fetch_sub(1, Ordering::Relaxed);
+            edge.logging_in.fetch_sub(1, Ordering::Relaxed);
             edge.metrics.refuse(&edge.metrics.edge.over_capacity, None);
             continue;
         }
@@ -174,12 +231,17 @@ pub async fn serve(
         let tls = tls.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
-            let _guard = SocketGuard(&edge.sockets);
+            let _open = SocketGuard(&edge.sockets);
+            let login = SocketGuard(&edge.logging_in);
             match tls {
-                None => session::run(&edge, tcp, peer, stop).await,
+                None => session::run(&edge, tcp, peer, stop, login).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => session::run(&edge, stream, peer, stop).await,
+                    let handshake = tokio::select! {
+                        () = stop.cancelled() => return,
+                        done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => done,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => session::run(&edge, stream, peer, stop, login).await,
                         Ok(Err(e)) => {
                             Metrics::add(&edge.metrics.edge.protocol_errors, 1);
                             tracing::debug!(%peer, "TLS handshake failed: {e}");

@@ -26,7 +26,7 @@ use crate::store::registry::Login;
 /// The largest CONNECT accepted. It holds a client id, a login and perhaps
 /// a Last Will, and it arrives before the client has proved anything, so
 /// it gets a tighter limit than later packets.
-const MAX_CONNECT_BYTES: usize = 128 * 1024;
+const MAX_CONNECT_BYTES: usize = 64 * 1024;
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 4096;
@@ -53,6 +53,8 @@ enum End {
     KeepAlive,
     /// A new connection used the same client id; MQTT says the old one goes.
     TakenOver,
+    /// An operator disabled the device.
+    Disabled,
     /// The server is stopping.
     Shutdown,
     /// The device used a topic that is not its own.
@@ -74,6 +76,7 @@ impl End {
             Self::SocketClosed => "connection lost".into(),
             Self::KeepAlive => "keep-alive expired".into(),
             Self::TakenOver => "replaced by a new connection".into(),
+            Self::Disabled => "device disabled".into(),
             Self::Shutdown => "server stopped".into(),
             Self::Denied => "refused: topic not allowed".into(),
             Self::RateLimited => "refused: publish rate exceeded".into(),
@@ -84,7 +87,10 @@ impl End {
     }
 
     fn publishes_will(&self) -> bool {
-        !matches!(self, Self::Disconnect | Self::TakenOver | Self::Shutdown)
+        !matches!(
+            self,
+            Self::Disconnect | Self::TakenOver | Self::Shutdown | Self::Disabled
+        )
     }
 
     /// What an MQTT 5 client is told when the server is the one closing.
@@ -93,7 +99,7 @@ impl End {
             Self::KeepAlive => Some(Goodbye::KeepAliveTimeout),
             Self::TakenOver => Some(Goodbye::SessionTakenOver),
             Self::Shutdown => Some(Goodbye::ShuttingDown),
-            Self::Denied => Some(Goodbye::NotAuthorized),
+            Self::Denied | Self::Disabled => Some(Goodbye::NotAuthorized),
             Self::RateLimited => Some(Goodbye::RateTooHigh),
             Self::TooLarge => Some(Goodbye::PacketTooLarge),
             Self::Protocol(_) => Some(Goodbye::ProtocolError),
@@ -138,8 +144,13 @@ async fn read_frame<R: AsyncRead + Unpin>(
 }
 
 /// Runs one connection to its end.
-pub(super) async fn run<S>(edge: &Edge, stream: S, peer: SocketAddr, stop: CancellationToken)
-where
+pub(super) async fn run<S>(
+    edge: &Edge,
+    stream: S,
+    peer: SocketAddr,
+    stop: CancellationToken,
+    logging_in: super::SocketGuard<'_>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -148,7 +159,10 @@ where
     let counters = &edge.metrics.edge;
     let first = tokio::select! {
         () = stop.cancelled() => return,
-        first = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut rd, &mut inbuf, MAX_CONNECT_BYTES.min(max))) => first,
+        first = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            read_frame(&mut rd, &mut inbuf, MAX_CONNECT_BYTES.min(max)),
+        ) => first,
     };
     match first {
         Err(_) => {
@@ -199,7 +213,15 @@ where
             return;
         }
     };
-    let device = match admit(edge, &connect).await {
+    let admitted = if connect.client_id.is_empty() && !connect.clean {
+        // MQTT 3.1.1 [MQTT-3.1.3-8]: an empty client id needs a clean
+        // session, since there is nothing to resume a session by.
+        Err((ConnectCode::BadClientId, None))
+    } else {
+        admit(edge, &connect).await
+    };
+    drop(logging_in);
+    let device = match admitted {
         Ok(device) => device,
         Err((code, device)) => {
             let kind = match code {
@@ -230,6 +252,8 @@ where
             connect.client_id.clone()
         },
         replaced: CancellationToken::new(),
+        disabled: std::sync::Arc::default(),
+        stop: stop.clone(),
         version,
         keep_alive: keep_alive_limit(connect.keep_alive),
         will: connect.will,
@@ -257,8 +281,10 @@ where
         .edge
         .sessions
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    let _ = wr.shutdown().await;
     session.unbind();
+    // A TLS shutdown writes a close notice, which a peer that stopped
+    // reading would never take; everything that matters is done by now.
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
 }
 
 /// Decides who a CONNECT is, or which CONNACK code refuses it (and the
@@ -295,7 +321,15 @@ async fn admit(
             Login::Unsecured(id) => return Err((ConnectCode::NotAuthorized, Some(id))),
             Login::Disabled => return Err((ConnectCode::NotAuthorized, named(user))),
             Login::BadSecret => return Err((ConnectCode::BadCredentials, named(user))),
-            Login::Unknown if open && valid_name(user) => user.to_owned(),
+            // Open registration hands out only names nobody has claimed: a
+            // user name that is a secured device's id (sent without its
+            // secret, so it was looked up as a token) is refused.
+            Login::Unknown if open && valid_name(user) => {
+                if edge.store.is_secured(user).await.map_err(unavailable)? {
+                    return Err((ConnectCode::BadCredentials, named(user)));
+                }
+                user.to_owned()
+            }
             Login::Unknown => return Err((ConnectCode::BadCredentials, None)),
         }
     };
@@ -415,8 +449,12 @@ struct Session<'a> {
     /// The MQTT client id; an empty one (allowed with a clean session) is
     /// replaced by a unique one, so it never takes anyone over.
     client_id: String,
-    /// Fires when a newer connection with the same client id takes over.
+    /// Fires when a newer connection with the same client id takes over,
+    /// or the device is disabled (then `disabled` is set first).
     replaced: CancellationToken,
+    disabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Fires when the server stops.
+    stop: CancellationToken,
     version: Version,
     keep_alive: Option<Duration>,
     will: Option<Will>,
@@ -436,10 +474,11 @@ struct Session<'a> {
 impl Session<'_> {
     /// Makes this session the device's current one and marks it online.
     fn bind(&mut self, device: String) {
-        self.edge.claim(
+        self.edge.sessions.claim(
             (device.clone(), self.client_id.clone()),
             self.session_id,
             self.replaced.clone(),
+            self.disabled.clone(),
         );
         self.edge
             .presence
@@ -447,12 +486,21 @@ impl Session<'_> {
         self.device = device;
     }
 
+    /// Why `replaced` fired.
+    fn cut_off(&self) -> End {
+        if self.disabled.load(std::sync::atomic::Ordering::Relaxed) {
+            End::Disabled
+        } else {
+            End::TakenOver
+        }
+    }
+
     /// Marks the device offline, unless a newer session has taken over.
     fn unbind(&self) {
         if self.device.is_empty() {
             return;
         }
-        self.edge.release(
+        self.edge.sessions.release(
             &(self.device.clone(), self.client_id.clone()),
             self.session_id,
         );
@@ -504,9 +552,11 @@ impl Session<'_> {
         let replaced = self.replaced.clone();
         loop {
             // Handle every whole packet already read.
+            let mut handled = false;
             loop {
                 match self.version.read(&mut inbuf, max) {
                     Ok(packet) => {
+                        handled = true;
                         if let Err(end) = self.handle(packet, &committed_tx).await {
                             // Readings the device sent before it was cut
                             // off are stored anyway; acknowledging them
@@ -525,6 +575,11 @@ impl Session<'_> {
                     Err(ReadError::Malformed(why)) => return End::Protocol(why),
                 }
             }
+            // Handling may have waited for the writer; the device was heard
+            // from when its packets arrived, not when they were handled.
+            if handled {
+                last_heard = Instant::now();
+            }
             if self.flush(wr).await.is_err() {
                 return End::WriteStalled;
             }
@@ -533,11 +588,15 @@ impl Session<'_> {
             }
             let expiry = self.keep_alive.map(|k| last_heard + k);
             tokio::select! {
+                // Bytes waiting on the socket are looked at before the
+                // keep-alive deadline, so a device is never timed out while
+                // its packets sit unread.
+                biased;
                 () = stop.cancelled() => {
                     self.settle(&mut committed, wr).await;
                     return End::Shutdown;
                 }
-                () = replaced.cancelled() => return End::TakenOver,
+                () = replaced.cancelled() => return self.cut_off(),
                 Some(pkid) = committed.recv() => {
                     self.committed(pkid);
                     while let Ok(pkid) = committed.try_recv() {
@@ -634,10 +693,22 @@ impl Session<'_> {
         };
         let ready = readings.is_empty();
         if !ready {
-            self.edge
-                .ingest
-                .queue_acked(readings, at, committed.clone(), pkid)
-                .await;
+            // Waiting for room in the writer's queue must not outlast the
+            // session: a stalled database must not hold up shutdown or a
+            // takeover. Readings not queued are not acknowledged, so the
+            // device sends them again.
+            let queued = tokio::select! {
+                () = self.edge.ingest.queue_acked(readings, at, committed.clone(), pkid) => true,
+                () = self.stop.cancelled() => false,
+                () = self.replaced.cancelled() => false,
+            };
+            if !queued {
+                return Err(if self.stop.is_cancelled() {
+                    End::Shutdown
+                } else {
+                    self.cut_off()
+                });
+            }
         }
         self.pending.push_back(Owed {
             pkid,
@@ -668,11 +739,11 @@ impl Session<'_> {
         let _ = self.flush(wr).await;
     }
 
-    /// The writer committed the readings of `pkid`. Commits arrive in the
-    /// order the readings were queued, which is the order of `pending`.
+    /// The writer committed the readings of `pkid`. Packet ids are unique
+    /// among a client's unacknowledged messages, so the match is exact even
+    /// if an earlier batch was dropped at shutdown.
     fn committed(&mut self, pkid: u16) {
-        if let Some(owed) = self.pending.iter_mut().find(|o| !o.ready) {
-            debug_assert_eq!(owed.pkid, pkid, "commits arrive in queue order");
+        if let Some(owed) = self.pending.iter_mut().find(|o| !o.ready && o.pkid == pkid) {
             owed.ready = true;
         }
     }

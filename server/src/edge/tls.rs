@@ -127,6 +127,9 @@ pub fn write_dev_cert(dir: &Path, hosts: &[String]) -> Result<DevCert, TlsError>
     Ok(out)
 }
 
+/// HTTPS handshakes that may be in flight at once.
+const MAX_HANDSHAKES: usize = 1024;
+
 /// An HTTPS listener for axum. Each handshake runs in its own task with
 /// [`HANDSHAKE_TIMEOUT`], and only finished connections are handed to the
 /// HTTP server, so one idle socket cannot stall everyone else's handshake
@@ -146,11 +149,19 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(async move {
+            // Handshakes in flight are capped, so sockets that never finish
+            // one cannot use up the file descriptors everyone shares.
+            let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
             while let Some((stream, peer)) = super::accept(&tcp, &stop, "HTTPS").await {
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many HTTPS handshakes in flight; closing");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;

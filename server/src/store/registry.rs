@@ -175,9 +175,9 @@ pub async fn login(
         return Ok(Login::Unknown);
     };
     Ok(match d.secret_hash {
-        None => Login::Unsecured(d.name),
         Some(stored) if stored != presented => Login::BadSecret,
-        Some(_) if d.disabled => Login::Disabled,
+        _ if d.disabled => Login::Disabled,
+        None => Login::Unsecured(d.name),
         Some(_) => Login::Device(d.name),
     })
 }
