@@ -1074,7 +1074,7 @@ fn arbitrary_bytes_never_hurt_the_listener() {
 async fn mqtt5_devices_get_mqtt5_reason_codes() {
     use rumqttc::v5::mqttbytes::v5::{
         ConnectReturnCode as Code5, DisconnectReasonCode, Packet as Packet5, PubAckReason,
-        SubscribeReasonCode as Sub5,
+        SubscribeReasonCode as Sub5, UnsubAckReason,
     };
     use rumqttc::v5::mqttbytes::QoS as QoS5;
     use rumqttc::v5::{
@@ -1166,6 +1166,7 @@ async fn mqtt5_devices_get_mqtt5_reason_codes() {
         .subscribe("sensor/#", QoS5::AtMostOnce)
         .await
         .expect("queued");
+    client.unsubscribe("sensor/#").await.expect("queued");
     client
         .publish("sensor/V5", QoS5::AtLeastOnce, false, "not json")
         .await
@@ -1175,11 +1176,17 @@ async fn mqtt5_devices_get_mqtt5_reason_codes() {
         .await
         .expect("queued");
     let mut suback = None;
+    let mut unsuback = None;
+    let mut assigned = None;
     let mut pubacks = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), async {
         while pubacks.len() < 2 {
             match events.poll().await.expect("connected") {
+                Event5::Incoming(Packet5::ConnAck(ack)) => {
+                    assigned = ack.properties.and_then(|p| p.assigned_client_identifier)
+                }
                 Event5::Incoming(Packet5::SubAck(ack)) => suback = Some(ack.return_codes),
+                Event5::Incoming(Packet5::UnsubAck(ack)) => unsuback = Some(ack.reasons),
                 Event5::Incoming(Packet5::PubAck(ack)) => pubacks.push(ack.reason),
                 _ => {}
             }
@@ -1188,6 +1195,12 @@ async fn mqtt5_devices_get_mqtt5_reason_codes() {
     .await
     .expect("two PUBACKs");
     assert_eq!(suback, Some(vec![Sub5::NotAuthorized]));
+    assert_eq!(
+        unsuback,
+        Some(vec![UnsubAckReason::NoSubscriptionExisted]),
+        "nothing to unsubscribe from: the filter was refused"
+    );
+    assert_eq!(assigned, None, "the client named itself");
     assert_eq!(
         pubacks,
         vec![PubAckReason::PayloadFormatInvalid, PubAckReason::Success],
@@ -1236,6 +1249,22 @@ async fn mqtt5_devices_get_mqtt5_reason_codes() {
     );
     let detail: DeviceDetail = server.get_json("/api/devices/V5").await;
     assert_eq!(detail.summary.latest[0].value, 8.0);
+
+    // A client with an empty id is told the one the server chose.
+    let mut o = Options5::new("", server.mqtt.ip().to_string(), server.mqtt.port());
+    o.set_credentials("V5", secret.as_str());
+    let (_c, mut events) = Client5::new(o, 10);
+    let assigned = loop {
+        if let Event5::Incoming(Packet5::ConnAck(ack)) = events.poll().await.expect("connects") {
+            break ack.properties.and_then(|p| p.assigned_client_identifier);
+        }
+    };
+    assert!(
+        assigned
+            .as_deref()
+            .is_some_and(|id| id.starts_with("sightline-")),
+        "{assigned:?}"
+    );
     let other: DeviceDetail = server.get_json("/api/devices/Other").await;
     assert!(other.series.is_empty());
     server.stop().await.expect("clean shutdown");

@@ -109,7 +109,12 @@ pub enum Goodbye {
 /// A packet to a device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outbound {
-    ConnAck(ConnectCode),
+    /// `assigned_id` is the client id the server chose for a client that
+    /// sent an empty one; MQTT 5 clients are told it.
+    ConnAck {
+        code: ConnectCode,
+        assigned_id: Option<String>,
+    },
     /// `stored` is false when none of the message could be used (MQTT 5
     /// then says "payload format invalid"; 3.1.1 has no way to say it).
     PubAck {
@@ -126,9 +131,10 @@ pub enum Outbound {
         pkid: u16,
         granted: Vec<bool>,
     },
+    /// One entry per filter: whether it was subscribed before.
     UnsubAck {
         pkid: u16,
-        filters: usize,
+        existed: Vec<bool>,
     },
     PingResp,
     Publish {
@@ -324,7 +330,7 @@ fn from_v5(packet: v5::Packet) -> Result<Inbound, ReadError> {
 fn to_v4(packet: Outbound) -> Option<v4::Packet> {
     use v4::ConnectReturnCode as Code;
     Some(match packet {
-        Outbound::ConnAck(code) => v4::Packet::ConnAck(v4::ConnAck::new(
+        Outbound::ConnAck { code, .. } => v4::Packet::ConnAck(v4::ConnAck::new(
             match code {
                 ConnectCode::Accepted => Code::Success,
                 ConnectCode::BadClientId => Code::BadClientId,
@@ -362,7 +368,7 @@ fn to_v4(packet: Outbound) -> Option<v4::Packet> {
 fn to_v5(packet: Outbound) -> v5::Packet {
     use v5::ConnectReturnCode as Code;
     match packet {
-        Outbound::ConnAck(code) => v5::Packet::ConnAck(v5::ConnAck {
+        Outbound::ConnAck { code, assigned_id } => v5::Packet::ConnAck(v5::ConnAck {
             session_present: false,
             code: match code {
                 ConnectCode::Accepted => Code::Success,
@@ -371,7 +377,29 @@ fn to_v5(packet: Outbound) -> v5::Packet {
                 ConnectCode::BadCredentials => Code::BadUserNamePassword,
                 ConnectCode::NotAuthorized => Code::NotAuthorized,
             },
-            properties: None,
+            // Say what the edge does not do, so that clients do not try:
+            // no shared subscriptions, no subscription identifiers, and (by
+            // leaving the topic alias maximum out, which means 0) no
+            // topic aliases.
+            properties: (code == ConnectCode::Accepted).then(|| v5::ConnAckProperties {
+                session_expiry_interval: None,
+                receive_max: None,
+                max_qos: None,
+                retain_available: None,
+                max_packet_size: None,
+                assigned_client_identifier: assigned_id,
+                topic_alias_max: None,
+                reason_string: None,
+                user_properties: Vec::new(),
+                wildcard_subscription_available: None,
+                subscription_identifiers_available: Some(0),
+                shared_subscription_available: Some(0),
+                server_keep_alive: None,
+                response_information: None,
+                server_reference: None,
+                authentication_method: None,
+                authentication_data: None,
+            }),
         }),
         Outbound::PubAck { pkid, stored } => v5::Packet::PubAck(v5::PubAck {
             pkid,
@@ -410,9 +438,18 @@ fn to_v5(packet: Outbound) -> v5::Packet {
                 .collect(),
             properties: None,
         }),
-        Outbound::UnsubAck { pkid, filters } => v5::Packet::UnsubAck(v5::UnsubAck {
+        Outbound::UnsubAck { pkid, existed } => v5::Packet::UnsubAck(v5::UnsubAck {
             pkid,
-            reasons: vec![v5::UnsubAckReason::Success; filters],
+            reasons: existed
+                .into_iter()
+                .map(|was| {
+                    if was {
+                        v5::UnsubAckReason::Success
+                    } else {
+                        v5::UnsubAckReason::NoSubscriptionExisted
+                    }
+                })
+                .collect(),
             properties: None,
         }),
         Outbound::PingResp => v5::Packet::PingResp(v5::PingResp),

@@ -231,7 +231,11 @@ pub(super) async fn run<S>(
             edge.metrics.refuse(kind, device.as_deref());
             log_refusal(&peer, &connect, code);
             let mut out = BytesMut::new();
-            if version.write(&mut out, Outbound::ConnAck(code)).is_ok() {
+            let refusal = Outbound::ConnAck {
+                code,
+                assigned_id: None,
+            };
+            if version.write(&mut out, refusal).is_ok() {
                 let _ = send(&mut wr, &out).await;
             }
             return;
@@ -247,7 +251,7 @@ pub(super) async fn run<S>(
         device: String::new(),
         session_id,
         client_id: if connect.client_id.is_empty() {
-            format!("#{session_id}")
+            format!("sightline-{session_id}")
         } else {
             connect.client_id.clone()
         },
@@ -260,6 +264,7 @@ pub(super) async fn run<S>(
         out: BytesMut::new(),
         pending: VecDeque::new(),
         link: None,
+        subscribed: std::collections::HashSet::new(),
         link_name: format!("device-{session_id}"),
         bucket: Bucket::new(edge.settings.max_publish_rate),
         ended_because: String::new(),
@@ -267,7 +272,13 @@ pub(super) async fn run<S>(
     if let Some(device) = device {
         session.bind(device);
     }
-    session.say(Outbound::ConnAck(ConnectCode::Accepted));
+    session.say(Outbound::ConnAck {
+        code: ConnectCode::Accepted,
+        assigned_id: connect
+            .client_id
+            .is_empty()
+            .then(|| session.client_id.clone()),
+    });
     let end = match session.flush(&mut wr).await {
         Ok(()) => session.serve(&mut rd, &mut wr, inbuf, &stop).await,
         Err(_) => End::SocketClosed,
@@ -466,6 +477,8 @@ struct Session<'a> {
     pending: VecDeque<Owed>,
     /// The device's link to the router, made at its first SUBSCRIBE.
     link: Option<(LinkTx, LinkRx)>,
+    /// The filters granted so far, as the device wrote them.
+    subscribed: std::collections::HashSet<String>,
     link_name: String,
     bucket: Bucket,
     ended_because: String,
@@ -776,7 +789,10 @@ impl Session<'_> {
             let ok = match allowed {
                 Some(broker_filter) => match self.link_tx() {
                     Some(tx) => match tx.subscribe(broker_filter) {
-                        Ok(_) => true,
+                        Ok(_) => {
+                            self.subscribed.insert(filter.clone());
+                            true
+                        }
                         Err(e) => {
                             tracing::warn!(device = %self.device, "cannot subscribe in the router: {e}");
                             false
@@ -796,17 +812,17 @@ impl Session<'_> {
     }
 
     fn unsubscribe(&mut self, pkid: u16, filters: &[String]) {
-        for topic in filters.iter().filter(|_| !self.device.is_empty()) {
-            if let (Some(filter), Some((tx, _))) =
-                (acl::subscribe(&self.device, topic), self.link.as_mut())
+        let mut existed = Vec::with_capacity(filters.len());
+        for topic in filters {
+            let was = self.subscribed.remove(topic);
+            if let (true, Some(filter), Some((tx, _))) =
+                (was, acl::subscribe(&self.device, topic), self.link.as_mut())
             {
                 let _ = tx.unsubscribe(filter);
             }
+            existed.push(was);
         }
-        self.say(Outbound::UnsubAck {
-            pkid,
-            filters: filters.len(),
-        });
+        self.say(Outbound::UnsubAck { pkid, existed });
     }
 
     /// The device's router link, made on first use.
