@@ -98,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices", get(devices).post(add_device))
         .route("/api/devices/{id}", get(device))
         .route("/api/devices/{id}/enabled", put(set_enabled))
+        .route("/api/devices/{id}/export", get(crate::export::export))
         .with_state(state.clone());
     let ws = Router::new()
         .route("/ws", get(live::websocket))

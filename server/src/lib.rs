@@ -11,7 +11,8 @@
 //!   releases QoS 1 acknowledgements and hands the batch to live push.
 //! - [`live`]: fans batches and [`presence`] changes out to browsers over
 //!   WebSockets.
-//! - [`http`]: the dashboard pages, static assets, JSON API and `/ws`.
+//! - [`http`]: the dashboard pages, static assets, JSON API and `/ws`;
+//!   [`export`] streams raw readings as CSV or NDJSON.
 //!
 //! Beside them, [`broker`] (rumqttd's router) carries commands to devices.
 //! Around them: [`config`] (layered settings), [`metrics`] (counters),
@@ -22,6 +23,7 @@ pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod edge;
+pub mod export;
 pub mod http;
 pub mod ingest;
 pub mod live;

@@ -21,7 +21,7 @@ use server::metrics::read_value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::{next_matching, test_config, wait_for, Scratch, TestServer};
+use common::{next_matching, spawn_server, test_config, wait_for, Scratch, TestServer};
 
 /// Devices must log in: open registration is off, as in production.
 fn closed_config(scratch: &Scratch) -> Config {
@@ -873,56 +873,12 @@ impl Counting {
     }
 }
 
-/// Starts `sightline serve` as a child process and returns it with its
-/// HTTP and MQTT addresses, read from its log.
-async fn spawn_server(db_url: &str) -> (tokio::process::Child, SocketAddr, SocketAddr) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sightline"))
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--mqtt-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--database-url", db_url, "--open-registration"])
-        .args(["--max-publish-rate", "1000000"])
-        .env("NO_COLOR", "1")
-        .env("SIGHTLINE_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start sightline");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let (mut http, mut mqtt) = (None, None);
-    let addr_after = |line: &str, marker: &str| -> Option<SocketAddr> {
-        let rest = &line[line.find(marker)? + marker.len()..];
-        let addr: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-            .collect();
-        addr.parse().ok()
-    };
-    while http.is_none() || mqtt.is_none() {
-        let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
-            .await
-            .expect("server log in time")
-            .expect("read log")
-            .expect("server still running");
-        http = http.or(addr_after(&line, "dashboard on http://"));
-        mqtt = mqtt.or(addr_after(&line, "over MQTT on "));
-    }
-    // Keep draining the log so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, http.expect("http"), mqtt.expect("mqtt"))
-}
-
 #[tokio::test]
 async fn every_acknowledged_reading_survives_kill_9() {
     let scratch = Scratch::new();
     let url = scratch.sqlite_url();
-    let (mut server, _, mqtt) = spawn_server(&url).await;
+    let fast = ["--max-publish-rate", "1000000"];
+    let (mut server, _, mqtt) = spawn_server(&url, &fast).await;
     let device = Counting::start(mqtt, "Durable");
     let publisher = {
         let client = device.client.clone();
@@ -968,7 +924,7 @@ async fn every_acknowledged_reading_survives_kill_9() {
     drop(lock);
     let acked = device.acked.lock().expect("lock").clone();
 
-    let (_restarted, http, _) = spawn_server(&url).await;
+    let (_restarted, http, _) = spawn_server(&url, &fast).await;
     let response = reqwest::get(format!("http://{http}/api/devices/Durable"))
         .await
         .expect("request");

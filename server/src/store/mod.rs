@@ -313,6 +313,68 @@ impl Store {
         registry::is_secured(&self.db, id).await
     }
 
+    /// The series of device `name` as `(series id, metric)`, only `metric`
+    /// if given, ordered by metric; `None` if the device is unknown.
+    pub async fn series_of(
+        &self,
+        name: &str,
+        metric: Option<&str>,
+    ) -> Result<Option<Vec<(i64, String)>>, StoreError> {
+        let Some(d) = device::Entity::find()
+            .filter(device::Column::Name.eq(name))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut query = series::Entity::find()
+            .select_only()
+            .column(series::Column::Id)
+            .column(series::Column::Metric)
+            .filter(series::Column::DeviceId.eq(d.id))
+            .order_by_asc(series::Column::Metric);
+        if let Some(metric) = metric {
+            query = query.filter(series::Column::Metric.eq(metric));
+        }
+        Ok(Some(query.into_tuple().all(&self.db).await?))
+    }
+
+    /// Up to `limit` readings of one series with `from <= ts <= to`, in
+    /// `(ts, id)` order, after the reading `after` (a `(ts, id)` pair) if
+    /// given, as `(ts, id, value)`. Paging by key rather than by offset
+    /// keeps every page an index range scan, however deep the export.
+    pub async fn readings_page(
+        &self,
+        series_id: i64,
+        from: i64,
+        to: i64,
+        after: Option<(i64, i64)>,
+        limit: u64,
+    ) -> Result<Vec<(i64, i64, f64)>, StoreError> {
+        use sea_orm::Condition;
+        let mut query = reading::Entity::find()
+            .select_only()
+            .column(reading::Column::Ts)
+            .column(reading::Column::Id)
+            .column(reading::Column::Value)
+            .filter(reading::Column::SeriesId.eq(series_id))
+            .filter(reading::Column::Ts.lte(to))
+            .order_by_asc(reading::Column::Ts)
+            .order_by_asc(reading::Column::Id)
+            .limit(limit);
+        query = match after {
+            None => query.filter(reading::Column::Ts.gte(from)),
+            Some((ts, id)) => query.filter(
+                Condition::any().add(reading::Column::Ts.gt(ts)).add(
+                    Condition::all()
+                        .add(reading::Column::Ts.eq(ts))
+                        .add(reading::Column::Id.gt(id)),
+                ),
+            ),
+        };
+        Ok(query.into_tuple().all(&self.db).await?)
+    }
+
     /// How many readings are stored in all.
     pub async fn count_readings(&self) -> Result<u64, StoreError> {
         Ok(reading::Entity::find().count(&self.db).await?)

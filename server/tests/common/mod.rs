@@ -265,3 +265,51 @@ pub async fn next_matching<T>(ws: &mut Ws, mut pick: impl FnMut(ServerMsg) -> Op
     .await
     .expect("expected live message in time")
 }
+
+/// Starts `sightline serve` as a child process and returns it with its
+/// HTTP and MQTT addresses, read from its log. `extra` goes to `serve`.
+pub async fn spawn_server(
+    db_url: &str,
+    extra: &[&str],
+) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sightline"))
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--database-url", db_url, "--open-registration"])
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .env("SIGHTLINE_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start sightline");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut http, mut mqtt) = (None, None);
+    let addr_after = |line: &str, marker: &str| -> Option<SocketAddr> {
+        let rest = &line[line.find(marker)? + marker.len()..];
+        let addr: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+            .collect();
+        addr.parse().ok()
+    };
+    while http.is_none() || mqtt.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+            .await
+            .expect("server log in time")
+            .expect("read log")
+            .expect("server still running");
+        http = http.or(addr_after(&line, "dashboard on http://"));
+        mqtt = mqtt.or(addr_after(&line, "over MQTT on "));
+    }
+    // Keep draining the log so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, http.expect("http"), mqtt.expect("mqtt"))
+}
