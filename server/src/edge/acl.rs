@@ -31,9 +31,13 @@ pub fn publish(device: &str, topic: &str) -> Option<Telemetry> {
     if topic == THINGSBOARD_TELEMETRY {
         return Some(Telemetry::ThingsBoard);
     }
-    let rest = topic.strip_prefix("sensor/")?;
-    let owner = rest.split('/').next().unwrap_or_default();
-    (owner == device).then_some(Telemetry::Sensor)
+    (sensor_owner(topic)? == device).then_some(Telemetry::Sensor)
+}
+
+/// The device a `sensor/<id>[/…]` topic names, whether or not it is a
+/// valid id; `None` for any other topic.
+pub fn sensor_owner(topic: &str) -> Option<&str> {
+    topic.strip_prefix("sensor/")?.split('/').next()
 }
 
 /// Checks a SUBSCRIBE filter from `device` and returns the filter to use in

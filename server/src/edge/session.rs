@@ -528,11 +528,7 @@ impl Session<'_> {
     /// Binds an anonymous client (open registration) to the device its
     /// first `sensor/<id>` publish names, unless that name has a secret.
     async fn bind_by_topic(&mut self, topic: &str) -> bool {
-        let Some(owner) = topic
-            .strip_prefix("sensor/")
-            .and_then(|rest| rest.split('/').next())
-            .filter(|owner| valid_name(owner))
-        else {
+        let Some(owner) = acl::sensor_owner(topic).filter(|owner| valid_name(owner)) else {
             return false;
         };
         match self.edge.store.is_secured(owner).await {

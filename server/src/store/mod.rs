@@ -217,11 +217,7 @@ impl Store {
         name: &str,
         from: i64,
     ) -> Result<Option<(DeviceSummary, Vec<MetricSeries>)>, StoreError> {
-        let Some(d) = device::Entity::find()
-            .filter(device::Column::Name.eq(name))
-            .one(&self.db)
-            .await?
-        else {
+        let Some(d) = registry::find(&self.db, name).await? else {
             return Ok(None);
         };
         let all_series = series::Entity::find()
@@ -320,11 +316,7 @@ impl Store {
         name: &str,
         metric: Option<&str>,
     ) -> Result<Option<Vec<(i64, String)>>, StoreError> {
-        let Some(d) = device::Entity::find()
-            .filter(device::Column::Name.eq(name))
-            .one(&self.db)
-            .await?
-        else {
+        let Some(d) = registry::find(&self.db, name).await? else {
             return Ok(None);
         };
         let mut query = series::Entity::find()

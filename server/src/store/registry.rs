@@ -190,7 +190,11 @@ pub async fn is_secured(db: &DatabaseConnection, id: &str) -> Result<bool, Store
         .is_some_and(|d| d.secret_hash.is_some() || d.disabled))
 }
 
-async fn find(db: &DatabaseConnection, id: &str) -> Result<Option<device::Model>, StoreError> {
+/// The device named `id`, if any.
+pub(super) async fn find(
+    db: &DatabaseConnection,
+    id: &str,
+) -> Result<Option<device::Model>, StoreError> {
     Ok(device::Entity::find()
         .filter(device::Column::Name.eq(id))
         .one(db)
