@@ -66,6 +66,16 @@ enum Role {
 /// which cost more than the inserts themselves (see BENCHMARKS.md).
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
+/// Each reader connection's SQLite page cache, in KiB. The bundled SQLite
+/// is built with `SQLITE_ENABLE_MEMORY_MANAGEMENT`, which pools every
+/// connection's page cache into one: the pool may hold as many pages as all
+/// connections' budgets together (the writer's [`WRITER_CACHE_KIB`] plus
+/// eight of these, 80 MiB), and any connection may use them. So the first
+/// large read (a 1M-row export, say) grows the server by up to that much,
+/// and later reads recycle those pages: memory is bounded by configuration,
+/// not by the size of a query. See `a_million_row_export_runs_in_flat_server_memory`.
+const READER_CACHE_KIB: i64 = 2 * 1024;
+
 /// Pages of WAL after which the writer itself checkpoints. The default
 /// (1,000 pages, 4 MiB) checkpointed after nearly every large batch,
 /// copying the same hot index pages again and again inside the writer's
@@ -108,7 +118,7 @@ async fn connect(url: &str, role: Role) -> Result<DatabaseConnection, DbErr> {
                 // reading INSERTs fit well within 16.
                 .statement_cache_capacity(STATEMENT_CACHE);
             match role {
-                Role::Readers => o,
+                Role::Readers => o.pragma("cache_size", (-READER_CACHE_KIB).to_string()),
                 // The writer only ever inserts readings under series ids it
                 // has just created or read back, so checking the foreign
                 // key of every row would be pure cost; deletes run on
