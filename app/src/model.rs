@@ -85,6 +85,60 @@ pub struct MetricSeries {
     pub points: Vec<(EpochMs, f64)>,
 }
 
+/// One bucket of a history chart: what the readings in `[start, end)`
+/// amount to. Raw readings come back as buckets of one, with `end` one
+/// millisecond after `start`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub start: EpochMs,
+    pub end: EpochMs,
+    /// When the first and last readings in the bucket were taken.
+    pub first: EpochMs,
+    pub last: EpochMs,
+    pub count: i64,
+    pub min: f64,
+    pub max: f64,
+    pub avg: f64,
+}
+
+/// Where a series' buckets were computed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// Every reading, unaggregated: the range held few enough.
+    Raw,
+    /// Buckets aggregated from raw readings (steps under a minute).
+    RawBuckets,
+    /// Buckets aggregated from the 1-minute rollups.
+    #[serde(rename = "rollup_1m")]
+    Rollup1m,
+    /// Buckets aggregated from the 15-minute rollups.
+    #[serde(rename = "rollup_15m")]
+    Rollup15m,
+}
+
+/// One metric's history at chart resolution, oldest bucket first. Buckets
+/// without readings are left out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BucketSeries {
+    pub metric: String,
+    pub resolution: Resolution,
+    pub buckets: Vec<Bucket>,
+}
+
+/// The answer to `GET /api/devices/{id}/series`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeriesResponse {
+    pub device: String,
+    pub from: EpochMs,
+    pub to: EpochMs,
+    /// The IANA time zone the bucket boundaries follow.
+    pub tz: String,
+    /// The usual bucket length, in milliseconds.
+    pub step_ms: i64,
+    pub series: Vec<BucketSeries>,
+}
+
 /// Everything the device page needs to render before live updates arrive.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeviceDetail {

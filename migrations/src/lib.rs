@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_readings;
 mod m20261129_000002_device_credentials;
+mod m20261129_000003_rollups;
 
 /// Applies every migration in order.
 #[derive(Debug)]
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261129_000001_readings::Migration),
             Box::new(m20261129_000002_device_credentials::Migration),
+            Box::new(m20261129_000003_rollups::Migration),
         ]
     }
 }

@@ -99,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices/{id}", get(device))
         .route("/api/devices/{id}/enabled", put(set_enabled))
         .route("/api/devices/{id}/export", get(crate::export::export))
+        .route("/api/devices/{id}/series", get(crate::history::series))
         .with_state(state.clone());
     let ws = Router::new()
         .route("/ws", get(live::websocket))

@@ -12,6 +12,7 @@
 //! - [`live`]: fans batches and [`presence`] changes out to browsers over
 //!   WebSockets.
 //! - [`http`]: the dashboard pages, static assets, JSON API and `/ws`;
+//!   [`history`] answers chart queries at any range from rollups, and
 //!   [`export`] streams raw readings as CSV or NDJSON.
 //!
 //! Beside them, [`broker`] (rumqttd's router) carries commands to devices.
@@ -24,6 +25,7 @@ pub mod broker;
 pub mod config;
 pub mod edge;
 pub mod export;
+pub mod history;
 pub mod http;
 pub mod ingest;
 pub mod live;

@@ -4,6 +4,7 @@
 
 mod entity;
 pub mod registry;
+pub mod rollup;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -25,8 +26,12 @@ use entity::{device, reading, series};
 /// bounds a page load even for a device publishing far faster than 1 Hz.
 pub const MAX_HISTORY_POINTS: u64 = app::api::MAX_SERIES_POINTS as u64;
 
-/// Prepared statements cached per connection.
+/// Prepared statements cached per reader connection.
 const STATEMENT_CACHE: usize = 16;
+
+/// Prepared statements cached on the writer's connection: its five reading
+/// INSERTs and four upserts per rollup level, with room for registrations.
+const WRITER_STATEMENT_CACHE: usize = 32;
 
 /// How storage could fail.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +95,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 async fn connect(url: &str, role: Role) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
-    let pool = if role == Role::Writer { 1 } else { 8 };
+    let (pool, statements) = match role {
+        Role::Writer => (1, WRITER_STATEMENT_CACHE),
+        Role::Readers => (8, STATEMENT_CACHE),
+    };
     options
         // sea-orm limits SQLite to one connection unless told otherwise;
         // WAL lets page reads run beside the writer.
@@ -116,7 +124,7 @@ async fn connect(url: &str, role: Role) -> Result<DatabaseConnection, DbErr> {
                 // size; sqlx's default of 100 cached statements per
                 // connection held hundreds of megabytes. The writer's five
                 // reading INSERTs fit well within 16.
-                .statement_cache_capacity(STATEMENT_CACHE);
+                .statement_cache_capacity(statements);
             match role {
                 Role::Readers => o.pragma("cache_size", (-READER_CACHE_KIB).to_string()),
                 // The writer only ever inserts readings under series ids it
@@ -130,7 +138,7 @@ async fn connect(url: &str, role: Role) -> Result<DatabaseConnection, DbErr> {
                     .pragma("temp_store", "memory"),
             }
         })
-        .map_sqlx_postgres_opts(|o: PgConnectOptions| o.statement_cache_capacity(STATEMENT_CACHE));
+        .map_sqlx_postgres_opts(move |o: PgConnectOptions| o.statement_cache_capacity(statements));
     Database::connect(options).await
 }
 
@@ -375,6 +383,41 @@ impl Store {
             ),
         };
         Ok(query.into_tuple().all(&self.db).await?)
+    }
+
+    /// Up to `limit` readings of one series with `from <= ts <= to`, oldest
+    /// first, as `(ts, value)`.
+    pub async fn raw_points(
+        &self,
+        series_id: i64,
+        from: i64,
+        to: i64,
+        limit: u64,
+    ) -> Result<Vec<(i64, f64)>, StoreError> {
+        Ok(reading::Entity::find()
+            .select_only()
+            .column(reading::Column::Ts)
+            .column(reading::Column::Value)
+            .filter(reading::Column::SeriesId.eq(series_id))
+            .filter(reading::Column::Ts.gte(from))
+            .filter(reading::Column::Ts.lte(to))
+            .order_by_asc(reading::Column::Ts)
+            .order_by_asc(reading::Column::Id)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Summaries of one series over consecutive buckets; see
+    /// [`rollup::aggregate`].
+    pub async fn aggregate(
+        &self,
+        series_id: i64,
+        source: rollup::Source,
+        bounds: &[i64],
+    ) -> Result<Vec<(usize, rollup::Summary)>, StoreError> {
+        Ok(rollup::aggregate(&self.db, series_id, source, bounds).await?)
     }
 
     /// How many readings are stored in all.

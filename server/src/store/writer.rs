@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::entity::{device, reading, series};
-use super::StoreError;
+use super::{rollup, StoreError};
 use crate::live::{Hub, LiveBatch};
 use crate::metrics::Metrics;
 
@@ -155,6 +155,9 @@ pub struct Writer {
     series: HashMap<i64, HashMap<String, i64>>,
     /// The INSERT text for each of [`INSERT_SIZES`], built once by sea-orm.
     insert_sql: Vec<(usize, String)>,
+    /// For each rollup level, the upsert text for each of
+    /// [`rollup::UPSERT_SIZES`].
+    upsert_sql: Vec<(rollup::Level, Vec<(usize, String)>)>,
 }
 
 impl Writer {
@@ -172,11 +175,22 @@ impl Writer {
                 (n, reading::Entity::insert_many(rows).build(backend).sql)
             })
             .collect();
+        let upsert_sql = rollup::LEVELS
+            .iter()
+            .map(|&level| {
+                let sizes = rollup::UPSERT_SIZES
+                    .iter()
+                    .map(|&n| (n, rollup::upsert_sql(backend, level, n)))
+                    .collect();
+                (level, sizes)
+            })
+            .collect();
         Self {
             db,
             devices: HashMap::new(),
             series: HashMap::new(),
             insert_sql,
+            upsert_sql,
         }
     }
 
@@ -226,6 +240,25 @@ impl Writer {
                 }
                 txn.execute_raw(Statement::from_sql_and_values(backend, sql.clone(), values))
                     .await?;
+            }
+        }
+        // The rollups change in the same transaction, so they always agree
+        // with the readings: a chart read from rollups and an export of the
+        // raw rows can never tell different stories.
+        for (level, sizes) in &self.upsert_sql {
+            let summaries = rollup::summarise(&rows, level.width_ms);
+            let mut rest = summaries.as_slice();
+            for (size, sql) in sizes {
+                while rest.len() >= *size {
+                    let (chunk, tail) = rest.split_at(*size);
+                    rest = tail;
+                    txn.execute_raw(Statement::from_sql_and_values(
+                        backend,
+                        sql.clone(),
+                        rollup::upsert_values(chunk),
+                    ))
+                    .await?;
+                }
             }
         }
         txn.commit().await?;

@@ -1,0 +1,229 @@
+//! The series API against a real database: every bucket it returns, from
+//! whichever rollup or from raw readings, must agree exactly with the raw
+//! readings it covers (count, min, max, first and last time), on SQLite
+//! over real HTTP and on PostgreSQL when CI provides one.
+
+mod common;
+
+use app::model::{Reading, Resolution, SeriesResponse};
+use chrono_tz::Tz;
+use server::history::{self, SeriesRequest};
+use server::store::Store;
+
+use common::{test_config, Scratch, TestServer};
+
+/// 2026-01-01 00:00 UTC.
+const T0: i64 = 1_767_225_600_000;
+const MINUTE: i64 = 60_000;
+const DAY: i64 = 24 * 60 * MINUTE;
+
+/// A small deterministic generator, so failures reproduce.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+}
+
+/// Three days of readings of `temp` for `device` at irregular intervals of
+/// 1-13 s, with a spike, written in shuffled batches so that rollups are
+/// built by merging across batches and out of order. Returns them sorted.
+async fn seed(store: &Store, device: &str) -> Vec<(i64, f64)> {
+    let mut rng = Lcg(7);
+    let mut readings = Vec::new();
+    let mut ts = T0 + 1234;
+    while ts < T0 + 3 * DAY {
+        let value = (rng.next() % 10_000) as f64 / 100.0 - 20.0;
+        readings.push((ts, value));
+        ts += 1_000 + (rng.next() % 12_000) as i64;
+    }
+    let spike = readings.len() / 3;
+    readings[spike].1 = 1e6;
+    let mut shuffled = readings.clone();
+    for i in (1..shuffled.len()).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        shuffled.swap(i, j);
+    }
+    let mut writer = store.writer();
+    for batch in shuffled.chunks(4_000) {
+        let batch: Vec<Reading> = batch
+            .iter()
+            .map(|&(ts, value)| Reading {
+                device: device.into(),
+                metric: "temp".into(),
+                ts,
+                value,
+            })
+            .collect();
+        writer.write(&batch).await.expect("write");
+    }
+    readings
+}
+
+/// Checks every bucket of `response` against the raw readings; returns the
+/// resolution used.
+fn check(response: &SeriesResponse, raw: &[(i64, f64)], what: &str) -> Resolution {
+    assert_eq!(response.series.len(), 1, "{what}");
+    let series = &response.series[0];
+    assert!(!series.buckets.is_empty(), "{what}: no buckets");
+    assert!(
+        series.buckets.windows(2).all(|w| w[0].end <= w[1].start),
+        "{what}: buckets in order, not overlapping"
+    );
+    for b in &series.buckets {
+        let inside: Vec<f64> = raw
+            .iter()
+            .filter(|(ts, _)| b.start <= *ts && *ts < b.end)
+            .map(|&(_, v)| v)
+            .collect();
+        let min = inside.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = inside.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let first = raw.iter().find(|(ts, _)| b.start <= *ts).map(|r| r.0);
+        let last = raw.iter().rev().find(|(ts, _)| *ts < b.end).map(|r| r.0);
+        assert_eq!(b.count, inside.len() as i64, "{what}: count of {b:?}");
+        assert_eq!((b.min, b.max), (min, max), "{what}: extremes of {b:?}");
+        assert_eq!(
+            (Some(b.first), Some(b.last)),
+            (first, last),
+            "{what}: {b:?}"
+        );
+        let avg = inside.iter().sum::<f64>() / inside.len() as f64;
+        assert!(
+            (b.avg - avg).abs() < 1e-6 * avg.abs().max(1.0),
+            "{what}: avg"
+        );
+    }
+    // Every reading of the requested range is in some bucket.
+    let in_range = raw
+        .iter()
+        .filter(|(ts, _)| response.from <= *ts && *ts <= response.to)
+        .count() as i64;
+    let covered: i64 = series
+        .buckets
+        .iter()
+        .map(|b| {
+            raw.iter()
+                .filter(|(ts, _)| b.start <= *ts && *ts < b.end)
+                .filter(|(ts, _)| response.from <= *ts && *ts <= response.to)
+                .count() as i64
+        })
+        .sum();
+    assert_eq!(covered, in_range, "{what}: coverage");
+    series.resolution
+}
+
+/// The requests that exercise each source: (from, to, points, tz, expected).
+fn cases() -> Vec<(i64, i64, usize, &'static str, Resolution)> {
+    vec![
+        (T0, T0 + 3 * DAY, 1000, "UTC", Resolution::Rollup1m),
+        (T0, T0 + 3 * DAY, 50, "Europe/Berlin", Resolution::Rollup15m),
+        (T0, T0 + 3 * DAY, 3, "Asia/Kathmandu", Resolution::Rollup15m),
+        (
+            T0 + DAY,
+            T0 + DAY + 2 * 60 * MINUTE,
+            100,
+            "America/New_York",
+            Resolution::Rollup1m,
+        ),
+        (
+            T0 + DAY,
+            T0 + DAY + 10 * MINUTE,
+            50,
+            "UTC",
+            Resolution::RawBuckets,
+        ),
+        (
+            T0 + DAY,
+            T0 + DAY + 10 * MINUTE,
+            1000,
+            "UTC",
+            Resolution::Raw,
+        ),
+    ]
+}
+
+async fn check_all(store: &Store, device: &str, raw: &[(i64, f64)]) {
+    for (from, to, points, tz, want) in cases() {
+        let request = SeriesRequest {
+            metrics: None,
+            from,
+            to,
+            points,
+            tz: tz.parse::<Tz>().expect("zone"),
+        };
+        let what = format!("{from}..{to} at {points} in {tz}");
+        let response = history::load(store, device, &request)
+            .await
+            .expect("query")
+            .expect("known device");
+        assert!(response.series[0].buckets.len() <= points, "{what}");
+        assert_eq!(check(&response, raw, &what), want, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn buckets_from_rollups_agree_with_raw_readings_over_http() {
+    let scratch = Scratch::new();
+    let url = scratch.sqlite_url();
+    let store = Store::open(&url).await.expect("open");
+    let raw = seed(&store, "Hist").await;
+    check_all(&store, "Hist", &raw).await;
+
+    let server = TestServer::start(test_config(&url)).await;
+    // A year view of three days of data: the spike is the maximum of
+    // exactly one bucket, and the API reports its resolution and step.
+    let year: SeriesResponse = server
+        .get_json(&format!(
+            "/api/devices/Hist/series?metric=temp&from={T0}&to={}&points=1000&tz=Europe/Berlin",
+            T0 + 365 * DAY
+        ))
+        .await;
+    assert_eq!(year.tz, "Europe/Berlin");
+    assert_eq!(year.step_ms, 12 * 60 * MINUTE);
+    assert_eq!(check(&year, &raw, "year"), Resolution::Rollup15m);
+    let spikes = year.series[0]
+        .buckets
+        .iter()
+        .filter(|b| b.max == 1e6)
+        .count();
+    assert_eq!(spikes, 1);
+    // Buckets start at Berlin's midnight and noon.
+    assert!(year.series[0]
+        .buckets
+        .iter()
+        .all(|b| (b.start + 60 * MINUTE).rem_euclid(12 * 60 * MINUTE) == 0));
+
+    for (path, want) in [
+        ("/api/devices/Nobody/series", 404),
+        ("/api/devices/Hist/series?points=0", 400),
+        ("/api/devices/Hist/series?tz=Nowhere%2FCity", 400),
+        ("/api/devices/Hist/series?from=9&to=3", 400),
+        ("/api/devices/Hist/series?metric=%3Cb%3E", 400),
+        ("/api/devices/Hist/series?from=soon", 400),
+    ] {
+        assert_eq!(server.get(path).await.expect("request").0, want, "{path}");
+    }
+    let none: SeriesResponse = server
+        .get_json("/api/devices/Hist/series?metric=nothing")
+        .await;
+    assert!(none.series.is_empty());
+    server.stop().await.expect("clean shutdown");
+}
+
+/// The same checks on PostgreSQL, whose upsert and aggregate SQL differ.
+#[tokio::test]
+async fn buckets_from_rollups_agree_with_raw_readings_on_postgres() {
+    let Ok(url) = std::env::var("SIGHTLINE_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: SIGHTLINE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let store = Store::open(&url).await.expect("open postgres");
+    let device = format!("Hist-{}", std::process::id());
+    let raw = seed(&store, &device).await;
+    check_all(&store, &device, &raw).await;
+}
