@@ -238,6 +238,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     opts.watch = args.watch.unwrap_or(opts.watch);
     opts.serve_args = args.serve_args;
     opts.keep = args.keep;
+    if opts.scenario == Scenario::History {
+        let report = bench::history::run(&opts).await?;
+        print!("{report}");
+        return Ok(());
+    }
     let report = bench::run(&opts).await?;
     print!("{}", report.render(&opts));
     Ok(())

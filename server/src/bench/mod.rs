@@ -7,6 +7,11 @@
 //!
 //! The server runs in its own process so that its RSS is its own, not the
 //! load generator's, and so that it is exactly the binary users run.
+//!
+//! The issue-5 scenario, chart query times over a year of data, is in
+//! [`history`].
+
+pub mod history;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +44,9 @@ pub enum Scenario {
     /// 1,000 WebSocket viewers, each watching 10 devices, at 10,000
     /// readings/s.
     Viewers,
+    /// Series API times for 1 h, 24 h, 30 d and 1 y windows over a year of
+    /// 1-minute readings (see [`history`]).
+    History,
 }
 
 /// A fully resolved benchmark run.
@@ -99,6 +107,8 @@ impl BenchOptions {
                 watch: 10,
                 ..base
             },
+            // Only `keep` and `serve_args` apply.
+            Scenario::History => base,
         }
     }
 
@@ -380,12 +390,12 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> 
     })
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(l.local_addr()?)
 }
 
-async fn start_server(
+pub(crate) async fn start_server(
     opts: &BenchOptions,
     dir: &Path,
     http: SocketAddr,
@@ -424,7 +434,7 @@ async fn start_server(
 
 /// Asks the server to shut down gracefully (it stores everything it has
 /// received first) and waits for it.
-async fn stop_server(server: &mut Child) -> anyhow::Result<()> {
+pub(crate) async fn stop_server(server: &mut Child) -> anyhow::Result<()> {
     if let Some(pid) = server.id() {
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
