@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::store::retention::Retention;
+
 /// Everything `sightline serve` needs to run.
 #[derive(Clone, PartialEq)]
 pub struct Config {
@@ -69,6 +71,11 @@ pub struct Config {
     /// production and not settable from outside; tests use it to make
     /// ingest outpace storage and check that overload is counted.
     pub write_pause: std::time::Duration,
+    /// How long raw readings are kept; older ones are deleted in the
+    /// background, and charts of that time come from rollups.
+    pub retain_raw: Retention,
+    /// How long 1-minute and 15-minute rollups are kept.
+    pub retain_rollups: Retention,
 }
 
 impl Default for Config {
@@ -94,6 +101,8 @@ impl Default for Config {
             writer_queue: 500_000,
             viewer_buffer_bytes: 1024 * 1024,
             write_pause: std::time::Duration::ZERO,
+            retain_raw: Retention::FOREVER,
+            retain_rollups: Retention::FOREVER,
         }
     }
 }
@@ -123,6 +132,8 @@ impl fmt::Debug for Config {
             .field("writer_queue", &self.writer_queue)
             .field("viewer_buffer_bytes", &self.viewer_buffer_bytes)
             .field("write_pause", &self.write_pause)
+            .field("retain_raw", &self.retain_raw)
+            .field("retain_rollups", &self.retain_rollups)
             .finish()
     }
 }
@@ -172,6 +183,8 @@ pub struct FileConfig {
     batch_max: Option<usize>,
     writer_queue: Option<usize>,
     viewer_buffer_bytes: Option<usize>,
+    retain_raw: Option<Retention>,
+    retain_rollups: Option<Retention>,
 }
 
 /// Flags of `sightline serve`. Each one may also come from its environment
@@ -244,6 +257,12 @@ pub struct ServeArgs {
     /// Bytes of live updates that may wait for one slow viewer before updates are skipped and it is told [default: 1048576].
     #[arg(long, env = "SIGHTLINE_VIEWER_BUFFER_BYTES", value_name = "BYTES")]
     pub viewer_buffer_bytes: Option<usize>,
+    /// How long raw readings are kept, such as 30d or 12w; older ones are deleted in the background and charts use rollups [default: forever].
+    #[arg(long, env = "SIGHTLINE_RETAIN_RAW", value_name = "DURATION")]
+    pub retain_raw: Option<Retention>,
+    /// How long 1-minute and 15-minute rollups are kept, such as 5y; at least --retain-raw [default: forever].
+    #[arg(long, env = "SIGHTLINE_RETAIN_ROLLUPS", value_name = "DURATION")]
+    pub retain_rollups: Option<Retention>,
 }
 
 /// Why the configuration could not be assembled.
@@ -294,7 +313,9 @@ impl ServeArgs {
             demo_devices,
             batch_max,
             writer_queue,
-            viewer_buffer_bytes
+            viewer_buffer_bytes,
+            retain_raw,
+            retain_rollups
         );
         // The certificate paths are optional in `Config` too, so they are
         // layered as options.
@@ -353,6 +374,19 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "max_publish_rate",
                 why: "must be a positive number",
+            });
+        }
+        // Rollups are what charts of pruned periods are drawn from, so they
+        // must outlive the raw readings.
+        let outlives = match (self.retain_rollups.as_millis(), self.retain_raw.as_millis()) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(rollups), Some(raw)) => rollups >= raw,
+        };
+        if !outlives {
+            return Err(ConfigError::Invalid {
+                name: "retain_rollups",
+                why: "must be at least as long as retain_raw",
             });
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {

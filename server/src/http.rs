@@ -35,6 +35,9 @@ pub struct AppState {
     /// Live device sessions, so that disabling a device disconnects it.
     pub sessions: Arc<Sessions>,
     pub live: Live,
+    /// How long raw readings are kept, so that history queries of older
+    /// periods go to rollups.
+    pub retain_raw: crate::store::retention::Retention,
 }
 
 /// What an API call can fail with. Clients see a short, fixed message; the

@@ -189,6 +189,16 @@ pub async fn run(
         let stop = background.clone();
         tokio::spawn(async move { store.checkpoints(stop).await })
     };
+    let retention = {
+        let store = store.clone();
+        let stop = background.clone();
+        let policy = store::retention::Policy {
+            raw: config.retain_raw,
+            rollups: config.retain_rollups,
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move { store.retention(policy, metrics, stop).await })
+    };
     let presence = Arc::new(Presence::default());
     let presence_task = {
         let presence = presence.clone();
@@ -258,6 +268,7 @@ pub async fn run(
         metrics: metrics.clone(),
         presence: presence.clone(),
         sessions,
+        retain_raw: config.retain_raw,
         live: live::Live {
             hub,
             presence: presence.clone(),
@@ -353,6 +364,7 @@ pub async fn run(
     }
     background.cancel();
     let _ = checkpoints.await;
+    let _ = retention.await;
     let _ = presence_task.await;
     while http_tasks.join_next().await.is_some() {}
     drop(broker);

@@ -94,6 +94,9 @@ pub struct Metrics {
     pub stored: AtomicU64,
     pub rejected: AtomicU64,
     pub dropped: AtomicU64,
+    /// Raw readings and rollup rows deleted by retention.
+    pub pruned_readings: AtomicU64,
+    pub pruned_rollups: AtomicU64,
     pub edge: EdgeCounters,
     /// WebSocket viewers currently connected.
     pub viewers: AtomicU64,
@@ -121,6 +124,8 @@ impl Default for Metrics {
             stored: AtomicU64::default(),
             rejected: AtomicU64::default(),
             dropped: AtomicU64::default(),
+            pruned_readings: AtomicU64::default(),
+            pruned_rollups: AtomicU64::default(),
             edge: EdgeCounters::default(),
             viewers: AtomicU64::default(),
             live_skipped: AtomicU64::default(),
@@ -219,6 +224,18 @@ impl Metrics {
                 "counter",
                 "Valid readings dropped because the writer was saturated.",
                 get(&self.dropped),
+            ),
+            (
+                "sightline_pruned_readings_total",
+                "counter",
+                "Raw readings deleted by retention (--retain-raw).",
+                get(&self.pruned_readings),
+            ),
+            (
+                "sightline_pruned_rollups_total",
+                "counter",
+                "Rollup rows deleted by retention (--retain-rollups).",
+                get(&self.pruned_rollups),
             ),
             (
                 "sightline_viewers",

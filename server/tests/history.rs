@@ -155,6 +155,7 @@ async fn check_all(store: &Store, device: &str, raw: &[(i64, f64)]) {
             to,
             points,
             tz: tz.parse::<Tz>().expect("zone"),
+            raw_since: None,
         };
         let what = format!("{from}..{to} at {points} in {tz}");
         let response = history::load(store, device, &request)
@@ -226,4 +227,121 @@ async fn buckets_from_rollups_agree_with_raw_readings_on_postgres() {
     let device = format!("Hist-{}", std::process::id());
     let raw = seed(&store, &device).await;
     check_all(&store, &device, &raw).await;
+}
+
+/// The value of counter `name` on the server's `/metrics` page.
+async fn counter(server: &TestServer, name: &str) -> u64 {
+    server
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Retention deletes old raw readings and older rollups in the background,
+/// in chunks, while a QoS 1 device keeps publishing: every publish is
+/// stored, none waits long for its acknowledgement, and charts of the
+/// pruned period still come from rollups.
+#[tokio::test]
+async fn retention_prunes_in_the_background_while_ingest_continues() {
+    let scratch = Scratch::new();
+    let url = scratch.sqlite_url();
+    let now = server::ingest::now_ms();
+    let store = Store::open(&url).await.expect("open");
+    let mut writer = store.writer();
+    // 100 days at one reading every 20 s: 432,000 readings, 70% of them
+    // older than the 30-day raw retention.
+    let start = now - 100 * DAY;
+    let all: Vec<i64> = (0..432_000).map(|i| start + i * 20_000).collect();
+    for chunk in all.chunks(50_000) {
+        let batch: Vec<Reading> = chunk
+            .iter()
+            .map(|&ts| Reading {
+                device: "Old".into(),
+                metric: "temp".into(),
+                ts,
+                value: 1.0,
+            })
+            .collect();
+        writer.write(&batch).await.expect("seed");
+    }
+    drop(writer);
+    let raw_cutoff = now - 30 * DAY;
+    let expired = all.iter().filter(|&&ts| ts < raw_cutoff).count() as u64;
+
+    let mut config = test_config(&url);
+    config.retain_raw = "30d".parse().expect("retention");
+    config.retain_rollups = "60d".parse().expect("retention");
+    let server = TestServer::start(config).await;
+    let device = server.device("Fresh").await;
+    let mut slowest = std::time::Duration::ZERO;
+    let (mut sent, mut during) = (0u64, 0u64);
+    let began = std::time::Instant::now();
+    while counter(&server, "sightline_pruned_readings_total").await == 0
+        || began.elapsed() < std::time::Duration::from_secs(1)
+    {
+        assert!(began.elapsed().as_secs() < 60, "pruning never finished");
+        let pruning = counter(&server, "sightline_pruned_readings_total").await == 0;
+        let t = std::time::Instant::now();
+        device.publish("sensor/Fresh/temp", format!("{sent}")).await;
+        sent += 1;
+        while device.acked.load(std::sync::atomic::Ordering::Relaxed) < sent {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        slowest = slowest.max(t.elapsed());
+        during += u64::from(pruning);
+    }
+    println!("{during} of {sent} publishes acknowledged during pruning; slowest {slowest:?}");
+    assert!(during >= 10, "the test must publish while pruning runs");
+    assert!(
+        slowest < std::time::Duration::from_millis(100),
+        "a publish waited {slowest:?} for its acknowledgement"
+    );
+    // The server's clock ran on a little after ours, which may expire a
+    // few more readings (one per 20 s).
+    let pruned = counter(&server, "sightline_pruned_readings_total").await;
+    assert!(
+        (expired..expired + 10).contains(&pruned),
+        "{pruned} of {expired}"
+    );
+
+    // Raw readings older than 30 days are gone; the rest are all there.
+    let series = store
+        .series_of("Old", Some("temp"))
+        .await
+        .expect("query")
+        .expect("device");
+    let old = store
+        .raw_points(series[0].0, start, raw_cutoff - 1, 10)
+        .await
+        .expect("query");
+    assert!(old.is_empty(), "{old:?}");
+    let kept = store
+        .raw_points(series[0].0, start, now, 1_000_000)
+        .await
+        .expect("query");
+    assert_eq!(kept.len() as u64, all.len() as u64 - pruned);
+    // 40-50 days ago is drawn from rollups; 70-100 days ago is gone.
+    let path =
+        |from: i64, to: i64| format!("/api/devices/Old/series?from={from}&to={to}&points=100");
+    let mid: SeriesResponse = server.get_json(&path(now - 50 * DAY, now - 40 * DAY)).await;
+    assert_eq!(mid.series[0].resolution, Resolution::Rollup15m);
+    let counted: i64 = mid.series[0].buckets.iter().map(|b| b.count).sum();
+    assert!(counted >= 43_000, "10 days of rollups, {counted} readings");
+    // Even a short window there, which would otherwise ask for raw
+    // readings, is answered from the 1-minute rollups.
+    let short: SeriesResponse = server
+        .get_json(&path(now - 45 * DAY, now - 45 * DAY + 10 * MINUTE))
+        .await;
+    assert_eq!(short.series[0].resolution, Resolution::Rollup1m);
+    assert!(short.series[0].buckets.len() >= 9, "{short:?}");
+    let ancient: SeriesResponse = server.get_json(&path(start, now - 70 * DAY)).await;
+    assert!(ancient.series[0].buckets.is_empty());
+
+    let c: app::model::Counters = server.get_json("/api/stats").await;
+    assert_eq!((c.stored, c.dropped), (sent, 0));
+    device.disconnect().await;
+    server.stop().await.expect("clean shutdown");
 }

@@ -81,15 +81,15 @@ pub const STEPS: &[Step] = &[
     Step::Months(12_000),
 ];
 
-/// The finest step that covers `[from, to]` in at most `max_buckets`
-/// buckets, with its boundaries: `bounds[0] <= from`, `to < bounds[last]`,
-/// and bucket `i` is `[bounds[i], bounds[i + 1])`.
-pub fn plan(tz: Tz, from: i64, to: i64, max_buckets: usize) -> (Step, Vec<i64>) {
+/// The finest step of at least `min_step_ms` that covers `[from, to]` in at
+/// most `max_buckets` buckets, with its boundaries: `bounds[0] <= from`,
+/// `to < bounds[last]`, and bucket `i` is `[bounds[i], bounds[i + 1])`.
+pub fn plan(tz: Tz, from: i64, to: i64, max_buckets: usize, min_step_ms: i64) -> (Step, Vec<i64>) {
     let span = to.saturating_sub(from).max(1);
     let budget = i64::try_from(max_buckets.max(1)).unwrap_or(i64::MAX);
     for &step in STEPS {
         // Cheap rejection first: a step this short cannot fit.
-        if step.nominal_ms().saturating_mul(budget) < span {
+        if step.nominal_ms() < min_step_ms || step.nominal_ms().saturating_mul(budget) < span {
             continue;
         }
         if let Some(bounds) = boundaries(step, tz, from, to, max_buckets) {
@@ -331,7 +331,7 @@ mod tests {
         for (name, offset_minutes) in [("Asia/Kolkata", 330), ("Asia/Kathmandu", 345)] {
             let tz: Tz = name.parse().expect("zone");
             let from = at(tz, "2026-01-10 07:20");
-            let (step, bounds) = plan(tz, from, from + 30 * DAY, 40);
+            let (step, bounds) = plan(tz, from, from + 30 * DAY, 40, 0);
             assert_eq!(step, Step::Days(1));
             assert!(bounds.iter().all(|&b| local(tz, b).contains(" 00:00 ")));
             // Local midnight is a whole number of 15-minute UTC buckets, so
@@ -356,13 +356,13 @@ mod tests {
             (365 * DAY, Step::Clock(12 * HOUR)),
         ];
         for (span, want) in cases {
-            let (step, bounds) = plan(tz, t0, t0 + span - 1, 1000);
+            let (step, bounds) = plan(tz, t0, t0 + span - 1, 1000, 0);
             assert_eq!(step, want, "span {span}");
             assert!(bounds.len() - 1 <= 1000);
             check_cover(&bounds, t0, t0 + span - 1);
         }
         // A century in ten buckets at most.
-        let (step, bounds) = plan(tz, t0, t0 + 100 * 366 * DAY, 10);
+        let (step, bounds) = plan(tz, t0, t0 + 100 * 366 * DAY, 10, 0);
         assert!(bounds.len() - 1 <= 10, "{step:?}");
     }
 
@@ -388,10 +388,10 @@ mod tests {
 
     #[test]
     fn the_extremes_of_the_accepted_range_terminate() {
-        let (_, bounds) = plan(chrono_tz::Pacific::Chatham, MIN_TS, MAX_TS, 1000);
+        let (_, bounds) = plan(chrono_tz::Pacific::Chatham, MIN_TS, MAX_TS, 1000, 0);
         check_cover(&bounds, MIN_TS, MAX_TS);
         assert!(bounds.len() - 1 <= 1000);
-        let (_, bounds) = plan(chrono_tz::UTC, 5, 5, 1);
+        let (_, bounds) = plan(chrono_tz::UTC, 5, 5, 1, 0);
         check_cover(&bounds, 5, 5);
     }
 }

@@ -57,6 +57,9 @@ pub struct SeriesRequest {
     pub to: i64,
     pub points: usize,
     pub tz: Tz,
+    /// Where raw readings begin to be complete: retention has deleted those
+    /// before it. `None` when raw readings are kept forever.
+    pub raw_since: Option<i64>,
 }
 
 impl SeriesRequest {
@@ -97,7 +100,15 @@ impl SeriesRequest {
             to,
             points,
             tz,
+            raw_since: None,
         })
+    }
+}
+
+impl SeriesRequest {
+    /// Whether every raw reading of the range is still stored.
+    pub fn raw_complete(&self) -> bool {
+        self.raw_since.is_none_or(|since| self.from >= since)
     }
 }
 
@@ -108,7 +119,9 @@ pub async fn series(
     query: Result<Query<SeriesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SeriesResponse>, HttpError> {
     let Query(q) = query.map_err(|e| HttpError::BadRequest(e.body_text()))?;
-    let request = SeriesRequest::parse(q, now_ms())?;
+    let now = now_ms();
+    let mut request = SeriesRequest::parse(q, now)?;
+    request.raw_since = state.retain_raw.cutoff(now);
     Ok(Json(
         load(&state.store, &id, &request)
             .await?
@@ -125,7 +138,20 @@ pub async fn load(
     let Some(all) = store.series_of(id, None).await? else {
         return Ok(None);
     };
-    let (step, bounds) = buckets::plan(request.tz, request.from, request.to, request.points);
+    // Where retention has deleted raw readings, only rollups know the
+    // data, so buckets are at least a minute wide.
+    let min_step = if request.raw_complete() {
+        0
+    } else {
+        LEVELS[0].width_ms
+    };
+    let (step, bounds) = buckets::plan(
+        request.tz,
+        request.from,
+        request.to,
+        request.points,
+        min_step,
+    );
     let mut series = Vec::new();
     for (series_id, metric) in all {
         if let Some(wanted) = &request.metrics {
@@ -161,10 +187,14 @@ async fn history_of(
     // Asking for one reading more than fits tells "few" from "many" with a
     // bounded read, whatever the size of the range.
     let limit = u64::try_from(request.points).unwrap_or(u64::MAX) + 1;
-    let raw = store
-        .raw_points(series_id, request.from, request.to, limit)
-        .await?;
-    if raw.len() <= request.points {
+    let raw = if request.raw_complete() {
+        store
+            .raw_points(series_id, request.from, request.to, limit)
+            .await?
+    } else {
+        Vec::new()
+    };
+    if request.raw_complete() && raw.len() <= request.points {
         let buckets = raw
             .into_iter()
             .map(|(ts, value)| Bucket {
@@ -229,15 +259,15 @@ mod tests {
     fn sources_follow_the_step_and_the_alignment_of_every_boundary() {
         let utc = Tz::UTC;
         let t0 = 1_767_225_600_000;
-        let (step, bounds) = buckets::plan(utc, t0, t0 + 365 * 24 * 60 * MINUTE, 1000);
+        let (step, bounds) = buckets::plan(utc, t0, t0 + 365 * 24 * 60 * MINUTE, 1000, 0);
         assert_eq!(choose_source(step, &bounds).0, Resolution::Rollup15m);
-        let (step, bounds) = buckets::plan(utc, t0, t0 + 24 * 60 * MINUTE, 1000);
+        let (step, bounds) = buckets::plan(utc, t0, t0 + 24 * 60 * MINUTE, 1000, 0);
         assert_eq!(choose_source(step, &bounds).0, Resolution::Rollup1m);
-        let (step, bounds) = buckets::plan(utc, t0, t0 + 60 * MINUTE, 1000);
+        let (step, bounds) = buckets::plan(utc, t0, t0 + 60 * MINUTE, 1000, 0);
         assert_eq!(choose_source(step, &bounds).0, Resolution::RawBuckets);
         // Kathmandu's midnight is 18:15 UTC: 15-minute rollups still fit.
         let tz: Tz = "Asia/Kathmandu".parse().expect("zone");
-        let (step, bounds) = buckets::plan(tz, t0, t0 + 365 * 24 * 60 * MINUTE, 1000);
+        let (step, bounds) = buckets::plan(tz, t0, t0 + 365 * 24 * 60 * MINUTE, 1000, 0);
         assert_eq!(choose_source(step, &bounds).0, Resolution::Rollup15m);
     }
 
@@ -256,7 +286,7 @@ mod tests {
         let fifteen = summarise(&rows, 15 * MINUTE);
         assert_eq!(fifteen.len(), 35_040);
         let tz: Tz = "America/New_York".parse().expect("zone");
-        let (step, bounds) = buckets::plan(tz, t0, t0 + 365 * 24 * 60 * MINUTE, 1000);
+        let (step, bounds) = buckets::plan(tz, t0, t0 + 365 * 24 * 60 * MINUTE, 1000, 0);
         assert!(
             matches!(choose_source(step, &bounds).1, Source::Rollup(l) if l.width_ms == 15 * MINUTE)
         );

@@ -4,6 +4,7 @@
 
 mod entity;
 pub mod registry;
+pub mod retention;
 pub mod rollup;
 pub mod writer;
 
@@ -418,6 +419,28 @@ impl Store {
         bounds: &[i64],
     ) -> Result<Vec<(usize, rollup::Summary)>, StoreError> {
         Ok(rollup::aggregate(&self.db, series_id, source, bounds).await?)
+    }
+
+    /// Deletes what `policy` no longer keeps at time `now`; see
+    /// [`retention::prune`].
+    pub async fn prune(
+        &self,
+        policy: retention::Policy,
+        now: i64,
+    ) -> Result<retention::Pruned, StoreError> {
+        let stop = tokio_util::sync::CancellationToken::new();
+        Ok(retention::prune(&self.db, policy, now, &stop).await?)
+    }
+
+    /// Applies `policy` in the background until `stop` fires; see
+    /// [`retention::run`].
+    pub async fn retention(
+        &self,
+        policy: retention::Policy,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        retention::run(self.db.clone(), policy, metrics, stop).await;
     }
 
     /// How many readings are stored in all.

@@ -1,0 +1,292 @@
+//! Retention: a background task deletes raw readings older than
+//! `--retain-raw` and rollups older than `--retain-rollups`, so that charts
+//! of old periods still work (from rollups) while the disk stays bounded.
+//!
+//! Deletes run one series at a time in chunks of [`CHUNK_ROWS`], each its
+//! own short transaction on a reader connection, with a pause between
+//! chunks. On SQLite a delete needs the single write lock, so one large
+//! DELETE would hold the writer (and with it every QoS 1 acknowledgement)
+//! for seconds; chunks hold it for milliseconds at a time.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::rollup::LEVELS;
+use crate::metrics::Metrics;
+
+/// Rows deleted per statement.
+pub const CHUNK_ROWS: i64 = 5_000;
+
+/// The pause between chunks, which is when the writer gets its turn.
+const CHUNK_PAUSE: Duration = Duration::from_millis(20);
+
+/// How often a pruning pass runs (the first runs at start).
+const PASS_EVERY: Duration = Duration::from_secs(60);
+
+/// How long data is kept: a duration such as `30d`, or forever.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct Retention(Option<i64>);
+
+impl Retention {
+    /// Keep everything.
+    pub const FOREVER: Self = Self(None);
+
+    /// A retention of `ms` milliseconds.
+    pub fn millis(ms: i64) -> Self {
+        Self(Some(ms))
+    }
+
+    /// The oldest timestamp kept at time `now`, if anything is pruned.
+    pub fn cutoff(self, now: i64) -> Option<i64> {
+        self.0.map(|ms| now.saturating_sub(ms))
+    }
+
+    /// The duration in milliseconds; `None` for forever.
+    pub fn as_millis(self) -> Option<i64> {
+        self.0
+    }
+}
+
+/// Why a retention setting could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid retention {0:?}: use a number and a unit (s, m, h, d, w, y), such as 30d, or \"forever\"")]
+pub struct RetentionError(String);
+
+impl FromStr for Retention {
+    type Err = RetentionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        if text.eq_ignore_ascii_case("forever") {
+            return Ok(Self::FOREVER);
+        }
+        let bad = || RetentionError(s.to_owned());
+        let digits = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (number, unit) = text.split_at(digits);
+        let number: i64 = number.parse().map_err(|_| bad())?;
+        let unit_ms: i64 = match unit {
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            // A year of 365.25 days, so that "5y" keeps five calendar years.
+            "y" => 31_557_600_000,
+            _ => return Err(bad()),
+        };
+        match number.checked_mul(unit_ms) {
+            Some(ms) if ms > 0 => Ok(Self(Some(ms))),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl TryFrom<String> for Retention {
+    type Error = RetentionError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("forever"),
+            Some(ms) if ms % 86_400_000 == 0 => write!(f, "{}d", ms / 86_400_000),
+            Some(ms) => write!(f, "{}s", ms / 1_000),
+        }
+    }
+}
+
+/// How long each kind of data is kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub raw: Retention,
+    pub rollups: Retention,
+}
+
+/// What one pruning pass deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub readings: u64,
+    pub rollups: u64,
+}
+
+/// Deletes everything older than the policy allows at time `now`, chunk by
+/// chunk, until done or `stop` fires.
+pub async fn prune(
+    db: &DatabaseConnection,
+    policy: Policy,
+    now: i64,
+    stop: &CancellationToken,
+) -> Result<Pruned, DbErr> {
+    let mut pruned = Pruned::default();
+    let (raw_cutoff, rollup_cutoff) = (policy.raw.cutoff(now), policy.rollups.cutoff(now));
+    if raw_cutoff.is_none() && rollup_cutoff.is_none() {
+        return Ok(pruned);
+    }
+    let backend = db.get_database_backend();
+    let ids: Vec<i64> = db
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT id FROM series ORDER BY id",
+        ))
+        .await?
+        .iter()
+        .filter_map(|row| row.try_get::<i64>("", "id").ok())
+        .collect();
+    let mut tables: Vec<(&str, &str, i64)> = Vec::new();
+    if let Some(cutoff) = raw_cutoff {
+        tables.push(("reading", "ts", cutoff));
+    }
+    if let Some(cutoff) = rollup_cutoff {
+        for level in LEVELS {
+            tables.push((level.table, "bucket", cutoff));
+        }
+    }
+    for series_id in ids {
+        for &(table, key, cutoff) in &tables {
+            loop {
+                if stop.is_cancelled() {
+                    return Ok(pruned);
+                }
+                let deleted = delete_chunk(db, table, key, series_id, cutoff).await?;
+                if table == "reading" {
+                    pruned.readings += deleted;
+                } else {
+                    pruned.rollups += deleted;
+                }
+                if deleted == 0 {
+                    break;
+                }
+                tokio::time::sleep(CHUNK_PAUSE).await;
+            }
+        }
+    }
+    Ok(pruned)
+}
+
+/// Deletes up to about [`CHUNK_ROWS`] of the oldest rows of one series in
+/// `table` with `key < cutoff`, and returns how many went. The chunk ends
+/// at the key of its last row, found through the `(series_id, key)` index,
+/// which works alike on both databases and on tables without row ids.
+async fn delete_chunk(
+    db: &DatabaseConnection,
+    table: &str,
+    key: &str,
+    series_id: i64,
+    cutoff: i64,
+) -> Result<u64, DbErr> {
+    let backend = db.get_database_backend();
+    let p = |n: usize| match backend {
+        sea_orm::DatabaseBackend::Postgres => format!("${n}"),
+        _ => "?".to_owned(),
+    };
+    let end = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            format!(
+                "SELECT {key} AS k FROM {table} WHERE series_id = {} AND {key} < {} \
+                 ORDER BY {key} LIMIT 1 OFFSET {}",
+                p(1),
+                p(2),
+                CHUNK_ROWS - 1
+            ),
+            [Value::BigInt(Some(series_id)), Value::BigInt(Some(cutoff))],
+        ))
+        .await?
+        .and_then(|row| row.try_get::<i64>("", "k").ok());
+    // Past the chunk's last key, or up to the cutoff if fewer rows remain.
+    let (op, bound) = match end {
+        Some(k) => ("<=", k),
+        None => ("<", cutoff),
+    };
+    let result = db
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            format!(
+                "DELETE FROM {table} WHERE series_id = {} AND {key} {op} {}",
+                p(1),
+                p(2)
+            ),
+            [Value::BigInt(Some(series_id)), Value::BigInt(Some(bound))],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// Prunes at start and then every [`PASS_EVERY`] until `stop` fires.
+pub async fn run(
+    db: DatabaseConnection,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    if policy == Policy::default() {
+        return;
+    }
+    tracing::info!(
+        "retention: raw readings {}, rollups {}",
+        policy.raw,
+        policy.rollups
+    );
+    loop {
+        match prune(&db, policy, crate::ingest::now_ms(), &stop).await {
+            Ok(p) => {
+                Metrics::add(&metrics.pruned_readings, p.readings);
+                Metrics::add(&metrics.pruned_rollups, p.rollups);
+                if p != Pruned::default() {
+                    tracing::info!(
+                        "retention: deleted {} readings and {} rollup rows",
+                        p.readings,
+                        p.rollups
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("retention pass failed, retrying later: {e}"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(PASS_EVERY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_reads_units_and_forever() {
+        assert_eq!(
+            "30d".parse::<Retention>().ok(),
+            Some(Retention::millis(30 * 86_400_000))
+        );
+        assert_eq!(
+            "90m".parse::<Retention>().ok(),
+            Some(Retention::millis(90 * 60_000))
+        );
+        assert_eq!(
+            "forever".parse::<Retention>().ok(),
+            Some(Retention::FOREVER)
+        );
+        assert_eq!(
+            "5y".parse::<Retention>()
+                .ok()
+                .and_then(Retention::as_millis),
+            Some(5 * 31_557_600_000)
+        );
+        for bad in ["", "30", "d", "0d", "-1d", "3 weeks", "99999999999999y"] {
+            assert!(bad.parse::<Retention>().is_err(), "{bad:?}");
+        }
+        assert_eq!(Retention::millis(30 * 86_400_000).to_string(), "30d");
+        assert_eq!(Retention::FOREVER.cutoff(1_000), None);
+        assert_eq!(Retention::millis(400).cutoff(1_000), Some(600));
+    }
+}
