@@ -16,7 +16,10 @@ function server(name: string, http: number, mqtt: number) {
     command:
       `mkdir -p ${scratch} && rm -f ${db} ${db}-wal ${db}-shm && exec ${bin} serve ` +
       `--http-addr 127.0.0.1:${http} --mqtt-addr 127.0.0.1:${mqtt} ` +
-      `--database-url "sqlite://${db}?mode=rwc" --site-root ${siteRoot} --open-registration`,
+      `--database-url "sqlite://${db}?mode=rwc" --site-root ${siteRoot} --open-registration ` +
+      // timeline.spec.ts imports a day of history as fast as
+      // mosquitto_pub sends it, far above the per-device default of 1,000/s.
+      `--max-publish-rate 100000`,
     url: `http://127.0.0.1:${http}/api/health`,
     reuseExistingServer: false,
     timeout: 30_000,

@@ -3,7 +3,7 @@
 
 use leptos::prelude::*;
 
-use crate::model::{DeviceCredentials, DeviceDetail, Fleet};
+use crate::model::{DeviceCredentials, DeviceDetail, Fleet, SeriesResponse};
 
 /// How much history the device page loads before live updates take over.
 pub const RECENT_WINDOW_MS: i64 = 15 * 60 * 1000;
@@ -21,7 +21,7 @@ mod backend {
     use std::pin::Pin;
     use std::sync::Arc;
 
-    use crate::model::{DeviceCredentials, DeviceDetail, Fleet};
+    use crate::model::{DeviceCredentials, DeviceDetail, Fleet, SeriesResponse};
 
     /// A boxed, sendable future, so the trait stays object-safe.
     pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -38,10 +38,23 @@ mod backend {
             id: String,
             window_ms: i64,
         ) -> BoxFuture<'_, Result<Option<DeviceDetail>, String>>;
+        /// A device's history at chart resolution: `[from, to]`, or the
+        /// last `span` milliseconds when `from`/`to` are absent, in at most
+        /// `points` buckets per metric with boundaries in time zone `tz`.
+        /// `None` if the device is unknown.
+        fn history(
+            &self,
+            id: String,
+            window: HistoryWindow,
+            points: usize,
+            tz: String,
+        ) -> BoxFuture<'_, Result<Option<SeriesResponse>, String>>;
         /// Creates a device and returns its secret, once. The error is a
         /// message for the operator.
         fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, String>>;
     }
+
+    pub use super::HistoryWindow;
 
     /// The form in which the backend is stored in Leptos context.
     pub type SharedBackend = Arc<dyn Backend>;
@@ -58,6 +71,30 @@ pub async fn get_fleet() -> Result<Fleet, ServerFnError> {
 pub async fn get_device(id: String) -> Result<Option<DeviceDetail>, ServerFnError> {
     backend()?
         .device(id, RECENT_WINDOW_MS)
+        .await
+        .map_err(ServerFnError::new)
+}
+
+/// Which period a history request covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HistoryWindow {
+    /// The last `span` milliseconds, ending at the server's now.
+    Last { span: i64 },
+    /// A fixed window, both ends inclusive.
+    Between { from: i64, to: i64 },
+}
+
+/// Loads one device's history at chart resolution; see
+/// [`Backend::history`].
+#[server(prefix = "/_app", endpoint = "history")]
+pub async fn get_history(
+    id: String,
+    window: HistoryWindow,
+    points: usize,
+    tz: String,
+) -> Result<Option<SeriesResponse>, ServerFnError> {
+    backend()?
+        .history(id, window, points, tz)
         .await
         .map_err(ServerFnError::new)
 }

@@ -1,132 +1,341 @@
-//! A live line chart. The server renders a static SVG sketch of the data so
-//! the page shows real values before the WASM loads; once hydrated, an
-//! ECharts canvas (built with charming) takes over and follows new points.
+//! History charts: for each metric, a min/max band with the average line,
+//! from the series API's buckets. The server renders a static SVG sketch of
+//! the averages so the page shows real data before the WASM loads; once
+//! hydrated, an ECharts canvas takes over.
+//!
+//! Zooming asks for a new window rather than magnifying what is loaded, so
+//! a zoomed chart shows finer buckets: dragging across the chart with a
+//! mouse selects a window, and the wheel or a pinch zooms around a point.
+//! Either way the chart calls `on_zoom` with the new window.
 
 use leptos::prelude::*;
 
-use crate::model::EpochMs;
+use crate::model::{Bucket, EpochMs};
 
 /// The sketch's coordinate space; it stretches to the box with CSS.
 const SKETCH_W: f64 = 600.0;
 const SKETCH_H: f64 = 200.0;
 
-/// How often the canvas is redrawn at most. Points arriving in between are
-/// drawn together, so a fast device cannot make the chart (or the browser)
-/// spend all its time redrawing.
+/// How often the canvas is redrawn at most while live readings arrive.
+/// Points arriving in between are drawn together, so a fast device cannot
+/// make the chart (or the browser) spend all its time redrawing.
 #[cfg(feature = "hydrate")]
 const REDRAW_EVERY_MS: u64 = 250;
 
+/// Line colours, one per metric, readable on light and dark backgrounds.
+pub const COLOURS: [&str; 6] = [
+    "#0f9488", "#3b82f6", "#d97706", "#db2777", "#8b5cf6", "#16a34a",
+];
+
+/// One metric on a chart.
+#[derive(Clone, Copy)]
+pub struct Line {
+    pub metric: StoredValue<String>,
+    pub buckets: RwSignal<Vec<Bucket>>,
+    pub colour: &'static str,
+}
+
 #[component]
-pub fn LiveChart(
-    metric: String,
-    points: RwSignal<Vec<(EpochMs, f64)>>,
-    now: RwSignal<EpochMs>,
-    window_ms: i64,
+pub fn HistoryChart(
+    /// Unique on the page; used for the canvas element's id.
+    key: String,
+    lines: Vec<Line>,
+    /// The x axis: the requested window, so an empty stretch shows as such.
+    window: Signal<(EpochMs, EpochMs)>,
+    /// The usual bucket length, for breaking the line across gaps.
+    step_ms: i64,
+    /// Where the buckets came from (`raw`, `rollup_1m`, ...), for tests and
+    /// the curious.
+    resolution: String,
+    /// Called with a new window when the user zooms.
+    on_zoom: Callback<(EpochMs, EpochMs)>,
 ) -> impl IntoView {
-    let dom_id = format!("chart-{metric}");
+    let dom_id = format!("chart-{key}");
     let ready = RwSignal::new(false);
-    let sketch = points.with_untracked(|p| sketch_points(p));
-    let empty = move || points.with(Vec::is_empty);
+    let sketch = lines
+        .first()
+        .map(|l| l.buckets.with_untracked(|b| sketch_points(b)))
+        .unwrap_or_default();
+    let count = {
+        let lines = lines.clone();
+        move || {
+            lines
+                .iter()
+                .map(|l| l.buckets.with(Vec::len))
+                .sum::<usize>()
+        }
+    };
+    let empty = {
+        let count = count.clone();
+        move || count() == 0
+    };
+    // The drag selection, in pixels from the chart's left edge.
+    let selection = RwSignal::new(None::<(f64, f64)>);
+    let node = NodeRef::<leptos::html::Div>::new();
 
     #[cfg(feature = "hydrate")]
-    mount_echarts(dom_id.clone(), metric, points, now, window_ms, ready);
+    let handlers = mount_echarts(
+        dom_id.clone(),
+        node,
+        lines,
+        window,
+        step_ms,
+        ready,
+        on_zoom,
+        selection,
+    );
     #[cfg(not(feature = "hydrate"))]
-    let _ = (now, window_ms);
+    let handlers = {
+        let _ = (window, step_ms, on_zoom, lines, node);
+        Handlers::default()
+    };
+    let Handlers { down, moved, up } = handlers;
 
     view! {
         <div
             class="chart-box"
             class:ready=move || ready.get()
             data-testid="chart"
-            data-points=move || points.with(Vec::len)
+            data-points=count
+            data-step=step_ms
+            data-resolution=resolution
+            on:pointerdown=move |e| down.run(e)
+            on:pointermove=move |e| moved.run(e)
+            on:pointerup=move |e| up.run(e)
+            on:pointercancel=move |_| selection.set(None)
         >
             <svg class="sketch" viewBox=format!("0 0 {SKETCH_W} {SKETCH_H}") preserveAspectRatio="none" aria-hidden="true">
                 <polyline points=sketch fill="none" stroke="currentColor" stroke-width="2" vector-effect="non-scaling-stroke"></polyline>
             </svg>
-            <div class="chart" id=dom_id></div>
+            <div class="chart" id=dom_id node_ref=node></div>
+            {move || selection.get().map(|(a, b)| {
+                let (left, width) = (a.min(b), (a - b).abs());
+                view! { <div class="selection" style=format!("left:{left}px;width:{width}px")></div> }
+            })}
             <Show when=empty>
-                <p class="chart-empty">"No readings in the last 15 minutes."</p>
+                <p class="chart-empty">"No readings in this range."</p>
             </Show>
         </div>
     }
 }
 
-/// Scales points into the sketch's box as an SVG `points` attribute.
-fn sketch_points(points: &[(EpochMs, f64)]) -> String {
-    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+/// The chart box's pointer handlers; no-ops until hydrated.
+#[derive(Clone, Copy)]
+struct Handlers {
+    down: Callback<leptos::ev::PointerEvent>,
+    moved: Callback<leptos::ev::PointerEvent>,
+    up: Callback<leptos::ev::PointerEvent>,
+}
+
+impl Default for Handlers {
+    fn default() -> Self {
+        let nothing = Callback::new(|_: leptos::ev::PointerEvent| {});
+        Self {
+            down: nothing,
+            moved: nothing,
+            up: nothing,
+        }
+    }
+}
+
+/// Scales the buckets' averages into the sketch's box as an SVG `points`
+/// attribute.
+fn sketch_points(buckets: &[Bucket]) -> String {
+    let (Some(first), Some(last)) = (buckets.first(), buckets.last()) else {
         return String::new();
     };
-    let (lo, hi) = points
+    let (lo, hi) = buckets
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, v)| {
-            (lo.min(*v), hi.max(*v))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), b| {
+            (lo.min(b.avg), hi.max(b.avg))
         });
-    let span_t = (last.0 - first.0).max(1) as f64;
+    let span_t = (last.start - first.start).max(1) as f64;
     let span_v = if hi > lo { hi - lo } else { 1.0 };
-    points
+    buckets
         .iter()
-        .map(|(t, v)| {
-            let x = (t - first.0) as f64 / span_t * SKETCH_W;
-            let y = SKETCH_H - 10.0 - (v - lo) / span_v * (SKETCH_H - 20.0);
+        .map(|b| {
+            let x = (b.start - first.start) as f64 / span_t * SKETCH_W;
+            let y = SKETCH_H - 10.0 - (b.avg - lo) / span_v * (SKETCH_H - 20.0);
             format!("{x:.1},{y:.1}")
         })
         .collect::<Vec<_>>()
         .join(" ")
 }
 
+/// Where a bucket is drawn: its middle, or its time for a raw reading.
+pub fn x_of(b: &Bucket) -> EpochMs {
+    if b.end - b.start <= 1 {
+        b.start
+    } else {
+        b.start + (b.end - b.start) / 2
+    }
+}
+
+/// The ECharts option for `lines` over `window`, as JSON. Each metric is
+/// three series: the minimum (invisible), the range above it stacked on
+/// the minimum and filled (the band), and the average. Buckets further
+/// apart than 2.5 steps get a gap (`null`) between them rather than a line
+/// across a stretch with no data.
+pub fn option(
+    lines: &[(String, &'static str, Vec<Bucket>)],
+    window: (EpochMs, EpochMs),
+    step_ms: i64,
+    dark: bool,
+) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let gap = step_ms.saturating_mul(5) / 2;
+    let mut series = Vec::new();
+    for (i, (metric, colour, buckets)) in lines.iter().enumerate() {
+        let (mut lows, mut ranges, mut avgs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut previous: Option<EpochMs> = None;
+        for b in buckets {
+            let x = x_of(b);
+            if previous.is_some_and(|p| x - p > gap.max(1)) {
+                let hole = json!([x - 1, Value::Null]);
+                lows.push(hole.clone());
+                ranges.push(hole.clone());
+                avgs.push(hole);
+            }
+            previous = Some(x);
+            lows.push(json!([x, b.min]));
+            ranges.push(json!([x, b.max - b.min]));
+            avgs.push(json!([x, b.avg]));
+        }
+        let band = format!("band-{i}");
+        let few = buckets.len() < 60;
+        series.push(json!({
+            "type": "line", "name": format!("{metric} min"), "stack": band,
+            "stackStrategy": "all", "data": lows, "symbol": "none",
+            "lineStyle": {"opacity": 0}, "silent": true, "z": 1,
+        }));
+        series.push(json!({
+            "type": "line", "name": format!("{metric} range"), "stack": band,
+            "stackStrategy": "all", "data": ranges, "symbol": "none",
+            "lineStyle": {"opacity": 0}, "silent": true, "z": 1,
+            "areaStyle": {"color": colour, "opacity": 0.22},
+        }));
+        series.push(json!({
+            "type": "line", "name": metric, "data": avgs, "color": colour,
+            "showSymbol": few, "symbolSize": 5, "lineStyle": {"width": 1.5}, "z": 3,
+        }));
+    }
+    let names: Vec<&str> = lines.iter().map(|(m, _, _)| m.as_str()).collect();
+    let text = if dark { "#c9ced8" } else { "#4b5260" };
+    json!({
+        "backgroundColor": "transparent",
+        "animation": false,
+        "textStyle": {"color": text},
+        "grid": {"left": 8, "right": 16, "top": if names.len() > 1 { 30 } else { 12 }, "bottom": 8, "containLabel": true},
+        "legend": {"show": names.len() > 1, "data": names, "top": 0, "textStyle": {"color": text}},
+        "tooltip": {"trigger": "axis", "confine": true},
+        "xAxis": {"type": "time", "min": window.0, "max": window.1, "axisLabel": {"hideOverlap": true, "color": text}},
+        "yAxis": {"type": "value", "scale": true, "axisLabel": {"color": text},
+                  "splitLine": {"lineStyle": {"color": if dark { "#2a2f3a" } else { "#e5e8ee" }}}},
+        "dataZoom": [{
+            "type": "inside", "start": 0, "end": 100, "zoomOnMouseWheel": true,
+            "moveOnMouseMove": false, "moveOnMouseWheel": false, "moveOnTouchMove": false,
+            "preventDefaultMouseMove": false, "filterMode": "none",
+        }],
+        "series": series,
+    })
+}
+
 #[cfg(feature = "hydrate")]
+#[allow(clippy::too_many_arguments)]
 fn mount_echarts(
     dom_id: String,
-    metric: String,
-    points: RwSignal<Vec<(EpochMs, f64)>>,
-    now: RwSignal<EpochMs>,
-    window_ms: i64,
+    node: NodeRef<leptos::html::Div>,
+    lines: Vec<Line>,
+    window: Signal<(EpochMs, EpochMs)>,
+    step_ms: i64,
     ready: RwSignal<bool>,
-) {
+    on_zoom: Callback<(EpochMs, EpochMs)>,
+    selection: RwSignal<Option<(f64, f64)>>,
+) -> Handlers {
     use std::cell::Cell;
     use std::rc::Rc;
     use std::time::Duration;
 
     use charming::WasmRenderer;
     use send_wrapper::SendWrapper;
-    use wasm_bindgen::JsValue;
+    use wasm_bindgen::prelude::*;
+    use wasm_bindgen::JsCast;
 
     let instance = StoredValue::new_local(None::<charming::Echarts>);
     let pending = SendWrapper::new(Rc::new(Cell::new(false)));
+    let dark = ext::prefers_dark();
+    let lines = StoredValue::new(lines);
+    let retry = RwSignal::new(0u32);
 
     // A redraw may be scheduled just before the page navigates away, so
     // every access tolerates signals that have been disposed.
     let draw = move || {
-        let Some(chart) = points.try_with_untracked(|p| {
-            build(
-                &metric,
-                p,
-                now.try_get_untracked().unwrap_or_default(),
-                window_ms,
-            )
+        let Some(data) = lines.try_with_value(|lines| {
+            lines
+                .iter()
+                .filter_map(|l| {
+                    Some((
+                        l.metric.try_get_value()?,
+                        l.colour,
+                        l.buckets.try_get_untracked()?,
+                    ))
+                })
+                .collect::<Vec<_>>()
         }) else {
             return;
         };
-        instance.try_update_value(|slot| match slot {
-            Some(ec) => WasmRenderer::update(ec, &chart),
-            None => {
+        let Some(window) = window.try_get_untracked() else {
+            return;
+        };
+        let Ok(json) = serde_json::to_string(&option(&data, window, step_ms, dark)) else {
+            return;
+        };
+        let Ok(value) = js_sys::JSON::parse(&json) else {
+            return;
+        };
+        ext::set_tooltip_formatter(&value);
+        instance.try_update_value(|slot| {
+            if slot.is_none() {
+                let theme = if dark {
+                    charming::theme::Theme::Dark
+                } else {
+                    charming::theme::Theme::Default
+                };
                 match WasmRenderer::new_opt(None, None)
-                    .theme(theme())
-                    .render(&dom_id, &chart)
+                    .theme(theme)
+                    .render(&dom_id, &charming::Chart::new())
                 {
                     Ok(ec) => {
+                        let zoom = on_zoom;
+                        ext::on_datazoom(&ec, move |from, to| zoom.run((from, to)));
                         *slot = Some(ec);
                         ready.set(true);
                     }
                     Err(e) => leptos::logging::error!("chart {dom_id} failed: {e:?}"),
                 }
             }
+            if let Some(ec) = slot {
+                ext::set_option(ec, &value);
+            }
         });
     };
 
-    Effect::new(move |first: Option<()>| {
-        points.track();
-        if first.is_none() {
+    Effect::new(move |_| {
+        lines.with_value(|lines| lines.iter().for_each(|l| l.buckets.track()));
+        window.track();
+        // A chart built inside a pending transition is not in the document
+        // yet (ECharts needs it there to measure it), so look again shortly.
+        retry.track();
+        if !node.get().is_some_and(|el| el.is_connected()) {
+            set_timeout(
+                move || {
+                    let _ = retry.try_update(|n| *n += 1);
+                },
+                Duration::from_millis(30),
+            );
+            return;
+        }
+        if instance.with_value(Option::is_none) {
             draw();
             return;
         }
@@ -161,70 +370,62 @@ fn mount_echarts(
             }
         });
     });
+
+    // Drag-to-zoom with a mouse. Touch is left to ECharts (pinch) and to
+    // the page (scrolling), so a finger on a chart never traps the page.
+    let x_in_box = |e: &leptos::ev::PointerEvent| -> Option<f64> {
+        let target = e.current_target()?.dyn_into::<web_sys::Element>().ok()?;
+        Some(f64::from(e.client_x()) - target.get_bounding_client_rect().left())
+    };
+    let down = Callback::new(move |e: leptos::ev::PointerEvent| {
+        if e.pointer_type() != "mouse" || e.button() != 0 {
+            return;
+        }
+        if let Some(x) = x_in_box(&e) {
+            selection.set(Some((x, x)));
+        }
+    });
+    let moved = Callback::new(move |e: leptos::ev::PointerEvent| {
+        if selection.with_untracked(Option::is_some) {
+            if let Some(x) = x_in_box(&e) {
+                selection.update(|s| {
+                    if let Some((_, b)) = s {
+                        *b = x;
+                    }
+                });
+            }
+        }
+    });
+    let up = Callback::new(move |_: leptos::ev::PointerEvent| {
+        let Some((a, b)) = selection.get_untracked() else {
+            return;
+        };
+        selection.set(None);
+        // A click is not a zoom.
+        if (a - b).abs() < 8.0 {
+            return;
+        }
+        let picked = instance.with_value(|slot| {
+            let ec = slot.as_ref()?;
+            Some((ext::time_at(ec, a.min(b))?, ext::time_at(ec, a.max(b))?))
+        });
+        if let Some((from, to)) = picked {
+            if to > from {
+                on_zoom.run((from, to));
+            }
+        }
+    });
+    Handlers { down, moved, up }
 }
 
-/// ECharts' own dark theme when the browser prefers dark colours.
-#[cfg(feature = "hydrate")]
-fn theme() -> charming::theme::Theme {
-    let dark = window()
-        .match_media("(prefers-color-scheme: dark)")
-        .ok()
-        .flatten()
-        .is_some_and(|m| m.matches());
-    if dark {
-        charming::theme::Theme::Dark
-    } else {
-        charming::theme::Theme::Default
-    }
-}
-
-/// Builds the ECharts option for one metric over the live window.
-#[cfg(feature = "hydrate")]
-fn build(metric: &str, points: &[(EpochMs, f64)], now: EpochMs, window_ms: i64) -> charming::Chart {
-    use charming::component::{Axis, DataZoom, DataZoomType, Grid};
-    use charming::datatype::{CompositeValue, DataPoint};
-    use charming::element::{AxisType, Symbol, Tooltip, Trigger};
-    use charming::series::Line;
-    use charming::Chart;
-
-    let end = points.last().map_or(now, |(t, _)| (*t).max(now));
-    let data: Vec<DataPoint> = points
-        .iter()
-        .map(|&(t, v)| DataPoint::from(vec![CompositeValue::from(t), CompositeValue::from(v)]))
-        .collect();
-    Chart::new()
-        .background_color("transparent")
-        .tooltip(Tooltip::new().trigger(Trigger::Axis))
-        .grid(
-            Grid::new()
-                .left(8)
-                .right(16)
-                .top(16)
-                .bottom(8)
-                .contain_label(true),
-        )
-        .x_axis(
-            Axis::new()
-                .type_(AxisType::Time)
-                .min(end - window_ms)
-                .max(end),
-        )
-        .y_axis(Axis::new().type_(AxisType::Value).scale(true))
-        .data_zoom(DataZoom::new().type_(DataZoomType::Inside))
-        .animation(false)
-        .series(
-            Line::new()
-                .name(metric)
-                .symbol(Symbol::Circle)
-                .show_symbol(points.len() < 60)
-                .data(data),
-        )
-}
-
-/// ECharts methods that charming does not bind.
+/// ECharts methods that charming does not bind, and what uses them.
 #[cfg(feature = "hydrate")]
 mod ext {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
     use wasm_bindgen::prelude::*;
+    use wasm_bindgen::JsCast;
 
     #[wasm_bindgen]
     extern "C" {
@@ -232,11 +433,106 @@ mod ext {
         type EchartsExt;
         #[wasm_bindgen(method)]
         fn dispose(this: &EchartsExt);
+        #[wasm_bindgen(method, js_name = setOption)]
+        fn set_option_not_merge(this: &EchartsExt, option: &JsValue, not_merge: bool);
+        #[wasm_bindgen(method, js_name = getOption)]
+        fn get_option(this: &EchartsExt) -> JsValue;
+        #[wasm_bindgen(method)]
+        fn on(this: &EchartsExt, event: &str, handler: &js_sys::Function);
+        #[wasm_bindgen(method, js_name = convertFromPixel)]
+        fn convert_from_pixel(this: &EchartsExt, finder: &JsValue, value: f64) -> JsValue;
+    }
+
+    fn ext(ec: &charming::Echarts) -> &EchartsExt {
+        ec.unchecked_ref::<EchartsExt>()
     }
 
     /// Frees the chart's canvas and listeners when its component goes away.
     pub fn dispose(ec: &charming::Echarts) {
-        ec.unchecked_ref::<EchartsExt>().dispose();
+        ext(ec).dispose();
+    }
+
+    /// Replaces the whole option, so series that went away go away.
+    pub fn set_option(ec: &charming::Echarts, option: &JsValue) {
+        ext(ec).set_option_not_merge(option, true);
+    }
+
+    /// The time under pixel `x` of the chart.
+    pub fn time_at(ec: &charming::Echarts, x: f64) -> Option<i64> {
+        let finder = js_sys::Object::new();
+        js_sys::Reflect::set(&finder, &"xAxisIndex".into(), &0.into()).ok()?;
+        ext(ec)
+            .convert_from_pixel(&finder, x)
+            .as_f64()
+            .map(|t| t as i64)
+    }
+
+    /// Calls `zoomed(from, to)` when the wheel or a pinch has changed the
+    /// visible window and then rested for a moment, so one gesture makes
+    /// one request.
+    pub fn on_datazoom(ec: &charming::Echarts, zoomed: impl Fn(i64, i64) + 'static) {
+        let chart: EchartsExt = JsValue::from(ext(ec)).unchecked_into();
+        let timer: Rc<RefCell<Option<i32>>> = Rc::default();
+        let zoomed = Rc::new(zoomed);
+        let handler = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
+            let Some(w) = web_sys::window() else {
+                return;
+            };
+            if let Some(t) = timer.borrow_mut().take() {
+                w.clear_timeout_with_handle(t);
+            }
+            let option = chart.get_option();
+            let window = (|| {
+                let zoom = js_sys::Reflect::get(&option, &"dataZoom".into()).ok()?;
+                let first = js_sys::Reflect::get(&zoom, &0.into()).ok()?;
+                let from = js_sys::Reflect::get(&first, &"startValue".into())
+                    .ok()?
+                    .as_f64()?;
+                let to = js_sys::Reflect::get(&first, &"endValue".into())
+                    .ok()?
+                    .as_f64()?;
+                Some((from as i64, to as i64))
+            })();
+            let Some((from, to)) = window else {
+                return;
+            };
+            let zoomed = zoomed.clone();
+            let fire = Closure::once_into_js(move || zoomed(from, to));
+            *timer.borrow_mut() = w
+                .set_timeout_with_callback_and_timeout_and_arguments_0(fire.unchecked_ref(), 400)
+                .ok();
+        });
+        ext(ec).on("datazoom", handler.as_ref().unchecked_ref());
+        // The chart owns the handler from now on; it lives as long as the
+        // chart, which `dispose` ends.
+        handler.forget();
+    }
+
+    /// Shows each metric's average, minimum and maximum in the tooltip
+    /// instead of ECharts' list of the three series behind it.
+    pub fn set_tooltip_formatter(option: &JsValue) {
+        let formatter = js_sys::Function::new_with_args(
+            "ps",
+            "var t = new Date(ps[0].axisValue).toLocaleString(); var out = [t]; var lo = {};\
+             ps.forEach(function (p) { var n = p.seriesName, v = p.value && p.value[1];\
+               if (v === null || v === undefined) return;\
+               if (/ min$/.test(n)) { lo[n.slice(0, -4)] = v; return; }\
+               if (/ range$/.test(n)) { var m = n.slice(0, -6); lo[m + ' max'] = (lo[m] || 0) + v; return; }\
+               var s = p.marker + n + ': ' + (+v).toFixed(2);\
+               if (lo[n + ' max'] !== undefined && lo[n + ' max'] !== lo[n]) s += ' (' + (+lo[n]).toFixed(2) + ' … ' + (+lo[n + ' max']).toFixed(2) + ')';\
+               out.push(s); });\
+             return out.join('<br>');",
+        );
+        if let Ok(tooltip) = js_sys::Reflect::get(option, &"tooltip".into()) {
+            let _ = js_sys::Reflect::set(&tooltip, &"formatter".into(), &formatter);
+        }
+    }
+
+    /// Whether the browser prefers dark colours.
+    pub fn prefers_dark() -> bool {
+        web_sys::window()
+            .and_then(|w| w.match_media("(prefers-color-scheme: dark)").ok().flatten())
+            .is_some_and(|m| m.matches())
     }
 }
 
@@ -244,13 +540,49 @@ mod ext {
 mod tests {
     use super::*;
 
+    fn bucket(start: i64, end: i64, min: f64, max: f64) -> Bucket {
+        Bucket {
+            start,
+            end,
+            first: start,
+            last: end - 1,
+            count: 2,
+            min,
+            max,
+            avg: (min + max) / 2.0,
+        }
+    }
+
     #[test]
     fn sketch_spans_the_box() {
         assert_eq!(sketch_points(&[]), "");
         assert_eq!(
-            sketch_points(&[(0, 1.0), (10, 3.0)]),
+            sketch_points(&[bucket(0, 10, 1.0, 1.0), bucket(10, 20, 3.0, 3.0)]),
             "0.0,190.0 600.0,10.0"
         );
-        assert_eq!(sketch_points(&[(5, 2.0)]), "0.0,190.0");
+    }
+
+    #[test]
+    fn the_band_stacks_the_range_on_the_minimum_and_gaps_break_lines() {
+        let buckets = vec![
+            bucket(0, 100, -5.0, 1.0),
+            bucket(100, 200, 0.0, 2.0),
+            bucket(1_000, 1_100, 1.0, 1.0),
+        ];
+        let o = option(
+            &[("temp".into(), COLOURS[0], buckets)],
+            (0, 2_000),
+            100,
+            false,
+        );
+        let series = o["series"].as_array().expect("series");
+        assert_eq!(series.len(), 3);
+        assert_eq!(series[0]["stack"], series[1]["stack"]);
+        assert_eq!(series[0]["data"][0], serde_json::json!([50, -5.0]));
+        assert_eq!(series[1]["data"][0], serde_json::json!([50, 6.0]));
+        // 150 -> 1050 is more than 2.5 steps: a null between them.
+        assert_eq!(series[2]["data"].as_array().expect("data").len(), 4);
+        assert!(series[2]["data"][2][1].is_null());
+        assert_eq!(o["xAxis"]["min"], 0);
     }
 }

@@ -57,9 +57,39 @@ pub fn status(summary: &DeviceSummary) -> String {
     }
 }
 
+/// A time as `2026-11-29 19:30 UTC`. Pages show it where server and
+/// browser must render the same text; charts show local time.
+pub fn utc_minute(ts: EpochMs) -> String {
+    let minutes = ts.div_euclid(60_000);
+    let (days, minute_of_day) = (minutes.div_euclid(1440), minutes.rem_euclid(1440));
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        minute_of_day / 60,
+        minute_of_day % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_utc_minutes() {
+        assert_eq!(utc_minute(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_minute(1_767_225_600_000), "2026-01-01 00:00 UTC");
+        assert_eq!(utc_minute(951_782_400_000 + 59_999), "2000-02-29 00:00 UTC");
+        assert_eq!(utc_minute(-60_000), "1969-12-31 23:59 UTC");
+    }
 
     #[test]
     fn formats_values() {

@@ -5,7 +5,9 @@
 //! - [`api`]: server functions that feed the pages, and the [`api::Backend`]
 //!   trait the server implements (so this crate never sees the database).
 //! - [`pages`]: the fleet overview and the device page.
-//! - [`chart`]: a live line chart drawn with charming (ECharts).
+//! - [`chart`]: history charts (min/max band and average) drawn with
+//!   charming (ECharts), with zoom.
+//! - [`range`]: the device page's time range and its URL form.
 //! - [`live`]: the browser's WebSocket client.
 //! - [`format`]: number and time formatting that is identical on both sides.
 
@@ -19,6 +21,7 @@ pub mod format;
 pub mod live;
 pub mod model;
 pub mod pages;
+pub mod range;
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Title};

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use app::api::{Backend, BoxFuture, SharedBackend, RECENT_WINDOW_MS};
-use app::model::{Counters, DeviceCredentials, DeviceDetail, DeviceSummary, Fleet};
+use app::api::{Backend, BoxFuture, HistoryWindow, SharedBackend, RECENT_WINDOW_MS};
+use app::model::{Counters, DeviceCredentials, DeviceDetail, DeviceSummary, Fleet, SeriesResponse};
 use axum::extract::{FromRef, Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,7 @@ use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::edge::Sessions;
+use crate::history;
 use crate::ingest::now_ms;
 use crate::live::{self, Live};
 use crate::metrics::Metrics;
@@ -89,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         store: state.store.clone(),
         metrics: state.metrics.clone(),
         presence: state.presence.clone(),
+        retain_raw: state.retain_raw,
     });
     let routes = generate_route_list(app::App);
     let leptos = state.leptos.clone();
@@ -214,6 +216,7 @@ async fn device(
         store: state.store.clone(),
         metrics: state.metrics.clone(),
         presence: state.presence.clone(),
+        retain_raw: state.retain_raw,
     };
     data.detail(&id, RECENT_WINDOW_MS)
         .await?
@@ -226,6 +229,7 @@ struct PageData {
     store: Store,
     metrics: Arc<Metrics>,
     presence: Arc<Presence>,
+    retain_raw: crate::store::retention::Retention,
 }
 
 impl PageData {
@@ -272,6 +276,37 @@ impl Backend for PageData {
         window_ms: i64,
     ) -> BoxFuture<'_, Result<Option<DeviceDetail>, String>> {
         Box::pin(async move { self.detail(&id, window_ms).await.map_err(log_for_page) })
+    }
+
+    fn history(
+        &self,
+        id: String,
+        window: HistoryWindow,
+        points: usize,
+        tz: String,
+    ) -> BoxFuture<'_, Result<Option<SeriesResponse>, String>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let (from, to) = match window {
+                HistoryWindow::Last { span } => (now.saturating_sub(span.max(1)), now),
+                HistoryWindow::Between { from, to } => (from, to),
+            };
+            let request = crate::history::SeriesRequest {
+                metrics: None,
+                from: from.clamp(history::buckets::MIN_TS, history::buckets::MAX_TS),
+                to: to.clamp(history::buckets::MIN_TS, history::buckets::MAX_TS),
+                points: points.clamp(1, history::MAX_POINTS),
+                // A browser that reports no usable zone gets UTC buckets.
+                tz: tz.parse().unwrap_or(chrono_tz::Tz::UTC),
+                raw_since: self.retain_raw.cutoff(now),
+            };
+            if request.from > request.to {
+                return Err("the range ends before it starts".to_owned());
+            }
+            history::load(&self.store, &id, &request)
+                .await
+                .map_err(log_for_page)
+        })
     }
 
     fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, String>> {
