@@ -50,6 +50,21 @@ pub struct DeviceSummary {
     /// The device's connection; `None` if it has not connected since the
     /// server started.
     pub presence: Option<Presence>,
+    /// The last hour of the device's first metric, for the fleet card.
+    #[serde(default)]
+    pub sparkline: Option<Sparkline>,
+}
+
+/// How long a fleet card's sparkline reaches back.
+pub const SPARKLINE_MS: EpochMs = 60 * 60 * 1000;
+
+/// A small chart of one metric over the last [`SPARKLINE_MS`]: averages
+/// over two-minute slots from the rollups, then live readings appended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sparkline {
+    pub metric: String,
+    /// `(time, value)` in time order.
+    pub points: Vec<(EpochMs, f64)>,
 }
 
 impl DeviceSummary {

@@ -1,5 +1,10 @@
 //! The fleet overview at `/`: one card per device with its latest value per
-//! metric and a live "last seen".
+//! metric, a sparkline of the last hour and a live "last seen"; search,
+//! a status filter and sorting on top.
+//!
+//! Only the cards near the screen are in the document: the list keeps its
+//! full height, and scrolling swaps cards in and out, so a fleet of
+//! thousands costs what a screenful costs.
 
 use std::collections::HashMap;
 
@@ -10,7 +15,34 @@ use super::{debounced_reload, LiveBadge};
 use crate::api::{get_fleet, AddDevice};
 use crate::format;
 use crate::live::LinkState;
-use crate::model::{Counters, DeviceSummary, Fleet};
+use crate::model::{Counters, DeviceSummary, EpochMs, Fleet, Sparkline, SPARKLINE_MS};
+
+/// The height of a card plus the gap below it, in CSS pixels; the
+/// stylesheet gives cards exactly this (`.card` and `.cards`).
+const ROW_PX: f64 = 172.0;
+
+/// The narrowest card and the gap between cards, as in the stylesheet's
+/// `grid-template-columns: repeat(auto-fill, minmax(260px, 1fr))`.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+const CARD_MIN_PX: f64 = 260.0;
+const GAP_PX: f64 = 12.0;
+
+/// Cards rendered before the page has measured itself (and by the server):
+/// enough to fill a large screen.
+const FIRST_CARDS: usize = 48;
+
+/// Rows rendered beyond the screen's edges, so fast scrolling rarely shows
+/// an empty row.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+const OVERSCAN_ROWS: usize = 3;
+
+/// Which part of the list is on screen, as the browser last measured it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Viewport {
+    columns: usize,
+    first_row: usize,
+    rows: usize,
+}
 
 #[component]
 pub fn FleetPage() -> impl IntoView {
@@ -77,7 +109,7 @@ fn AddDeviceForm(added: Callback<()>) -> impl IntoView {
 }
 
 /// One device card's live state.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 struct Card {
     id: StoredValue<String>,
     summary: RwSignal<DeviceSummary>,
@@ -153,12 +185,145 @@ fn FleetView(
                 }
             }
         >
-            <ul class="cards" data-testid="devices">
-                <For each=move || cards.get() key=|card| card.id.get_value() let:card>
-                    <DeviceCard card now/>
-                </For>
-            </ul>
+            <FleetList cards now/>
         </Show>
+    }
+}
+
+/// How the list is filtered and ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sort {
+    Name,
+    Status,
+    LastSeen,
+}
+
+/// Search, filter and sort controls over a windowed list of cards.
+#[component]
+fn FleetList(cards: RwSignal<Vec<Card>>, now: RwSignal<i64>) -> impl IntoView {
+    let search = RwSignal::new(String::new());
+    let status = RwSignal::new("all".to_owned());
+    let sort = RwSignal::new(Sort::Name);
+    let shown = Memo::new(move |_| {
+        let needle = search.get().trim().to_lowercase();
+        let status = status.get();
+        let sort = sort.get();
+        let mut list: Vec<Card> = cards
+            .get()
+            .into_iter()
+            .filter(|c| {
+                needle.is_empty() || c.id.with_value(|id| id.to_lowercase().contains(&needle))
+            })
+            .filter(|c| match status.as_str() {
+                "online" => c.summary.with(format::is_online),
+                "offline" => !c.summary.with(format::is_online),
+                _ => true,
+            })
+            .collect();
+        match sort {
+            Sort::Name => {}
+            Sort::Status => list.sort_by_key(|c| !c.summary.with(format::is_online)),
+            Sort::LastSeen => {
+                let now = now.get();
+                list.sort_by_key(|c| {
+                    std::cmp::Reverse(c.summary.with(|s| format::last_seen(s, now)))
+                });
+            }
+        }
+        list
+    });
+    // `None` until the browser has measured the page; the server and the
+    // first client render both show the first cards.
+    let viewport = RwSignal::new(None::<Viewport>);
+    let list = NodeRef::<leptos::html::Ul>::new();
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        let measure = move || {
+            let Some(ul) = list.get_untracked() else {
+                return;
+            };
+            let rect = ul.get_bounding_client_rect();
+            let height = window()
+                .inner_height()
+                .ok()
+                .and_then(|h| h.as_f64())
+                .unwrap_or(800.0);
+            let columns =
+                (((rect.width() + GAP_PX) / (CARD_MIN_PX + GAP_PX)).floor() as usize).max(1);
+            let first_row =
+                ((-rect.top() / ROW_PX).floor().max(0.0) as usize).saturating_sub(OVERSCAN_ROWS);
+            let rows = (height / ROW_PX).ceil() as usize + 2 * OVERSCAN_ROWS + 1;
+            let next = Some(Viewport {
+                columns,
+                first_row,
+                rows,
+            });
+            if viewport.get_untracked() != next {
+                viewport.set(next);
+            }
+        };
+        measure();
+        let on_scroll = window_event_listener(leptos::ev::scroll, move |_| measure());
+        let on_resize = window_event_listener(leptos::ev::resize, move |_| measure());
+        on_cleanup(move || {
+            on_scroll.remove();
+            on_resize.remove();
+        });
+    });
+    let visible = move || {
+        let list = shown.get();
+        match viewport.get() {
+            None => list.into_iter().take(FIRST_CARDS).collect::<Vec<_>>(),
+            Some(v) => list
+                .into_iter()
+                .skip(v.first_row * v.columns)
+                .take(v.rows * v.columns)
+                .collect(),
+        }
+    };
+    // The list keeps the height of every row, with the rows above the
+    // rendered ones as padding, so the scroll bar is honest.
+    let style = move || {
+        viewport.get().map(|v| {
+            let rows = shown.with(Vec::len).div_ceil(v.columns);
+            format!(
+                "padding-top:{}px;height:{}px",
+                v.first_row as f64 * ROW_PX,
+                (rows as f64 * ROW_PX - GAP_PX).max(0.0)
+            )
+        })
+    };
+    let set_sort = move |ev: leptos::ev::Event| {
+        sort.set(match event_target_value(&ev).as_str() {
+            "status" => Sort::Status,
+            "last_seen" => Sort::LastSeen,
+            _ => Sort::Name,
+        });
+    };
+    view! {
+        <div class="fleet-controls">
+            <input type="search" class="search" placeholder="Search devices" aria-label="Search devices"
+                data-testid="search" prop:value=move || search.get()
+                on:input=move |ev| search.set(event_target_value(&ev))/>
+            <select aria-label="Status" data-testid="status-filter" on:change=move |ev| status.set(event_target_value(&ev))>
+                <option value="all">"All"</option>
+                <option value="online">"Online"</option>
+                <option value="offline">"Offline"</option>
+            </select>
+            <select aria-label="Sort by" data-testid="sort" on:change=set_sort>
+                <option value="name">"Name"</option>
+                <option value="status">"Status"</option>
+                <option value="last_seen">"Last seen"</option>
+            </select>
+            <span class="fleet-count" data-testid="fleet-count">
+                {move || format!("{} of {} devices", shown.with(Vec::len), cards.with(Vec::len))}
+            </span>
+        </div>
+        <ul class="cards" data-testid="devices" node_ref=list style=style>
+            <For each=visible key=|card| card.id.get_value() let:card>
+                <DeviceCard card now/>
+            </For>
+        </ul>
     }
 }
 
@@ -203,6 +368,7 @@ fn apply_readings(cards: RwSignal<Vec<Card>>, readings: &[crate::model::Reading]
                         latest: Vec::new(),
                         rejected: 0,
                         presence: None,
+                        sparkline: None,
                     }),
                 };
                 cards.update(|c| {
@@ -215,9 +381,29 @@ fn apply_readings(cards: RwSignal<Vec<Card>>, readings: &[crate::model::Reading]
         card.summary.update(|s| {
             for r in rs {
                 s.apply(r);
+                append_spark(s, r);
             }
         });
     }
+}
+
+/// Adds a live reading to the card's sparkline if it is of the charted
+/// metric (or starts one), dropping points older than an hour.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+fn append_spark(s: &mut DeviceSummary, r: &crate::model::Reading) {
+    let spark = s.sparkline.get_or_insert_with(|| Sparkline {
+        metric: r.metric.clone(),
+        points: Vec::new(),
+    });
+    if spark.metric != r.metric {
+        return;
+    }
+    let at = spark.points.partition_point(|(t, _)| *t <= r.ts);
+    spark.points.insert(at, (r.ts, r.value));
+    let horizon = spark.points.last().map_or(0, |(t, _)| t - SPARKLINE_MS);
+    let stale = spark.points.partition_point(|(t, _)| *t < horizon);
+    let excess = spark.points.len().saturating_sub(600);
+    spark.points.drain(..stale.max(excess));
 }
 
 #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
@@ -279,6 +465,15 @@ fn DeviceCard(card: Card, now: RwSignal<i64>) -> impl IntoView {
                             .collect_view()
                     }}
                 </span>
+                {move || summary.with(|s| s.sparkline.clone()).map(|spark| {
+                    let points = sparkline_points(&spark.points, now.get());
+                    view! {
+                        <svg class="spark" viewBox="0 0 100 24" preserveAspectRatio="none" data-testid="sparkline"
+                            data-metric=spark.metric.clone() role="img" aria-label=format!("{} over the last hour", spark.metric)>
+                            <polyline points=points fill="none" stroke="currentColor" stroke-width="1.5" vector-effect="non-scaling-stroke"></polyline>
+                        </svg>
+                    }
+                })}
                 <span class="card-foot">
                     "last seen "
                     <span data-testid="last-seen">{move || format::ago(summary.with(|s| format::last_seen(s, now.get())), now.get())}</span>
@@ -289,5 +484,48 @@ fn DeviceCard(card: Card, now: RwSignal<i64>) -> impl IntoView {
                 </span>
             </a>
         </li>
+    }
+}
+
+/// Scales a sparkline's points over the hour before `now` into a 100 × 24
+/// box, as an SVG `points` attribute.
+fn sparkline_points(points: &[(EpochMs, f64)], now: EpochMs) -> String {
+    let start = now - SPARKLINE_MS;
+    let points: Vec<(EpochMs, f64)> = points
+        .iter()
+        .copied()
+        .filter(|(t, _)| *t >= start)
+        .collect();
+    let (lo, hi) = points
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, v)| {
+            (lo.min(*v), hi.max(*v))
+        });
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    points
+        .iter()
+        .map(|(t, v)| {
+            let x = ((t - start) as f64 / SPARKLINE_MS as f64 * 100.0).clamp(0.0, 100.0);
+            let y = 22.0 - (v - lo) / span * 20.0;
+            format!("{x:.1},{y:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparklines_span_the_last_hour() {
+        let now = 10 * SPARKLINE_MS;
+        let points = [
+            (now - 2 * SPARKLINE_MS, 9.0),
+            (now - SPARKLINE_MS, 1.0),
+            (now, 3.0),
+        ];
+        assert_eq!(sparkline_points(&points, now), "0.0,22.0 100.0,2.0");
+        assert_eq!(sparkline_points(&[], now), "");
     }
 }

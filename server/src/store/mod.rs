@@ -11,7 +11,7 @@ pub mod writer;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use app::model::{DeviceSummary, LatestValue, MetricSeries};
+use app::model::{DeviceSummary, LatestValue, MetricSeries, Sparkline, SPARKLINE_MS};
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
@@ -220,13 +220,59 @@ impl Store {
                 value: row.value,
             });
         }
+        let mut sparklines = self.sparklines().await?;
         Ok(devices
             .into_iter()
             .map(|d| {
                 let values = latest.remove(&d.id).unwrap_or_default();
-                summary(d, values)
+                let sparkline = sparklines.remove(&d.id);
+                DeviceSummary {
+                    sparkline,
+                    ..summary(d, values)
+                }
             })
             .collect())
+    }
+
+    /// The last hour of every device's first metric (by name), averaged
+    /// over two-minute slots from the 1-minute rollups: one index range per
+    /// series, and about 30 rows per device.
+    async fn sparklines(&self) -> Result<HashMap<i64, Sparkline>, StoreError> {
+        let backend = self.db.get_database_backend();
+        let since = rollup::bucket_of(crate::ingest::now_ms() - SPARKLINE_MS, SPARK_SLOT_MS);
+        let p = |n: usize| match backend {
+            sea_orm::DatabaseBackend::Postgres => format!("${n}"),
+            _ => "?".to_owned(),
+        };
+        let sql = format!(
+            "SELECT s.device_id AS device_id, s.metric AS metric, \
+                    CAST({since} + ((r.bucket - {since}) / {slot}) * {slot} AS BIGINT) AS slot, \
+                    SUM(r.total) / SUM(r.n) AS value \
+             FROM series s JOIN rollup_1m r ON r.series_id = s.id \
+             WHERE r.bucket >= {since} AND s.metric = \
+               (SELECT MIN(s2.metric) FROM series s2 WHERE s2.device_id = s.device_id) \
+             GROUP BY s.device_id, s.metric, slot ORDER BY s.device_id, slot",
+            since = p(1),
+            slot = SPARK_SLOT_MS,
+        );
+        let rows = SparkRow::find_by_statement(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [sea_orm::Value::BigInt(Some(since))],
+        ))
+        .all(&self.db)
+        .await?;
+        let mut out: HashMap<i64, Sparkline> = HashMap::new();
+        for row in rows {
+            out.entry(row.device_id)
+                .or_insert_with(|| Sparkline {
+                    metric: row.metric.clone(),
+                    points: Vec::new(),
+                })
+                .points
+                .push((row.slot, row.value));
+        }
+        Ok(out)
     }
 
     /// One device with every metric's readings since `from`, or `None` if
@@ -457,6 +503,17 @@ const LATEST_SQL: &str = "SELECT s.device_id, s.metric, r.ts, r.value \
        ORDER BY r2.ts DESC, r2.id DESC LIMIT 1) \
      ORDER BY s.metric";
 
+/// The width of one sparkline point.
+const SPARK_SLOT_MS: i64 = 2 * 60_000;
+
+#[derive(Debug, FromQueryResult)]
+struct SparkRow {
+    device_id: i64,
+    metric: String,
+    slot: i64,
+    value: f64,
+}
+
 #[derive(Debug, FromQueryResult)]
 struct LatestRow {
     device_id: i64,
@@ -474,5 +531,6 @@ fn summary(d: device::Model, latest: Vec<LatestValue>) -> DeviceSummary {
         latest,
         rejected: 0,
         presence: None,
+        sparkline: None,
     }
 }
