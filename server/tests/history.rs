@@ -227,6 +227,31 @@ async fn buckets_from_rollups_agree_with_raw_readings_on_postgres() {
     let device = format!("Hist-{}", std::process::id());
     let raw = seed(&store, &device).await;
     check_all(&store, &device, &raw).await;
+
+    // The fleet's sparkline query and retention's chunked deletes are
+    // written by hand too. Other tests share this database, but their
+    // readings are recent, and these are from January 2026.
+    let fleet = store.devices().await.expect("fleet on postgres");
+    assert!(fleet.iter().any(|d| d.id == device));
+    let now = server::ingest::now_ms();
+    let policy = server::store::retention::Policy {
+        raw: server::store::retention::Retention::millis(now - (T0 + DAY)),
+        rollups: server::store::retention::Retention::FOREVER,
+    };
+    let pruned = store.prune(policy, now).await.expect("prune on postgres");
+    let first_day = raw.iter().filter(|(ts, _)| *ts < T0 + DAY).count() as u64;
+    assert!(pruned.readings >= first_day, "{pruned:?}");
+    let series = store
+        .series_of(&device, Some("temp"))
+        .await
+        .expect("query")
+        .expect("device");
+    let left = store
+        .raw_points(series[0].0, T0, T0 + 3 * DAY, 1_000_000)
+        .await
+        .expect("query");
+    assert_eq!(left.len(), raw.len() - first_day as usize);
+    assert!(left.iter().all(|(ts, _)| *ts >= T0 + DAY));
 }
 
 /// The value of counter `name` on the server's `/metrics` page.
