@@ -89,7 +89,12 @@ pub fn HistoryChart(
         let _ = (window, step_ms, on_zoom, lines, node);
         Handlers::default()
     };
-    let Handlers { down, moved, up } = handlers;
+    let Handlers {
+        down,
+        moved,
+        up,
+        cancel,
+    } = handlers;
 
     view! {
         <div
@@ -102,7 +107,7 @@ pub fn HistoryChart(
             on:pointerdown=move |e| down.run(e)
             on:pointermove=move |e| moved.run(e)
             on:pointerup=move |e| up.run(e)
-            on:pointercancel=move |_| selection.set(None)
+            on:pointercancel=move |e| { selection.set(None); cancel.run(e) }
         >
             <svg class="sketch" viewBox=format!("0 0 {SKETCH_W} {SKETCH_H}") preserveAspectRatio="none" aria-hidden="true">
                 <polyline points=sketch fill="none" stroke="currentColor" stroke-width="2" vector-effect="non-scaling-stroke"></polyline>
@@ -125,6 +130,7 @@ struct Handlers {
     down: Callback<leptos::ev::PointerEvent>,
     moved: Callback<leptos::ev::PointerEvent>,
     up: Callback<leptos::ev::PointerEvent>,
+    cancel: Callback<leptos::ev::PointerEvent>,
 }
 
 impl Default for Handlers {
@@ -134,6 +140,7 @@ impl Default for Handlers {
             down: nothing,
             moved: nothing,
             up: nothing,
+            cancel: nothing,
         }
     }
 }
@@ -182,6 +189,8 @@ pub fn option(
     step_ms: i64,
     dark: bool,
 ) -> serde_json::Value {
+    // Wheel zoom is ECharts'; pinches are handled by the chart box (see
+    // `mount_echarts`), so ECharts must not zoom on touch as well.
     use serde_json::{json, Value};
     let gap = step_ms.saturating_mul(5) / 2;
     let mut series = Vec::new();
@@ -233,6 +242,7 @@ pub fn option(
                   "splitLine": {"lineStyle": {"color": if dark { "#2a2f3a" } else { "#e5e8ee" }}}},
         "dataZoom": [{
             "type": "inside", "start": 0, "end": 100, "zoomOnMouseWheel": true,
+            "zoomLock": ext_coarse_pointer(),
             "moveOnMouseMove": false, "moveOnMouseWheel": false, "moveOnTouchMove": false,
             "preventDefaultMouseMove": false, "filterMode": "none",
         }],
@@ -262,6 +272,7 @@ fn mount_echarts(
     use wasm_bindgen::JsCast;
 
     let instance = StoredValue::new_local(None::<charming::Echarts>);
+    let zoom_listener = StoredValue::new_local(None::<ext::ZoomListener>);
     let pending = SendWrapper::new(Rc::new(Cell::new(false)));
     let dark = ext::prefers_dark();
     let lines = StoredValue::new(lines);
@@ -307,7 +318,11 @@ fn mount_echarts(
                 {
                     Ok(ec) => {
                         let zoom = on_zoom;
-                        ext::on_datazoom(&ec, move |from, to| zoom.run((from, to)));
+                        let listener = ext::on_datazoom(&ec, move |from, to| {
+                            // The page may have moved on since the gesture.
+                            let _ = zoom.try_run((from, to));
+                        });
+                        zoom_listener.set_value(Some(listener));
                         *slot = Some(ec);
                         ready.set(true);
                     }
@@ -364,11 +379,14 @@ fn mount_echarts(
     });
 
     on_cleanup(move || {
-        instance.update_value(|slot| {
+        instance.try_update_value(|slot| {
             if let Some(ec) = slot.take() {
                 ext::dispose(&ec);
             }
         });
+        // After the chart is gone: this cancels a pending zoom and frees
+        // the handler the chart held.
+        zoom_listener.try_update_value(|listener| listener.take());
     });
 
     // Drag-to-zoom with a mouse. Touch is left to ECharts (pinch) and to
@@ -377,7 +395,20 @@ fn mount_echarts(
         let target = e.current_target()?.dyn_into::<web_sys::Element>().ok()?;
         Some(f64::from(e.client_x()) - target.get_bounding_client_rect().left())
     };
+    // Two-finger pinch, tracked here rather than left to ECharts, whose
+    // gesture recognition did not fire in Chromium's touch pipeline: each
+    // finger's first and latest x, by pointer id.
+    let fingers = StoredValue::new(Vec::<(i32, f64, f64)>::new());
     let down = Callback::new(move |e: leptos::ev::PointerEvent| {
+        if e.pointer_type() == "touch" {
+            if let Some(x) = x_in_box(&e) {
+                fingers.update_value(|f| {
+                    f.retain(|(id, _, _)| *id != e.pointer_id());
+                    f.push((e.pointer_id(), x, x));
+                });
+            }
+            return;
+        }
         if e.pointer_type() != "mouse" || e.button() != 0 {
             return;
         }
@@ -386,6 +417,16 @@ fn mount_echarts(
         }
     });
     let moved = Callback::new(move |e: leptos::ev::PointerEvent| {
+        if e.pointer_type() == "touch" {
+            if let Some(x) = x_in_box(&e) {
+                fingers.update_value(|f| {
+                    if let Some(finger) = f.iter_mut().find(|(id, _, _)| *id == e.pointer_id()) {
+                        finger.2 = x;
+                    }
+                });
+            }
+            return;
+        }
         if selection.with_untracked(Option::is_some) {
             if let Some(x) = x_in_box(&e) {
                 selection.update(|s| {
@@ -396,7 +437,36 @@ fn mount_echarts(
             }
         }
     });
-    let up = Callback::new(move |_: leptos::ev::PointerEvent| {
+    let up = Callback::new(move |e: leptos::ev::PointerEvent| {
+        if e.pointer_type() == "touch" {
+            let pinch = fingers.with_value(|f| match f.as_slice() {
+                [a, b] => Some(((a.1 - b.1).abs(), (a.2 - b.2).abs(), (a.2 + b.2) / 2.0)),
+                _ => None,
+            });
+            fingers.update_value(|f| f.clear());
+            // Spreading the fingers by a fifth or more zooms in around
+            // their midpoint by the same factor; pinching in zooms out.
+            let Some((before, after, centre)) = pinch else {
+                return;
+            };
+            if before < 10.0 || !(after / before > 1.2 || after / before < 0.8) {
+                return;
+            }
+            let factor = after / before;
+            let (from, to) = window.get_untracked();
+            let zoomed = instance.with_value(|slot| {
+                let at = ext::time_at(slot.as_ref()?, centre)? as f64;
+                let from = at - (at - from as f64) / factor;
+                let to = at + (to as f64 - at) / factor;
+                Some((from as i64, to as i64))
+            });
+            if let Some((from, to)) = zoomed {
+                if to > from {
+                    on_zoom.run((from, to));
+                }
+            }
+            return;
+        }
         let Some((a, b)) = selection.get_untracked() else {
             return;
         };
@@ -415,7 +485,15 @@ fn mount_echarts(
             }
         }
     });
-    Handlers { down, moved, up }
+    // The browser took the gesture over (a vertical scroll): no pinch.
+    let cancel =
+        Callback::new(move |_: leptos::ev::PointerEvent| fingers.update_value(|f| f.clear()));
+    Handlers {
+        down,
+        moved,
+        up,
+        cancel,
+    }
 }
 
 /// ECharts methods that charming does not bind, and what uses them.
@@ -467,14 +545,34 @@ mod ext {
             .map(|t| t as i64)
     }
 
+    /// A chart's zoom handler and its pending debounce timer; dropping it
+    /// cancels the timer and frees the handler.
+    pub struct ZoomListener {
+        _handler: Closure<dyn FnMut(JsValue)>,
+        timer: Rc<RefCell<Option<i32>>>,
+    }
+
+    impl Drop for ZoomListener {
+        fn drop(&mut self) {
+            if let (Some(t), Some(w)) = (self.timer.borrow_mut().take(), web_sys::window()) {
+                w.clear_timeout_with_handle(t);
+            }
+        }
+    }
+
     /// Calls `zoomed(from, to)` when the wheel or a pinch has changed the
     /// visible window and then rested for a moment, so one gesture makes
-    /// one request.
-    pub fn on_datazoom(ec: &charming::Echarts, zoomed: impl Fn(i64, i64) + 'static) {
+    /// one request. The handler lives as long as the returned listener.
+    pub fn on_datazoom(
+        ec: &charming::Echarts,
+        zoomed: impl Fn(i64, i64) + 'static,
+    ) -> ZoomListener {
         let chart: EchartsExt = JsValue::from(ext(ec)).unchecked_into();
         let timer: Rc<RefCell<Option<i32>>> = Rc::default();
+        let pending = timer.clone();
         let zoomed = Rc::new(zoomed);
         let handler = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
+            let timer = &pending;
             let Some(w) = web_sys::window() else {
                 return;
             };
@@ -503,9 +601,10 @@ mod ext {
                 .ok();
         });
         ext(ec).on("datazoom", handler.as_ref().unchecked_ref());
-        // The chart owns the handler from now on; it lives as long as the
-        // chart, which `dispose` ends.
-        handler.forget();
+        ZoomListener {
+            _handler: handler,
+            timer,
+        }
     }
 
     /// Shows each metric's average, minimum and maximum in the tooltip
@@ -533,6 +632,21 @@ mod ext {
         web_sys::window()
             .and_then(|w| w.match_media("(prefers-color-scheme: dark)").ok().flatten())
             .is_some_and(|m| m.matches())
+    }
+}
+
+/// Whether the device's main pointer is a finger, where ECharts' own zoom
+/// is locked and the chart box's pinch handling zooms instead.
+fn ext_coarse_pointer() -> bool {
+    #[cfg(feature = "hydrate")]
+    {
+        web_sys::window()
+            .and_then(|w| w.match_media("(pointer: coarse)").ok().flatten())
+            .is_some_and(|m| m.matches())
+    }
+    #[cfg(not(feature = "hydrate"))]
+    {
+        false
     }
 }
 

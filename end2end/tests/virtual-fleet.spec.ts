@@ -47,6 +47,11 @@ test('1,000 devices: only visible cards render, and search, filter and sort work
     await page.getByTestId('status-filter').selectOption('offline');
     await expect(page.getByTestId('fleet-count')).toHaveText(`0 of ${total} devices`);
     await page.getByTestId('status-filter').selectOption('all');
+    await page.getByTestId('seen-filter').selectOption('stale');
+    await expect(page.getByTestId('fleet-count')).toHaveText(`0 of ${total} devices`);
+    await page.getByTestId('seen-filter').selectOption('1h');
+    await expect(page.getByTestId('fleet-count')).toHaveText(`1000 of ${total} devices`);
+    await page.getByTestId('seen-filter').selectOption('any');
     await page.getByTestId('search').fill('');
     await page.getByTestId('sort').selectOption('status');
     await expect(page.locator('.card').first().getByTestId('presence')).toHaveClass(/on/);

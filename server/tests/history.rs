@@ -370,3 +370,44 @@ async fn retention_prunes_in_the_background_while_ingest_continues() {
     device.disconnect().await;
     server.stop().await.expect("clean shutdown");
 }
+
+/// The fleet's sparkline is the last hour of each device's first metric
+/// (by name), averaged over two-minute slots from the 1-minute rollups.
+#[tokio::test]
+async fn fleet_sparklines_average_the_last_hour_of_the_first_metric() {
+    let scratch = Scratch::new();
+    let store = Store::open(&scratch.sqlite_url()).await.expect("open");
+    let now = server::ingest::now_ms();
+    let mut writer = store.writer();
+    // Two hours of `b_temp` every 30 s (value = minutes ago), and `a_hum`,
+    // which sorts first and is the one charted.
+    let batch: Vec<Reading> = (0..240)
+        .flat_map(|i| {
+            let ts = now - i * 30_000;
+            [("a_hum", (i / 2) as f64), ("b_temp", 1.0)].map(|(metric, value)| Reading {
+                device: "Spark".into(),
+                metric: metric.into(),
+                ts,
+                value,
+            })
+        })
+        .collect();
+    writer.write(&batch).await.expect("write");
+    let fleet = store.devices().await.expect("fleet");
+    let spark = fleet[0].sparkline.as_ref().expect("a sparkline");
+    assert_eq!(spark.metric, "a_hum");
+    // 30 or 31 two-minute slots in the last hour, oldest first, falling
+    // from about 60 minutes ago to 0.
+    assert!(
+        (30..=32).contains(&spark.points.len()),
+        "{}",
+        spark.points.len()
+    );
+    assert!(spark
+        .points
+        .windows(2)
+        .all(|w| w[0].0 < w[1].0 && w[0].1 > w[1].1));
+    assert!(spark.points[0].0 >= now - 62 * MINUTE);
+    let newest = spark.points.last().expect("points").1;
+    assert!(newest < 2.0, "{newest}");
+}

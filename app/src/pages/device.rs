@@ -467,9 +467,11 @@ fn RangePicker(
 fn append_live(lines: Lines, readings: &[&Reading], range: Range, now: EpochMs) {
     let horizon = range.window(now).0;
     for r in readings {
+        // Lines from a history answer that has just been replaced may be
+        // disposed already; they simply match nothing.
         let target = lines.with_untracked(|all| {
             all.iter()
-                .find(|l| l.metric.with_value(|m| *m == r.metric))
+                .find(|l| l.metric.try_with_value(|m| *m == r.metric).unwrap_or(false))
                 .copied()
         });
         let Some(target) = target else {
@@ -477,7 +479,7 @@ fn append_live(lines: Lines, readings: &[&Reading], range: Range, now: EpochMs) 
             // next reload; live ranges reload on reconnect.
             continue;
         };
-        target.buckets.update(|buckets| {
+        let _ = target.buckets.try_update(|buckets| {
             let point = Bucket {
                 start: r.ts,
                 end: r.ts + 1,

@@ -203,11 +203,20 @@ enum Sort {
 fn FleetList(cards: RwSignal<Vec<Card>>, now: RwSignal<i64>) -> impl IntoView {
     let search = RwSignal::new(String::new());
     let status = RwSignal::new("all".to_owned());
+    let seen = RwSignal::new("any".to_owned());
     let sort = RwSignal::new(Sort::Name);
     let shown = Memo::new(move |_| {
         let needle = search.get().trim().to_lowercase();
         let status = status.get();
         let sort = sort.get();
+        // "Last seen" filters follow the clock; the others need not.
+        let seen_within = match seen.get().as_str() {
+            "1h" => Some((0, 3_600_000)),
+            "24h" => Some((0, 86_400_000)),
+            "stale" => Some((86_400_000, i64::MAX)),
+            _ => None,
+        };
+        let now_for_seen = seen_within.map(|_| now.get());
         let mut list: Vec<Card> = cards
             .get()
             .into_iter()
@@ -217,6 +226,13 @@ fn FleetList(cards: RwSignal<Vec<Card>>, now: RwSignal<i64>) -> impl IntoView {
             .filter(|c| match status.as_str() {
                 "online" => c.summary.with(format::is_online),
                 "offline" => !c.summary.with(format::is_online),
+                _ => true,
+            })
+            .filter(|c| match (seen_within, now_for_seen) {
+                (Some((min, max)), Some(now)) => {
+                    let age = now - c.summary.with(|s| format::last_seen(s, now));
+                    (min..max).contains(&age)
+                }
                 _ => true,
             })
             .collect();
@@ -270,25 +286,35 @@ fn FleetList(cards: RwSignal<Vec<Card>>, now: RwSignal<i64>) -> impl IntoView {
             on_resize.remove();
         });
     });
+    // After a search or filter shrinks the list, the measured first row
+    // may be past its end until the next scroll: start no later than the
+    // last screenful.
+    let first_row = move |v: Viewport, cards: usize| {
+        v.first_row
+            .min(cards.div_ceil(v.columns).saturating_sub(v.rows))
+    };
     let visible = move || {
         let list = shown.get();
         match viewport.get() {
             None => list.into_iter().take(FIRST_CARDS).collect::<Vec<_>>(),
-            Some(v) => list
-                .into_iter()
-                .skip(v.first_row * v.columns)
-                .take(v.rows * v.columns)
-                .collect(),
+            Some(v) => {
+                let first = first_row(v, list.len());
+                list.into_iter()
+                    .skip(first * v.columns)
+                    .take(v.rows * v.columns)
+                    .collect()
+            }
         }
     };
     // The list keeps the height of every row, with the rows above the
     // rendered ones as padding, so the scroll bar is honest.
     let style = move || {
         viewport.get().map(|v| {
-            let rows = shown.with(Vec::len).div_ceil(v.columns);
+            let cards = shown.with(Vec::len);
+            let rows = cards.div_ceil(v.columns);
             format!(
                 "padding-top:{}px;height:{}px",
-                v.first_row as f64 * ROW_PX,
+                first_row(v, cards) as f64 * ROW_PX,
                 (rows as f64 * ROW_PX - GAP_PX).max(0.0)
             )
         })
@@ -309,6 +335,12 @@ fn FleetList(cards: RwSignal<Vec<Card>>, now: RwSignal<i64>) -> impl IntoView {
                 <option value="all">"All"</option>
                 <option value="online">"Online"</option>
                 <option value="offline">"Offline"</option>
+            </select>
+            <select aria-label="Last seen" data-testid="seen-filter" on:change=move |ev| seen.set(event_target_value(&ev))>
+                <option value="any">"Seen any time"</option>
+                <option value="1h">"Seen in the last hour"</option>
+                <option value="24h">"Seen in the last day"</option>
+                <option value="stale">"Not seen for a day"</option>
             </select>
             <select aria-label="Sort by" data-testid="sort" on:change=set_sort>
                 <option value="name">"Name"</option>

@@ -137,7 +137,9 @@ fn past_clock_boundary(tz: Tz, ts: i64, step_ms: i64) -> i64 {
     (ts + offset_ms(tz, ts)).rem_euclid(step_ms)
 }
 
-/// The local date at instant `ts`.
+/// The local date at instant `ts`. Callers clamp instants to
+/// [`MIN_TS`]..=[`MAX_TS`], which chrono always represents, so the default
+/// is never used.
 fn local_date(tz: Tz, ts: i64) -> NaiveDate {
     DateTime::from_timestamp_millis(ts)
         .map(|t| t.with_timezone(&tz).date_naive())
@@ -145,22 +147,31 @@ fn local_date(tz: Tz, ts: i64) -> NaiveDate {
 }
 
 /// The first instant of local date `date`: midnight, or when midnight
-/// falls in a DST gap (as in Santiago or Beirut), the end of the gap.
+/// falls in a DST gap (as in Santiago or Beirut), the first quarter hour
+/// after it. A date the zone skipped entirely (Samoa jumped over
+/// 30 December 2011) starts where the next date starts.
 fn start_of_day(tz: Tz, date: NaiveDate) -> i64 {
-    let mut time = NaiveTime::MIN;
-    for _ in 0..16 {
-        match tz.from_local_datetime(&date.and_time(time)) {
-            LocalResult::Single(t) => return t.timestamp_millis(),
-            LocalResult::Ambiguous(earliest, _) => return earliest.timestamp_millis(),
-            LocalResult::None => time += chrono::Duration::minutes(15),
+    for day in 0..3 {
+        let date = date + chrono::Duration::days(day);
+        let mut time = NaiveTime::MIN;
+        for _ in 0..96 {
+            match tz.from_local_datetime(&date.and_time(time)) {
+                LocalResult::Single(t) => return t.timestamp_millis(),
+                LocalResult::Ambiguous(earliest, _) => return earliest.timestamp_millis(),
+                LocalResult::None => time += chrono::Duration::minutes(15),
+            }
         }
     }
-    // No zone skips four hours; fall back to the UTC reading of the date.
+    // Unreachable for any zone in the database; the UTC reading of the
+    // date keeps boundaries moving forward regardless.
     date.and_time(NaiveTime::MIN).and_utc().timestamp_millis()
 }
 
+/// The boundary at or before `from` where the bucket holding `from`
+/// starts. Clamped to `from`, so that even a day that starts at an odd
+/// moment (a zone change by seconds at midnight) covers it.
 fn first_boundary(step: Step, tz: Tz, from: i64) -> i64 {
-    match step {
+    let boundary = match step {
         Step::Clock(ms) => from - past_clock_boundary(tz, from, ms),
         Step::Days(days) => {
             let mut date = local_date(tz, from);
@@ -175,9 +186,12 @@ fn first_boundary(step: Step, tz: Tz, from: i64) -> i64 {
             let aligned = index - index.rem_euclid(i64::from(months));
             start_of_day(tz, month_start(aligned))
         }
-    }
+    };
+    boundary.min(from)
 }
 
+/// The first boundary after `at`; always later than `at`, so boundary
+/// lists are strictly increasing.
 fn next_boundary(step: Step, tz: Tz, at: i64) -> i64 {
     match step {
         Step::Clock(ms) => {
@@ -195,8 +209,17 @@ fn next_boundary(step: Step, tz: Tz, at: i64) -> i64 {
             }
         }
         Step::Days(days) => {
-            let date = local_date(tz, at) + chrono::Duration::days(i64::from(days));
-            start_of_day(tz, date).max(at + 1)
+            // Skipped dates map onto the next one, so step on until the
+            // start really moves past `at`.
+            let mut date = local_date(tz, at);
+            for _ in 0..4 {
+                date += chrono::Duration::days(i64::from(days));
+                let start = start_of_day(tz, date);
+                if start > at {
+                    return start;
+                }
+            }
+            at + i64::from(days) * DAY
         }
         Step::Months(months) => {
             let date = local_date(tz, at);
@@ -384,6 +407,35 @@ mod tests {
                 "2027-04-01 00:00 +02:00",
             ]
         );
+    }
+
+    #[test]
+    fn a_skipped_date_is_no_bucket_and_the_days_around_it_are_whole() {
+        // Samoa moved across the date line: 29 December 2011 was followed
+        // by 31 December.
+        let tz = chrono_tz::Pacific::Apia;
+        let from = at(tz, "2011-12-27 12:00");
+        let to = at(tz, "2012-01-02 12:00");
+        let bounds = boundaries(Step::Days(1), tz, from, to, 100).expect("fits");
+        check_cover(&bounds, from, to);
+        let labels: Vec<String> = bounds
+            .iter()
+            .map(|&b| local(tz, b)[..10].to_owned())
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "2011-12-27",
+                "2011-12-28",
+                "2011-12-29",
+                "2011-12-31",
+                "2012-01-01",
+                "2012-01-02",
+                "2012-01-03"
+            ]
+        );
+        let (step, _) = plan(tz, from, to, 10, 0);
+        assert_eq!(step, Step::Days(1));
     }
 
     #[test]

@@ -210,7 +210,16 @@ async fn history_of(
             .collect();
         return Ok((Resolution::Raw, buckets));
     }
-    let (resolution, source) = choose_source(step, bounds);
+    let (resolution, source) = match choose_source(step, bounds) {
+        // Raw readings of this range are partly deleted, and no rollup
+        // lines up exactly (a zone offset by seconds, as many were before
+        // the 1970s): the 1-minute rollups are off by under a minute,
+        // which beats an empty chart.
+        (Resolution::RawBuckets, _) if !request.raw_complete() => {
+            (Resolution::Rollup1m, Source::Rollup(LEVELS[0]))
+        }
+        chosen => chosen,
+    };
     let buckets = store
         .aggregate(series_id, source, bounds)
         .await?
@@ -233,7 +242,8 @@ async fn history_of(
 
 /// The coarsest rollup whose buckets nest exactly inside every chart
 /// bucket, or raw readings when none does (steps under a minute, or a zone
-/// whose offset is not a whole number of minutes, such as LMT before 1900).
+/// whose offset then was not a whole number of minutes, as with local mean
+/// time, used in places until the 1970s).
 pub fn choose_source(step: Step, bounds: &[i64]) -> (Resolution, Source) {
     let fits = |level: &Level| {
         step.nominal_ms() >= level.width_ms

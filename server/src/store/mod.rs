@@ -240,9 +240,12 @@ impl Store {
     async fn sparklines(&self) -> Result<HashMap<i64, Sparkline>, StoreError> {
         let backend = self.db.get_database_backend();
         let since = rollup::bucket_of(crate::ingest::now_ms() - SPARKLINE_MS, SPARK_SLOT_MS);
-        let p = |n: usize| match backend {
-            sea_orm::DatabaseBackend::Postgres => format!("${n}"),
-            _ => "?".to_owned(),
+        // The cut-off appears three times: PostgreSQL reuses `$1`, while
+        // SQLite's `?` takes one bound value per mark (a missing one would
+        // silently be NULL and match nothing).
+        let (p, bound) = match backend {
+            sea_orm::DatabaseBackend::Postgres => ("$1", 1),
+            _ => ("?", 3),
         };
         let sql = format!(
             "SELECT s.device_id AS device_id, s.metric AS metric, \
@@ -252,13 +255,13 @@ impl Store {
              WHERE r.bucket >= {since} AND s.metric = \
                (SELECT MIN(s2.metric) FROM series s2 WHERE s2.device_id = s.device_id) \
              GROUP BY s.device_id, s.metric, slot ORDER BY s.device_id, slot",
-            since = p(1),
+            since = p,
             slot = SPARK_SLOT_MS,
         );
         let rows = SparkRow::find_by_statement(Statement::from_sql_and_values(
             backend,
             sql,
-            [sea_orm::Value::BigInt(Some(since))],
+            vec![sea_orm::Value::BigInt(Some(since)); bound],
         ))
         .all(&self.db)
         .await?;
