@@ -114,6 +114,28 @@ test('pick 24 h, drag to zoom, export the range, on desktop and phone', async ({
     expect(b!.width).toBeGreaterThanOrEqual(44);
   }
 
+  if (info.project.name === 'phone') {
+    // The smaller common phone size too: 360 x 740.
+    await page.setViewportSize({ width: 360, height: 740 });
+    await page.reload();
+    await expect(chartOf(page, 'temp')).toHaveClass(/ready/);
+    const narrow = await page.evaluate(() => ({
+      scroll: document.documentElement.scrollWidth,
+      width: window.innerWidth,
+    }));
+    expect(narrow.scroll).toBeLessThanOrEqual(narrow.width);
+    const chartBox = await chartOf(page, 'temp').boundingBox();
+    expect(chartBox!.width / 360).toBeGreaterThan(0.85);
+    await page.screenshot({ path: info.outputPath('device-phone-360.png'), fullPage: true });
+    await info.attach('device page (phone 360 x 740)', {
+      path: info.outputPath('device-phone-360.png'),
+      contentType: 'image/png',
+    });
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.reload();
+    await expect(chartOf(page, 'temp')).toHaveClass(/ready/);
+  }
+
   if (info.project.name === 'desktop') {
     // Drag across the middle fifth of the chart with a mouse (phones pinch,
     // below): the URL gets the zoomed window and the chart is redrawn from

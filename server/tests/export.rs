@@ -127,12 +127,13 @@ async fn slow_export(http: std::net::SocketAddr, pid: u32) -> (u64, u64) {
     (lines.saturating_sub(1), peak)
 }
 
-/// The server's memory must not depend on the size of an export. SQLite's
-/// shared page cache fills during the first large read, up to a budget
-/// fixed by configuration (80 MiB; see `READER_CACHE_KIB` in `store`), so
-/// the test exports everything once, checks that this stayed within the
-/// budget, then checks that a second full export of 1M rows (about 50 MB of
-/// CSV) adds almost nothing.
+/// The server's memory must not depend on the size of an export. Three
+/// full exports of 1M rows (about 150 MB of CSV in all) are read slowly;
+/// the server may only grow by SQLite's shared page cache, whose budget is
+/// fixed by configuration (80 MiB; see `READER_CACHE_KIB` in `store`) and
+/// fills over the first reads, plus a little for the allocator. A server
+/// that held an export, or leaked per row, would grow by at least one
+/// export's 50 MB per round.
 #[tokio::test]
 async fn a_million_row_export_runs_in_flat_server_memory() {
     let scratch = Scratch::new();
@@ -140,25 +141,24 @@ async fn a_million_row_export_runs_in_flat_server_memory() {
     seed(&url, "temp", 1_000_000).await;
     let (server, http, _) = common::spawn_server(&url, &[]).await;
     let pid = server.id().expect("pid");
-    let before_first = rss_kib(pid);
-    let (rows, first_peak) = slow_export(http, pid).await;
-    assert_eq!(rows, 1_000_000, "every row");
-    let before = rss_kib(pid);
-    let (rows, peak) = slow_export(http, pid).await;
-    assert_eq!(rows, 1_000_000, "every row, again");
-    let grew = peak.saturating_sub(before);
+    let start = rss_kib(pid);
+    let mut peaks = Vec::new();
+    for round in 0..3 {
+        let (rows, peak) = slow_export(http, pid).await;
+        assert_eq!(rows, 1_000_000, "every row, round {round}");
+        peaks.push(peak);
+    }
+    let grew = peaks
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(start)
+        .saturating_sub(start);
     println!(
-        "1M-row export: server RSS {before_first} KiB at start, first export peak {first_peak} KiB, \
-         second export {before} KiB -> {peak} KiB peak (+{grew} KiB)"
+        "3 x 1M-row exports: server RSS {start} KiB at start, peaks {peaks:?} KiB (+{grew} KiB)"
     );
-    // Holding the CSV would grow RSS by about 50 MB.
     assert!(
-        grew < 8 * 1024,
-        "server RSS grew by {grew} KiB during the second export"
-    );
-    // The page cache budget, and a little for the allocator.
-    assert!(
-        first_peak.saturating_sub(before_first) < 88 * 1024,
-        "first export grew RSS from {before_first} to {first_peak} KiB"
+        grew < 96 * 1024,
+        "server RSS grew by {grew} KiB over three exports (peaks {peaks:?})"
     );
 }
