@@ -57,13 +57,16 @@ export default defineConfig({
   projects: [
     {
       name: 'desktop',
-      use: { baseURL: 'http://127.0.0.1:3910', viewport: { width: 1280, height: 800 } },
+      // The browsers run in zones with DST, away from the server's UTC, so
+      // time zone handling is exercised on every run.
+      use: { baseURL: 'http://127.0.0.1:3910', viewport: { width: 1280, height: 800 }, timezoneId: 'Europe/Berlin' },
       metadata: { mqttPort: 18910 },
     },
     {
       name: 'phone',
       use: {
         baseURL: 'http://127.0.0.1:3911',
+        timezoneId: 'America/New_York',
         viewport: { width: 390, height: 844 },
         deviceScaleFactor: 3,
         isMobile: true,

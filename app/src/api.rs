@@ -5,7 +5,7 @@ use leptos::prelude::*;
 
 use crate::model::{DeviceCredentials, DeviceDetail, Fleet, SeriesResponse};
 
-/// How much history the device page loads before live updates take over.
+/// How much raw history `GET /api/devices/<id>` returns with a device.
 pub const RECENT_WINDOW_MS: i64 = 15 * 60 * 1000;
 
 /// The most points one metric's chart holds, loaded or live; the newest are
@@ -66,13 +66,11 @@ pub async fn get_fleet() -> Result<Fleet, ServerFnError> {
     backend()?.fleet().await.map_err(ServerFnError::new)
 }
 
-/// Loads one device with its recent history.
+/// Loads one device's summary, latest values and counters. Its charts come
+/// from [`get_history`], so no raw points are loaded here.
 #[server(prefix = "/_app", endpoint = "device")]
 pub async fn get_device(id: String) -> Result<Option<DeviceDetail>, ServerFnError> {
-    backend()?
-        .device(id, RECENT_WINDOW_MS)
-        .await
-        .map_err(ServerFnError::new)
+    backend()?.device(id, 0).await.map_err(ServerFnError::new)
 }
 
 /// Which period a history request covers.

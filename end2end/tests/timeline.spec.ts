@@ -72,6 +72,8 @@ test('pick 24 h, drag to zoom, export the range, on desktop and phone', async ({
   const temp = chartOf(page, 'temp');
   await expect(temp).toHaveClass(/ready/);
   await expect(temp).not.toHaveAttribute('data-resolution', 'raw');
+  // The range is described in the viewer's zone, like the chart's axis.
+  await expect(page.getByTestId('range-label')).toContainText(`(${await page.evaluate(() => Intl.DateTimeFormat().resolvedOptions().timeZone)})`);
   const step = Number(await temp.getAttribute('data-step'));
   const points = Number(await temp.getAttribute('data-points'));
   expect(step).toBeGreaterThanOrEqual(MINUTE);

@@ -276,7 +276,7 @@ fn DeviceView(
                             view! {
                                 <div class="chart-actions">
                                     <a class="button" data-testid="export" href=export download="">"Export CSV"</a>
-                                    <span class="range-label" data-testid="range-label">{describe(fixed)}</span>
+                                    <RangeLabel window=fixed/>
                                 </div>
                                 <Charts lines=new_lines response=h summary window combined on_zoom/>
                             }.into_any()
@@ -291,9 +291,42 @@ fn DeviceView(
     }
 }
 
-/// A window as text for the page, in UTC so server and browser agree.
-fn describe((from, to): (EpochMs, EpochMs)) -> String {
-    format!("{} – {}", format::utc_minute(from), format::utc_minute(to))
+/// The loaded window as text. The server renders it in UTC, since it does
+/// not know the viewer's zone; once hydrated, the browser rewrites it in
+/// local time with the zone's name, as the chart's axis is drawn.
+#[component]
+fn RangeLabel(window: (EpochMs, EpochMs)) -> impl IntoView {
+    let (from, to) = window;
+    let text = RwSignal::new(format!(
+        "{} – {}",
+        format::utc_minute(from),
+        format::utc_minute(to)
+    ));
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        let local = |t: EpochMs| {
+            js_sys::Date::new(&(t as f64).into())
+                .to_locale_string("default", &local_format())
+                .as_string()
+                .unwrap_or_default()
+        };
+        text.set(format!(
+            "{} – {} ({})",
+            local(from),
+            local(to),
+            browser_zone()
+        ));
+    });
+    view! { <span class="range-label" data-testid="range-label">{move || text.get()}</span> }
+}
+
+/// `{dateStyle: "medium", timeStyle: "short"}` for `toLocaleString`.
+#[cfg(feature = "hydrate")]
+fn local_format() -> wasm_bindgen::JsValue {
+    let options = js_sys::Object::new();
+    let _ = js_sys::Reflect::set(&options, &"dateStyle".into(), &"medium".into());
+    let _ = js_sys::Reflect::set(&options, &"timeStyle".into(), &"short".into());
+    options.into()
 }
 
 fn lines_of(h: &SeriesResponse) -> Vec<Line> {
