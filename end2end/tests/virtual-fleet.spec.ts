@@ -9,6 +9,8 @@ import * as path from 'path';
 const bin = process.env.SIGHTLINE_BIN ?? path.resolve(__dirname, '../../target/release/sightline');
 
 test('1,000 devices: only visible cards render, and search, filter and sort work', async ({ page }, info) => {
+  // Connecting a thousand simulated devices takes 10-25 s on two cores.
+  test.setTimeout(120_000);
   const mqtt = info.project.metadata.mqttPort as number;
   const prefix = `fleet-${info.project.name}-`;
   const sim = spawn(bin, ['simulate', '--broker', `127.0.0.1:${mqtt}`, '--devices', '1000', '--rate', '1', '--prefix', prefix]);
@@ -17,7 +19,7 @@ test('1,000 devices: only visible cards render, and search, filter and sort work
       .poll(async () => {
         const fleet = await (await page.request.get('/api/devices')).json();
         return fleet.filter((d: { id: string }) => d.id.startsWith(prefix)).length;
-      }, { timeout: 30_000 })
+      }, { timeout: 90_000 })
       .toBe(1000);
     await page.goto('/');
     await expect(page.getByTestId('link-state')).toHaveText('live');
