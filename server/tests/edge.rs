@@ -90,6 +90,25 @@ async fn connack(
     .expect("a CONNACK in time")
 }
 
+/// Polls a client's event loop until the server's CONNACK arrives.
+async fn until_connected(events: &mut rumqttc::EventLoop) {
+    loop {
+        if let Event::Incoming(rumqttc::Packet::ConnAck(_)) = events.poll().await.expect("connects")
+        {
+            return;
+        }
+    }
+}
+
+/// Whether the server ends a client's connection within `secs` seconds.
+async fn ends_within(events: &mut rumqttc::EventLoop, secs: u64) -> bool {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        while events.poll().await.is_ok() {}
+    })
+    .await
+    .is_ok()
+}
+
 async fn set_enabled(server: &TestServer, id: &str, enabled: bool) {
     let status = reqwest::Client::new()
         .put(server.url(&format!("/api/devices/{id}/enabled")))
@@ -160,23 +179,12 @@ async fn wrong_unknown_or_disabled_credentials_get_a_connack_refusal() {
     // Disabling a device also ends the connection it has open.
     let (_held, mut held_events) =
         AsyncClient::new(options(server.mqtt, "held", Some(("A", &secret))), 10);
-    loop {
-        if let Event::Incoming(rumqttc::Packet::ConnAck(_)) =
-            held_events.poll().await.expect("connects")
-        {
-            break;
-        }
-    }
+    until_connected(&mut held_events).await;
     set_enabled(&server, "A", false).await;
-    let ended = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            if held_events.poll().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the disabled device's connection was ended");
+    assert!(
+        ends_within(&mut held_events, 2).await,
+        "the disabled device's connection was ended"
+    );
     let detail: DeviceDetail = server.get_json("/api/devices/A").await;
     assert_eq!(
         detail.summary.presence.and_then(|p| p.reason).as_deref(),
@@ -673,12 +681,7 @@ async fn online_and_offline_reach_the_dashboard_within_a_second() {
     let mut o = options(server.mqtt, "ka", Some(("KA", &secret)));
     o.set_keep_alive(Duration::from_secs(1));
     let (_client, mut events) = AsyncClient::new(o, 10);
-    loop {
-        match events.poll().await.expect("connects") {
-            Event::Incoming(rumqttc::Packet::ConnAck(_)) => break,
-            _ => continue,
-        }
-    }
+    until_connected(&mut events).await;
     let online = presence_of(&mut ws, "KA").await;
     assert!(
         online.online && online.connected_since.is_some(),
@@ -776,15 +779,10 @@ async fn limits_are_answered_counted_and_leave_other_devices_alone() {
             .await
             .expect("queued");
     }
-    let cut = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if events.poll().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(cut.is_ok(), "a flooding device is disconnected");
+    assert!(
+        ends_within(&mut events, 5).await,
+        "a flooding device is disconnected"
+    );
     drop(events);
 
     // A packet over the limit (1 MiB here): disconnected and counted.
@@ -795,15 +793,10 @@ async fn limits_are_answered_counted_and_leave_other_devices_alone() {
         .publish("sensor/Big/n", QoS::AtMostOnce, false, vec![b'1'; 2 << 20])
         .await
         .expect("queued");
-    let cut = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if events.poll().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(cut.is_ok(), "an oversized packet ends the connection");
+    assert!(
+        ends_within(&mut events, 5).await,
+        "an oversized packet ends the connection"
+    );
     drop(events);
 
     // At the connection limit, the next device hears "server unavailable".
