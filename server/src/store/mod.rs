@@ -498,6 +498,15 @@ impl Store {
     }
 }
 
+/// The mark for the `n`-th bound value (from 1) of a hand-written
+/// statement: PostgreSQL numbers them, SQLite takes them in order.
+pub(crate) fn placeholder(backend: sea_orm::DatabaseBackend, n: usize) -> String {
+    match backend {
+        sea_orm::DatabaseBackend::Postgres => format!("${n}"),
+        _ => "?".to_owned(),
+    }
+}
+
 /// The newest reading of every series, found through the `(series_id, ts)`
 /// index: one short index probe per series, on SQLite and PostgreSQL alike.
 const LATEST_SQL: &str = "SELECT s.device_id, s.metric, r.ts, r.value \

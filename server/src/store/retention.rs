@@ -184,10 +184,7 @@ async fn delete_chunk(
     cutoff: i64,
 ) -> Result<u64, DbErr> {
     let backend = db.get_database_backend();
-    let p = |n: usize| match backend {
-        sea_orm::DatabaseBackend::Postgres => format!("${n}"),
-        _ => "?".to_owned(),
-    };
+    let p = |n: usize| super::placeholder(backend, n);
     let end = db
         .query_one_raw(Statement::from_sql_and_values(
             backend,

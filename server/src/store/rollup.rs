@@ -110,10 +110,7 @@ pub fn upsert_sql(backend: DatabaseBackend, level: Level, rows: usize) -> String
                 sql.push_str(", ");
             }
             param += 1;
-            match backend {
-                DatabaseBackend::Postgres => sql.push_str(&format!("${param}")),
-                _ => sql.push('?'),
-            }
+            sql.push_str(&super::placeholder(backend, param));
         }
         sql.push(')');
     }
@@ -192,9 +189,10 @@ pub async fn aggregate<C: ConnectionTrait>(
     let mut next = |values: &mut Vec<Value>, v: i64| {
         values.push(Value::BigInt(Some(v)));
         param += 1;
+        let mark = super::placeholder(backend, param);
         match backend {
-            DatabaseBackend::Postgres => format!("${param}::BIGINT"),
-            _ => "?".to_owned(),
+            DatabaseBackend::Postgres => mark + "::BIGINT",
+            _ => mark,
         }
     };
     let mut list = String::with_capacity(bounds.len() * 24);
