@@ -86,12 +86,7 @@ impl IntoResponse for HttpError {
 
 /// Builds the whole router, so tests can drive it without a socket.
 pub fn router(state: AppState) -> Router {
-    let backend: SharedBackend = Arc::new(PageData {
-        store: state.store.clone(),
-        metrics: state.metrics.clone(),
-        presence: state.presence.clone(),
-        retain_raw: state.retain_raw,
-    });
+    let backend: SharedBackend = Arc::new(PageData::from(&state));
     let routes = generate_route_list(app::App);
     let leptos = state.leptos.clone();
     let pkg = ServeDir::new(std::path::Path::new(&*leptos.site_root).join("pkg"));
@@ -212,13 +207,8 @@ async fn device(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDetail>, HttpError> {
-    let data = PageData {
-        store: state.store.clone(),
-        metrics: state.metrics.clone(),
-        presence: state.presence.clone(),
-        retain_raw: state.retain_raw,
-    };
-    data.detail(&id, RECENT_WINDOW_MS)
+    PageData::from(&state)
+        .detail(&id, RECENT_WINDOW_MS)
         .await?
         .map(Json)
         .ok_or(HttpError::NotFound)
@@ -230,6 +220,17 @@ struct PageData {
     metrics: Arc<Metrics>,
     presence: Arc<Presence>,
     retain_raw: crate::store::retention::Retention,
+}
+
+impl From<&AppState> for PageData {
+    fn from(state: &AppState) -> Self {
+        Self {
+            store: state.store.clone(),
+            metrics: state.metrics.clone(),
+            presence: state.presence.clone(),
+            retain_raw: state.retain_raw,
+        }
+    }
 }
 
 impl PageData {
@@ -291,18 +292,18 @@ impl Backend for PageData {
                 HistoryWindow::Last { span } => (now.saturating_sub(span.max(1)), now),
                 HistoryWindow::Between { from, to } => (from, to),
             };
-            let request = crate::history::SeriesRequest {
-                metrics: None,
-                from: from.clamp(history::buckets::MIN_TS, history::buckets::MAX_TS),
-                to: to.clamp(history::buckets::MIN_TS, history::buckets::MAX_TS),
-                points: points.clamp(1, history::MAX_POINTS),
-                // A browser that reports no usable zone gets UTC buckets.
-                tz: tz.parse().unwrap_or(chrono_tz::Tz::UTC),
-                raw_since: self.retain_raw.cutoff(now),
+            // The same checks as the series API, except that the page's
+            // own width and zone never fail it: points are clamped, and a
+            // browser that reports no usable zone gets UTC buckets.
+            let query = history::SeriesQuery {
+                from: Some(from),
+                to: Some(to),
+                points: Some(points.clamp(1, history::MAX_POINTS)),
+                tz: tz.parse::<chrono_tz::Tz>().is_ok().then_some(tz),
+                ..history::SeriesQuery::default()
             };
-            if request.from > request.to {
-                return Err("the range ends before it starts".to_owned());
-            }
+            let request = history::SeriesRequest::parse(query, now, self.retain_raw)
+                .map_err(|e| e.to_string())?;
             history::load(&self.store, &id, &request)
                 .await
                 .map_err(log_for_page)

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use crate::http::{AppState, HttpError};
 use crate::ingest::decode::valid_name;
 use crate::ingest::now_ms;
+use crate::store::retention::Retention;
 use crate::store::rollup::{Level, Source, LEVELS};
 use crate::store::{Store, StoreError};
 use buckets::Step;
@@ -34,19 +35,19 @@ pub const MAX_POINTS: usize = 5_000;
 /// The range when the request gives none: the last 24 hours.
 const DEFAULT_SPAN_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// The query string of a series request.
-#[derive(Debug, Deserialize)]
+/// The query string of a series request, or what the dashboard asks for.
+#[derive(Debug, Default, Deserialize)]
 pub struct SeriesQuery {
     /// One metric or a comma-separated list; every metric when absent.
-    metric: Option<String>,
+    pub metric: Option<String>,
     /// Epoch milliseconds, inclusive; 24 hours before `to` when absent.
-    from: Option<i64>,
+    pub from: Option<i64>,
     /// Epoch milliseconds, inclusive; now when absent.
-    to: Option<i64>,
+    pub to: Option<i64>,
     /// The most buckets per metric; 1,000 when absent.
-    points: Option<usize>,
+    pub points: Option<usize>,
     /// An IANA time zone such as `Europe/Berlin`; UTC when absent.
-    tz: Option<String>,
+    pub tz: Option<String>,
 }
 
 /// A validated series request.
@@ -63,8 +64,9 @@ pub struct SeriesRequest {
 }
 
 impl SeriesRequest {
-    /// Checks a query string, filling in defaults relative to `now`.
-    pub fn parse(q: SeriesQuery, now: i64) -> Result<Self, HttpError> {
+    /// Checks a query string, filling in defaults relative to `now`; raw
+    /// readings older than `retain_raw` are taken to be deleted.
+    pub fn parse(q: SeriesQuery, now: i64, retain_raw: Retention) -> Result<Self, HttpError> {
         let bad = |why: &str| HttpError::BadRequest(why.to_owned());
         let to = q.to.unwrap_or(now).clamp(buckets::MIN_TS, buckets::MAX_TS);
         let from = q
@@ -100,12 +102,10 @@ impl SeriesRequest {
             to,
             points,
             tz,
-            raw_since: None,
+            raw_since: retain_raw.cutoff(now),
         })
     }
-}
 
-impl SeriesRequest {
     /// Whether every raw reading of the range is still stored.
     pub fn raw_complete(&self) -> bool {
         self.raw_since.is_none_or(|since| self.from >= since)
@@ -119,9 +119,7 @@ pub async fn series(
     query: Result<Query<SeriesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SeriesResponse>, HttpError> {
     let Query(q) = query.map_err(|e| HttpError::BadRequest(e.body_text()))?;
-    let now = now_ms();
-    let mut request = SeriesRequest::parse(q, now)?;
-    request.raw_since = state.retain_raw.cutoff(now);
+    let request = SeriesRequest::parse(q, now_ms(), state.retain_raw)?;
     Ok(Json(
         load(&state.store, &id, &request)
             .await?
@@ -327,13 +325,19 @@ mod tests {
     fn requests_are_checked_and_defaulted() {
         let q = |s: &str| -> SeriesQuery { serde_json::from_str(s).expect("query") };
         let now = 1_767_225_600_000;
-        let r = SeriesRequest::parse(q("{}"), now).expect("defaults");
+        let r = SeriesRequest::parse(q("{}"), now, Retention::FOREVER).expect("defaults");
         assert_eq!(
             (r.from, r.to, r.points, r.tz),
             (now - DEFAULT_SPAN_MS, now, 1000, Tz::UTC)
         );
-        let r = SeriesRequest::parse(q(r#"{"metric":"temp,hum","tz":"Europe/Berlin"}"#), now)
-            .expect("ok");
+        let r = SeriesRequest::parse(q("{}"), now, Retention::millis(5_000)).expect("retention");
+        assert_eq!(r.raw_since, Some(now - 5_000));
+        let r = SeriesRequest::parse(
+            q(r#"{"metric":"temp,hum","tz":"Europe/Berlin"}"#),
+            now,
+            Retention::FOREVER,
+        )
+        .expect("ok");
         assert_eq!(r.metrics, Some(vec!["temp".into(), "hum".into()]));
         for bad in [
             r#"{"from":5,"to":4}"#,
@@ -342,7 +346,10 @@ mod tests {
             r#"{"tz":"Mars/Olympus"}"#,
             r#"{"metric":"<script>"}"#,
         ] {
-            assert!(SeriesRequest::parse(q(bad), now).is_err(), "{bad}");
+            assert!(
+                SeriesRequest::parse(q(bad), now, Retention::FOREVER).is_err(),
+                "{bad}"
+            );
         }
     }
 }
