@@ -9,10 +9,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use app::model::{Reading, SeriesResponse};
 
-use super::{free_addr, start_server, stop_server, BenchOptions};
+use super::{finish, free_addr, scratch_dir, start_server, stop_server, BenchOptions};
 use crate::store::Store;
 
 /// The device and metric the benchmark seeds.
@@ -73,18 +73,12 @@ pub async fn seed(url: &str, end: i64) -> anyhow::Result<Duration> {
 
 /// Runs the scenario and returns the report.
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
-    let dir =
-        std::env::temp_dir().join(format!("sightline-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = scratch_dir()?;
     let result = run_in(opts, &dir).await;
-    if opts.keep {
-        if let Ok(report) = &result {
-            return Ok(format!("{report}kept               {}\n", dir.display()));
-        }
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
+    match (finish(dir, opts.keep), result) {
+        (Some(kept), Ok(report)) => Ok(format!("{report}kept               {}\n", kept.display())),
+        (_, result) => result,
     }
-    result
 }
 
 async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<String> {

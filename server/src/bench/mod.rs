@@ -258,18 +258,30 @@ impl BenchReport {
 
 /// Runs one benchmark and returns its report.
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let dir = scratch_dir()?;
+    let mut result = run_in(opts, &dir).await;
+    if let (Some(kept), Ok(report)) = (finish(dir, opts.keep), &mut result) {
+        report.kept = Some(kept);
+    }
+    result
+}
+
+/// A new folder for one run's database and server log.
+pub(crate) fn scratch_dir() -> anyhow::Result<PathBuf> {
     let dir =
         std::env::temp_dir().join(format!("sightline-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut result = run_in(opts, &dir).await;
-    if opts.keep {
-        if let Ok(report) = &mut result {
-            report.kept = Some(dir);
-        }
+    Ok(dir)
+}
+
+/// Removes a run's folder, or with `--keep` leaves it and says where.
+pub(crate) fn finish(dir: PathBuf, keep: bool) -> Option<PathBuf> {
+    if keep {
+        Some(dir)
     } else {
         let _ = std::fs::remove_dir_all(&dir);
+        None
     }
-    result
 }
 
 async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> {
