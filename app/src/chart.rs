@@ -151,18 +151,30 @@ fn sketch_points(buckets: &[Bucket]) -> String {
     let (Some(first), Some(last)) = (buckets.first(), buckets.last()) else {
         return String::new();
     };
-    let (lo, hi) = buckets
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), b| {
-            (lo.min(b.avg), hi.max(b.avg))
-        });
     let span_t = (last.start - first.start).max(1) as f64;
-    let span_v = if hi > lo { hi - lo } else { 1.0 };
-    buckets
+    let points: Vec<(f64, f64)> = buckets
         .iter()
-        .map(|b| {
-            let x = (b.start - first.start) as f64 / span_t * SKETCH_W;
-            let y = SKETCH_H - 10.0 - (b.avg - lo) / span_v * (SKETCH_H - 20.0);
+        .map(|b| ((b.start - first.start) as f64 / span_t, b.avg))
+        .collect();
+    polyline(&points, SKETCH_W, SKETCH_H, 10.0)
+}
+
+/// An SVG `points` attribute for a `width` × `height` box: `x` runs from 0
+/// to 1 across the box, and the values are scaled to fill its height less
+/// `margin` at the top and bottom. Shared by the chart sketches and the
+/// fleet's sparklines.
+pub fn polyline(points: &[(f64, f64)], width: f64, height: f64, margin: f64) -> String {
+    let (lo, hi) = points
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, v)| {
+            (lo.min(*v), hi.max(*v))
+        });
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    points
+        .iter()
+        .map(|(x, v)| {
+            let x = x * width;
+            let y = height - margin - (v - lo) / span * (height - 2.0 * margin);
             format!("{x:.1},{y:.1}")
         })
         .collect::<Vec<_>>()

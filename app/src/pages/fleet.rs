@@ -523,26 +523,17 @@ fn DeviceCard(card: Card, now: RwSignal<i64>) -> impl IntoView {
 /// box, as an SVG `points` attribute.
 fn sparkline_points(points: &[(EpochMs, f64)], now: EpochMs) -> String {
     let start = now - SPARKLINE_MS;
-    let points: Vec<(EpochMs, f64)> = points
+    let points: Vec<(f64, f64)> = points
         .iter()
-        .copied()
         .filter(|(t, _)| *t >= start)
-        .collect();
-    let (lo, hi) = points
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, v)| {
-            (lo.min(*v), hi.max(*v))
-        });
-    let span = if hi > lo { hi - lo } else { 1.0 };
-    points
-        .iter()
         .map(|(t, v)| {
-            let x = ((t - start) as f64 / SPARKLINE_MS as f64 * 100.0).clamp(0.0, 100.0);
-            let y = 22.0 - (v - lo) / span * 20.0;
-            format!("{x:.1},{y:.1}")
+            (
+                ((t - start) as f64 / SPARKLINE_MS as f64).clamp(0.0, 1.0),
+                *v,
+            )
         })
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    crate::chart::polyline(&points, 100.0, 24.0, 2.0)
 }
 
 #[cfg(test)]
