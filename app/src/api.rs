@@ -3,7 +3,7 @@
 
 use leptos::prelude::*;
 
-use crate::model::{DeviceCredentials, DeviceDetail, Fleet, SeriesResponse};
+use crate::model::{Command, DeviceCredentials, DeviceDetail, Fleet, SeriesResponse};
 
 /// How much raw history `GET /api/devices/<id>` returns with a device.
 pub const RECENT_WINDOW_MS: i64 = 15 * 60 * 1000;
@@ -21,7 +21,9 @@ mod backend {
     use std::pin::Pin;
     use std::sync::Arc;
 
-    use crate::model::{DeviceCredentials, DeviceDetail, Fleet, SeriesResponse};
+    use crate::model::{
+        Command, CommandRequest, DeviceCredentials, DeviceDetail, Fleet, SeriesResponse,
+    };
 
     /// A boxed, sendable future, so the trait stays object-safe.
     pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -52,6 +54,14 @@ mod backend {
         /// Creates a device and returns its secret, once. The error is a
         /// message for the operator.
         fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, String>>;
+        /// A device's newest commands, newest first.
+        fn commands(&self, id: String) -> BoxFuture<'_, Result<Vec<Command>, String>>;
+        /// Sends a command; the error is a message for the operator.
+        fn send_command(
+            &self,
+            id: String,
+            request: CommandRequest,
+        ) -> BoxFuture<'_, Result<Command, String>>;
     }
 
     pub use super::HistoryWindow;
@@ -102,6 +112,37 @@ pub async fn get_history(
 pub async fn add_device(id: String) -> Result<DeviceCredentials, ServerFnError> {
     backend()?
         .add_device(id.trim().to_owned())
+        .await
+        .map_err(ServerFnError::new)
+}
+
+/// Loads a device's newest commands, newest first.
+#[server(prefix = "/_app", endpoint = "commands")]
+pub async fn get_commands(id: String) -> Result<Vec<Command>, ServerFnError> {
+    backend()?.commands(id).await.map_err(ServerFnError::new)
+}
+
+/// Sends a command from the device page. `params` is the JSON text the
+/// operator typed; empty means `{}`.
+#[server(prefix = "/_app", endpoint = "send_command")]
+pub async fn send_command(
+    id: String,
+    name: String,
+    params: String,
+    two_way: bool,
+    persistent: bool,
+) -> Result<Command, ServerFnError> {
+    let params = crate::model::parse_params(&params).map_err(ServerFnError::new)?;
+    let request = crate::model::CommandRequest {
+        name: name.trim().to_owned(),
+        params,
+        two_way,
+        persistent,
+        timeout_ms: None,
+        ttl_ms: None,
+    };
+    backend()?
+        .send_command(id, request)
         .await
         .map_err(ServerFnError::new)
 }

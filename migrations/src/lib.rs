@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261129_000001_readings;
 mod m20261129_000002_device_credentials;
 mod m20261129_000003_rollups;
+mod m20261129_000004_commands;
 
 /// Applies every migration in order.
 #[derive(Debug)]
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_readings::Migration),
             Box::new(m20261129_000002_device_credentials::Migration),
             Box::new(m20261129_000003_rollups::Migration),
+            Box::new(m20261129_000004_commands::Migration),
         ]
     }
 }

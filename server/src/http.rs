@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use app::api::{Backend, BoxFuture, HistoryWindow, SharedBackend, RECENT_WINDOW_MS};
-use app::model::{Counters, DeviceCredentials, DeviceDetail, DeviceSummary, Fleet, SeriesResponse};
+use app::model::{
+    Command, CommandRequest, Counters, DeviceCredentials, DeviceDetail, DeviceSummary, Fleet,
+    SeriesResponse,
+};
 use axum::extract::{FromRef, Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +20,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::command::{wire::Refusal, CommandError, Commands};
 use crate::edge::Sessions;
 use crate::history;
 use crate::ingest::now_ms;
@@ -35,6 +39,7 @@ pub struct AppState {
     pub presence: Arc<Presence>,
     /// Live device sessions, so that disabling a device disconnects it.
     pub sessions: Arc<Sessions>,
+    pub commands: Arc<Commands>,
     pub live: Live,
     /// How long raw readings are kept, so that history queries of older
     /// periods go to rollups.
@@ -51,6 +56,8 @@ pub enum HttpError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -66,12 +73,24 @@ impl From<RegistryError> for HttpError {
     }
 }
 
+impl From<CommandError> for HttpError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::UnknownDevice(_) => Self::NotFound,
+            CommandError::Refused(Refusal::TooLarge { .. }) => Self::TooLarge(e.to_string()),
+            CommandError::Refused(Refusal::Invalid(why)) => Self::BadRequest(why),
+            CommandError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let (status, message) = match &self {
             Self::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
             Self::BadRequest(why) => (StatusCode::BAD_REQUEST, why.clone()),
             Self::Conflict(why) => (StatusCode::CONFLICT, why.clone()),
+            Self::TooLarge(why) => (StatusCode::PAYLOAD_TOO_LARGE, why.clone()),
             Self::Store(e) => {
                 tracing::error!("API request failed: {e}");
                 (
@@ -100,6 +119,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices/{id}/enabled", put(set_enabled))
         .route("/api/devices/{id}/export", get(crate::export::export))
         .route("/api/devices/{id}/series", get(crate::history::series))
+        .route(
+            "/api/devices/{id}/commands",
+            get(device_commands).post(send_command),
+        )
+        .route("/api/commands/{id}", get(command))
         .with_state(state.clone());
     let ws = Router::new()
         .route("/ws", get(live::websocket))
@@ -203,6 +227,66 @@ async fn set_enabled(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /api/devices/{id}/commands` with a [`CommandRequest`]: stores the
+/// command, sends it if the device is subscribed, and returns it (201). A
+/// non-persistent command to an offline device comes back already failed,
+/// with the reason.
+async fn send_command(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<CommandRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Command>), HttpError> {
+    let Json(request) = body.map_err(|e| {
+        Metrics::add(&state.metrics.commands.refused, 1);
+        match e {
+            axum::extract::rejection::JsonRejection::BytesRejection(_) => {
+                HttpError::TooLarge(e.body_text())
+            }
+            e => HttpError::BadRequest(format!("invalid command: {}", e.body_text())),
+        }
+    })?;
+    let command = state.commands.send(&id, request).await?;
+    tracing::info!(device = %id, command = %command.id, name = %command.name, state = command.state.label(), "command accepted");
+    Ok((StatusCode::CREATED, Json(command)))
+}
+
+/// The query of `GET /api/devices/{id}/commands`.
+#[derive(Debug, serde::Deserialize)]
+struct CommandsQuery {
+    limit: Option<u64>,
+}
+
+/// The most commands one list returns.
+const MAX_COMMAND_LIST: u64 = 500;
+
+/// `GET /api/devices/{id}/commands?limit=N`: the newest commands first
+/// (20 unless asked).
+async fn device_commands(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<CommandsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Command>>, HttpError> {
+    let axum::extract::Query(query) = query.map_err(|e| HttpError::BadRequest(e.body_text()))?;
+    if !state.store.device_exists(&id).await? {
+        return Err(HttpError::NotFound);
+    }
+    let limit = query.limit.unwrap_or(20).clamp(1, MAX_COMMAND_LIST);
+    Ok(Json(state.commands.recent(&id, limit).await?))
+}
+
+/// `GET /api/commands/{id}`: one command as it is now.
+async fn command(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Command>, HttpError> {
+    state
+        .commands
+        .get(&id)
+        .await?
+        .map(Json)
+        .ok_or(HttpError::NotFound)
+}
+
 async fn device(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -217,6 +301,7 @@ async fn device(
 /// The pages' view of the store and counters.
 struct PageData {
     store: Store,
+    commands: Arc<Commands>,
     metrics: Arc<Metrics>,
     presence: Arc<Presence>,
     retain_raw: crate::store::retention::Retention,
@@ -226,6 +311,7 @@ impl From<&AppState> for PageData {
     fn from(state: &AppState) -> Self {
         Self {
             store: state.store.clone(),
+            commands: state.commands.clone(),
             metrics: state.metrics.clone(),
             presence: state.presence.clone(),
             retain_raw: state.retain_raw,
@@ -310,6 +396,18 @@ impl Backend for PageData {
         })
     }
 
+    fn commands(&self, id: String) -> BoxFuture<'_, Result<Vec<Command>, String>> {
+        Box::pin(async move { self.page_commands(&id).await })
+    }
+
+    fn send_command(
+        &self,
+        id: String,
+        request: CommandRequest,
+    ) -> BoxFuture<'_, Result<Command, String>> {
+        Box::pin(async move { self.page_send(&id, request).await })
+    }
+
     fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, String>> {
         Box::pin(async move {
             match self.store.add_device(&id, now_ms()).await {
@@ -321,6 +419,29 @@ impl Backend for PageData {
                 Err(e) => Err(e.to_string()),
             }
         })
+    }
+}
+
+/// Commands the device page lists.
+const PAGE_COMMANDS: u64 = 20;
+
+impl PageData {
+    async fn page_commands(&self, id: &str) -> Result<Vec<Command>, String> {
+        self.commands
+            .recent(id, PAGE_COMMANDS)
+            .await
+            .map_err(log_for_page)
+    }
+
+    async fn page_send(&self, id: &str, request: CommandRequest) -> Result<Command, String> {
+        match self.commands.send(id, request).await {
+            Ok(c) => {
+                tracing::info!(device = %id, command = %c.id, name = %c.name, "command sent from the dashboard");
+                Ok(c)
+            }
+            Err(CommandError::Store(e)) => Err(log_for_page(e)),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

@@ -15,13 +15,16 @@
 //!   [`history`] answers chart queries at any range from rollups, and
 //!   [`export`] streams raw readings as CSV or NDJSON.
 //!
-//! Beside them, [`broker`] (rumqttd's router) carries commands to devices.
+//! Beside them, [`command`] tracks commands to devices from the operator's
+//! request to the device's answer, and [`broker`] (rumqttd's router)
+//! carries them to the devices.
 //! Around them: [`config`] (layered settings), [`metrics`] (counters),
 //! [`simulate`] (real MQTT clients for demos and benchmarks) and [`bench`]
 //! (the benchmark that drives a server process with them).
 
 pub mod bench;
 pub mod broker;
+pub mod command;
 pub mod config;
 pub mod edge;
 pub mod export;
@@ -46,7 +49,7 @@ use tokio_util::task::TaskTracker;
 use broker::Broker;
 use config::Config;
 use edge::tls::{TlsError, TlsListener};
-use edge::{Edge, EdgeSettings, Sessions};
+use edge::{Edge, EdgeSettings, Services, Sessions};
 use metrics::Metrics;
 use presence::Presence;
 use store::{Store, StoreError};
@@ -68,6 +71,8 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error("the database writer stopped: {0}")]
     Writer(String),
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
 }
@@ -210,6 +215,19 @@ pub async fn run(
     let open_registration = config.open_registration || config.demo;
     let broker = Arc::new(Broker::start(config.max_connections + 64));
     let sessions = Arc::new(Sessions::default());
+    let (commands, saver) = command::Commands::start(
+        store.clone(),
+        &broker,
+        metrics.clone(),
+        config.max_payload_bytes,
+    )
+    .await?;
+    let commands_stop = CancellationToken::new();
+    let command_tasks = [tokio::spawn(saver.run(commands_stop.clone())), {
+        let commands = commands.clone();
+        let stop = commands_stop.clone();
+        tokio::spawn(async move { commands.run_timer(stop).await })
+    }];
     let edge = Arc::new(Edge::new(
         EdgeSettings {
             // Payloads over the ingest limit are still read, so that they
@@ -221,10 +239,13 @@ pub async fn run(
         },
         store.clone(),
         ingest::Ingest::new(metrics.clone(), queue_tx, config.max_payload_bytes),
-        broker.clone(),
-        presence.clone(),
         metrics.clone(),
-        sessions.clone(),
+        Services {
+            broker: broker.clone(),
+            presence: presence.clone(),
+            sessions: sessions.clone(),
+            commands: commands.clone(),
+        },
     ));
     let session_tasks = TaskTracker::new();
     let edge_stop = CancellationToken::new();
@@ -268,10 +289,12 @@ pub async fn run(
         metrics: metrics.clone(),
         presence: presence.clone(),
         sessions,
+        commands: commands.clone(),
         retain_raw: config.retain_raw,
         live: live::Live {
             hub,
             presence: presence.clone(),
+            commands: commands.clone(),
             metrics: metrics.clone(),
             shutdown: token.clone(),
         },
@@ -358,6 +381,12 @@ pub async fn run(
     }
     session_tasks.close();
     session_tasks.wait().await;
+    // Sessions told the command service they ended; its last changes are
+    // written before the database is let go.
+    commands_stop.cancel();
+    for task in command_tasks {
+        let _ = task.await;
+    }
     token.cancel();
     if !writer.is_finished() {
         let _ = writer.await;

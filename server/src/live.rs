@@ -302,6 +302,7 @@ fn encode(msg: &ServerMsg) -> Utf8Bytes {
 pub struct Live {
     pub hub: Arc<Hub>,
     pub presence: Arc<Presence>,
+    pub commands: Arc<crate::command::Commands>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
 }
@@ -328,6 +329,7 @@ async fn viewer(socket: WebSocket, live: Live) {
     let mut subscription = Subscription::Nothing;
     let mut stats = tokio::time::interval(STATS_EVERY);
     let mut presence = live.presence.subscribe();
+    let mut commands = live.commands.updates();
     loop {
         let mut frames = Vec::new();
         let mut delivered: Vec<(Instant, u64)> = Vec::new();
@@ -375,6 +377,18 @@ async fn viewer(socket: WebSocket, live: Live) {
                 };
                 if !statuses.is_empty() {
                     frames.push(encode(&ServerMsg::Presence { devices: statuses }));
+                }
+            },
+            update = commands.recv() => {
+                // Missed changes (256 behind) are only a stale row until
+                // the page reloads its list. The channel cannot close while
+                // `live` holds the service.
+                if let Ok(command) = update {
+                    // Only a device page watches commands; the fleet page
+                    // subscribes to everything and has no use for them.
+                    if matches!(&subscription, Subscription::Devices(d) if d.contains(&command.device)) {
+                        frames.push(encode(&ServerMsg::Command { command: Box::new(command) }));
+                    }
                 }
             },
             _ = stats.tick() => {

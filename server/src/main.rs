@@ -21,11 +21,11 @@ struct Cli {
     #[arg(long, env = "SIGHTLINE_LOG", global = true, value_name = "FILTER")]
     log: Option<String>,
     #[command(subcommand)]
-    command: Command,
+    command: Action,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+enum Action {
     /// Run the server: MQTT broker, ingest, storage, dashboard.
     Serve(Box<ServeArgs>),
     /// Connect simulated devices to a broker and publish readings.
@@ -35,6 +35,9 @@ enum Command {
     /// Manage devices and their secrets.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Send commands to devices through a running server, and list them.
+    #[command(subcommand)]
+    Command(CommandCommand),
     /// Make TLS certificates.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -67,6 +70,58 @@ struct DeviceArgs {
         hide_env_values = true
     )]
     database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CommandCommand {
+    /// Send a command and wait for its outcome; exits non-zero unless it
+    /// was answered (two-way) or delivered (one-way).
+    Send(SendArgs),
+    /// List a device's newest commands.
+    List {
+        /// The device id.
+        device: String,
+        /// How many commands to list.
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArg {
+    /// The running server's HTTP address.
+    #[arg(long, env = "SIGHTLINE_URL", default_value = "http://127.0.0.1:3000")]
+    server: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct SendArgs {
+    /// The device id.
+    device: String,
+    /// The command's name, such as `ping` or `set_interval`.
+    name: String,
+    /// The params as JSON, such as '{"ms":500}' [default: {}].
+    #[arg(default_value = "")]
+    params: String,
+    /// Do not wait for an answer: complete once the device acknowledges it.
+    #[arg(long)]
+    one_way: bool,
+    /// Wait (up to --ttl) for the device if it is offline.
+    #[arg(long)]
+    persistent: bool,
+    /// Seconds to wait for the answer (or the acknowledgement) once sent.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Seconds a persistent command may wait for its device [default: 1 day].
+    #[arg(long)]
+    ttl: Option<f64>,
+    /// Print the command as accepted and return at once.
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    server: ServerArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,7 +198,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The benchmark prints a report; the server it starts logs to its own
     // file, so the bench itself only needs warnings.
-    let quiet = matches!(cli.command, Command::Bench(_));
+    let quiet = matches!(cli.command, Action::Bench(_));
     let default = if quiet { "warn" } else { "info,rumqttd=off" };
     let filter = cli.log.as_deref().unwrap_or(default);
     tracing_subscriber::fmt()
@@ -165,13 +220,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+async fn dispatch(command: Action) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => serve(*args).await,
-        Command::Simulate(args) => simulate(args).await,
-        Command::Bench(args) => bench(args).await,
-        Command::Device(command) => device(command).await,
-        Command::Cert(CertCommand::Dev { out, hosts }) => {
+        Action::Serve(args) => serve(*args).await,
+        Action::Simulate(args) => simulate(args).await,
+        Action::Bench(args) => bench(args).await,
+        Action::Device(command) => device(command).await,
+        Action::Command(command) => command_cli(command).await,
+        Action::Cert(CertCommand::Dev { out, hosts }) => {
             let files = server::edge::tls::write_dev_cert(&out, &hosts)?;
             println!(
                 "wrote {} (give it to clients), {} and {}\n\
@@ -224,6 +280,48 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
         created.id, created.secret, created.id, created.id
     );
     Ok(())
+}
+
+async fn command_cli(command: CommandCommand) -> anyhow::Result<()> {
+    use server::command::cli;
+    match command {
+        CommandCommand::List {
+            device,
+            limit,
+            server,
+        } => {
+            for c in cli::Client::new(&server.server)
+                .list(&device, limit)
+                .await?
+            {
+                println!("{}", cli::describe(&c));
+            }
+            Ok(())
+        }
+        CommandCommand::Send(args) => {
+            let request = app::model::CommandRequest {
+                name: args.name,
+                params: cli::params(&args.params)?,
+                two_way: !args.one_way,
+                persistent: args.persistent,
+                timeout_ms: Some((args.timeout * 1000.0).round() as i64),
+                ttl_ms: args.ttl.map(|s| (s * 1000.0).round() as i64),
+            };
+            let c = cli::Client::new(&args.server.server)
+                .send(&args.device, &request, !args.no_wait)
+                .await?;
+            println!("{}", cli::describe(&c));
+            let ok = match c.state {
+                app::model::CommandState::Answered => true,
+                app::model::CommandState::Delivered => !c.two_way,
+                app::model::CommandState::Failed | app::model::CommandState::Expired => false,
+                // Not waited for, or waiting for an offline device.
+                _ => true,
+            };
+            anyhow::ensure!(ok, "command {} {}", c.id, c.state.label());
+            Ok(())
+        }
+    }
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -282,6 +380,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             duration: args.seconds.map(Duration::from_secs),
             backfill: None,
             stamp: None,
+            answer_commands: true,
         },
         cancel,
     )

@@ -85,6 +85,28 @@ pub struct EdgeCounters {
     pub refused_by_device: DeviceCounts,
 }
 
+/// What happens to commands to devices, by outcome, and what was refused.
+#[derive(Debug, Default)]
+pub struct CommandCounters {
+    /// Commands accepted from operators.
+    pub accepted: AtomicU64,
+    /// Commands handed to the broker for a subscribed device (a command
+    /// sent again after a reconnect counts again).
+    pub sent: AtomicU64,
+    pub delivered: AtomicU64,
+    pub answered: AtomicU64,
+    pub failed: AtomicU64,
+    pub expired: AtomicU64,
+    /// Commands refused before they were stored: unknown device, bad name
+    /// or params, too large.
+    pub refused: AtomicU64,
+    /// Answers from devices that matched no waiting command (unknown,
+    /// finished or expired id) or could not be read.
+    pub bad_answers: AtomicU64,
+    /// Command changes that could not be written to the database.
+    pub save_errors: AtomicU64,
+}
+
 /// The server's counters. Atomics keep the hot path lock-free; only the
 /// per-device maps take a lock, and only when something is refused.
 #[derive(Debug)]
@@ -98,6 +120,7 @@ pub struct Metrics {
     pub pruned_readings: AtomicU64,
     pub pruned_rollups: AtomicU64,
     pub edge: EdgeCounters,
+    pub commands: CommandCounters,
     /// WebSocket viewers currently connected.
     pub viewers: AtomicU64,
     /// Readings not sent to viewers that fell behind (each such viewer is
@@ -127,6 +150,7 @@ impl Default for Metrics {
             pruned_readings: AtomicU64::default(),
             pruned_rollups: AtomicU64::default(),
             edge: EdgeCounters::default(),
+            commands: CommandCounters::default(),
             viewers: AtomicU64::default(),
             live_skipped: AtomicU64::default(),
             live_pending_bytes: AtomicU64::default(),
@@ -317,6 +341,63 @@ impl Metrics {
                 "counter",
                 "Last Wills published.",
                 get(&e.wills),
+            ),
+        ]);
+        let c = &self.commands;
+        plain.extend([
+            (
+                "sightline_commands_accepted_total",
+                "counter",
+                "Commands to devices accepted from operators.",
+                get(&c.accepted),
+            ),
+            (
+                "sightline_commands_sent_total",
+                "counter",
+                "Commands handed to the broker for a subscribed device.",
+                get(&c.sent),
+            ),
+            (
+                "sightline_commands_delivered_total",
+                "counter",
+                "Commands the device acknowledged.",
+                get(&c.delivered),
+            ),
+            (
+                "sightline_commands_answered_total",
+                "counter",
+                "Two-way commands the device answered with a result.",
+                get(&c.answered),
+            ),
+            (
+                "sightline_commands_failed_total",
+                "counter",
+                "Commands answered with an error or not sendable.",
+                get(&c.failed),
+            ),
+            (
+                "sightline_commands_expired_total",
+                "counter",
+                "Commands not delivered within their TTL or not answered in time.",
+                get(&c.expired),
+            ),
+            (
+                "sightline_commands_refused_total",
+                "counter",
+                "Commands refused: unknown device, invalid name or params, too large.",
+                get(&c.refused),
+            ),
+            (
+                "sightline_command_answers_rejected_total",
+                "counter",
+                "Device answers for unknown, finished or expired commands, or unreadable.",
+                get(&c.bad_answers),
+            ),
+            (
+                "sightline_command_save_errors_total",
+                "counter",
+                "Command changes that could not be written to the database.",
+                get(&c.save_errors),
             ),
         ]);
         for (name, kind, help, value) in plain {

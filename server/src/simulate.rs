@@ -33,6 +33,10 @@ pub struct SimOptions {
     /// end to end; it replaces `co2`, so a message still carries three
     /// readings.
     pub stamp: Option<Instant>,
+    /// Subscribe to `command/<id>` and answer the built-in commands:
+    /// `ping`, and `set_interval` (`{"ms": N}` or `{"seconds": S}`), which
+    /// changes that device's publish interval.
+    pub answer_commands: bool,
 }
 
 impl SimOptions {
@@ -47,6 +51,7 @@ impl SimOptions {
             duration: None,
             backfill: Some(Duration::from_secs(15 * 60)),
             stamp: None,
+            answer_commands: true,
         }
     }
 }
@@ -151,7 +156,12 @@ pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
     let mut devices = Vec::with_capacity(opts.devices);
     for i in 0..opts.devices {
         let id = format!("{}{:04}", opts.prefix, i + 1);
-        devices.push(connect(id, opts.broker, fleet.clone()));
+        devices.push(connect(
+            id,
+            opts.broker,
+            fleet.clone(),
+            opts.answer_commands,
+        ));
     }
     let all = opts.devices as u64;
     let _ = tokio::time::timeout(CONNECT_WAIT, async {
@@ -171,10 +181,10 @@ pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
 
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
-    let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
+    let default_period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
     // Random phases, so that the fleet does not publish in lockstep.
     for d in &mut devices {
-        d.next = started + period.mul_f64(rng.random::<f64>());
+        d.next = started + default_period.mul_f64(rng.random::<f64>());
     }
     let mut tick = tokio::time::interval(PUBLISH_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -191,6 +201,11 @@ pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
             if d.next > now {
                 continue;
             }
+            // A `set_interval` command may have changed this device's pace.
+            let period = match d.interval_ms.load(Ordering::Relaxed) {
+                0 => default_period,
+                ms => Duration::from_millis(ms),
+            };
             let payload = next_payload(&mut rng, &mut d.values, None, opts.stamp);
             // A full client queue means the connection is not keeping up;
             // the message is skipped, and it was never counted as sent.
@@ -245,17 +260,26 @@ struct SimDevice {
     client: AsyncClient,
     poller: tokio::task::JoinHandle<()>,
     topic: String,
+    /// The interval a `set_interval` command asked for, in milliseconds;
+    /// 0 keeps the run's rate.
+    interval_ms: Arc<AtomicU64>,
     values: Vec<f64>,
     next: Instant,
 }
 
 /// Opens a device's connection; its event loop runs in a task of its own
 /// and counts what is sent and acknowledged.
-fn connect(id: String, broker: SocketAddr, fleet: Arc<Fleet>) -> SimDevice {
+fn connect(id: String, broker: SocketAddr, fleet: Arc<Fleet>, commands: bool) -> SimDevice {
     let broker = loopback(broker);
     let mut mqtt = MqttOptions::new(id.clone(), broker.ip().to_string(), broker.port());
     mqtt.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(mqtt, 64);
+    let interval_ms = Arc::new(AtomicU64::new(0));
+    let device = commands.then(|| CommandHandler {
+        id: id.clone(),
+        client: client.clone(),
+        interval_ms: interval_ms.clone(),
+    });
     let poller = tokio::spawn(async move {
         let mut up = false;
         loop {
@@ -269,7 +293,17 @@ fn connect(id: String, broker: SocketAddr, fleet: Arc<Fleet>) -> SimDevice {
                 Ok(Event::Incoming(rumqttc::Packet::PubAck(_))) => {
                     fleet.acked.fetch_add(1, Ordering::Relaxed);
                 }
+                Ok(Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    if let Some(device) = &device {
+                        device.handle(&p.payload);
+                    }
+                }
                 Ok(Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    // Sessions are clean, so every connection subscribes
+                    // again.
+                    if let Some(device) = &device {
+                        device.subscribe();
+                    }
                     up = true;
                     fleet.connected.fetch_add(1, Ordering::Relaxed);
                     fleet.changed.notify_one();
@@ -290,8 +324,79 @@ fn connect(id: String, broker: SocketAddr, fleet: Arc<Fleet>) -> SimDevice {
         client,
         poller,
         topic: format!("sensor/{id}"),
+        interval_ms,
         values: METRICS.iter().map(|(_, centre, _)| *centre).collect(),
         next: Instant::now(),
+    }
+}
+
+/// The shortest and longest interval `set_interval` accepts.
+const INTERVAL_RANGE_MS: (u64, u64) = (100, 3_600_000);
+
+/// A simulated device's side of commands: the built-in `ping` and
+/// `set_interval`, answered on `command/<id>/response`.
+struct CommandHandler {
+    id: String,
+    client: AsyncClient,
+    interval_ms: Arc<AtomicU64>,
+}
+
+impl CommandHandler {
+    fn subscribe(&self) {
+        let topic = format!("command/{}", self.id);
+        if let Err(e) = self.client.try_subscribe(topic, QoS::AtLeastOnce) {
+            tracing::debug!("simulated device cannot subscribe to commands: {e}");
+        }
+    }
+
+    /// Runs one command and answers it. This runs inside the event loop's
+    /// task, so the answer is queued without waiting.
+    fn handle(&self, payload: &[u8]) {
+        let Ok(request) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            return;
+        };
+        let Some(id) = request.get("id").and_then(|v| v.as_str()) else {
+            return;
+        };
+        let name = request.get("name").and_then(|v| v.as_str()).unwrap_or("");
+        let answer = match self.run(name, request.get("params")) {
+            Ok(result) => serde_json::json!({ "id": id, "result": result }),
+            Err(error) => serde_json::json!({ "id": id, "error": error }),
+        };
+        let topic = format!("command/{}/response", self.id);
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, answer.to_string())
+        {
+            tracing::debug!("simulated device cannot answer a command: {e}");
+        }
+    }
+
+    fn run(
+        &self,
+        name: &str,
+        params: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        match name {
+            "ping" => Ok(serde_json::json!({ "pong": crate::ingest::now_ms() })),
+            "set_interval" => {
+                let params = params.ok_or("set_interval needs {\"ms\": N} or {\"seconds\": S}")?;
+                let ms = match (params.get("ms"), params.get("seconds")) {
+                    (Some(ms), _) => ms.as_f64(),
+                    (None, Some(s)) => s.as_f64().map(|s| s * 1000.0),
+                    (None, None) => None,
+                }
+                .ok_or("set_interval needs {\"ms\": N} or {\"seconds\": S}")?;
+                let (low, high) = INTERVAL_RANGE_MS;
+                if !(low as f64..=high as f64).contains(&ms) {
+                    return Err(format!("the interval must be {low} to {high} ms, not {ms}"));
+                }
+                let ms = ms.round() as u64;
+                self.interval_ms.store(ms, Ordering::Relaxed);
+                Ok(serde_json::json!({ "interval_ms": ms }))
+            }
+            other => Err(format!("unknown command {other:?}")),
+        }
     }
 }
 
@@ -331,6 +436,7 @@ pub async fn hold_idle(
             format!("{prefix}{:05}", i + 1),
             broker,
             fleet.clone(),
+            false,
         ));
         // Pace connection setup a little so the listener's accept loop is
         // not handed thousands of handshakes in one instant.

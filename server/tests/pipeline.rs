@@ -406,7 +406,9 @@ async fn a_stalled_viewer_stays_bounded_while_a_healthy_one_gets_everything() {
                         last_reading = tokio::time::Instant::now();
                     }
                     ServerMsg::Lagged { skipped } => lagged += skipped,
-                    ServerMsg::Stats { .. } | ServerMsg::Presence { .. } => {}
+                    ServerMsg::Stats { .. }
+                    | ServerMsg::Presence { .. }
+                    | ServerMsg::Command { .. } => {}
                 }
             }
         }

@@ -344,6 +344,7 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> 
             duration: Some(Duration::from_secs(opts.seconds)),
             backfill: None,
             stamp: Some(epoch),
+            answer_commands: false,
         },
         CancellationToken::new(),
     )

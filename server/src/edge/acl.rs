@@ -5,6 +5,8 @@
 //! never act as it. This module is pure, which keeps the rules one table of
 //! tests.
 
+use crate::command::wire::AnswerTopic;
+use crate::command::Route;
 use crate::ingest::decode::valid_name;
 
 /// ThingsBoard's telemetry topic; every device shares it and is told apart
@@ -13,6 +15,9 @@ pub const THINGSBOARD_TELEMETRY: &str = "v1/devices/me/telemetry";
 
 /// ThingsBoard's RPC request filter, which devices share the same way.
 const THINGSBOARD_RPC: &str = "v1/devices/me/rpc/request/";
+
+/// Where devices answer ThingsBoard RPC requests, followed by the id.
+const THINGSBOARD_RPC_RESPONSE: &str = "v1/devices/me/rpc/response/";
 
 /// Where an allowed publish goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +43,12 @@ pub fn publish(device: &str, topic: &str) -> Option<Telemetry> {
 /// valid id; `None` for any other topic.
 pub fn sensor_owner(topic: &str) -> Option<&str> {
     topic.strip_prefix("sensor/")?.split('/').next()
+}
+
+/// The device a `command/<id>[/…]` filter names, whether or not it is a
+/// valid id; `None` for any other filter.
+pub fn command_owner(filter: &str) -> Option<&str> {
+    filter.strip_prefix("command/")?.split('/').next()
 }
 
 /// Checks a SUBSCRIBE filter from `device` and returns the filter to use in
@@ -71,6 +82,51 @@ pub fn delivered_topic(device: &str, broker_topic: &str) -> String {
     match broker_topic.strip_prefix(&mapped) {
         Some(id) => format!("{THINGSBOARD_RPC}{id}"),
         None => broker_topic.to_owned(),
+    }
+}
+
+/// Checks a PUBLISH of `device` as an answer to a command: on
+/// `command/<device>/response`, or on ThingsBoard's
+/// `v1/devices/me/rpc/response/<id>`. Whether the id is one of the device's
+/// commands is for the command service to decide.
+pub fn answer(device: &str, topic: &str) -> Option<AnswerTopic> {
+    if let Some(id) = topic.strip_prefix(THINGSBOARD_RPC_RESPONSE) {
+        return valid_name(id).then(|| AnswerTopic::ThingsBoard(id.to_owned()));
+    }
+    let rest = topic.strip_prefix("command/")?;
+    (rest.strip_suffix("/response")? == device).then_some(AnswerTopic::Native)
+}
+
+/// The broker topics a command to `device` is published on: the seed's
+/// `command/<device>`, and the per-device form of ThingsBoard's request
+/// topic (see [`subscribe`]).
+pub fn command_topics(device: &str, id: &str) -> (String, String) {
+    (
+        format!("command/{device}"),
+        format!("tb/{device}/rpc/request/{id}"),
+    )
+}
+
+/// Which commands a granted filter (as the device wrote it) receives:
+/// `command/<device>` itself, or ThingsBoard's requests.
+pub fn command_route(device: &str, filter: &str) -> Route {
+    let native = filter
+        .strip_prefix("command/")
+        .and_then(|rest| rest.strip_prefix(device))
+        .is_some_and(|rest| rest.is_empty() || rest == "/#");
+    Route {
+        native,
+        thingsboard: filter.starts_with(THINGSBOARD_RPC),
+    }
+}
+
+/// Where a device answers a command that reached it on `delivered` (its
+/// own view of the topic), for MQTT 5's response-topic property.
+pub fn answer_topic_for(device: &str, delivered: &str, id: &str) -> String {
+    if delivered.starts_with(THINGSBOARD_RPC) {
+        format!("{THINGSBOARD_RPC_RESPONSE}{id}")
+    } else {
+        format!("command/{device}/response")
     }
 }
 
@@ -129,5 +185,45 @@ mod tests {
             "v1/devices/me/rpc/request/42"
         );
         assert_eq!(delivered_topic("A", "command/A"), "command/A");
+    }
+
+    #[test]
+    fn a_device_answers_only_its_own_commands() {
+        assert_eq!(answer("A", "command/A/response"), Some(AnswerTopic::Native));
+        assert_eq!(
+            answer("A", "v1/devices/me/rpc/response/42"),
+            Some(AnswerTopic::ThingsBoard("42".into()))
+        );
+        for refused in [
+            "command/B/response",
+            "command/A",
+            "command/A/response/x",
+            "command/AB/response",
+            "v1/devices/me/rpc/response/",
+            "v1/devices/me/rpc/response/a/b",
+        ] {
+            assert_eq!(answer("A", refused), None, "{refused}");
+        }
+    }
+
+    #[test]
+    fn only_filters_that_match_the_command_topic_receive_commands() {
+        let native = Route {
+            native: true,
+            thingsboard: false,
+        };
+        assert_eq!(command_route("A", "command/A"), native);
+        assert_eq!(command_route("A", "command/A/#"), native);
+        assert_eq!(command_route("A", "command/A/+"), Route::default());
+        assert_eq!(command_route("A", "command/AB"), Route::default());
+        assert!(command_route("A", "v1/devices/me/rpc/request/+").thingsboard);
+        assert_eq!(
+            answer_topic_for("A", "v1/devices/me/rpc/request/7", "7"),
+            "v1/devices/me/rpc/response/7"
+        );
+        assert_eq!(
+            answer_topic_for("A", "command/A", "7"),
+            "command/A/response"
+        );
     }
 }

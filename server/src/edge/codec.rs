@@ -52,11 +52,14 @@ pub enum Inbound {
         payload: Bytes,
         qos: QoS,
         pkid: u16,
+        /// MQTT 5 correlation data: on an answer, the command it answers.
+        correlation: Option<Bytes>,
     },
     PubRel(u16),
+    /// Each filter with the QoS the device asked for.
     Subscribe {
         pkid: u16,
-        filters: Vec<String>,
+        filters: Vec<(String, QoS)>,
     },
     Unsubscribe {
         pkid: u16,
@@ -67,7 +70,9 @@ pub enum Inbound {
     Disconnect {
         with_will: bool,
     },
-    /// An acknowledgement of something the server sent.
+    /// The device acknowledged a QoS 1 message the server sent.
+    PubAck(u16),
+    /// Any other acknowledgement of something the server sent.
     Ack,
     /// A packet a client must not send to a server.
     Unexpected(&'static str),
@@ -126,10 +131,10 @@ pub enum Outbound {
         stored: bool,
     },
     PubComp(u16),
-    /// One entry per filter: granted (at QoS 0) or refused.
+    /// One entry per filter: the QoS granted, or refused.
     SubAck {
         pkid: u16,
-        granted: Vec<bool>,
+        granted: Vec<Option<QoS>>,
     },
     /// One entry per filter: whether it was subscribed before.
     UnsubAck {
@@ -137,9 +142,15 @@ pub enum Outbound {
         existed: Vec<bool>,
     },
     PingResp,
+    /// `pkid` is 0 at QoS 0. `reply` is MQTT 5's request/response pair:
+    /// the topic to answer on and the correlation data to answer with;
+    /// 3.1.1 has no place for it.
     Publish {
         topic: String,
         payload: Bytes,
+        qos: QoS,
+        pkid: u16,
+        reply: Option<(String, Bytes)>,
     },
     /// Only MQTT 5 has a server-sent DISCONNECT, with a reason code and a
     /// human-readable reason; for 3.1.1 nothing is sent.
@@ -245,11 +256,12 @@ fn from_v4(packet: v4::Packet) -> Inbound {
             payload: p.payload,
             qos: p.qos,
             pkid: p.pkid,
+            correlation: None,
         },
         v4::Packet::PubRel(r) => Inbound::PubRel(r.pkid),
         v4::Packet::Subscribe(s) => Inbound::Subscribe {
             pkid: s.pkid,
-            filters: s.filters.into_iter().map(|f| f.path).collect(),
+            filters: s.filters.into_iter().map(|f| (f.path, f.qos)).collect(),
         },
         v4::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
             pkid: u.pkid,
@@ -257,7 +269,8 @@ fn from_v4(packet: v4::Packet) -> Inbound {
         },
         v4::Packet::PingReq => Inbound::PingReq,
         v4::Packet::Disconnect => Inbound::Disconnect { with_will: false },
-        v4::Packet::PubAck(_) | v4::Packet::PubRec(_) | v4::Packet::PubComp(_) => Inbound::Ack,
+        v4::Packet::PubAck(a) => Inbound::PubAck(a.pkid),
+        v4::Packet::PubRec(_) | v4::Packet::PubComp(_) => Inbound::Ack,
         v4::Packet::ConnAck(_) => Inbound::Unexpected("CONNACK"),
         v4::Packet::SubAck(_) => Inbound::Unexpected("SUBACK"),
         v4::Packet::UnsubAck(_) => Inbound::Unexpected("UNSUBACK"),
@@ -297,18 +310,19 @@ fn from_v5(packet: v5::Packet) -> Result<Inbound, ReadError> {
             Inbound::Publish {
                 topic: text(p.topic, "the topic")?,
                 payload: p.payload,
-                qos: match p.qos {
-                    QoS5::AtMostOnce => QoS::AtMostOnce,
-                    QoS5::AtLeastOnce => QoS::AtLeastOnce,
-                    QoS5::ExactlyOnce => QoS::ExactlyOnce,
-                },
+                qos: from_qos5(p.qos),
                 pkid: p.pkid,
+                correlation: p.properties.and_then(|p| p.correlation_data),
             }
         }
         v5::Packet::PubRel(r) => Inbound::PubRel(r.pkid),
         v5::Packet::Subscribe(s) => Inbound::Subscribe {
             pkid: s.pkid,
-            filters: s.filters.into_iter().map(|f| f.path).collect(),
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| (f.path, from_qos5(f.qos)))
+                .collect(),
         },
         v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
             pkid: u.pkid,
@@ -318,13 +332,30 @@ fn from_v5(packet: v5::Packet) -> Result<Inbound, ReadError> {
         v5::Packet::Disconnect(d) => Inbound::Disconnect {
             with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
         },
-        v5::Packet::PubAck(_) | v5::Packet::PubRec(_) | v5::Packet::PubComp(_) => Inbound::Ack,
+        v5::Packet::PubAck(a) => Inbound::PubAck(a.pkid),
+        v5::Packet::PubRec(_) | v5::Packet::PubComp(_) => Inbound::Ack,
         v5::Packet::Auth(_) => Inbound::Unexpected("AUTH"),
         v5::Packet::ConnAck(_) => Inbound::Unexpected("CONNACK"),
         v5::Packet::SubAck(_) => Inbound::Unexpected("SUBACK"),
         v5::Packet::UnsubAck(_) => Inbound::Unexpected("UNSUBACK"),
         v5::Packet::PingResp(_) => Inbound::Unexpected("PINGRESP"),
     })
+}
+
+fn from_qos5(qos: QoS5) -> QoS {
+    match qos {
+        QoS5::AtMostOnce => QoS::AtMostOnce,
+        QoS5::AtLeastOnce => QoS::AtLeastOnce,
+        QoS5::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+fn to_qos5(qos: QoS) -> QoS5 {
+    match qos {
+        QoS::AtMostOnce => QoS5::AtMostOnce,
+        QoS::AtLeastOnce => QoS5::AtLeastOnce,
+        QoS::ExactlyOnce => QoS5::ExactlyOnce,
+    }
 }
 
 fn to_v4(packet: Outbound) -> Option<v4::Packet> {
@@ -347,19 +378,24 @@ fn to_v4(packet: Outbound) -> Option<v4::Packet> {
             pkid,
             granted
                 .into_iter()
-                .map(|ok| {
-                    if ok {
-                        v4::SubscribeReasonCode::Success(QoS::AtMostOnce)
-                    } else {
-                        v4::SubscribeReasonCode::Failure
-                    }
+                .map(|granted| match granted {
+                    Some(qos) => v4::SubscribeReasonCode::Success(qos),
+                    None => v4::SubscribeReasonCode::Failure,
                 })
                 .collect(),
         )),
         Outbound::UnsubAck { pkid, .. } => v4::Packet::UnsubAck(v4::UnsubAck::new(pkid)),
         Outbound::PingResp => v4::Packet::PingResp,
-        Outbound::Publish { topic, payload } => {
-            v4::Packet::Publish(v4::Publish::from_bytes(topic, QoS::AtMostOnce, payload))
+        Outbound::Publish {
+            topic,
+            payload,
+            qos,
+            pkid,
+            ..
+        } => {
+            let mut p = v4::Publish::from_bytes(topic, qos, payload);
+            p.pkid = pkid;
+            v4::Packet::Publish(p)
         }
         Outbound::Disconnect(..) => return None,
     })
@@ -428,12 +464,9 @@ fn to_v5(packet: Outbound) -> v5::Packet {
             pkid,
             return_codes: granted
                 .into_iter()
-                .map(|ok| {
-                    if ok {
-                        v5::SubscribeReasonCode::Success(QoS5::AtMostOnce)
-                    } else {
-                        v5::SubscribeReasonCode::NotAuthorized
-                    }
+                .map(|granted| match granted {
+                    Some(qos) => v5::SubscribeReasonCode::Success(to_qos5(qos)),
+                    None => v5::SubscribeReasonCode::NotAuthorized,
                 })
                 .collect(),
             properties: None,
@@ -453,14 +486,24 @@ fn to_v5(packet: Outbound) -> v5::Packet {
             properties: None,
         }),
         Outbound::PingResp => v5::Packet::PingResp(v5::PingResp),
-        Outbound::Publish { topic, payload } => v5::Packet::Publish(v5::Publish {
+        Outbound::Publish {
+            topic,
+            payload,
+            qos,
+            pkid,
+            reply,
+        } => v5::Packet::Publish(v5::Publish {
             dup: false,
-            qos: QoS5::AtMostOnce,
+            qos: to_qos5(qos),
             retain: false,
             topic: Bytes::from(topic),
-            pkid: 0,
+            pkid,
             payload,
-            properties: None,
+            properties: reply.map(|(topic, correlation)| v5::PublishProperties {
+                response_topic: Some(topic),
+                correlation_data: Some(correlation),
+                ..v5::PublishProperties::default()
+            }),
         }),
         // The reason string is not only for people: rumqttc 0.25 encodes a
         // DISCONNECT with a reason code but no properties with a remaining

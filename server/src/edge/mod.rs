@@ -17,7 +17,9 @@
 //!    for the writer. A QoS 1 PUBACK is sent only once the writer has
 //!    committed the readings.
 //! 4. A SUBSCRIBE to the device's own command topics gets the device a
-//!    local link to rumqttd's router, which delivers commands to it.
+//!    local link to rumqttd's router, which delivers commands to it, at
+//!    QoS 1 when the device asked for it; its PUBACK and its answer are
+//!    reported to [`crate::command`].
 //! 5. Connects, DISCONNECTs, closed sockets and keep-alive expiry update
 //!    [`crate::presence`] at once; a Last Will is honoured.
 
@@ -38,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
+use crate::command::Commands;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -74,6 +77,16 @@ pub struct EdgeSettings {
     pub open_registration: bool,
 }
 
+/// The server-wide services sessions report to, besides storage.
+#[derive(Debug)]
+pub struct Services {
+    pub broker: Arc<Broker>,
+    pub presence: Arc<Presence>,
+    pub sessions: Arc<Sessions>,
+    /// Told when devices subscribe to commands, acknowledge and answer them.
+    pub commands: Arc<Commands>,
+}
+
 /// Everything device sessions share.
 pub struct Edge {
     settings: EdgeSettings,
@@ -83,6 +96,7 @@ pub struct Edge {
     presence: Arc<Presence>,
     metrics: Arc<Metrics>,
     sessions: Arc<Sessions>,
+    commands: Arc<Commands>,
     next_session: AtomicU64,
     /// Sockets open, logged in or not.
     sockets: AtomicUsize,
@@ -103,10 +117,8 @@ impl Edge {
         settings: EdgeSettings,
         store: Store,
         ingest: Ingest,
-        broker: Arc<Broker>,
-        presence: Arc<Presence>,
         metrics: Arc<Metrics>,
-        sessions: Arc<Sessions>,
+        services: Services,
     ) -> Self {
         if settings.open_registration {
             tracing::warn!(
@@ -114,6 +126,12 @@ impl Edge {
                  device name nobody has claimed; use it only for demos and trials"
             );
         }
+        let Services {
+            broker,
+            presence,
+            sessions,
+            commands,
+        } = services;
         Self {
             settings,
             store,
@@ -122,6 +140,7 @@ impl Edge {
             presence,
             metrics,
             sessions,
+            commands,
             next_session: AtomicU64::new(1),
             sockets: AtomicUsize::new(0),
             logging_in: AtomicUsize::new(0),

@@ -2,7 +2,7 @@
 //! readings to ingest, PUBACK after commit, commands from the router,
 //! keep-alive, Last Will and online status.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use super::codec::{
     ConnectCode, ConnectInfo, Goodbye, Inbound, Outbound, ReadError, Version, Will,
 };
 use super::{acl, Edge, HANDSHAKE_TIMEOUT};
+use crate::command::Route;
 use crate::ingest::decode::valid_name;
 use crate::ingest::now_ms;
 use crate::metrics::{LogLimiter, Metrics};
@@ -264,7 +265,9 @@ pub(super) async fn run<S>(
         out: BytesMut::new(),
         pending: VecDeque::new(),
         link: None,
-        subscribed: std::collections::HashSet::new(),
+        subscribed: HashMap::new(),
+        in_flight: HashMap::new(),
+        last_pkid: 0,
         link_name: format!("device-{session_id}"),
         bucket: Bucket::new(edge.settings.max_publish_rate),
         ended_because: String::new(),
@@ -477,8 +480,12 @@ struct Session<'a> {
     pending: VecDeque<Owed>,
     /// The device's link to the router, made at its first SUBSCRIBE.
     link: Option<(LinkTx, LinkRx)>,
-    /// The filters granted so far, as the device wrote them.
-    subscribed: std::collections::HashSet<String>,
+    /// The filters granted so far, as the device wrote them, with the QoS
+    /// granted for each.
+    subscribed: HashMap<String, QoS>,
+    /// Commands sent at QoS 1 and not yet acknowledged, by packet id.
+    in_flight: HashMap<u16, String>,
+    last_pkid: u16,
     link_name: String,
     bucket: Bucket,
     ended_because: String,
@@ -528,7 +535,13 @@ impl Session<'_> {
     /// Binds an anonymous client (open registration) to the device its
     /// first `sensor/<id>` publish names, unless that name has a secret.
     async fn bind_by_topic(&mut self, topic: &str) -> bool {
-        let Some(owner) = acl::sensor_owner(topic).filter(|owner| valid_name(owner)) else {
+        self.bind_by_name(acl::sensor_owner(topic)).await
+    }
+
+    /// Binds an anonymous client to `owner`, unless that name is invalid or
+    /// has a secret.
+    async fn bind_by_name(&mut self, owner: Option<&str>) -> bool {
+        let Some(owner) = owner.filter(|owner| valid_name(owner)) else {
             return false;
         };
         match self.edge.store.is_secured(owner).await {
@@ -635,13 +648,24 @@ impl Session<'_> {
                 payload,
                 qos,
                 pkid,
-            } => self.publish(&topic, &payload, qos, pkid, committed).await,
+                correlation,
+            } => {
+                let answer = (!self.device.is_empty())
+                    .then(|| acl::answer(&self.device, &topic))
+                    .flatten();
+                if let Some(answer) = answer {
+                    self.answer(&answer, correlation.as_deref(), &payload, qos, pkid)
+                        .await
+                } else {
+                    self.publish(&topic, &payload, qos, pkid, committed).await
+                }
+            }
             Inbound::PubRel(pkid) => {
                 self.say(Outbound::PubComp(pkid));
                 Ok(())
             }
             Inbound::Subscribe { pkid, filters } => {
-                self.subscribe(pkid, &filters);
+                self.subscribe(pkid, &filters).await;
                 Ok(())
             }
             Inbound::Unsubscribe { pkid, filters } => {
@@ -654,12 +678,52 @@ impl Session<'_> {
             }
             Inbound::Disconnect { with_will: false } => Err(End::Disconnect),
             Inbound::Disconnect { with_will: true } => Err(End::DisconnectWithWill),
-            // Commands go out at QoS 0, so acknowledgements from the device
-            // need nothing.
+            Inbound::PubAck(pkid) => {
+                if let Some(id) = self.in_flight.remove(&pkid) {
+                    self.edge.commands.delivered(&self.device, &id);
+                }
+                Ok(())
+            }
+            // Commands go out at QoS 1 at most, so nothing else the device
+            // acknowledges needs an answer.
             Inbound::Ack => Ok(()),
             Inbound::Connect(_) => Err(End::Protocol("a second CONNECT".into())),
             Inbound::Unexpected(what) => Err(End::Protocol(format!("unexpected {what}"))),
         }
+    }
+
+    /// Hands a device's answer to a command to the command service. The
+    /// answer is acknowledged once taken (or refused: MQTT 5 then hears
+    /// that nothing matched).
+    async fn answer(
+        &mut self,
+        topic: &crate::command::wire::AnswerTopic,
+        correlation: Option<&[u8]>,
+        payload: &Bytes,
+        qos: QoS,
+        pkid: u16,
+    ) -> Result<(), End> {
+        if !self.bucket.take(Instant::now()) {
+            let metrics = &self.edge.metrics;
+            metrics.refuse(&metrics.edge.rate_limited, Some(&self.device));
+            return Err(End::RateLimited);
+        }
+        let taken = self
+            .edge
+            .commands
+            .answer(&self.device, topic, correlation, payload)
+            .await
+            .is_ok();
+        if qos != QoS::AtMostOnce {
+            self.pending.push_back(Owed {
+                pkid,
+                exactly_once: qos == QoS::ExactlyOnce,
+                ready: true,
+                stored: taken,
+            });
+            self.release_acks();
+        }
+        Ok(())
     }
 
     async fn publish(
@@ -772,21 +836,35 @@ impl Session<'_> {
         }
     }
 
-    fn subscribe(&mut self, pkid: u16, filters: &[String]) {
+    async fn subscribe(&mut self, pkid: u16, filters: &[(String, QoS)]) {
+        // An anonymous client (open registration) that subscribes to its
+        // commands before it publishes anything is named by that filter.
+        if self.device.is_empty() {
+            if let Some((filter, _)) = filters.first() {
+                self.bind_by_name(acl::command_owner(filter)).await;
+            }
+        }
         let metrics = &self.edge.metrics;
         let mut granted = Vec::with_capacity(filters.len());
-        for filter in filters {
+        for (filter, asked) in filters {
             // An anonymous client has no commands to receive.
             let allowed = if self.device.is_empty() {
                 None
             } else {
                 acl::subscribe(&self.device, filter)
             };
+            // Commands go out at QoS 1 at most: a PUBACK is all delivery
+            // tracking needs, and QoS 2 would add a round trip for nothing.
+            let qos = if *asked == QoS::AtMostOnce {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
             let ok = match allowed {
                 Some(broker_filter) => match self.link_tx() {
                     Some(tx) => match tx.subscribe(broker_filter) {
                         Ok(_) => {
-                            self.subscribed.insert(filter.clone());
+                            self.subscribed.insert(filter.clone(), qos);
                             true
                         }
                         Err(e) => {
@@ -802,15 +880,24 @@ impl Session<'_> {
                     false
                 }
             };
-            granted.push(ok);
+            granted.push(ok.then_some(qos));
         }
         self.say(Outbound::SubAck { pkid, granted });
+        // Told after the router has the subscription, so the commands that
+        // waited for the device are sent to it now.
+        let route = self.route();
+        if route.any() {
+            self.edge
+                .commands
+                .subscribed(&self.device, self.session_id, route)
+                .await;
+        }
     }
 
     fn unsubscribe(&mut self, pkid: u16, filters: &[String]) {
         let mut existed = Vec::with_capacity(filters.len());
         for topic in filters {
-            let was = self.subscribed.remove(topic);
+            let was = self.subscribed.remove(topic).is_some();
             if let (true, Some(filter), Some((tx, _))) =
                 (was, acl::subscribe(&self.device, topic), self.link.as_mut())
             {
@@ -819,6 +906,57 @@ impl Session<'_> {
             existed.push(was);
         }
         self.say(Outbound::UnsubAck { pkid, existed });
+        if !self.route().any() {
+            self.edge
+                .commands
+                .unsubscribed(&self.device, self.session_id);
+        }
+    }
+
+    /// Which commands this session's filters receive.
+    fn route(&self) -> Route {
+        self.subscribed
+            .keys()
+            .map(|f| acl::command_route(&self.device, f))
+            .fold(Route::default(), |a, r| Route {
+                native: a.native || r.native,
+                thingsboard: a.thingsboard || r.thingsboard,
+            })
+    }
+
+    /// The QoS a message on `seen` (the device's view of the topic) goes
+    /// out at: the highest granted to a filter of the same kind.
+    fn delivery_qos(&self, seen: &str) -> QoS {
+        let thingsboard = acl::command_route(&self.device, seen).thingsboard;
+        let best = self
+            .subscribed
+            .iter()
+            .filter(|(filter, _)| {
+                let r = acl::command_route(&self.device, filter);
+                if thingsboard {
+                    r.thingsboard
+                } else {
+                    r.native
+                }
+            })
+            .map(|(_, qos)| *qos)
+            .any(|qos| qos == QoS::AtLeastOnce);
+        if best {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        }
+    }
+
+    /// A packet id for a QoS 1 command, unused among those in flight.
+    fn next_pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.last_pkid = self.last_pkid.wrapping_add(1).max(1);
+            if !self.in_flight.contains_key(&self.last_pkid) {
+                return Some(self.last_pkid);
+            }
+        }
+        None
     }
 
     /// The device's router link, made on first use.
@@ -838,9 +976,42 @@ impl Session<'_> {
     /// Writes a message the router delivered to the device.
     async fn deliver(&mut self, delivery: Delivery) {
         match delivery {
-            Delivery::Publish(topic, payload) => {
-                let topic = acl::delivered_topic(&self.device, &topic);
-                self.say(Outbound::Publish { topic, payload });
+            Delivery::Publish(topic, payload, correlation) => {
+                let seen = acl::delivered_topic(&self.device, &topic);
+                // The command service puts the command id in the
+                // correlation data; anything without one is passed on
+                // untracked.
+                let id = correlation.and_then(|c| String::from_utf8(c.to_vec()).ok());
+                let mut qos = self.delivery_qos(&seen);
+                let mut pkid = 0;
+                if let (QoS::AtLeastOnce, Some(id)) = (qos, &id) {
+                    match self.next_pkid() {
+                        Some(p) => {
+                            pkid = p;
+                            self.in_flight.insert(p, id.clone());
+                        }
+                        None => qos = QoS::AtMostOnce,
+                    }
+                }
+                let reply = match (&id, self.version) {
+                    (Some(id), Version::V5) => Some((
+                        acl::answer_topic_for(&self.device, &seen, id),
+                        Bytes::from(id.clone()),
+                    )),
+                    _ => None,
+                };
+                self.say(Outbound::Publish {
+                    topic: seen,
+                    payload,
+                    qos,
+                    pkid,
+                    reply,
+                });
+                // At QoS 0 no acknowledgement will come: handing the
+                // message to the socket is as delivered as it gets.
+                if let (QoS::AtMostOnce, Some(id)) = (qos, &id) {
+                    self.edge.commands.delivered(&self.device, id);
+                }
             }
             Delivery::Wake => {
                 if let Some((_, rx)) = &self.link {
@@ -895,6 +1066,11 @@ impl Session<'_> {
         if let Some((mut tx, _)) = self.link.take() {
             crate::broker::leave(&mut tx).await;
         }
+        if !self.subscribed.is_empty() {
+            self.edge
+                .commands
+                .unsubscribed(&self.device, self.session_id);
+        }
         self.ended_because = end.reason();
     }
 
@@ -938,7 +1114,8 @@ fn log_denied(device: &str, action: &str, topic: &str) {
 
 /// What the router had for the device.
 enum Delivery {
-    Publish(String, bytes::Bytes),
+    /// Topic, payload and correlation data.
+    Publish(String, Bytes, Option<Bytes>),
     /// The router paused the link because its buffer filled; it must be
     /// woken or delivery stops.
     Wake,
@@ -955,6 +1132,7 @@ async fn next_delivery(link: &mut Option<(LinkTx, LinkRx)>) -> Delivery {
         Ok(Some(Notification::Forward(f))) => Delivery::Publish(
             String::from_utf8_lossy(&f.publish.topic).into_owned(),
             f.publish.payload,
+            f.properties.and_then(|p| p.correlation_data),
         ),
         Ok(Some(Notification::Unschedule)) => Delivery::Wake,
         Ok(_) => Delivery::Nothing,

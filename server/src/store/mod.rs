@@ -2,6 +2,7 @@
 //! PostgreSQL through sea-orm, runs the migrations, writes readings in
 //! batched transactions and answers the pages' and API's queries.
 
+pub mod commands;
 mod entity;
 pub mod registry;
 pub mod retention;
@@ -334,6 +335,35 @@ impl Store {
             });
         }
         Ok(Some((summary(d, values), history)))
+    }
+
+    /// Stores a command as it is now; false if its device does not exist.
+    pub async fn save_command(&self, command: &app::model::Command) -> Result<bool, StoreError> {
+        commands::save(&self.db, command).await
+    }
+
+    /// A device's newest commands, newest first.
+    pub async fn recent_commands(
+        &self,
+        device: &str,
+        limit: u64,
+    ) -> Result<Vec<app::model::Command>, StoreError> {
+        commands::recent(&self.db, device, limit).await
+    }
+
+    /// One command by id.
+    pub async fn command(&self, id: &str) -> Result<Option<app::model::Command>, StoreError> {
+        commands::get(&self.db, id).await
+    }
+
+    /// Commands that were not finished when the server last stopped.
+    pub async fn unfinished_commands(&self) -> Result<Vec<app::model::Command>, StoreError> {
+        commands::unfinished(&self.db).await
+    }
+
+    /// Whether a device of this name exists.
+    pub async fn device_exists(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(registry::find(&self.db, name).await?.is_some())
     }
 
     /// Creates a device with a new secret; see [`registry::add`].

@@ -1,0 +1,592 @@
+//! Commands to devices, tracked to the end: accepted from an operator,
+//! stored, published through the broker, acknowledged by the device,
+//! answered, or expired.
+//!
+//! The state of every unfinished command lives here, in memory, behind one
+//! lock; each change is also queued, in order, for a single task that writes
+//! it to the database, so the stored row always ends at the newest state
+//! even when two changes come close together. The edge reports what devices
+//! do ([`Commands::subscribed`], [`Commands::delivered`], [`Commands::answer`]);
+//! a timer task expires what waits too long. The broker only carries the
+//! messages: it never sees the database.
+
+pub mod cli;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use app::model::{Command, CommandRequest, CommandState};
+use bytes::Bytes;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish, PublishProperties};
+use tokio::sync::{broadcast, mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::edge::acl;
+use crate::ingest::now_ms;
+use crate::metrics::{LogLimiter, Metrics};
+use crate::store::{Store, StoreError};
+use wire::{AnswerTopic, Refusal};
+
+/// Why a command could not be accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("no device named {0:?}")]
+    UnknownDevice(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a device's answer was not taken.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("no command {0:?} for this device")]
+    Unknown(String),
+    #[error("command {0:?} is already {1}")]
+    Finished(String, &'static str),
+}
+
+/// How often the timer looks for commands to expire when nothing else
+/// wakes it sooner.
+const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
+
+/// Command changes kept for live viewers that read slowly; one that falls
+/// further behind reloads its list.
+const UPDATES_BUFFER: usize = 256;
+
+/// Which of a device's sessions receive commands, and on which topics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Subscribed to `command/<device>`.
+    pub native: bool,
+    /// Subscribed to ThingsBoard's `v1/devices/me/rpc/request/+`.
+    pub thingsboard: bool,
+}
+
+impl Route {
+    /// Whether any command reaches the session.
+    pub fn any(self) -> bool {
+        self.native || self.thingsboard
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Unfinished commands by id.
+    active: HashMap<String, Command>,
+    /// For each device, its sessions that subscribed to commands.
+    routes: HashMap<String, HashMap<u64, Route>>,
+}
+
+impl State {
+    fn route(&self, device: &str) -> Route {
+        self.routes
+            .get(device)
+            .map(|sessions| {
+                sessions.values().fold(Route::default(), |a, r| Route {
+                    native: a.native || r.native,
+                    thingsboard: a.thingsboard || r.thingsboard,
+                })
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The command service. One per server; the edge and the HTTP API share it.
+pub struct Commands {
+    store: Store,
+    metrics: Arc<Metrics>,
+    /// The service's own link to the broker's router, for publishing.
+    link: tokio::sync::Mutex<(LinkTx, LinkRx)>,
+    state: Mutex<State>,
+    saves: mpsc::UnboundedSender<Command>,
+    updates: broadcast::Sender<Command>,
+    timer: Notify,
+    /// The largest request payload, the same limit devices' messages have.
+    max_bytes: usize,
+}
+
+impl std::fmt::Debug for Commands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commands").finish_non_exhaustive()
+    }
+}
+
+/// The task that writes command changes, in the order they happened.
+pub struct Saver {
+    rx: mpsc::UnboundedReceiver<Command>,
+    store: Store,
+    metrics: Arc<Metrics>,
+}
+
+impl Commands {
+    /// Starts the service and picks up the commands that were unfinished
+    /// when the server last stopped: persistent commands wait again for
+    /// their device, two-way commands already delivered may still be
+    /// answered, and the rest fail, since their device session is gone.
+    pub async fn start(
+        store: Store,
+        broker: &Broker,
+        metrics: Arc<Metrics>,
+        max_bytes: usize,
+    ) -> Result<(Arc<Self>, Saver), crate::broker::BrokerError> {
+        let link = broker.link("sightline-commands")?;
+        let (saves, rx) = mpsc::unbounded_channel();
+        let (updates, _) = broadcast::channel(UPDATES_BUFFER);
+        let commands = Arc::new(Self {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            link: tokio::sync::Mutex::new(link),
+            state: Mutex::new(State::default()),
+            saves,
+            updates,
+            timer: Notify::new(),
+            max_bytes,
+        });
+        match store.unfinished_commands().await {
+            Ok(unfinished) => commands.resume(unfinished),
+            Err(e) => tracing::error!("cannot reload unfinished commands: {e}"),
+        }
+        Ok((commands, Saver { rx, store, metrics }))
+    }
+
+    fn resume(&self, unfinished: Vec<Command>) {
+        let now = now_ms();
+        let mut state = self.lock();
+        for mut c in unfinished {
+            match c.state {
+                CommandState::Sent if c.persistent => c.state = CommandState::Queued,
+                CommandState::Queued if c.persistent => {}
+                CommandState::Delivered => {}
+                _ => {
+                    self.finish(
+                        &mut c,
+                        CommandState::Failed,
+                        now,
+                        "the server restarted before the device acknowledged it".into(),
+                    );
+                    continue;
+                }
+            }
+            self.changed(&c);
+            state.active.insert(c.id.clone(), c);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves plain data that is
+        // still consistent enough to finish commands with.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a change: queues it for the database and tells live viewers.
+    /// Called with the state lock held, so changes are queued in the order
+    /// they were made.
+    fn changed(&self, c: &Command) {
+        let _ = self.saves.send(c.clone());
+        let _ = self.updates.send(c.clone());
+    }
+
+    /// Moves `c` to a final state with a reason and counts it.
+    fn finish(&self, c: &mut Command, state: CommandState, now: i64, why: String) {
+        c.state = state;
+        c.completed_at = Some(now);
+        c.error = Some(why);
+        let counter = match state {
+            CommandState::Expired => &self.metrics.commands.expired,
+            _ => &self.metrics.commands.failed,
+        };
+        Metrics::add(counter, 1);
+        self.changed(c);
+    }
+
+    /// Live changes of every command.
+    pub fn updates(&self) -> broadcast::Receiver<Command> {
+        self.updates.subscribe()
+    }
+
+    /// Accepts an operator's command: checks it, stores it, and sends it if
+    /// the device is subscribed. A command that cannot be sent now waits if
+    /// it is persistent and fails at once otherwise, so the operator knows.
+    pub async fn send(&self, device: &str, req: CommandRequest) -> Result<Command, CommandError> {
+        let refused = |e: CommandError| {
+            Metrics::add(&self.metrics.commands.refused, 1);
+            e
+        };
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let command = wire::accept(device, req, id, now_ms(), self.max_bytes)
+            .map_err(|e| refused(e.into()))?;
+        // Stored before anything else happens to it, so an accepted
+        // command is never lost, even if the server stops right away.
+        if !self.store.save_command(&command).await? {
+            return Err(refused(CommandError::UnknownDevice(device.to_owned())));
+        }
+        Metrics::add(&self.metrics.commands.accepted, 1);
+        let (command, publish) = {
+            let mut state = self.lock();
+            let route = state.route(device);
+            let mut c = command;
+            let publish = if route.any() {
+                Some(self.mark_sent(&mut c, route))
+            } else if c.persistent {
+                self.changed(&c);
+                None
+            } else {
+                self.finish(
+                    &mut c,
+                    CommandState::Failed,
+                    now_ms(),
+                    format!(
+                        "{device} is not connected and subscribed to its commands; \
+                         send it as persistent to wait for the device"
+                    ),
+                );
+                None
+            };
+            if !c.is_final() {
+                state.active.insert(c.id.clone(), c.clone());
+                self.timer.notify_one();
+            }
+            (c, publish)
+        };
+        if let Some(publish) = publish {
+            self.publish(publish).await;
+        }
+        Ok(command)
+    }
+
+    /// Marks `c` sent and returns the messages that send it.
+    fn mark_sent(&self, c: &mut Command, route: Route) -> Vec<(String, Vec<u8>, String)> {
+        c.state = CommandState::Sent;
+        c.sent_at = Some(now_ms());
+        Metrics::add(&self.metrics.commands.sent, 1);
+        self.changed(c);
+        let (native, thingsboard) = acl::command_topics(&c.device, &c.id);
+        let mut out = Vec::with_capacity(2);
+        if route.native {
+            out.push((native, wire::request(c), c.id.clone()));
+        }
+        if route.thingsboard {
+            out.push((thingsboard, wire::thingsboard_request(c), c.id.clone()));
+        }
+        out
+    }
+
+    /// Publishes into the router. The command id travels as MQTT 5
+    /// correlation data, which the router keeps with the message; the edge
+    /// reads it to track delivery, and passes it on to MQTT 5 devices.
+    async fn publish(&self, messages: Vec<(String, Vec<u8>, String)>) {
+        let mut link = self.link.lock().await;
+        for (topic, payload, id) in messages {
+            let publish = Publish::new(Bytes::from(topic), Bytes::from(payload), false);
+            let properties = PublishProperties {
+                correlation_data: Some(Bytes::from(id)),
+                ..PublishProperties::default()
+            };
+            if let Err(e) = link
+                .0
+                .send(Packet::Publish(publish, Some(properties)))
+                .await
+            {
+                // The session will not see it; the command expires at its
+                // timeout and says so.
+                tracing::error!("cannot hand a command to the broker: {e}");
+            }
+        }
+    }
+
+    /// A session of `device` subscribed to its commands: sends everything
+    /// that was waiting for it.
+    pub async fn subscribed(&self, device: &str, session: u64, route: Route) {
+        let publish: Vec<_> = {
+            let mut state = self.lock();
+            let sessions = state.routes.entry(device.to_owned()).or_default();
+            let entry = sessions.entry(session).or_default();
+            entry.native |= route.native;
+            entry.thingsboard |= route.thingsboard;
+            let route = state.route(device);
+            let mut waiting: Vec<&mut Command> = state
+                .active
+                .values_mut()
+                .filter(|c| c.device == device && c.state == CommandState::Queued)
+                .collect();
+            waiting.sort_by_key(|c| c.created_at);
+            waiting
+                .into_iter()
+                .flat_map(|c| self.mark_sent(c, route))
+                .collect()
+        };
+        if !publish.is_empty() {
+            self.publish(publish).await;
+        }
+    }
+
+    /// A session of `device` ended or unsubscribed from its commands. Once
+    /// no session of the device receives commands, what was sent and not
+    /// acknowledged waits again if persistent, and fails otherwise.
+    pub fn unsubscribed(&self, device: &str, session: u64) {
+        let mut state = self.lock();
+        let Some(sessions) = state.routes.get_mut(device) else {
+            return;
+        };
+        if sessions.remove(&session).is_none() {
+            return;
+        }
+        if !sessions.is_empty() {
+            return;
+        }
+        state.routes.remove(device);
+        let now = now_ms();
+        let mut done = Vec::new();
+        for c in state.active.values_mut() {
+            if c.device != device || c.state != CommandState::Sent {
+                continue;
+            }
+            if c.persistent {
+                c.state = CommandState::Queued;
+                self.changed(c);
+            } else {
+                self.finish(
+                    c,
+                    CommandState::Failed,
+                    now,
+                    "the device disconnected before acknowledging it".into(),
+                );
+                done.push(c.id.clone());
+            }
+        }
+        for id in done {
+            state.active.remove(&id);
+        }
+    }
+
+    /// The device acknowledged command `id` (or, at QoS 0, it was written
+    /// to its socket). A one-way command is then complete.
+    pub fn delivered(&self, device: &str, id: &str) {
+        let mut state = self.lock();
+        let Some(c) = state.active.get_mut(id) else {
+            return;
+        };
+        if c.device != device || c.state != CommandState::Sent {
+            return;
+        }
+        let now = now_ms();
+        c.state = CommandState::Delivered;
+        c.delivered_at = Some(now);
+        Metrics::add(&self.metrics.commands.delivered, 1);
+        if !c.two_way {
+            c.completed_at = Some(now);
+        }
+        self.changed(c);
+        if !c.two_way {
+            state.active.remove(id);
+        }
+    }
+
+    /// Takes a device's answer from `topic`. Answers that match nothing
+    /// waiting are refused with the reason, and counted.
+    pub async fn answer(
+        &self,
+        device: &str,
+        topic: &AnswerTopic,
+        correlation: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<(), AnswerError> {
+        let result = self.take_answer(device, topic, correlation, payload).await;
+        if let Err(e) = &result {
+            Metrics::add(&self.metrics.commands.bad_answers, 1);
+            static LOG: std::sync::OnceLock<LogLimiter> = std::sync::OnceLock::new();
+            let log = LOG.get_or_init(|| LogLimiter::new(20, Duration::from_secs(10)));
+            if let Some(suppressed) = log.allow() {
+                tracing::info!(device, suppressed, "refused a command answer: {e}");
+            }
+        }
+        result
+    }
+
+    async fn take_answer(
+        &self,
+        device: &str,
+        topic: &AnswerTopic,
+        correlation: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<(), AnswerError> {
+        let answer = wire::answer(topic, correlation, payload).map_err(AnswerError::Unreadable)?;
+        {
+            let mut state = self.lock();
+            if let Some(c) = state
+                .active
+                .get_mut(&answer.id)
+                .filter(|c| c.device == device && c.two_way && c.state != CommandState::Queued)
+            {
+                let now = now_ms();
+                // At QoS 0 the answer may be the first sign of delivery.
+                c.delivered_at.get_or_insert(now);
+                c.completed_at = Some(now);
+                match answer.outcome {
+                    Ok(result) => {
+                        c.state = CommandState::Answered;
+                        c.response = Some(result);
+                        Metrics::add(&self.metrics.commands.answered, 1);
+                    }
+                    Err(why) => {
+                        c.state = CommandState::Failed;
+                        c.error = Some(format!("the device answered: {why}"));
+                        Metrics::add(&self.metrics.commands.failed, 1);
+                    }
+                }
+                self.changed(c);
+                state.active.remove(&answer.id);
+                return Ok(());
+            }
+        }
+        // Not waiting: say whether it finished (or expired) or never was.
+        let known = self
+            .store
+            .command(&answer.id)
+            .await
+            .ok()
+            .flatten()
+            .filter(|c| c.device == device);
+        match known {
+            Some(c) => Err(AnswerError::Finished(answer.id, c.state.label())),
+            None => Err(AnswerError::Unknown(answer.id)),
+        }
+    }
+
+    /// Expires commands that waited too long, until `stop` fires: queued
+    /// persistent commands past their TTL, and sent commands past their
+    /// timeout without an acknowledgement (one-way) or an answer (two-way).
+    pub async fn run_timer(&self, stop: CancellationToken) {
+        loop {
+            let next = self.expire(now_ms());
+            let sleep = next
+                .map(|at| Duration::from_millis((at - now_ms()).clamp(1, 1000) as u64))
+                .unwrap_or(MAX_TIMER_SLEEP);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(sleep) => {}
+                () = self.timer.notified() => {}
+            }
+        }
+    }
+
+    /// Expires what is due at `now`; returns the next deadline.
+    fn expire(&self, now: i64) -> Option<i64> {
+        let mut state = self.lock();
+        let mut next: Option<i64> = None;
+        let mut done = Vec::new();
+        for c in state.active.values_mut() {
+            let (deadline, why) = match (c.state, c.sent_at) {
+                (CommandState::Queued, _) => (
+                    c.created_at + c.ttl_ms,
+                    format!("not delivered within its TTL of {}", seconds(c.ttl_ms)),
+                ),
+                (CommandState::Sent, Some(sent)) => (
+                    sent + c.timeout_ms,
+                    format!("not acknowledged within {}", seconds(c.timeout_ms)),
+                ),
+                (CommandState::Delivered, Some(sent)) => (
+                    sent + c.timeout_ms,
+                    format!("no answer within {}", seconds(c.timeout_ms)),
+                ),
+                _ => continue,
+            };
+            if deadline <= now {
+                self.finish(c, CommandState::Expired, now, why);
+                done.push(c.id.clone());
+            } else {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            }
+        }
+        for id in done {
+            state.active.remove(&id);
+        }
+        next
+    }
+
+    /// A device's newest commands, with the unfinished ones as they are
+    /// this instant (the database may be a moment behind).
+    pub async fn recent(&self, device: &str, limit: u64) -> Result<Vec<Command>, StoreError> {
+        let mut list = self.store.recent_commands(device, limit).await?;
+        let state = self.lock();
+        for c in &mut list {
+            if let Some(live) = state.active.get(&c.id) {
+                *c = live.clone();
+            }
+        }
+        Ok(list)
+    }
+
+    /// One command, as it is this instant.
+    pub async fn get(&self, id: &str) -> Result<Option<Command>, StoreError> {
+        if let Some(c) = self.lock().active.get(id) {
+            return Ok(Some(c.clone()));
+        }
+        self.store.command(id).await
+    }
+}
+
+/// "30 s", "1.5 s" or "2 h", for reasons a person reads.
+fn seconds(ms: i64) -> String {
+    match ms {
+        ms if ms % 3_600_000 == 0 => format!("{} h", ms / 3_600_000),
+        ms if ms % 1000 == 0 => format!("{} s", ms / 1000),
+        ms => format!("{:.1} s", ms as f64 / 1000.0),
+    }
+}
+
+impl Saver {
+    /// Writes every change until `stop` fires, then writes what is still
+    /// queued and returns. A change that cannot be written is logged and
+    /// counted; the next change of the same command rewrites the whole row
+    /// anyway.
+    pub async fn run(mut self, stop: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                c = self.rx.recv() => c,
+                () = stop.cancelled() => None,
+            };
+            let mut batch: Vec<Command> = first.into_iter().collect();
+            while let Ok(c) = self.rx.try_recv() {
+                batch.push(c);
+            }
+            if batch.is_empty() {
+                return;
+            }
+            // Only the newest state of each command needs writing.
+            let mut seen = std::collections::HashSet::new();
+            let mut newest: Vec<Command> = batch
+                .into_iter()
+                .rev()
+                .filter(|c| seen.insert(c.id.clone()))
+                .collect();
+            newest.reverse();
+            for c in newest {
+                if let Err(e) = self.store.save_command(&c).await {
+                    Metrics::add(&self.metrics.commands.save_errors, 1);
+                    tracing::error!(command = %c.id, "cannot store a command's state: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_state_durations_plainly() {
+        assert_eq!(seconds(30_000), "30 s");
+        assert_eq!(seconds(1_500), "1.5 s");
+        assert_eq!(seconds(7_200_000), "2 h");
+    }
+}

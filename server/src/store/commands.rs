@@ -1,0 +1,164 @@
+//! Commands in the database: one row per command, rewritten whole at each
+//! step of its life, so the row always matches what the server last knew.
+
+use app::model::{Command, CommandState};
+use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Statement, Value};
+
+use super::{placeholder, StoreError};
+
+/// The columns a command is read back with, in one place so every query
+/// agrees with [`Row`].
+const SELECT: &str = "SELECT c.id, d.name AS device, c.name, c.params, c.two_way, c.persistent, \
+     c.timeout_ms, c.ttl_ms, c.state, c.created_at, c.sent_at, c.delivered_at, c.completed_at, \
+     c.response, c.error FROM command c JOIN device d ON d.id = c.device_id";
+
+#[derive(Debug, FromQueryResult)]
+struct Row {
+    id: String,
+    device: String,
+    name: String,
+    params: String,
+    two_way: bool,
+    persistent: bool,
+    timeout_ms: i64,
+    ttl_ms: i64,
+    state: String,
+    created_at: i64,
+    sent_at: Option<i64>,
+    delivered_at: Option<i64>,
+    completed_at: Option<i64>,
+    response: Option<String>,
+    error: Option<String>,
+}
+
+impl Row {
+    /// A row the server wrote itself; a value it cannot read back (from a
+    /// hand-edited database) is shown as text rather than lost.
+    fn into_command(self) -> Command {
+        let json =
+            |text: String| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Command {
+            state: CommandState::from_label(&self.state).unwrap_or(CommandState::Failed),
+            id: self.id,
+            device: self.device,
+            name: self.name,
+            params: json(self.params),
+            two_way: self.two_way,
+            persistent: self.persistent,
+            timeout_ms: self.timeout_ms,
+            ttl_ms: self.ttl_ms,
+            created_at: self.created_at,
+            sent_at: self.sent_at,
+            delivered_at: self.delivered_at,
+            completed_at: self.completed_at,
+            response: self.response.map(json),
+            error: self.error,
+        }
+    }
+}
+
+/// Inserts `command`, or rewrites it if it exists. Returns false if its
+/// device does not exist (any more).
+pub async fn save(db: &DatabaseConnection, c: &Command) -> Result<bool, StoreError> {
+    let backend = db.get_database_backend();
+    let p: Vec<String> = (1..=15).map(|n| placeholder(backend, n)).collect();
+    // The device id comes from its name in the same statement, so a command
+    // can never point at a device that was not there. SQLite needs the
+    // WHERE clause to tell the SELECT's end from ON CONFLICT.
+    let sql = format!(
+        "INSERT INTO command (id, device_id, name, params, two_way, persistent, timeout_ms, \
+         ttl_ms, state, created_at, sent_at, delivered_at, completed_at, response, error) \
+         SELECT {}, d.id, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {} \
+         FROM device d WHERE d.name = {} \
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, sent_at = excluded.sent_at, \
+         delivered_at = excluded.delivered_at, completed_at = excluded.completed_at, \
+         response = excluded.response, error = excluded.error",
+        p[0],
+        p[1],
+        p[2],
+        p[3],
+        p[4],
+        p[5],
+        p[6],
+        p[7],
+        p[8],
+        p[9],
+        p[10],
+        p[11],
+        p[12],
+        p[13],
+        p[14],
+    );
+    let values: Vec<Value> = vec![
+        c.id.clone().into(),
+        c.name.clone().into(),
+        c.params.to_string().into(),
+        c.two_way.into(),
+        c.persistent.into(),
+        c.timeout_ms.into(),
+        c.ttl_ms.into(),
+        c.state.label().into(),
+        c.created_at.into(),
+        c.sent_at.into(),
+        c.delivered_at.into(),
+        c.completed_at.into(),
+        c.response.as_ref().map(|r| r.to_string()).into(),
+        c.error.clone().into(),
+        c.device.clone().into(),
+    ];
+    let done = db
+        .execute_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// A device's newest commands, newest first.
+pub async fn recent(
+    db: &DatabaseConnection,
+    device: &str,
+    limit: u64,
+) -> Result<Vec<Command>, StoreError> {
+    let backend = db.get_database_backend();
+    let sql = format!(
+        "{SELECT} WHERE d.name = {} ORDER BY c.created_at DESC, c.id DESC LIMIT {}",
+        placeholder(backend, 1),
+        placeholder(backend, 2),
+    );
+    let values: Vec<Value> = vec![device.into(), (limit as i64).into()];
+    Ok(
+        Row::find_by_statement(Statement::from_sql_and_values(backend, sql, values))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(Row::into_command)
+            .collect(),
+    )
+}
+
+/// One command by id.
+pub async fn get(db: &DatabaseConnection, id: &str) -> Result<Option<Command>, StoreError> {
+    let backend = db.get_database_backend();
+    let sql = format!("{SELECT} WHERE c.id = {}", placeholder(backend, 1));
+    Ok(
+        Row::find_by_statement(Statement::from_sql_and_values(backend, sql, [id.into()]))
+            .one(db)
+            .await?
+            .map(Row::into_command),
+    )
+}
+
+/// Every command that has not reached a final state, oldest first, for the
+/// server to pick up again at start.
+pub async fn unfinished(db: &DatabaseConnection) -> Result<Vec<Command>, StoreError> {
+    let backend = db.get_database_backend();
+    let sql = format!(
+        "{SELECT} WHERE c.state IN ('queued', 'sent', 'delivered') ORDER BY c.created_at, c.id"
+    );
+    Ok(Row::find_by_statement(Statement::from_string(backend, sql))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Row::into_command)
+        .filter(|c| !c.is_final())
+        .collect())
+}
