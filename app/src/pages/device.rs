@@ -1,5 +1,6 @@
 //! The device page at `/devices/<id>`: a time-range picker, one history
-//! chart per metric (or all on one), and the export of the current range.
+//! chart per metric (or all on one), the export of the current range, and
+//! the command panel.
 //!
 //! The range lives in the URL (`?range=24h`, or `?from=…&to=…` after a zoom
 //! or a custom pick), so a view can be shared and the back button undoes a
@@ -11,6 +12,7 @@ use leptos_meta::Title;
 use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};
 use leptos_router::NavigateOptions;
 
+use super::commands::CommandPanel;
 use super::debounced_reload;
 use super::fleet::CountersBar;
 use super::LiveBadge;
@@ -18,7 +20,9 @@ use crate::api::{get_device, get_history, HistoryWindow, MAX_SERIES_POINTS};
 use crate::chart::{HistoryChart, Line, COLOURS};
 use crate::format;
 use crate::live::LinkState;
-use crate::model::{Bucket, DeviceDetail, DeviceSummary, EpochMs, Reading, SeriesResponse};
+use crate::model::{
+    Bucket, Command, DeviceDetail, DeviceSummary, EpochMs, Reading, SeriesResponse,
+};
 use crate::range::{points_for_width, Range, PRESETS};
 
 /// Buckets requested before the page knows its width (server rendering).
@@ -152,6 +156,7 @@ fn DeviceView(
     let summary = RwSignal::new(detail.summary);
     let counters = RwSignal::new(detail.counters);
     let lines: Lines = RwSignal::new(Vec::new());
+    let commands = RwSignal::new(Vec::<Command>::new());
     // The window of the history on screen, for the custom range form.
     let shown = RwSignal::new((0, 0));
 
@@ -161,6 +166,7 @@ fn DeviceView(
     {
         let id = id.clone();
         Effect::new(move |_| {
+            use super::commands::upsert;
             use crate::live::{connect, LiveEvent};
             use crate::model::{ClientMsg, ServerMsg};
             super::follow_clock(now);
@@ -200,6 +206,11 @@ fn DeviceView(
                 LiveEvent::Message(ServerMsg::Presence { devices }) => {
                     if let Some(change) = devices.into_iter().rev().find(|p| p.device == device) {
                         summary.update(|s| s.presence = Some(change));
+                    }
+                }
+                LiveEvent::Message(ServerMsg::Command { command }) => {
+                    if command.device == device {
+                        commands.update(|list| upsert(list, *command));
                     }
                 }
                 LiveEvent::Opened { reconnect } => {
@@ -287,6 +298,7 @@ fn DeviceView(
                 })}
             </Transition>
         </div>
+        <CommandPanel device=id.clone() commands now/>
         <CountersBar counters/>
     }
 }

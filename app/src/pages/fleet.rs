@@ -157,6 +157,8 @@ fn FleetView(
                 skipped.update(|s| *s += n);
                 reload.run(());
             }
+            // Commands are followed on the device page only.
+            LiveEvent::Message(ServerMsg::Command { .. }) => {}
             LiveEvent::Message(ServerMsg::Presence { devices }) => {
                 apply_presence(cards, devices);
             }

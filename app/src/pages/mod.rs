@@ -1,5 +1,6 @@
 //! The dashboard's pages.
 
+pub mod commands;
 pub mod device;
 pub mod fleet;
 
