@@ -618,3 +618,72 @@ async fn bad_commands_get_clear_errors_and_are_counted() {
     let (status, _) = server.get("/api/health").await.expect("request");
     assert_eq!(status, 200, "the server keeps serving");
 }
+
+/// Runs `sightline command …` against the test server.
+async fn cli(server: &TestServer, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sightline"))
+        .arg("command")
+        .args(args)
+        .args(["--server", &server.url("")])
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run sightline");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn the_cli_sends_a_command_waits_for_its_outcome_and_lists_history() {
+    let scratch = Scratch::new();
+    let server = TestServer::start(closed_config(&scratch)).await;
+    let secret = server.add_device("D6").await;
+    let mut device =
+        TestDevice::connect(server.mqtt, "D6", &secret, "command/D6", QoS::AtLeastOnce).await;
+    let answerer = async {
+        let (_, payload, _) = device.next().await;
+        let id = serde_json::from_slice::<Value>(&payload).expect("JSON")["id"].clone();
+        device
+            .publish(
+                "command/D6/response",
+                json!({"id": id, "result": {"pong": 3}}),
+            )
+            .await;
+    };
+    let ((ok, text), ()) = tokio::join!(cli(&server, &["send", "D6", "ping"]), answerer);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("answered") && text.contains("{\"pong\":3}"),
+        "{text}"
+    );
+
+    // Nobody answers: the CLI waits out the timeout and fails.
+    let (ok, text) = cli(
+        &server,
+        &["send", "D6", "ping", "{\"n\":1}", "--timeout", "0.5"],
+    )
+    .await;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("expired") && text.contains("no answer within 0.5 s"),
+        "{text}"
+    );
+    let (ok, text) = cli(&server, &["send", "D6", "ping", "{broken"]).await;
+    assert!(!ok && text.contains("not valid JSON"), "{text}");
+    let (ok, text) = cli(&server, &["send", "Nobody", "ping"]).await;
+    assert!(!ok && text.contains("404"), "{text}");
+
+    let (ok, text) = cli(&server, &["list", "D6"]).await;
+    assert!(ok, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains("expired") && lines[1].contains("answered"),
+        "{text}"
+    );
+}
