@@ -341,6 +341,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         print!("{report}");
         return Ok(());
     }
+    if opts.scenario == Scenario::Commands {
+        let report = bench::commands::run(&opts).await?;
+        print!("{report}");
+        return Ok(());
+    }
     let report = bench::run(&opts).await?;
     print!("{}", report.render(&opts));
     Ok(())

@@ -274,6 +274,15 @@ fn connect(id: String, broker: SocketAddr, fleet: Arc<Fleet>, commands: bool) ->
     let mut mqtt = MqttOptions::new(id.clone(), broker.ip().to_string(), broker.port());
     mqtt.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(mqtt, 64);
+    if commands {
+        // A device answers right after it acknowledges a command; with
+        // Nagle's algorithm the answer would wait for the server's delayed
+        // ACK of the PUBACK (40 ms here). Only devices that answer pay for
+        // unbatched small packets; a high-rate load generator keeps Nagle.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        events.set_network_options(network);
+    }
     let interval_ms = Arc::new(AtomicU64::new(0));
     let device = commands.then(|| CommandHandler {
         id: id.clone(),

@@ -11,6 +11,7 @@
 //! The issue-5 scenario, chart query times over a year of data, is in
 //! [`history`].
 
+pub mod commands;
 pub mod history;
 
 use std::net::SocketAddr;
@@ -47,6 +48,9 @@ pub enum Scenario {
     /// Series API times for 1 h, 24 h, 30 d and 1 y windows over a year of
     /// 1-minute readings (see [`history`]).
     History,
+    /// Time from the API's POST to "answered" on the device page for pings
+    /// to one simulated device beside a publishing fleet (see [`commands`]).
+    Commands,
 }
 
 /// A fully resolved benchmark run.
@@ -109,10 +113,13 @@ impl BenchOptions {
             },
             // Only `keep` and `serve_args` apply.
             Scenario::History => base,
+            // The default fleet (10,000 readings/s) publishes beside the
+            // device that answers.
+            Scenario::Commands => base,
         }
     }
 
-    fn offered_per_sec(&self) -> f64 {
+    pub(crate) fn offered_per_sec(&self) -> f64 {
         self.devices as f64 * self.rate * READINGS_PER_MESSAGE as f64
     }
 }
