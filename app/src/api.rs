@@ -21,9 +21,8 @@ mod backend {
     use std::pin::Pin;
     use std::sync::Arc;
 
-    use crate::model::{
-        Command, CommandRequest, DeviceCredentials, DeviceDetail, Fleet, SeriesResponse,
-    };
+    use super::CommandForm;
+    use crate::model::{Command, DeviceCredentials, DeviceDetail, Fleet, SeriesResponse};
 
     /// A boxed, sendable future, so the trait stays object-safe.
     pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -56,11 +55,13 @@ mod backend {
         fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, String>>;
         /// A device's newest commands, newest first.
         fn commands(&self, id: String) -> BoxFuture<'_, Result<Vec<Command>, String>>;
-        /// Sends a command; the error is a message for the operator.
+        /// Sends a command as typed on the device page; the error is a
+        /// message for the operator. Refusals, bad params included, are
+        /// counted like the API's.
         fn send_command(
             &self,
             id: String,
-            request: CommandRequest,
+            form: CommandForm,
         ) -> BoxFuture<'_, Result<Command, String>>;
     }
 
@@ -132,19 +133,26 @@ pub async fn send_command(
     two_way: bool,
     persistent: bool,
 ) -> Result<Command, ServerFnError> {
-    let params = crate::model::parse_params(&params).map_err(ServerFnError::new)?;
-    let request = crate::model::CommandRequest {
+    let form = CommandForm {
         name: name.trim().to_owned(),
         params,
         two_way,
         persistent,
-        timeout_ms: None,
-        ttl_ms: None,
     };
     backend()?
-        .send_command(id, request)
+        .send_command(id, form)
         .await
         .map_err(ServerFnError::new)
+}
+
+/// A command as typed on the device page: `params` is the operator's JSON
+/// text, parsed (and refused, counted, if it is not JSON) by the server.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommandForm {
+    pub name: String,
+    pub params: String,
+    pub two_way: bool,
+    pub persistent: bool,
 }
 
 /// The server provides the backend as context on every request; a missing

@@ -33,7 +33,7 @@ test('set_interval from the device page is answered live and changes the chart r
     expect(slow).toBeGreaterThanOrEqual(2);
     expect(slow).toBeLessThanOrEqual(6);
 
-    // Invalid params are pointed out before anything is sent.
+    // Invalid params are refused with the reason, and nothing is sent.
     await page.getByTestId('command-name').fill('set_interval');
     await page.getByTestId('command-params').fill('{ms: 250');
     await page.getByTestId('command-send').click();

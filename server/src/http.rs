@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use app::api::{Backend, BoxFuture, HistoryWindow, SharedBackend, RECENT_WINDOW_MS};
+use app::api::{Backend, BoxFuture, CommandForm, HistoryWindow, SharedBackend, RECENT_WINDOW_MS};
 use app::model::{
     Command, CommandRequest, Counters, DeviceCredentials, DeviceDetail, DeviceSummary, Fleet,
     SeriesResponse,
@@ -403,9 +403,9 @@ impl Backend for PageData {
     fn send_command(
         &self,
         id: String,
-        request: CommandRequest,
+        form: CommandForm,
     ) -> BoxFuture<'_, Result<Command, String>> {
-        Box::pin(async move { self.page_send(&id, request).await })
+        Box::pin(async move { self.page_send(&id, form).await })
     }
 
     fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, String>> {
@@ -433,7 +433,17 @@ impl PageData {
             .map_err(log_for_page)
     }
 
-    async fn page_send(&self, id: &str, request: CommandRequest) -> Result<Command, String> {
+    async fn page_send(&self, id: &str, form: CommandForm) -> Result<Command, String> {
+        let params = app::model::parse_params(&form.params)
+            .inspect_err(|_| Metrics::add(&self.metrics.commands.refused, 1))?;
+        let request = CommandRequest {
+            name: form.name,
+            params,
+            two_way: form.two_way,
+            persistent: form.persistent,
+            timeout_ms: None,
+            ttl_ms: None,
+        };
         match self.commands.send(id, request).await {
             Ok(c) => {
                 tracing::info!(device = %id, command = %c.id, name = %c.name, "command sent from the dashboard");

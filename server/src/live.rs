@@ -379,17 +379,23 @@ async fn viewer(socket: WebSocket, live: Live) {
                     frames.push(encode(&ServerMsg::Presence { devices: statuses }));
                 }
             },
-            update = commands.recv() => {
-                // Missed changes (256 behind) are only a stale row until
-                // the page reloads its list. The channel cannot close while
-                // `live` holds the service.
-                if let Ok(command) = update {
+            update = commands.recv() => match update {
+                Ok(command) => {
                     // Only a device page watches commands; the fleet page
                     // subscribes to everything and has no use for them.
                     if matches!(&subscription, Subscription::Devices(d) if d.contains(&command.device)) {
                         frames.push(encode(&ServerMsg::Command { command: Box::new(command) }));
                     }
                 }
+                // Command changes were missed (256 behind): the page is
+                // told, as for readings, and reloads what it shows.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    if matches!(&subscription, Subscription::Devices(_)) {
+                        frames.push(encode(&ServerMsg::Lagged { skipped: n }));
+                    }
+                }
+                // The channel cannot close while `live` holds the service.
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
             },
             _ = stats.tick() => {
                 let devices = match &subscription {

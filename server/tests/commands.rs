@@ -619,6 +619,15 @@ async fn bad_commands_get_clear_errors_and_are_counted() {
     assert_eq!(status, 200, "the server keeps serving");
 }
 
+/// The next thing the silent test connection saw: `None` for its SUBACK,
+/// or a command's payload.
+async fn next_seen(seen: &mut mpsc::UnboundedReceiver<Option<Bytes>>) -> Option<Bytes> {
+    tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .expect("in time")
+        .expect("running")
+}
+
 /// Runs `sightline command …` against the test server.
 async fn cli(server: &TestServer, args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sightline"))
@@ -686,4 +695,76 @@ async fn the_cli_sends_a_command_waits_for_its_outcome_and_lists_history() {
         lines[0].contains("expired") && lines[1].contains("answered"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_persistent_command_to_a_silent_session_is_sent_again_not_expired() {
+    let scratch = Scratch::new();
+    let server = TestServer::start(closed_config(&scratch)).await;
+    let secret = server.add_device("D7").await;
+
+    // A connection that stays open but never acknowledges, like one whose
+    // network died before the keep-alive noticed.
+    let mut options = MqttOptions::new(
+        "d7-silent",
+        server.mqtt.ip().to_string(),
+        server.mqtt.port(),
+    );
+    options.set_credentials("D7", secret.as_str());
+    options.set_manual_acks(true);
+    let (client, mut events) = AsyncClient::new(options, 10);
+    client
+        .subscribe("command/D7", QoS::AtLeastOnce)
+        .await
+        .expect("queued");
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let silent = tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = seen_tx.send(None);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = seen_tx.send(Some(p.payload));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    assert!(next_seen(&mut seen).await.is_none(), "SUBACK first");
+
+    let command = send(
+        &server,
+        "D7",
+        json!({"name": "ping", "persistent": true, "timeout_ms": 500, "ttl_ms": 60000}),
+    )
+    .await;
+    let first = next_seen(&mut seen).await.expect("the command");
+    // Not acknowledged within 0.5 s: sent again, still within its TTL.
+    let again = next_seen(&mut seen).await.expect("the command again");
+    assert_eq!(first, again);
+    let now = server
+        .get_json::<Command>(&format!("/api/commands/{}", command.id))
+        .await;
+    assert!(
+        matches!(now.state, CommandState::Sent | CommandState::Queued),
+        "{now:?}"
+    );
+
+    // The device comes back on a new connection while the silent one is
+    // still open: the new session gets the command and answers it.
+    let mut device =
+        TestDevice::connect(server.mqtt, "D7", &secret, "command/D7", QoS::AtLeastOnce).await;
+    let (_, payload, _) = device.next().await;
+    assert_eq!(payload, first);
+    device
+        .publish(
+            "command/D7/response",
+            json!({"id": command.id, "result": "pong"}),
+        )
+        .await;
+    let answered = until_state(&server, &command.id, CommandState::Answered).await;
+    assert_eq!(answered.response, Some(json!("pong")));
+    silent.abort();
 }

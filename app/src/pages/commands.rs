@@ -7,7 +7,7 @@ use leptos::prelude::*;
 
 use crate::api::{get_commands, SendCommand};
 use crate::format;
-use crate::model::{parse_params, Command, CommandState, EpochMs};
+use crate::model::{Command, CommandState, EpochMs};
 
 /// Commands kept in the panel's list.
 const LIST_LEN: usize = 20;
@@ -15,17 +15,28 @@ const LIST_LEN: usize = 20;
 /// Names the name field suggests; any valid name may be typed.
 const SUGGESTED: [(&str, &str); 2] = [("ping", ""), ("set_interval", "{\"ms\": 250}")];
 
-/// Puts `c` into `list` (newest first): replaces the same command unless
-/// that would take a finished command back to an unfinished state, which
-/// only happens when an older message arrives after a newer one.
+/// How far a command has come: finished beats delivered beats a later
+/// send. Messages about one command can arrive out of order (the send's
+/// reply after a live update), and the list must never step back.
+fn progress(c: &Command) -> (bool, bool, EpochMs) {
+    (
+        c.is_final(),
+        c.delivered_at.is_some(),
+        c.sent_at.unwrap_or(0),
+    )
+}
+
+/// Puts `c` into `list` (newest first), replacing the same command unless
+/// `c` is older news.
 pub fn upsert(list: &mut Vec<Command>, c: Command) {
     if let Some(old) = list.iter_mut().find(|o| o.id == c.id) {
-        if !old.is_final() || c.is_final() {
+        if progress(&c) >= progress(old) {
             *old = c;
         }
         return;
     }
-    let at = list.partition_point(|o| o.created_at > c.created_at);
+    // Ids are time-ordered, so they break ties of the same millisecond.
+    let at = list.partition_point(|o| (o.created_at, &o.id) > (c.created_at, &c.id));
     list.insert(at, c);
     list.truncate(LIST_LEN);
 }
@@ -66,12 +77,8 @@ pub fn CommandPanel(
     let dispatch = {
         let device = device.clone();
         move |c: SendCommand| {
-            // Params are checked here first, so a typo is pointed out at
-            // once, without a round trip.
-            if let Err(why) = parse_params(&c.params) {
-                problem.set(Some(why));
-                return;
-            }
+            // The server checks the params, so that a refusal is counted
+            // wherever it comes from; its reason is shown below the form.
             problem.set(None);
             send.dispatch(SendCommand {
                 id: device.clone(),
@@ -287,6 +294,12 @@ mod tests {
         // A late "sent" from the action's reply does not undo "answered".
         upsert(&mut list, command("a", 1, CommandState::Sent));
         assert_eq!(list[1].state, CommandState::Answered);
+        // Nor does it undo "delivered".
+        let mut delivered = command("b", 2, CommandState::Delivered);
+        delivered.delivered_at = Some(5);
+        upsert(&mut list, delivered);
+        upsert(&mut list, command("b", 2, CommandState::Sent));
+        assert_eq!(list[0].state, CommandState::Delivered);
         for i in 0..30 {
             upsert(
                 &mut list,

@@ -58,8 +58,12 @@ pub enum AnswerError {
 const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
 
 /// Command changes kept for live viewers that read slowly; one that falls
-/// further behind reloads its list.
+/// further behind is told it lagged, and reloads its list.
 const UPDATES_BUFFER: usize = 256;
+
+/// Finished commands kept in memory for lists read while the saver is
+/// still writing their final state.
+const RECENTLY_FINISHED: usize = 256;
 
 /// Which of a device's sessions receive commands, and on which topics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -81,11 +85,31 @@ impl Route {
 struct State {
     /// Unfinished commands by id.
     active: HashMap<String, Command>,
+    /// The newest finished commands, so that a list read from the database
+    /// a moment before the saver writes a final state still shows it.
+    finished: std::collections::VecDeque<Command>,
     /// For each device, its sessions that subscribed to commands.
     routes: HashMap<String, HashMap<u64, Route>>,
 }
 
 impl State {
+    /// Moves a command that has just finished out of `active`.
+    fn retire(&mut self, id: &str) {
+        if let Some(c) = self.active.remove(id) {
+            if self.finished.len() == RECENTLY_FINISHED {
+                self.finished.pop_front();
+            }
+            self.finished.push_back(c);
+        }
+    }
+
+    /// The newest state of `id` held in memory, if any.
+    fn current(&self, id: &str) -> Option<&Command> {
+        self.active
+            .get(id)
+            .or_else(|| self.finished.iter().rev().find(|c| c.id == id))
+    }
+
     fn route(&self, device: &str) -> Route {
         self.routes
             .get(device)
@@ -220,7 +244,9 @@ impl Commands {
             Metrics::add(&self.metrics.commands.refused, 1);
             e
         };
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        // Version 7: time-ordered, so commands created in the same
+        // millisecond still list in the order they were sent.
+        let id = uuid::Uuid::now_v7().simple().to_string();
         let command = wire::accept(device, req, id, now_ms(), self.max_bytes)
             .map_err(|e| refused(e.into()))?;
         // Stored before anything else happens to it, so an accepted
@@ -250,8 +276,10 @@ impl Commands {
                 );
                 None
             };
-            if !c.is_final() {
-                state.active.insert(c.id.clone(), c.clone());
+            state.active.insert(c.id.clone(), c.clone());
+            if c.is_final() {
+                state.retire(&c.id);
+            } else {
                 self.timer.notify_one();
             }
             (c, publish)
@@ -268,7 +296,7 @@ impl Commands {
         c.sent_at = Some(now_ms());
         Metrics::add(&self.metrics.commands.sent, 1);
         self.changed(c);
-        let (native, thingsboard) = acl::command_topics(&c.device, &c.id);
+        let (native, thingsboard) = acl::command_topics(&c.device);
         let mut out = Vec::with_capacity(2);
         if route.native {
             out.push((native, wire::request(c), c.id.clone()));
@@ -308,14 +336,22 @@ impl Commands {
         let publish: Vec<_> = {
             let mut state = self.lock();
             let sessions = state.routes.entry(device.to_owned()).or_default();
+            let new_session = !sessions.contains_key(&session);
             let entry = sessions.entry(session).or_default();
             entry.native |= route.native;
             entry.thingsboard |= route.thingsboard;
             let route = state.route(device);
+            // A new session also gets the persistent commands sent to an
+            // older one and not acknowledged: that one may be a dead
+            // connection the keep-alive has not caught yet.
             let mut waiting: Vec<&mut Command> = state
                 .active
                 .values_mut()
-                .filter(|c| c.device == device && c.state == CommandState::Queued)
+                .filter(|c| {
+                    c.device == device
+                        && (c.state == CommandState::Queued
+                            || (new_session && c.persistent && c.state == CommandState::Sent))
+                })
                 .collect();
             waiting.sort_by_key(|c| c.created_at);
             waiting
@@ -363,7 +399,7 @@ impl Commands {
             }
         }
         for id in done {
-            state.active.remove(&id);
+            state.retire(&id);
         }
     }
 
@@ -374,7 +410,11 @@ impl Commands {
         let Some(c) = state.active.get_mut(id) else {
             return;
         };
-        if c.device != device || c.state != CommandState::Sent {
+        // A command put back in the queue after its session ended may still
+        // be acknowledged, late, by the device that got it.
+        let was_sent = c.state == CommandState::Sent
+            || (c.state == CommandState::Queued && c.sent_at.is_some());
+        if c.device != device || !was_sent {
             return;
         }
         let now = now_ms();
@@ -386,7 +426,7 @@ impl Commands {
         }
         self.changed(c);
         if !c.two_way {
-            state.active.remove(id);
+            state.retire(id);
         }
     }
 
@@ -418,14 +458,23 @@ impl Commands {
         correlation: Option<&[u8]>,
         payload: &[u8],
     ) -> Result<(), AnswerError> {
+        if payload.len() > self.max_bytes {
+            return Err(AnswerError::Unreadable(format!(
+                "the answer is {} bytes; the limit is {}",
+                payload.len(),
+                self.max_bytes
+            )));
+        }
         let answer = wire::answer(topic, correlation, payload).map_err(AnswerError::Unreadable)?;
         {
             let mut state = self.lock();
-            if let Some(c) = state
-                .active
-                .get_mut(&answer.id)
-                .filter(|c| c.device == device && c.two_way && c.state != CommandState::Queued)
-            {
+            // A command waiting again after its device dropped (queued,
+            // but sent before) may still be answered: the device got it.
+            if let Some(c) = state.active.get_mut(&answer.id).filter(|c| {
+                c.device == device
+                    && c.two_way
+                    && (c.state != CommandState::Queued || c.sent_at.is_some())
+            }) {
                 let now = now_ms();
                 // At QoS 0 the answer may be the first sign of delivery.
                 c.delivered_at.get_or_insert(now);
@@ -443,7 +492,7 @@ impl Commands {
                     }
                 }
                 self.changed(c);
-                state.active.remove(&answer.id);
+                state.retire(&answer.id);
                 return Ok(());
             }
         }
@@ -464,9 +513,14 @@ impl Commands {
     /// Expires commands that waited too long, until `stop` fires: queued
     /// persistent commands past their TTL, and sent commands past their
     /// timeout without an acknowledgement (one-way) or an answer (two-way).
+    /// A persistent command not acknowledged in time, but still within its
+    /// TTL, is sent again instead (its session may be a dead connection).
     pub async fn run_timer(&self, stop: CancellationToken) {
         loop {
-            let next = self.expire(now_ms());
+            let (next, again) = self.expire(now_ms());
+            if !again.is_empty() {
+                self.publish(again).await;
+            }
             let sleep = next
                 .map(|at| Duration::from_millis((at - now_ms()).clamp(1, 1000) as u64))
                 .unwrap_or(MAX_TIMER_SLEEP);
@@ -478,15 +532,24 @@ impl Commands {
         }
     }
 
-    /// Expires what is due at `now`; returns the next deadline.
-    fn expire(&self, now: i64) -> Option<i64> {
+    /// Expires what is due at `now`; returns the next deadline and the
+    /// messages of persistent commands to send again.
+    #[allow(clippy::type_complexity)]
+    fn expire(&self, now: i64) -> (Option<i64>, Vec<(String, Vec<u8>, String)>) {
         let mut state = self.lock();
         let mut next: Option<i64> = None;
         let mut done = Vec::new();
+        let mut again = Vec::new();
+        let routes: HashMap<String, Route> = state
+            .routes
+            .keys()
+            .map(|d| (d.clone(), state.route(d)))
+            .collect();
         for c in state.active.values_mut() {
+            let ttl_end = c.created_at + c.ttl_ms;
             let (deadline, why) = match (c.state, c.sent_at) {
                 (CommandState::Queued, _) => (
-                    c.created_at + c.ttl_ms,
+                    ttl_end,
                     format!("not delivered within its TTL of {}", seconds(c.ttl_ms)),
                 ),
                 (CommandState::Sent, Some(sent)) => (
@@ -499,17 +562,28 @@ impl Commands {
                 ),
                 _ => continue,
             };
-            if deadline <= now {
-                self.finish(c, CommandState::Expired, now, why);
-                done.push(c.id.clone());
-            } else {
+            if deadline > now {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                continue;
             }
+            if c.persistent && c.state == CommandState::Sent && now < ttl_end {
+                match routes.get(&c.device).copied().filter(|r| r.any()) {
+                    Some(route) => again.extend(self.mark_sent(c, route)),
+                    None => {
+                        c.state = CommandState::Queued;
+                        self.changed(c);
+                    }
+                }
+                next = Some(next.map_or(now + 1, |n| n.min(now + 1)));
+                continue;
+            }
+            self.finish(c, CommandState::Expired, now, why);
+            done.push(c.id.clone());
         }
         for id in done {
-            state.active.remove(&id);
+            state.retire(&id);
         }
-        next
+        (next, again)
     }
 
     /// A device's newest commands, with the unfinished ones as they are
@@ -518,7 +592,7 @@ impl Commands {
         let mut list = self.store.recent_commands(device, limit).await?;
         let state = self.lock();
         for c in &mut list {
-            if let Some(live) = state.active.get(&c.id) {
+            if let Some(live) = state.current(&c.id) {
                 *c = live.clone();
             }
         }
@@ -527,7 +601,7 @@ impl Commands {
 
     /// One command, as it is this instant.
     pub async fn get(&self, id: &str) -> Result<Option<Command>, StoreError> {
-        if let Some(c) = self.lock().active.get(id) {
+        if let Some(c) = self.lock().current(id) {
             return Ok(Some(c.clone()));
         }
         self.store.command(id).await

@@ -54,11 +54,13 @@ pub fn command_owner(filter: &str) -> Option<&str> {
 /// Checks a SUBSCRIBE filter from `device` and returns the filter to use in
 /// the broker. A device may only receive its own commands: on
 /// `command/<id>` (and below it), or on ThingsBoard's shared RPC topic,
-/// which is mapped to a per-device topic inside the broker so that devices
-/// never see each other's requests.
+/// which is mapped to one fixed per-device topic inside the broker so that
+/// devices never see each other's requests. (The request id is not part of
+/// the broker topic: rumqttd keeps every topic it has seen for good, so a
+/// topic per command would grow it forever.)
 pub fn subscribe(device: &str, filter: &str) -> Option<String> {
     if let Some(rest) = filter.strip_prefix(THINGSBOARD_RPC) {
-        return (rest == "+" || rest == "#").then(|| format!("tb/{device}/rpc/request/{rest}"));
+        return (rest == "+" || rest == "#").then(|| thingsboard_topic(device));
     }
     let rest = filter.strip_prefix("command/")?;
     let (owner, below) = match rest.split_once('/') {
@@ -75,13 +77,20 @@ pub fn subscribe(device: &str, filter: &str) -> Option<String> {
     (owner == device && below_ok).then(|| filter.to_owned())
 }
 
+/// The broker topic of a device's ThingsBoard RPC requests.
+fn thingsboard_topic(device: &str) -> String {
+    format!("tb/{device}/rpc/request")
+}
+
 /// The topic a device sees for a message the broker delivers on
-/// `broker_topic`, undoing the mapping of [`subscribe`].
-pub fn delivered_topic(device: &str, broker_topic: &str) -> String {
-    let mapped = format!("tb/{device}/rpc/request/");
-    match broker_topic.strip_prefix(&mapped) {
-        Some(id) => format!("{THINGSBOARD_RPC}{id}"),
-        None => broker_topic.to_owned(),
+/// `broker_topic`, undoing the mapping of [`subscribe`]: a ThingsBoard
+/// request gets its command `id` back in the topic.
+pub fn delivered_topic(device: &str, broker_topic: &str, id: Option<&str>) -> String {
+    match id {
+        Some(id) if broker_topic == thingsboard_topic(device) => {
+            format!("{THINGSBOARD_RPC}{id}")
+        }
+        _ => broker_topic.to_owned(),
     }
 }
 
@@ -90,8 +99,10 @@ pub fn delivered_topic(device: &str, broker_topic: &str) -> String {
 /// `v1/devices/me/rpc/response/<id>`. Whether the id is one of the device's
 /// commands is for the command service to decide.
 pub fn answer(device: &str, topic: &str) -> Option<AnswerTopic> {
+    // Any id is taken as an answer, so that a bad one is refused and
+    // counted as a bad answer rather than as a trespass.
     if let Some(id) = topic.strip_prefix(THINGSBOARD_RPC_RESPONSE) {
-        return valid_name(id).then(|| AnswerTopic::ThingsBoard(id.to_owned()));
+        return Some(AnswerTopic::ThingsBoard(id.to_owned()));
     }
     let rest = topic.strip_prefix("command/")?;
     (rest.strip_suffix("/response")? == device).then_some(AnswerTopic::Native)
@@ -100,11 +111,8 @@ pub fn answer(device: &str, topic: &str) -> Option<AnswerTopic> {
 /// The broker topics a command to `device` is published on: the seed's
 /// `command/<device>`, and the per-device form of ThingsBoard's request
 /// topic (see [`subscribe`]).
-pub fn command_topics(device: &str, id: &str) -> (String, String) {
-    (
-        format!("command/{device}"),
-        format!("tb/{device}/rpc/request/{id}"),
-    )
+pub fn command_topics(device: &str) -> (String, String) {
+    (format!("command/{device}"), thingsboard_topic(device))
 }
 
 /// Which commands a granted filter (as the device wrote it) receives:
@@ -165,7 +173,7 @@ mod tests {
         );
         assert_eq!(
             subscribe("A", "v1/devices/me/rpc/request/+").as_deref(),
-            Some("tb/A/rpc/request/+")
+            Some("tb/A/rpc/request")
         );
         for refused in [
             "command/B",
@@ -181,10 +189,10 @@ mod tests {
             assert_eq!(subscribe("A", refused), None, "{refused}");
         }
         assert_eq!(
-            delivered_topic("A", "tb/A/rpc/request/42"),
+            delivered_topic("A", "tb/A/rpc/request", Some("42")),
             "v1/devices/me/rpc/request/42"
         );
-        assert_eq!(delivered_topic("A", "command/A"), "command/A");
+        assert_eq!(delivered_topic("A", "command/A", Some("42")), "command/A");
     }
 
     #[test]
@@ -199,11 +207,14 @@ mod tests {
             "command/A",
             "command/A/response/x",
             "command/AB/response",
-            "v1/devices/me/rpc/response/",
-            "v1/devices/me/rpc/response/a/b",
         ] {
             assert_eq!(answer("A", refused), None, "{refused}");
         }
+        // A bad ThingsBoard id is an answer, refused later as unknown.
+        assert_eq!(
+            answer("A", "v1/devices/me/rpc/response/a/b"),
+            Some(AnswerTopic::ThingsBoard("a/b".into()))
+        );
     }
 
     #[test]

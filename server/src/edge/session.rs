@@ -977,11 +977,11 @@ impl Session<'_> {
     async fn deliver(&mut self, delivery: Delivery) {
         match delivery {
             Delivery::Publish(topic, payload, correlation) => {
-                let seen = acl::delivered_topic(&self.device, &topic);
                 // The command service puts the command id in the
                 // correlation data; anything without one is passed on
                 // untracked.
                 let id = correlation.and_then(|c| String::from_utf8(c.to_vec()).ok());
+                let seen = acl::delivered_topic(&self.device, &topic, id.as_deref());
                 let mut qos = self.delivery_qos(&seen);
                 let mut pkid = 0;
                 if let (QoS::AtLeastOnce, Some(id)) = (qos, &id) {
@@ -1021,7 +1021,15 @@ impl Session<'_> {
             Delivery::Nothing => {}
             Delivery::Lost(e) => {
                 tracing::warn!(device = %self.device, "router link lost: {e}");
+                // Nothing reaches this session any more: its commands go
+                // back to waiting (persistent) or fail, rather than being
+                // sent into the void. A new SUBSCRIBE links it again.
                 self.link = None;
+                self.subscribed.clear();
+                self.in_flight.clear();
+                self.edge
+                    .commands
+                    .unsubscribed(&self.device, self.session_id);
             }
         }
     }
