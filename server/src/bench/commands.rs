@@ -1,7 +1,7 @@
 //! `sightline bench --scenario commands`: how long an operator waits for a
 //! device's answer. One simulated device answers `ping` while a fleet
 //! publishes readings beside it (10,000 readings/s by default); the
-//! benchmark sends pings one after another through the HTTP API and times
+//! benchmark sends 1,000 pings, 20 ms apart, through the HTTP API and times
 //! each from the POST to the moment a WebSocket viewer of the device page
 //! sees it "answered", which is what the operator waits for.
 
@@ -19,8 +19,13 @@ use super::{finish, free_addr, scratch_dir, start_server, stop_server, BenchOpti
 use crate::simulate::{self, SimOptions};
 
 /// Timed commands; the first few are warm-up and not counted.
-const COMMANDS: usize = 200;
+const COMMANDS: usize = 1000;
 const WARM_UP: usize = 10;
+
+/// The pause between one answer and the next ping, so that the pings
+/// spread over 20 s of the writer's transactions rather than a fraction
+/// of one.
+const PACE: Duration = Duration::from_millis(20);
 
 /// The device that answers.
 const DEVICE: &str = "cmd-0001";
@@ -208,6 +213,7 @@ async fn measure(http: std::net::SocketAddr, load: usize) -> anyhow::Result<Meas
                 done.error
             );
         }
+        tokio::time::sleep(PACE).await;
         if i >= WARM_UP {
             times.push(elapsed.as_secs_f64() * 1000.0);
             if let (Some(end), Some(sent_at)) = (done.completed_at, done.sent_at) {

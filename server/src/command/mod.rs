@@ -249,9 +249,20 @@ impl Commands {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let command = wire::accept(device, req, id, now_ms(), self.max_bytes)
             .map_err(|e| refused(e.into()))?;
-        // Stored before anything else happens to it, so an accepted
-        // command is never lost, even if the server stops right away.
-        if !self.store.save_command(&command).await? {
+        // A persistent command is stored before anything else happens to
+        // it, so that it waits for its device across a restart. Any other
+        // command goes out at once and reaches the database through the
+        // saver, in order: waiting here for SQLite's write lock, which the
+        // batch writer holds while it commits readings, made the
+        // operator's slowest pings wait up to a second before they were
+        // even sent (BENCHMARKS.md). Such a command could not outlive a
+        // restart anyway.
+        let known = if command.persistent {
+            self.store.save_command(&command).await?
+        } else {
+            self.store.device_exists(device).await?
+        };
+        if !known {
             return Err(refused(CommandError::UnknownDevice(device.to_owned())));
         }
         Metrics::add(&self.metrics.commands.accepted, 1);
@@ -586,8 +597,10 @@ impl Commands {
         (next, again)
     }
 
-    /// A device's newest commands, with the unfinished ones as they are
-    /// this instant (the database may be a moment behind).
+    /// A device's newest commands, as they are this instant: the database
+    /// may be a moment behind the saver, so what is held in memory (the
+    /// unfinished commands and the newest finished ones) takes precedence,
+    /// and commands not written yet are added.
     pub async fn recent(&self, device: &str, limit: u64) -> Result<Vec<Command>, StoreError> {
         let mut list = self.store.recent_commands(device, limit).await?;
         let state = self.lock();
@@ -595,6 +608,19 @@ impl Commands {
             if let Some(live) = state.current(&c.id) {
                 *c = live.clone();
             }
+        }
+        let unwritten: Vec<Command> = state
+            .active
+            .values()
+            .chain(state.finished.iter())
+            .filter(|c| c.device == device && !list.iter().any(|l| l.id == c.id))
+            .cloned()
+            .collect();
+        if !unwritten.is_empty() {
+            list.extend(unwritten);
+            // Ids are time-ordered, so they break ties of one millisecond.
+            list.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+            list.truncate(limit as usize);
         }
         Ok(list)
     }
