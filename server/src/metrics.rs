@@ -119,6 +119,8 @@ pub struct Metrics {
     /// Raw readings and rollup rows deleted by retention.
     pub pruned_readings: AtomicU64,
     pub pruned_rollups: AtomicU64,
+    /// Finished commands deleted by retention (with raw readings).
+    pub pruned_commands: AtomicU64,
     pub edge: EdgeCounters,
     pub commands: CommandCounters,
     /// WebSocket viewers currently connected.
@@ -149,6 +151,7 @@ impl Default for Metrics {
             dropped: AtomicU64::default(),
             pruned_readings: AtomicU64::default(),
             pruned_rollups: AtomicU64::default(),
+            pruned_commands: AtomicU64::default(),
             edge: EdgeCounters::default(),
             commands: CommandCounters::default(),
             viewers: AtomicU64::default(),
@@ -260,6 +263,12 @@ impl Metrics {
                 "counter",
                 "Rollup rows deleted by retention (--retain-rollups).",
                 get(&self.pruned_rollups),
+            ),
+            (
+                "sightline_pruned_commands_total",
+                "counter",
+                "Finished commands deleted by retention (kept as long as raw readings).",
+                get(&self.pruned_commands),
             ),
             (
                 "sightline_viewers",

@@ -768,3 +768,74 @@ async fn a_persistent_command_to_a_silent_session_is_sent_again_not_expired() {
     assert_eq!(answered.response, Some(json!("pong")));
     silent.abort();
 }
+
+/// Finished commands are deleted with the raw readings of their time;
+/// a command still waiting for its device is kept whatever its age.
+async fn finished_commands_are_pruned_with_raw_readings(url: &str, device: &str) {
+    use server::store::retention::{Policy, Retention};
+    const DAY: i64 = 86_400_000;
+    let store = server::store::Store::open(url).await.expect("open");
+    let now = server::ingest::now_ms();
+    store.add_device(device, now).await.expect("device");
+    let command =
+        |n: u32, state: CommandState, created_at: i64, completed_at: Option<i64>| Command {
+            id: format!("{device}-{n}"),
+            device: device.to_owned(),
+            name: "ping".into(),
+            params: json!({}),
+            two_way: true,
+            persistent: true,
+            timeout_ms: 30_000,
+            ttl_ms: 30 * DAY,
+            state,
+            created_at,
+            sent_at: None,
+            delivered_at: None,
+            completed_at,
+            response: None,
+            error: completed_at.map(|_| "old".to_owned()),
+        };
+    let old_finished = command(
+        1,
+        CommandState::Expired,
+        now - 10 * DAY,
+        Some(now - 9 * DAY),
+    );
+    let old_waiting = command(2, CommandState::Queued, now - 10 * DAY, None);
+    let recent = command(3, CommandState::Failed, now - 1000, Some(now - 900));
+    for c in [&old_finished, &old_waiting, &recent] {
+        assert!(store.save_command(c).await.expect("save"));
+    }
+    let policy = Policy {
+        raw: Retention::millis(DAY),
+        rollups: Retention::FOREVER,
+    };
+    let pruned = store.prune(policy, now).await.expect("prune");
+    assert!(pruned.commands >= 1, "{pruned:?}");
+    assert!(store
+        .command(&old_finished.id)
+        .await
+        .expect("read")
+        .is_none());
+    assert!(store
+        .command(&old_waiting.id)
+        .await
+        .expect("read")
+        .is_some());
+    assert!(store.command(&recent.id).await.expect("read").is_some());
+}
+
+#[tokio::test]
+async fn finished_commands_follow_raw_retention() {
+    let scratch = Scratch::new();
+    finished_commands_are_pruned_with_raw_readings(&scratch.sqlite_url(), "R1").await;
+    if let Ok(url) = std::env::var("SIGHTLINE_TEST_POSTGRES_URL") {
+        finished_commands_are_pruned_with_raw_readings(
+            &url,
+            &format!("Ret-{}", std::process::id()),
+        )
+        .await;
+    } else {
+        eprintln!("PostgreSQL part skipped: SIGHTLINE_TEST_POSTGRES_URL is not set");
+    }
+}

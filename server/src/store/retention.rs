@@ -116,6 +116,8 @@ pub struct Policy {
 pub struct Pruned {
     pub readings: u64,
     pub rollups: u64,
+    /// Finished commands, kept as long as raw readings.
+    pub commands: u64,
 }
 
 /// Deletes everything older than the policy allows at time `now`, chunk by
@@ -148,6 +150,21 @@ pub async fn prune(
     if let Some(cutoff) = rollup_cutoff {
         for level in LEVELS {
             tables.push((level.table, "bucket", cutoff));
+        }
+    }
+    // Finished commands go with the raw readings of their time; a command
+    // still waiting (no completion time) is never deleted.
+    if let Some(cutoff) = raw_cutoff {
+        loop {
+            if stop.is_cancelled() {
+                return Ok(pruned);
+            }
+            let deleted = delete_commands(db, cutoff).await?;
+            pruned.commands += deleted;
+            if deleted == 0 {
+                break;
+            }
+            tokio::time::sleep(CHUNK_PAUSE).await;
         }
     }
     for series_id in ids {
@@ -218,6 +235,23 @@ async fn delete_chunk(
     Ok(result.rows_affected())
 }
 
+/// Deletes up to [`CHUNK_ROWS`] commands that finished before `cutoff`.
+async fn delete_commands(db: &DatabaseConnection, cutoff: i64) -> Result<u64, DbErr> {
+    let backend = db.get_database_backend();
+    let result = db
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            format!(
+                "DELETE FROM command WHERE id IN (SELECT id FROM command \
+                 WHERE completed_at < {} LIMIT {CHUNK_ROWS})",
+                super::placeholder(backend, 1)
+            ),
+            [Value::BigInt(Some(cutoff))],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
 /// Prunes at start and then every [`PASS_EVERY`] until `stop` fires.
 pub async fn run(
     db: DatabaseConnection,
@@ -238,11 +272,13 @@ pub async fn run(
             Ok(p) => {
                 Metrics::add(&metrics.pruned_readings, p.readings);
                 Metrics::add(&metrics.pruned_rollups, p.rollups);
+                Metrics::add(&metrics.pruned_commands, p.commands);
                 if p != Pruned::default() {
                     tracing::info!(
-                        "retention: deleted {} readings and {} rollup rows",
+                        "retention: deleted {} readings, {} rollup rows and {} finished commands",
                         p.readings,
-                        p.rollups
+                        p.rollups,
+                        p.commands
                     );
                 }
             }
