@@ -15,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{finish, free_addr, scratch_dir, start_server, stop_server, BenchOptions};
+use super::{free_addr, in_scratch, start_server, stop_server, BenchOptions};
 use crate::simulate::{self, SimOptions};
 
 /// Timed commands; the first few are warm-up and not counted.
@@ -32,12 +32,7 @@ const DEVICE: &str = "cmd-0001";
 
 /// Runs the scenario and returns the report.
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
-    let dir = scratch_dir()?;
-    let result = run_in(opts, &dir).await;
-    match (finish(dir, opts.keep), result) {
-        (Some(kept), Ok(report)) => Ok(format!("{report}kept               {}\n", kept.display())),
-        (_, result) => result,
-    }
+    in_scratch(opts.keep, |dir| async move { run_in(opts, &dir).await }).await
 }
 
 fn fleet(broker: std::net::SocketAddr, devices: usize, rate: f64, prefix: &str) -> SimOptions {

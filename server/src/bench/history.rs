@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use app::model::{Reading, SeriesResponse};
 
-use super::{finish, free_addr, scratch_dir, start_server, stop_server, BenchOptions};
+use super::{free_addr, in_scratch, start_server, stop_server, BenchOptions};
 use crate::store::Store;
 
 /// The device and metric the benchmark seeds.
@@ -73,12 +73,7 @@ pub async fn seed(url: &str, end: i64) -> anyhow::Result<Duration> {
 
 /// Runs the scenario and returns the report.
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
-    let dir = scratch_dir()?;
-    let result = run_in(opts, &dir).await;
-    match (finish(dir, opts.keep), result) {
-        (Some(kept), Ok(report)) => Ok(format!("{report}kept               {}\n", kept.display())),
-        (_, result) => result,
-    }
+    in_scratch(opts.keep, |dir| async move { run_in(opts, &dir).await }).await
 }
 
 async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<String> {

@@ -274,15 +274,31 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
 }
 
 /// A new folder for one run's database and server log.
-pub(crate) fn scratch_dir() -> anyhow::Result<PathBuf> {
+fn scratch_dir() -> anyhow::Result<PathBuf> {
     let dir =
         std::env::temp_dir().join(format!("sightline-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }
 
+/// Runs a scenario that reports as text in a fresh scratch folder, which
+/// is removed afterwards unless `keep`; a kept folder is named at the end
+/// of the report.
+pub(crate) async fn in_scratch<F, Fut>(keep: bool, scenario: F) -> anyhow::Result<String>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<String>>,
+{
+    let dir = scratch_dir()?;
+    let result = scenario(dir.clone()).await;
+    match (finish(dir, keep), result) {
+        (Some(kept), Ok(report)) => Ok(format!("{report}kept               {}\n", kept.display())),
+        (_, result) => result,
+    }
+}
+
 /// Removes a run's folder, or with `--keep` leaves it and says where.
-pub(crate) fn finish(dir: PathBuf, keep: bool) -> Option<PathBuf> {
+fn finish(dir: PathBuf, keep: bool) -> Option<PathBuf> {
     if keep {
         Some(dir)
     } else {
