@@ -79,6 +79,22 @@ impl Route {
     pub fn any(self) -> bool {
         self.native || self.thingsboard
     }
+
+    /// The commands either route receives.
+    pub fn or(self, other: Self) -> Self {
+        Self {
+            native: self.native || other.native,
+            thingsboard: self.thingsboard || other.thingsboard,
+        }
+    }
+}
+
+/// One message for the router: a command on one of its topics.
+#[derive(Debug)]
+struct Outgoing {
+    topic: String,
+    payload: Vec<u8>,
+    id: String,
 }
 
 #[derive(Debug, Default)]
@@ -113,12 +129,7 @@ impl State {
     fn route(&self, device: &str) -> Route {
         self.routes
             .get(device)
-            .map(|sessions| {
-                sessions.values().fold(Route::default(), |a, r| Route {
-                    native: a.native || r.native,
-                    thingsboard: a.thingsboard || r.thingsboard,
-                })
-            })
+            .map(|sessions| sessions.values().copied().fold(Route::default(), Route::or))
             .unwrap_or_default()
     }
 }
@@ -135,6 +146,8 @@ pub struct Commands {
     timer: Notify,
     /// The largest request payload, the same limit devices' messages have.
     max_bytes: usize,
+    /// Bounds the log lines of refused answers.
+    answer_log: LogLimiter,
 }
 
 impl std::fmt::Debug for Commands {
@@ -173,6 +186,7 @@ impl Commands {
             updates,
             timer: Notify::new(),
             max_bytes,
+            answer_log: LogLimiter::new(20, Duration::from_secs(10)),
         });
         match store.unfinished_commands().await {
             Ok(unfinished) => commands.resume(unfinished),
@@ -186,7 +200,11 @@ impl Commands {
         let mut state = self.lock();
         for mut c in unfinished {
             match c.state {
-                CommandState::Sent if c.persistent => c.state = CommandState::Queued,
+                CommandState::Sent if c.persistent => {
+                    c.state = CommandState::Queued;
+                    self.changed(&c);
+                }
+                // Stored as they are: nothing to write again.
                 CommandState::Queued if c.persistent => {}
                 CommandState::Delivered => {}
                 _ => {
@@ -199,7 +217,6 @@ impl Commands {
                     continue;
                 }
             }
-            self.changed(&c);
             state.active.insert(c.id.clone(), c);
         }
     }
@@ -302,7 +319,7 @@ impl Commands {
     }
 
     /// Marks `c` sent and returns the messages that send it.
-    fn mark_sent(&self, c: &mut Command, route: Route) -> Vec<(String, Vec<u8>, String)> {
+    fn mark_sent(&self, c: &mut Command, route: Route) -> Vec<Outgoing> {
         c.state = CommandState::Sent;
         c.sent_at = Some(now_ms());
         Metrics::add(&self.metrics.commands.sent, 1);
@@ -310,10 +327,18 @@ impl Commands {
         let (native, thingsboard) = acl::command_topics(&c.device);
         let mut out = Vec::with_capacity(2);
         if route.native {
-            out.push((native, wire::request(c), c.id.clone()));
+            out.push(Outgoing {
+                topic: native,
+                payload: wire::request(c),
+                id: c.id.clone(),
+            });
         }
         if route.thingsboard {
-            out.push((thingsboard, wire::thingsboard_request(c), c.id.clone()));
+            out.push(Outgoing {
+                topic: thingsboard,
+                payload: wire::thingsboard_request(c),
+                id: c.id.clone(),
+            });
         }
         out
     }
@@ -321,9 +346,9 @@ impl Commands {
     /// Publishes into the router. The command id travels as MQTT 5
     /// correlation data, which the router keeps with the message; the edge
     /// reads it to track delivery, and passes it on to MQTT 5 devices.
-    async fn publish(&self, messages: Vec<(String, Vec<u8>, String)>) {
+    async fn publish(&self, messages: Vec<Outgoing>) {
         let mut link = self.link.lock().await;
-        for (topic, payload, id) in messages {
+        for Outgoing { topic, payload, id } in messages {
             let publish = Publish::new(Bytes::from(topic), Bytes::from(payload), false);
             let properties = PublishProperties {
                 correlation_data: Some(Bytes::from(id)),
@@ -349,8 +374,7 @@ impl Commands {
             let sessions = state.routes.entry(device.to_owned()).or_default();
             let new_session = !sessions.contains_key(&session);
             let entry = sessions.entry(session).or_default();
-            entry.native |= route.native;
-            entry.thingsboard |= route.thingsboard;
+            *entry = entry.or(route);
             let route = state.route(device);
             // A new session also gets the persistent commands sent to an
             // older one and not acknowledged: that one may be a dead
@@ -421,11 +445,10 @@ impl Commands {
         let Some(c) = state.active.get_mut(id) else {
             return;
         };
-        // A command put back in the queue after its session ended may still
-        // be acknowledged, late, by the device that got it.
-        let was_sent = c.state == CommandState::Sent
-            || (c.state == CommandState::Queued && c.sent_at.is_some());
-        if c.device != device || !was_sent {
+        // A command put back in the queue after its session ended (so
+        // sent once) may still be acknowledged, late, by the device that
+        // got it.
+        if c.device != device || c.sent_at.is_none() || c.state == CommandState::Delivered {
             return;
         }
         let now = now_ms();
@@ -453,9 +476,7 @@ impl Commands {
         let result = self.take_answer(device, topic, correlation, payload).await;
         if let Err(e) = &result {
             Metrics::add(&self.metrics.commands.bad_answers, 1);
-            static LOG: std::sync::OnceLock<LogLimiter> = std::sync::OnceLock::new();
-            let log = LOG.get_or_init(|| LogLimiter::new(20, Duration::from_secs(10)));
-            if let Some(suppressed) = log.allow() {
+            if let Some(suppressed) = self.answer_log.allow() {
                 tracing::info!(device, suppressed, "refused a command answer: {e}");
             }
         }
@@ -479,13 +500,13 @@ impl Commands {
         let answer = wire::answer(topic, correlation, payload).map_err(AnswerError::Unreadable)?;
         {
             let mut state = self.lock();
-            // A command waiting again after its device dropped (queued,
-            // but sent before) may still be answered: the device got it.
-            if let Some(c) = state.active.get_mut(&answer.id).filter(|c| {
-                c.device == device
-                    && c.two_way
-                    && (c.state != CommandState::Queued || c.sent_at.is_some())
-            }) {
+            // Any command sent at least once may be answered, even one
+            // waiting again after its device dropped: the device got it.
+            if let Some(c) = state
+                .active
+                .get_mut(&answer.id)
+                .filter(|c| c.device == device && c.two_way && c.sent_at.is_some())
+            {
                 let now = now_ms();
                 // At QoS 0 the answer may be the first sign of delivery.
                 c.delivered_at.get_or_insert(now);
@@ -545,53 +566,38 @@ impl Commands {
 
     /// Expires what is due at `now`; returns the next deadline and the
     /// messages of persistent commands to send again.
-    #[allow(clippy::type_complexity)]
-    fn expire(&self, now: i64) -> (Option<i64>, Vec<(String, Vec<u8>, String)>) {
+    fn expire(&self, now: i64) -> (Option<i64>, Vec<Outgoing>) {
         let mut state = self.lock();
         let mut next: Option<i64> = None;
-        let mut done = Vec::new();
-        let mut again = Vec::new();
-        let routes: HashMap<String, Route> = state
-            .routes
-            .keys()
-            .map(|d| (d.clone(), state.route(d)))
-            .collect();
-        for c in state.active.values_mut() {
-            let ttl_end = c.created_at + c.ttl_ms;
-            let (deadline, why) = match (c.state, c.sent_at) {
-                (CommandState::Queued, _) => (
-                    ttl_end,
-                    format!("not delivered within its TTL of {}", seconds(c.ttl_ms)),
-                ),
-                (CommandState::Sent, Some(sent)) => (
-                    sent + c.timeout_ms,
-                    format!("not acknowledged within {}", seconds(c.timeout_ms)),
-                ),
-                (CommandState::Delivered, Some(sent)) => (
-                    sent + c.timeout_ms,
-                    format!("no answer within {}", seconds(c.timeout_ms)),
-                ),
-                _ => continue,
-            };
-            if deadline > now {
-                next = Some(next.map_or(deadline, |n| n.min(deadline)));
-                continue;
+        let mut due = Vec::new();
+        for c in state.active.values() {
+            match deadline(c) {
+                Some(at) if at <= now => due.push(c.id.clone()),
+                Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
+                None => {}
             }
-            if c.persistent && c.state == CommandState::Sent && now < ttl_end {
-                match routes.get(&c.device).copied().filter(|r| r.any()) {
-                    Some(route) => again.extend(self.mark_sent(c, route)),
-                    None => {
-                        c.state = CommandState::Queued;
-                        self.changed(c);
-                    }
+        }
+        let mut again = Vec::new();
+        for id in due {
+            let Some(device) = state.active.get(&id).map(|c| c.device.clone()) else {
+                continue;
+            };
+            let route = state.route(&device);
+            let Some(c) = state.active.get_mut(&id) else {
+                continue;
+            };
+            if c.persistent && c.state == CommandState::Sent && now < c.created_at + c.ttl_ms {
+                if route.any() {
+                    again.extend(self.mark_sent(c, route));
+                } else {
+                    c.state = CommandState::Queued;
+                    self.changed(c);
                 }
                 next = Some(next.map_or(now + 1, |n| n.min(now + 1)));
                 continue;
             }
+            let why = expiry_reason(c);
             self.finish(c, CommandState::Expired, now, why);
-            done.push(c.id.clone());
-        }
-        for id in done {
             state.retire(&id);
         }
         (next, again)
@@ -631,6 +637,25 @@ impl Commands {
             return Ok(Some(c.clone()));
         }
         self.store.command(id).await
+    }
+}
+
+/// When `c` stops waiting: a queued command at the end of its TTL, a sent
+/// one at its timeout for an acknowledgement (one-way) or an answer.
+fn deadline(c: &Command) -> Option<i64> {
+    match (c.state, c.sent_at) {
+        (CommandState::Queued, _) => Some(c.created_at + c.ttl_ms),
+        (CommandState::Sent | CommandState::Delivered, Some(sent)) => Some(sent + c.timeout_ms),
+        _ => None,
+    }
+}
+
+/// Why `c` expired at its [`deadline`].
+fn expiry_reason(c: &Command) -> String {
+    match c.state {
+        CommandState::Queued => format!("not delivered within its TTL of {}", seconds(c.ttl_ms)),
+        CommandState::Sent => format!("not acknowledged within {}", seconds(c.timeout_ms)),
+        _ => format!("no answer within {}", seconds(c.timeout_ms)),
     }
 }
 

@@ -918,30 +918,18 @@ impl Session<'_> {
         self.subscribed
             .keys()
             .map(|f| acl::command_route(&self.device, f))
-            .fold(Route::default(), |a, r| Route {
-                native: a.native || r.native,
-                thingsboard: a.thingsboard || r.thingsboard,
-            })
+            .fold(Route::default(), Route::or)
     }
 
     /// The QoS a message on `seen` (the device's view of the topic) goes
     /// out at: the highest granted to a filter of the same kind.
     fn delivery_qos(&self, seen: &str) -> QoS {
         let thingsboard = acl::command_route(&self.device, seen).thingsboard;
-        let best = self
-            .subscribed
-            .iter()
-            .filter(|(filter, _)| {
-                let r = acl::command_route(&self.device, filter);
-                if thingsboard {
-                    r.thingsboard
-                } else {
-                    r.native
-                }
-            })
-            .map(|(_, qos)| *qos)
-            .any(|qos| qos == QoS::AtLeastOnce);
-        if best {
+        let same_kind = |r: Route| if thingsboard { r.thingsboard } else { r.native };
+        let acknowledged = self.subscribed.iter().any(|(filter, qos)| {
+            *qos == QoS::AtLeastOnce && same_kind(acl::command_route(&self.device, filter))
+        });
+        if acknowledged {
             QoS::AtLeastOnce
         } else {
             QoS::AtMostOnce
