@@ -227,10 +227,10 @@ async fn set_enabled(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /api/devices/{id}/commands` with a [`CommandRequest`]: stores the
-/// command, sends it if the device is subscribed, and returns it (201). A
-/// non-persistent command to an offline device comes back already failed,
-/// with the reason.
+/// `POST /api/devices/{id}/commands` with a [`CommandRequest`]: accepts
+/// the command, sends it if the device is subscribed (a persistent one is
+/// stored first), and returns it (201). A non-persistent command to an
+/// offline device comes back already failed, with the reason.
 async fn send_command(
     State(state): State<AppState>,
     Path(id): Path<String>,

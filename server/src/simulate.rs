@@ -389,13 +389,13 @@ impl CommandHandler {
         match name {
             "ping" => Ok(serde_json::json!({ "pong": crate::ingest::now_ms() })),
             "set_interval" => {
-                let params = params.ok_or("set_interval needs {\"ms\": N} or {\"seconds\": S}")?;
-                let ms = match (params.get("ms"), params.get("seconds")) {
-                    (Some(ms), _) => ms.as_f64(),
-                    (None, Some(s)) => s.as_f64().map(|s| s * 1000.0),
-                    (None, None) => None,
-                }
-                .ok_or("set_interval needs {\"ms\": N} or {\"seconds\": S}")?;
+                let ms = params
+                    .and_then(|p| match (p.get("ms"), p.get("seconds")) {
+                        (Some(ms), _) => ms.as_f64(),
+                        (None, Some(s)) => s.as_f64().map(|s| s * 1000.0),
+                        (None, None) => None,
+                    })
+                    .ok_or("set_interval needs {\"ms\": N} or {\"seconds\": S}")?;
                 let (low, high) = INTERVAL_RANGE_MS;
                 if !(low as f64..=high as f64).contains(&ms) {
                     return Err(format!("the interval must be {low} to {high} ms, not {ms}"));

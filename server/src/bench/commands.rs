@@ -35,7 +35,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     in_scratch(opts.keep, |dir| async move { run_in(opts, &dir).await }).await
 }
 
-fn fleet(broker: std::net::SocketAddr, devices: usize, rate: f64, prefix: &str) -> SimOptions {
+fn fleet(
+    broker: std::net::SocketAddr,
+    devices: usize,
+    rate: f64,
+    prefix: &str,
+    answer_commands: bool,
+) -> SimOptions {
     SimOptions {
         broker,
         devices,
@@ -45,7 +51,7 @@ fn fleet(broker: std::net::SocketAddr, devices: usize, rate: f64, prefix: &str) 
         duration: None,
         backfill: None,
         stamp: None,
-        answer_commands: prefix == "cmd-",
+        answer_commands,
     }
 }
 
@@ -56,10 +62,13 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<String> {
     let mut server = start_server(opts, dir, http, mqtt, &db_url).await?;
     let stop = CancellationToken::new();
     let load = tokio::spawn(simulate::run(
-        fleet(mqtt, opts.devices, opts.rate, "load-"),
+        fleet(mqtt, opts.devices, opts.rate, "load-", false),
         stop.clone(),
     ));
-    let answerer = tokio::spawn(simulate::run(fleet(mqtt, 1, 1.0, "cmd-"), stop.clone()));
+    let answerer = tokio::spawn(simulate::run(
+        fleet(mqtt, 1, 1.0, "cmd-", true),
+        stop.clone(),
+    ));
     let result = measure(http, opts.devices).await;
     stop.cancel();
     let _ = load.await;
