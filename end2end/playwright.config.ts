@@ -4,6 +4,7 @@
 import { defineConfig } from '@playwright/test';
 import * as os from 'os';
 import * as path from 'path';
+import { PASSWORDS } from './tests/accounts';
 
 const bin = process.env.SIGHTLINE_BIN ?? path.resolve(__dirname, '../target/release/sightline');
 const siteRoot = path.resolve(__dirname, '../target/site');
@@ -14,7 +15,12 @@ function server(name: string, http: number, mqtt: number) {
   const db = path.join(scratch, `${name}.db`);
   return {
     command:
-      `mkdir -p ${scratch} && rm -f ${db} ${db}-wal ${db}-shm && exec ${bin} serve ` +
+      `mkdir -p ${scratch} && rm -f ${db} ${db}-wal ${db}-shm && ` +
+      // One account per role; fixtures.ts signs in with these passwords.
+      Object.entries(PASSWORDS)
+        .map(([role, pw]) => `echo ${pw} | ${bin} user add --role ${role} ${role} --database-url "sqlite://${db}?mode=rwc" && `)
+        .join('') +
+      `exec ${bin} serve ` +
       `--http-addr 127.0.0.1:${http} --mqtt-addr 127.0.0.1:${mqtt} ` +
       `--database-url "sqlite://${db}?mode=rwc" --site-root ${siteRoot} --open-registration ` +
       // timeline.spec.ts imports a day of history as fast as

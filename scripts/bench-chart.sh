@@ -9,6 +9,9 @@ cd "$ROOT"
 report="$("$SIGHTLINE_BIN" bench --scenario history --keep)"
 echo "$report"
 dir="$(awk '/^kept/ {print $2}' <<<"$report")"
+# The page needs a signed-in viewer; perf/first-chart.spec.ts signs in as it.
+echo "perf-viewer-password" | "$SIGHTLINE_BIN" user add perf \
+  --database-url "sqlite://$dir/bench.db?mode=rwc" >/dev/null
 "$SIGHTLINE_BIN" serve --http-addr 127.0.0.1:3920 --mqtt-addr 127.0.0.1:18920 \
   --database-url "sqlite://$dir/bench.db?mode=rwc" --site-root "$ROOT/target/site" \
   >"$dir/chart-server.log" 2>&1 &

@@ -12,3 +12,4 @@ export ROOT
 # must never come first.
 export PATH="$SIGHTLINE_TOOLS/bin:$ROOT/end2end/node_modules/.bin:$HOME/.cargo/bin:$PATH"
 export SIGHTLINE_BIN="$CARGO_TARGET_DIR/release/sightline"
+export SCHEMATHESIS="$SIGHTLINE_TOOLS/schemathesis-4.32.5/bin/st"

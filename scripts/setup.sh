@@ -45,3 +45,20 @@ if [[ ! -x "$modules/.bin/wasm-opt" || ! -d "$modules/@playwright/test" ||
       "$ROOT/end2end/package-lock.json" -nt "$modules/.package-lock.json" ]]; then
   (cd "$ROOT/end2end" && npm ci --no-audit --no-fund)
 fi
+
+# schemathesis, pinned, in its own virtualenv: it fuzzes the JSON API
+# against /api/openapi.json in the tests.
+SCHEMATHESIS_VERSION=4.32.5
+venv="$SIGHTLINE_TOOLS/schemathesis-$SCHEMATHESIS_VERSION"
+if [[ ! -x "$venv/bin/st" ]]; then
+  command -v python3 >/dev/null || {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+  }
+  python3 -m venv "$venv" 2>/dev/null || {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    python3 -m venv "$venv"
+  }
+  "$venv/bin/pip" install --quiet --no-cache-dir "schemathesis==$SCHEMATHESIS_VERSION"
+fi

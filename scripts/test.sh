@@ -34,6 +34,9 @@ cargo test --release --workspace --exclude frontend
 step "browser tests"
 (cd end2end && npx playwright test)
 
+step "API fuzzing: schemathesis against /api/openapi.json"
+"$ROOT/scripts/schemathesis.sh"
+
 step "benchmark smoke run"
 # A few seconds of the real benchmark, so that `sightline bench` (the tool
 # BENCHMARKS.md depends on) keeps working; the figures themselves are

@@ -3,7 +3,9 @@
 
 use leptos::prelude::*;
 
-use crate::model::{Command, DeviceCredentials, DeviceDetail, Fleet, SeriesResponse};
+use crate::model::{
+    Account, AuditEntry, Command, DeviceCredentials, DeviceDetail, Fleet, SeriesResponse,
+};
 
 /// How much raw history `GET /api/devices/<id>` returns with a device.
 pub const RECENT_WINDOW_MS: i64 = 15 * 60 * 1000;
@@ -22,7 +24,9 @@ mod backend {
     use std::sync::Arc;
 
     use super::CommandForm;
-    use crate::model::{Command, DeviceCredentials, DeviceDetail, Fleet, SeriesResponse};
+    use crate::model::{
+        Account, AuditEntry, Command, DeviceCredentials, DeviceDetail, Fleet, SeriesResponse,
+    };
 
     /// A boxed, sendable future, so the trait stays object-safe.
     pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -63,12 +67,34 @@ mod backend {
             id: String,
             form: CommandForm,
         ) -> BoxFuture<'_, Result<Command, String>>;
+        /// Every operator account, for the admin page.
+        fn accounts(&self) -> BoxFuture<'_, Result<Vec<Account>, String>>;
+        /// The newest audit events, for the admin page.
+        fn audit(&self, limit: u64) -> BoxFuture<'_, Result<Vec<AuditEntry>, String>>;
     }
 
     pub use super::HistoryWindow;
 
     /// The form in which the backend is stored in Leptos context.
     pub type SharedBackend = Arc<dyn Backend>;
+}
+
+/// Loads every account, for admins.
+#[server(prefix = "/_app", endpoint = "accounts")]
+pub async fn get_accounts() -> Result<Vec<Account>, ServerFnError> {
+    backend()?.accounts().await.map_err(ServerFnError::new)
+}
+
+/// The most audit events the admin page shows.
+pub const AUDIT_PAGE: u64 = 200;
+
+/// Loads the newest audit events, for admins.
+#[server(prefix = "/_app", endpoint = "audit")]
+pub async fn get_audit() -> Result<Vec<AuditEntry>, ServerFnError> {
+    backend()?
+        .audit(AUDIT_PAGE)
+        .await
+        .map_err(ServerFnError::new)
 }
 
 /// Loads the fleet overview.

@@ -620,23 +620,61 @@ mod ext {
     }
 
     /// Shows each metric's average, minimum and maximum in the tooltip
-    /// instead of ECharts' list of the three series behind it.
+    /// instead of ECharts' list of the three series behind it. The
+    /// formatter is Rust, not script text, so the page needs no `eval`
+    /// under its Content-Security-Policy; names are escaped, since ECharts
+    /// inserts the result as HTML.
     pub fn set_tooltip_formatter(option: &JsValue) {
-        let formatter = js_sys::Function::new_with_args(
-            "ps",
-            "var t = new Date(ps[0].axisValue).toLocaleString(); var out = [t]; var lo = {};\
-             ps.forEach(function (p) { var n = p.seriesName, v = p.value && p.value[1];\
-               if (v === null || v === undefined) return;\
-               if (/ min$/.test(n)) { lo[n.slice(0, -4)] = v; return; }\
-               if (/ range$/.test(n)) { var m = n.slice(0, -6); lo[m + ' max'] = (lo[m] || 0) + v; return; }\
-               var s = p.marker + n + ': ' + (+v).toFixed(2);\
-               if (lo[n + ' max'] !== undefined && lo[n + ' max'] !== lo[n]) s += ' (' + (+lo[n]).toFixed(2) + ' … ' + (+lo[n + ' max']).toFixed(2) + ')';\
-               out.push(s); });\
-             return out.join('<br>');",
-        );
+        let formatter =
+            Closure::<dyn Fn(js_sys::Array) -> String>::new(|ps: js_sys::Array| tooltip_html(&ps))
+                .into_js_value();
         if let Ok(tooltip) = js_sys::Reflect::get(option, &"tooltip".into()) {
             let _ = js_sys::Reflect::set(&tooltip, &"formatter".into(), &formatter);
         }
+    }
+
+    fn tooltip_html(ps: &js_sys::Array) -> String {
+        let get =
+            |o: &JsValue, k: &str| js_sys::Reflect::get(o, &k.into()).unwrap_or(JsValue::UNDEFINED);
+        let axis = get(&ps.get(0), "axisValue").as_f64().unwrap_or(0.0);
+        let date = js_sys::Date::new(&JsValue::from_f64(axis));
+        let time = get(&date, "toLocaleString")
+            .dyn_into::<js_sys::Function>()
+            .ok()
+            .and_then(|f| f.call0(&date).ok())
+            .and_then(|v| v.as_string())
+            .unwrap_or_default();
+        let mut out = vec![crate::format::escape_html(&time)];
+        let mut low = std::collections::HashMap::<String, f64>::new();
+        for p in ps.iter() {
+            let name = get(&p, "seriesName").as_string().unwrap_or_default();
+            let value = get(&p, "value");
+            let Some(v) = js_sys::Array::is_array(&value)
+                .then(|| js_sys::Array::from(&value).get(1).as_f64())
+                .flatten()
+            else {
+                continue;
+            };
+            if let Some(metric) = name.strip_suffix(" min") {
+                low.insert(metric.to_owned(), v);
+                continue;
+            }
+            if let Some(metric) = name.strip_suffix(" range") {
+                let base = low.get(metric).copied().unwrap_or(0.0);
+                low.insert(format!("{metric} max"), base + v);
+                continue;
+            }
+            // The marker is ECharts' own coloured dot.
+            let marker = get(&p, "marker").as_string().unwrap_or_default();
+            let mut line = format!("{marker}{}: {v:.2}", crate::format::escape_html(&name));
+            if let (Some(lo), Some(hi)) = (low.get(&name), low.get(&format!("{name} max"))) {
+                if lo != hi {
+                    line.push_str(&format!(" ({lo:.2} … {hi:.2})"));
+                }
+            }
+            out.push(line);
+        }
+        out.join("<br>")
     }
 
     /// Whether the browser prefers dark colours.

@@ -31,6 +31,11 @@ use leptos_router::{path, SsrMode};
 /// The HTML document around the app. Only the server renders it; the
 /// browser hydrates `<body>`, which must therefore contain exactly `<App/>`.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
+    // The browser learns who is signed in from `<body>`; see
+    // `pages::CurrentAccount`.
+    let me = use_context::<model::Me>();
+    let account = me.as_ref().map(|m| m.name.clone());
+    let role = me.map(|m| m.role.label());
     view! {
         <!DOCTYPE html>
         <html lang="en">
@@ -42,11 +47,11 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <link rel="icon" href="/pkg/favicon.svg" type="image/svg+xml"/>
                 // ECharts must be a global before the WASM renders a chart,
                 // so it loads (deferred) ahead of the hydration scripts.
-                <script src="/pkg/echarts.min.js" defer></script>
+                <script src="/pkg/echarts.min.js" defer nonce=leptos::nonce::use_nonce()></script>
                 <HydrationScripts options/>
                 <MetaTags/>
             </head>
-            <body>
+            <body data-account=account data-role=role>
                 <App/>
             </body>
         </html>
@@ -57,12 +62,14 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    pages::CurrentAccount::provide();
     view! {
         <Title text="Sightline"/>
         <Router>
             <header class="topbar">
                 <A href="/" attr:class="brand">"Sightline"</A>
                 <span class="tagline">"live sensor fleet"</span>
+                <pages::AccountMenu/>
             </header>
             <main>
                 <Routes fallback=|| view! { <p class="empty">"Page not found."</p> }>
@@ -70,6 +77,8 @@ pub fn App() -> impl IntoView {
                     // real values even where scripts never run.
                     <Route path=path!("/") view=pages::fleet::FleetPage ssr=SsrMode::Async/>
                     <Route path=path!("/devices/:id") view=pages::device::DevicePage ssr=SsrMode::Async/>
+                    <Route path=path!("/login") view=pages::login::LoginPage ssr=SsrMode::Async/>
+                    <Route path=path!("/admin") view=pages::admin::AdminPage ssr=SsrMode::Async/>
                 </Routes>
             </main>
         </Router>

@@ -13,6 +13,7 @@ pub type EpochMs = i64;
 
 /// One stored measurement: a device reported `value` for `metric` at `ts`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Reading {
     /// The device id, as it appears in the MQTT topic `sensor/<device>`.
     #[serde(rename = "d")]
@@ -22,6 +23,7 @@ pub struct Reading {
     pub metric: String,
     /// When the reading was taken (the device's `ts`, or the receive time).
     #[serde(rename = "t")]
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub ts: EpochMs,
     /// The measured value; never NaN or infinite.
     #[serde(rename = "v")]
@@ -30,17 +32,22 @@ pub struct Reading {
 
 /// The newest value of one metric of a device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct LatestValue {
     pub metric: String,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub ts: EpochMs,
     pub value: f64,
 }
 
 /// What the fleet overview shows for one device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct DeviceSummary {
     pub id: String,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub first_seen: EpochMs,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub last_seen: EpochMs,
     /// The newest value of each metric, sorted by metric name.
     pub latest: Vec<LatestValue>,
@@ -53,6 +60,10 @@ pub struct DeviceSummary {
     /// The last hour of the device's first metric, for the fleet card.
     #[serde(default)]
     pub sparkline: Option<Sparkline>,
+    /// A free-text name an operator gave the device, shown beside its id.
+    /// It may contain anything printable, so it is always shown as text.
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 /// How long a fleet card's sparkline reaches back.
@@ -61,9 +72,11 @@ pub const SPARKLINE_MS: EpochMs = 60 * 60 * 1000;
 /// A small chart of one metric over the last [`SPARKLINE_MS`]: averages
 /// over two-minute slots from the rollups, then live readings appended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Sparkline {
     pub metric: String,
     /// `(time, value)` in time order.
+    #[cfg_attr(feature = "ssr", schema(value_type = Vec<(i64, f64)>))]
     pub points: Vec<(EpochMs, f64)>,
 }
 
@@ -94,9 +107,11 @@ impl DeviceSummary {
 
 /// The recent history of one metric, oldest point first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct MetricSeries {
     pub metric: String,
     /// `(timestamp, value)` pairs in ascending time order.
+    #[cfg_attr(feature = "ssr", schema(value_type = Vec<(i64, f64)>))]
     pub points: Vec<(EpochMs, f64)>,
 }
 
@@ -104,11 +119,16 @@ pub struct MetricSeries {
 /// amount to. Raw readings come back as buckets of one, with `end` one
 /// millisecond after `start`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Bucket {
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub start: EpochMs,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub end: EpochMs,
     /// When the first and last readings in the bucket were taken.
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub first: EpochMs,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub last: EpochMs,
     pub count: i64,
     pub min: f64,
@@ -118,6 +138,7 @@ pub struct Bucket {
 
 /// Where a series' buckets were computed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Resolution {
     /// Every reading, unaggregated: the range held few enough.
@@ -135,6 +156,7 @@ pub enum Resolution {
 /// One metric's history at chart resolution, oldest bucket first. Buckets
 /// without readings are left out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct BucketSeries {
     pub metric: String,
     pub resolution: Resolution,
@@ -143,9 +165,12 @@ pub struct BucketSeries {
 
 /// The answer to `GET /api/devices/{id}/series`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct SeriesResponse {
     pub device: String,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub from: EpochMs,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub to: EpochMs,
     /// The IANA time zone the bucket boundaries follow.
     pub tz: String,
@@ -156,29 +181,35 @@ pub struct SeriesResponse {
 
 /// Everything the device page needs to render before live updates arrive.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct DeviceDetail {
     pub summary: DeviceSummary,
     /// One series per metric, covering `[from, generated_at]`.
     pub series: Vec<MetricSeries>,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub from: EpochMs,
     /// Server-wide counters, so the page shows them before any script runs.
     pub counters: Counters,
     /// The server's clock when the page data was produced. Relative times
     /// ("5 s ago") are computed against it so that the server-rendered HTML
     /// and the first client render agree.
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub generated_at: EpochMs,
 }
 
 /// The fleet overview's data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Fleet {
     pub devices: Vec<DeviceSummary>,
     pub counters: Counters,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub generated_at: EpochMs,
 }
 
 /// Server-wide ingest counters since start.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Counters {
     /// MQTT messages that reached ingest.
     pub messages: u64,
@@ -202,13 +233,16 @@ pub struct Counters {
 /// moment a device connects or goes away, so this is exact, not guessed
 /// from the age of its last reading.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Presence {
     pub device: String,
     pub online: bool,
     /// When the current connection was made; `None` while offline.
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<i64>))]
     pub connected_since: Option<EpochMs>,
     /// When the edge last heard from the device: now while online, the
     /// moment the connection ended while offline.
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub last_seen: EpochMs,
     /// Why the last connection ended, e.g. "keep-alive expired".
     pub reason: Option<String>,
@@ -217,6 +251,7 @@ pub struct Presence {
 /// A new device's credentials, returned once when the device is created
 /// (or its secret replaced). The server keeps only a hash of the secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct DeviceCredentials {
     pub id: String,
     /// Log in with user name = id and password = secret, or with the
@@ -228,6 +263,7 @@ pub struct DeviceCredentials {
 /// `queued → sent → delivered → answered | failed | expired`, and the last
 /// three (plus `delivered` for a one-way command) are final.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CommandState {
     /// Stored, waiting for the device to subscribe to its commands.
@@ -276,6 +312,7 @@ impl CommandState {
 
 /// A command to a device and everything that has happened to it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Command {
     pub id: String,
     pub device: String,
@@ -291,10 +328,14 @@ pub struct Command {
     /// How long a persistent command may wait to be sent.
     pub ttl_ms: i64,
     pub state: CommandState,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub created_at: EpochMs,
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<i64>))]
     pub sent_at: Option<EpochMs>,
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<i64>))]
     pub delivered_at: Option<EpochMs>,
     /// When the command reached a final state.
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<i64>))]
     pub completed_at: Option<EpochMs>,
     /// The device's result, for an answered command.
     pub response: Option<serde_json::Value>,
@@ -315,6 +356,7 @@ impl Command {
 
 /// The body of `POST /api/devices/{id}/commands`. Only `name` is required.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct CommandRequest {
     pub name: String,
     #[serde(default = "empty_params")]
@@ -359,6 +401,7 @@ pub const DEFAULT_COMMAND_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// A message from the browser to the live WebSocket.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
     /// Replace the subscription with these devices.
@@ -369,6 +412,7 @@ pub enum ClientMsg {
 
 /// A message from the live WebSocket to the browser.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
     /// Newly stored readings of subscribed devices, oldest first.
@@ -439,4 +483,166 @@ mod tests {
             }
         );
     }
+}
+
+/// What an operator account may do. Each role includes the ones before it:
+/// a viewer sees dashboards, an operator also sends commands and manages
+/// devices, and an admin also manages accounts and reads the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.label() == text)
+    }
+
+    /// Whether this role may send commands and change devices.
+    pub fn can_operate(self) -> bool {
+        self >= Role::Operator
+    }
+}
+
+/// The signed-in account, as the pages see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct Me {
+    pub name: String,
+    pub role: Role,
+}
+
+/// An operator account, as admins see it. The password hash never leaves
+/// the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct Account {
+    pub name: String,
+    pub role: Role,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
+    pub created_at: EpochMs,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
+    pub password_changed_at: EpochMs,
+}
+
+/// The body of `POST /api/users`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct NewAccount {
+    pub name: String,
+    pub password: String,
+    pub role: Role,
+}
+
+/// The body of `PATCH /api/users/{name}`: what to change; a new password
+/// signs the account out everywhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct AccountChange {
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// The body of `PUT /api/me/password`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct PasswordChange {
+    pub current: String,
+    pub new: String,
+}
+
+/// An API token, without its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ApiToken {
+    pub id: String,
+    pub label: String,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
+    pub created_at: EpochMs,
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<i64>))]
+    pub last_used_at: Option<EpochMs>,
+}
+
+/// The body of `POST /api/tokens`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct NewApiToken {
+    pub label: String,
+}
+
+/// A token just created: `token` is shown this once and never again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct CreatedApiToken {
+    pub id: String,
+    pub label: String,
+    pub token: String,
+}
+
+/// One line of the audit log: who did what, to what, when and from where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct AuditEntry {
+    pub id: i64,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
+    pub at: EpochMs,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub detail: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// The body of `PUT /api/devices/{id}/label`; `null` or blank removes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct DeviceLabel {
+    pub label: Option<String>,
+}
+
+/// The longest device label, in characters.
+pub const MAX_LABEL_CHARS: usize = 64;
+
+/// Checks a device label and returns it trimmed, or `None` for a blank one.
+/// Any printable text is allowed, markup included, since it is only ever
+/// shown as text; control characters and bidirectional overrides, which
+/// could disguise the label or the text around it, are refused.
+pub fn clean_label(text: &str) -> Result<Option<String>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.chars().count() > MAX_LABEL_CHARS {
+        return Err(format!("a label has at most {MAX_LABEL_CHARS} characters"));
+    }
+    if let Some(c) = text.chars().find(|c| is_disguising(*c)) {
+        return Err(format!(
+            "a label cannot contain the control or direction character U+{:04X}",
+            u32::from(c)
+        ));
+    }
+    Ok(Some(text.to_owned()))
+}
+
+/// Control characters and the Unicode formatting characters that reorder
+/// or hide text.
+fn is_disguising(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }

@@ -1,7 +1,8 @@
 // The seed article's flow in a real browser: `mosquitto_pub` sends
 // {'temp':22} to sensor/Device001, and the reading appears on the hydrated
 // dashboard live, on its chart, and again after a reload.
-import { test, expect, Page, ConsoleMessage } from '@playwright/test';
+import { Page, ConsoleMessage } from '@playwright/test';
+import { test, expect, signIn } from './fixtures';
 import { execFileSync } from 'child_process';
 
 /** Publishes exactly as the seed does: mosquitto_pub -p PORT -t TOPIC -m MSG. */
@@ -77,6 +78,8 @@ test('pages show real values before any script runs', async ({ browser }, info) 
   mosquittoPub(mqtt, 'sensor/NoScript', "{'temp':19.5}");
   const context = await browser.newContext({ javaScriptEnabled: false, baseURL: info.project.use.baseURL });
   const page = await context.newPage();
+  // Signing in is a plain form post, which needs no script either.
+  await signIn(page, 'viewer');
   await expect
     .poll(async () => {
       await page.goto('/');

@@ -2,13 +2,16 @@
 // sends `set_interval`, the command's state reaches "answered" without a
 // reload, and the live chart then grows at the new rate. The device is
 // `sightline simulate`, a real rumqttc client of the server's broker.
-import { test, expect } from '@playwright/test';
+import { test, expect } from './fixtures';
 import { spawn } from 'child_process';
 import * as path from 'path';
 
 const bin = process.env.SIGHTLINE_BIN ?? path.resolve(__dirname, '../../target/release/sightline');
 
-test('set_interval from the device page is answered live and changes the chart rate', async ({ page, request }, info) => {
+// Sending commands is what the operator role is for.
+test.use({ role: 'operator' });
+
+test('set_interval from the device page is answered live and changes the chart rate', async ({ page }, info) => {
   const mqtt = String(info.project.metadata.mqttPort as number);
   const prefix = `cmd-${info.project.name}-`;
   const id = `${prefix}0001`;
@@ -16,7 +19,7 @@ test('set_interval from the device page is answered live and changes the chart r
     stdio: 'ignore',
   });
   try {
-    await expect.poll(async () => (await request.get(`/api/devices/${id}`)).status(), { timeout: 15_000 }).toBe(200);
+    await expect.poll(async () => (await page.request.get(`/api/devices/${id}`)).status(), { timeout: 15_000 }).toBe(200);
     await page.goto(`/devices/${id}?range=5m`);
     await expect(page.getByTestId('link-state')).toHaveText('live');
     await expect(page.locator('[data-metric="temp"] [data-testid="chart"]')).toHaveClass(/ready/);

@@ -3,7 +3,7 @@
 // in, a wrong one does not, and the card shows the device go online and
 // offline without a reload. (Files run in name order against one server per
 // project, and seed.spec.ts must see an empty database first.)
-import { test, expect } from '@playwright/test';
+import { test, expect } from './fixtures';
 import { spawn, spawnSync } from 'child_process';
 
 test('a device created on the dashboard connects with its secret and shows online, then offline', async ({ page }, info) => {

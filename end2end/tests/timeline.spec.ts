@@ -4,7 +4,8 @@
 // the CSV of the range, and check the phone layout. Screenshots of the
 // device page at both sizes are kept as test artefacts.
 // (Files run in name order, and seed.spec.ts must see an empty database.)
-import { test, expect, Page } from '@playwright/test';
+import { Page } from '@playwright/test';
+import { test, expect } from './fixtures';
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 

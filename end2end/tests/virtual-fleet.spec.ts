@@ -2,7 +2,7 @@
 // only the cards near the screen in the document, scrolling brings the
 // rest in, and search, the status filter and sorting work on all of them.
 // (Runs last: the other files expect a small fleet.)
-import { test, expect } from '@playwright/test';
+import { test, expect } from './fixtures';
 import { spawn } from 'child_process';
 import * as path from 'path';
 

@@ -7,6 +7,7 @@ mod m20261129_000001_readings;
 mod m20261129_000002_device_credentials;
 mod m20261129_000003_rollups;
 mod m20261129_000004_commands;
+mod m20261129_000005_accounts;
 
 /// Applies every migration in order.
 #[derive(Debug)]
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000002_device_credentials::Migration),
             Box::new(m20261129_000003_rollups::Migration),
             Box::new(m20261129_000004_commands::Migration),
+            Box::new(m20261129_000005_accounts::Migration),
         ]
     }
 }

@@ -76,6 +76,9 @@ pub struct Config {
     pub retain_raw: Retention,
     /// How long 1-minute and 15-minute rollups are kept.
     pub retain_rollups: Retention,
+    /// How long a dashboard session lasts without use before it must sign
+    /// in again.
+    pub session_idle_minutes: u64,
 }
 
 impl Default for Config {
@@ -103,6 +106,7 @@ impl Default for Config {
             write_pause: std::time::Duration::ZERO,
             retain_raw: Retention::FOREVER,
             retain_rollups: Retention::FOREVER,
+            session_idle_minutes: 8 * 60,
         }
     }
 }
@@ -134,6 +138,7 @@ impl fmt::Debug for Config {
             .field("write_pause", &self.write_pause)
             .field("retain_raw", &self.retain_raw)
             .field("retain_rollups", &self.retain_rollups)
+            .field("session_idle_minutes", &self.session_idle_minutes)
             .finish()
     }
 }
@@ -185,6 +190,7 @@ pub struct FileConfig {
     viewer_buffer_bytes: Option<usize>,
     retain_raw: Option<Retention>,
     retain_rollups: Option<Retention>,
+    session_idle_minutes: Option<u64>,
 }
 
 /// Flags of `sightline serve`. Each one may also come from its environment
@@ -263,6 +269,9 @@ pub struct ServeArgs {
     /// How long 1-minute and 15-minute rollups are kept, such as 5y; at least --retain-raw [default: forever].
     #[arg(long, env = "SIGHTLINE_RETAIN_ROLLUPS", value_name = "DURATION")]
     pub retain_rollups: Option<Retention>,
+    /// Minutes a dashboard session may go unused before it ends [default: 480].
+    #[arg(long, env = "SIGHTLINE_SESSION_IDLE_MINUTES", value_name = "MINUTES")]
+    pub session_idle_minutes: Option<u64>,
 }
 
 /// Why the configuration could not be assembled.
@@ -315,7 +324,8 @@ impl ServeArgs {
             writer_queue,
             viewer_buffer_bytes,
             retain_raw,
-            retain_rollups
+            retain_rollups,
+            session_idle_minutes
         );
         // The certificate paths are optional in `Config` too, so they are
         // layered as options.
@@ -340,6 +350,7 @@ impl Config {
             ("writer_queue", self.writer_queue),
             ("viewer_buffer_bytes", self.viewer_buffer_bytes),
             ("max_connections", self.max_connections),
+            ("session_idle_minutes", self.session_idle_minutes as usize),
         ];
         for (name, value) in positive {
             if value == 0 {

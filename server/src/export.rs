@@ -29,7 +29,8 @@ const CHUNK_BYTES: usize = 64 * 1024;
 const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// The query string of an export.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// One metric; every metric of the device when absent.
     metric: Option<String>,
@@ -48,6 +49,15 @@ enum Format {
 }
 
 /// `GET /api/devices/{id}/export?metric=&from=&to=&format=csv|ndjson`.
+#[utoipa::path(get, path = "/api/devices/{id}/export", tag = "devices",
+    security(("session" = []), ("token" = [])),
+    extensions(("x-required-role" = json!("viewer"))),
+    params(("id" = String, Path, description = "Device id"), ExportQuery),
+    responses((status = 200, description = "Raw readings, streamed: `ts,metric,value` rows or one JSON object per line",
+            content((String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 400, description = "Invalid query", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such device", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::Refused))]
 pub async fn export(
     State(state): State<AppState>,
     Path(id): Path<String>,

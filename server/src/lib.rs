@@ -22,6 +22,8 @@
 //! [`simulate`] (real MQTT clients for demos and benchmarks) and [`bench`]
 //! (the benchmark that drives a server process with them).
 
+pub mod audit;
+pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod command;
@@ -153,6 +155,30 @@ async fn bind(
         })
 }
 
+/// The demo's read-only account: created once with a random password,
+/// which is printed, since the demo is meant to be opened at once.
+async fn demo_viewer(auth: &auth::Auth) {
+    const NAME: &str = "demo";
+    match auth.store().account(NAME).await {
+        Ok(Some(_)) => tracing::info!(
+            "demo: sign in as the viewer \"{NAME}\" with the password printed when it was created"
+        ),
+        Ok(None) => {
+            let password: String = {
+                use rand::distr::{Alphanumeric, SampleString};
+                Alphanumeric.sample_string(&mut rand::rng(), 16)
+            };
+            match auth.add_account(NAME, &password, app::model::Role::Viewer).await {
+                Ok(()) => println!(
+                    "demo: a viewer account was created; sign in as \"{NAME}\" with password \"{password}\" (add an admin with `sightline user add --admin NAME`)"
+                ),
+                Err(e) => tracing::warn!("demo: cannot create the viewer account: {e}"),
+            }
+        }
+        Err(e) => tracing::warn!("demo: cannot look up the viewer account: {e}"),
+    }
+}
+
 /// Runs the whole server until `shutdown` completes, then stops accepting
 /// work, stores every reading already received and returns.
 pub async fn run(
@@ -204,6 +230,15 @@ pub async fn run(
         let metrics = metrics.clone();
         tokio::spawn(async move { store.retention(policy, metrics, stop).await })
     };
+    let auth = Arc::new(auth::Auth::new(
+        store.clone(),
+        metrics.clone(),
+        config.session_idle_minutes,
+    ));
+    let auth_task = tokio::spawn(auth.clone().run(background.clone()));
+    if config.demo {
+        demo_viewer(&auth).await;
+    }
     let presence = Arc::new(Presence::default());
     let presence_task = {
         let presence = presence.clone();
@@ -291,6 +326,8 @@ pub async fn run(
         sessions,
         commands: commands.clone(),
         retain_raw: config.retain_raw,
+        audit: audit::Audit::new(store.clone(), metrics.clone()),
+        auth,
         live: live::Live {
             hub,
             presence: presence.clone(),
@@ -314,9 +351,12 @@ pub async fn run(
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
         });
     }
     if let (Some(listener), Some((_, acceptor))) = (listeners.https, &tls) {
@@ -327,10 +367,14 @@ pub async fn run(
         let listener = TlsListener::new(listener, acceptor.clone(), token.clone())
             .map_err(ServeError::Http)?;
         let stop = token.clone();
+        let app = app.layer(axum::Extension(http::guard::Https));
         http_tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<http::guard::TlsPeer>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
         });
     }
 
@@ -395,6 +439,7 @@ pub async fn run(
     let _ = checkpoints.await;
     let _ = retention.await;
     let _ = presence_task.await;
+    let _ = auth_task.await;
     while http_tasks.join_next().await.is_some() {}
     drop(broker);
     outcome

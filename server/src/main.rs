@@ -11,6 +11,7 @@ use server::config::ServeArgs;
 use server::simulate::{self, SimOptions};
 use server::Listeners;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
 
 /// Sightline: an IoT dashboard with an embedded MQTT broker.
@@ -41,6 +42,79 @@ enum Action {
     /// Make TLS certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Manage operator accounts and their API tokens.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an account; the password is prompted for, or read from stdin.
+    Add {
+        /// The account name.
+        name: String,
+        /// Make the account an admin (same as --role admin).
+        #[arg(long)]
+        admin: bool,
+        /// viewer (sees dashboards), operator (also sends commands, manages devices) or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Set an account's password (prompted, or from stdin) and sign it out everywhere.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Delete an account with its sessions and tokens.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List accounts.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Create an API token for an account and print it, once.
+    Token {
+        name: String,
+        /// What the token is for, such as "backup script".
+        #[arg(long, default_value = "cli")]
+        label: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DbArgs {
+    /// A TOML config file, as for `serve`.
+    #[arg(long, env = "SIGHTLINE_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Database URL, as for `serve` [default: sqlite://sightline.db?mode=rwc].
+    #[arg(
+        long,
+        env = "SIGHTLINE_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+}
+
+impl DbArgs {
+    async fn open(&self) -> anyhow::Result<server::store::Store> {
+        let config = ServeArgs {
+            config: self.config.clone(),
+            database_url: self.database_url.clone(),
+            ..ServeArgs::default()
+        }
+        .resolve()?;
+        Ok(server::store::Store::open(&config.database_url).await?)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +168,9 @@ struct ServerArg {
     /// The running server's HTTP address.
     #[arg(long, env = "SIGHTLINE_URL", default_value = "http://127.0.0.1:3000")]
     server: String,
+    /// An operator's API token (`sightline user token NAME`).
+    #[arg(long, env = "SIGHTLINE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -201,8 +278,14 @@ fn main() -> ExitCode {
     let quiet = matches!(cli.command, Action::Bench(_));
     let default = if quiet { "warn" } else { "info,rumqttd=off" };
     let filter = cli.log.as_deref().unwrap_or(default);
+    // Tools that print data (a secret, a token) keep stdout for it alone.
+    let writer = match cli.command {
+        Action::Serve(_) | Action::Simulate(_) => BoxMakeWriter::new(std::io::stdout),
+        _ => BoxMakeWriter::new(std::io::stderr),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(writer)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -227,6 +310,7 @@ async fn dispatch(command: Action) -> anyhow::Result<()> {
         Action::Bench(args) => bench(args).await,
         Action::Device(command) => device(command).await,
         Action::Command(command) => command_cli(command).await,
+        Action::User(command) => user(command).await,
         Action::Cert(CertCommand::Dev { out, hosts }) => {
             let files = server::edge::tls::write_dev_cert(&out, &hosts)?;
             println!(
@@ -282,6 +366,68 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn user(command: UserCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use server::auth::{cli::read_password, Auth};
+    let db = match &command {
+        UserCommand::Add { db, .. }
+        | UserCommand::Passwd { db, .. }
+        | UserCommand::Remove { db, .. }
+        | UserCommand::List { db }
+        | UserCommand::Token { db, .. } => db,
+    };
+    let store = db.open().await?;
+    let auth = Auth::new(
+        store.clone(),
+        std::sync::Arc::default(),
+        server::config::Config::default().session_idle_minutes,
+    );
+    match command {
+        UserCommand::Add {
+            name, admin, role, ..
+        } => {
+            let role = if admin {
+                app::model::Role::Admin
+            } else {
+                app::model::Role::parse(&role).with_context(|| {
+                    format!("unknown role {role:?}: use viewer, operator or admin")
+                })?
+            };
+            let password = read_password(&format!("Password for {name}: "))?;
+            auth.add_account(&name, &password, role).await?;
+            println!("account {name} created ({})", role.label());
+        }
+        UserCommand::Passwd { name, .. } => {
+            let password = read_password(&format!("New password for {name}: "))?;
+            auth.set_password(&name, &password).await?;
+            println!("password of {name} changed; its sessions have ended");
+        }
+        UserCommand::Remove { name, .. } => {
+            auth.remove_account(&name).await?;
+            println!("account {name} removed");
+        }
+        UserCommand::List { .. } => {
+            for a in store.accounts().await? {
+                println!("{}\t{}", a.name, a.role.label());
+            }
+        }
+        UserCommand::Token { name, label, .. } => {
+            let account = store
+                .account(&name)
+                .await?
+                .with_context(|| format!("no account {name}"))?;
+            let created = auth.add_token(account.id, &label).await?;
+            println!("{}", created.token);
+            eprintln!(
+                "This token acts as {name} ({}) until revoked (DELETE /api/tokens/{}). It is shown only now.",
+                account.role().label(),
+                created.id
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn command_cli(command: CommandCommand) -> anyhow::Result<()> {
     use server::command::cli;
     match command {
@@ -290,7 +436,7 @@ async fn command_cli(command: CommandCommand) -> anyhow::Result<()> {
             limit,
             server,
         } => {
-            for c in cli::Client::new(&server.server)
+            for c in cli::Client::new(&server.server, server.token.as_deref())
                 .list(&device, limit)
                 .await?
             {
@@ -307,7 +453,7 @@ async fn command_cli(command: CommandCommand) -> anyhow::Result<()> {
                 timeout_ms: Some((args.timeout * 1000.0).round() as i64),
                 ttl_ms: args.ttl.map(|s| (s * 1000.0).round() as i64),
             };
-            let c = cli::Client::new(&args.server.server)
+            let c = cli::Client::new(&args.server.server, args.server.token.as_deref())
                 .send(&args.device, &request, !args.no_wait)
                 .await?;
             println!("{}", cli::describe(&c));

@@ -107,6 +107,26 @@ pub struct CommandCounters {
     pub save_errors: AtomicU64,
 }
 
+/// Sign-ins and refused web requests.
+#[derive(Debug, Default)]
+pub struct AuthCounters {
+    pub logins: AtomicU64,
+    /// Sign-ins refused for a wrong name or password.
+    pub login_failures: AtomicU64,
+    /// Sign-ins refused unchecked because the account or address failed
+    /// too often recently.
+    pub login_throttled: AtomicU64,
+    /// Requests without a valid session or token (401 or a redirect).
+    pub unauthenticated: AtomicU64,
+    /// Requests from a signed-in account whose role is too low (403).
+    pub forbidden: AtomicU64,
+    /// State-changing requests refused because they came from another
+    /// origin.
+    pub csrf_refused: AtomicU64,
+    /// Audit events that could not be written.
+    pub audit_errors: AtomicU64,
+}
+
 /// The server's counters. Atomics keep the hot path lock-free; only the
 /// per-device maps take a lock, and only when something is refused.
 #[derive(Debug)]
@@ -123,6 +143,7 @@ pub struct Metrics {
     pub pruned_commands: AtomicU64,
     pub edge: EdgeCounters,
     pub commands: CommandCounters,
+    pub auth: AuthCounters,
     /// WebSocket viewers currently connected.
     pub viewers: AtomicU64,
     /// Readings not sent to viewers that fell behind (each such viewer is
@@ -154,6 +175,7 @@ impl Default for Metrics {
             pruned_commands: AtomicU64::default(),
             edge: EdgeCounters::default(),
             commands: CommandCounters::default(),
+            auth: AuthCounters::default(),
             viewers: AtomicU64::default(),
             live_skipped: AtomicU64::default(),
             live_pending_bytes: AtomicU64::default(),
@@ -407,6 +429,51 @@ impl Metrics {
                 "counter",
                 "Command changes that could not be written to the database.",
                 get(&c.save_errors),
+            ),
+        ]);
+        let a = &self.auth;
+        plain.extend([
+            (
+                "sightline_logins_total",
+                "counter",
+                "Successful sign-ins.",
+                get(&a.logins),
+            ),
+            (
+                "sightline_login_failures_total",
+                "counter",
+                "Sign-ins refused for a wrong name or password.",
+                get(&a.login_failures),
+            ),
+            (
+                "sightline_login_throttled_total",
+                "counter",
+                "Sign-ins refused unchecked after too many recent failures of the account or address.",
+                get(&a.login_throttled),
+            ),
+            (
+                "sightline_http_unauthenticated_total",
+                "counter",
+                "Web requests without a valid session or API token.",
+                get(&a.unauthenticated),
+            ),
+            (
+                "sightline_http_forbidden_total",
+                "counter",
+                "Web requests refused because the account's role is too low.",
+                get(&a.forbidden),
+            ),
+            (
+                "sightline_http_csrf_refused_total",
+                "counter",
+                "State-changing web requests refused because they came from another origin.",
+                get(&a.csrf_refused),
+            ),
+            (
+                "sightline_audit_errors_total",
+                "counter",
+                "Audit events that could not be written to the database.",
+                get(&a.audit_errors),
             ),
         ]);
         for (name, kind, help, value) in plain {

@@ -102,7 +102,8 @@ impl TestDevice {
 
 /// POSTs a command and returns the status and the body.
 async fn post(server: &TestServer, device: &str, body: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
+    let response = server
+        .client()
         .post(server.url(&format!("/api/devices/{device}/commands")))
         .header("content-type", "application/json")
         .body(body.to_owned())
@@ -634,6 +635,7 @@ async fn cli(server: &TestServer, args: &[&str]) -> (bool, String) {
         .arg("command")
         .args(args)
         .args(["--server", &server.url("")])
+        .env("SIGHTLINE_TOKEN", &server.token)
         .env("NO_COLOR", "1")
         .kill_on_drop(true)
         .output()

@@ -110,7 +110,8 @@ async fn ends_within(events: &mut rumqttc::EventLoop, secs: u64) -> bool {
 }
 
 async fn set_enabled(server: &TestServer, id: &str, enabled: bool) {
-    let status = reqwest::Client::new()
+    let status = server
+        .client()
         .put(server.url(&format!("/api/devices/{id}/enabled")))
         .json(&enabled)
         .send()
@@ -918,7 +919,10 @@ async fn every_acknowledged_reading_survives_kill_9() {
     let acked = device.acked.lock().expect("lock").clone();
 
     let (_restarted, http, _) = spawn_server(&url, &fast).await;
-    let response = reqwest::get(format!("http://{http}/api/devices/Durable"))
+    let response = common::api_client(&url)
+        .await
+        .get(format!("http://{http}/api/devices/Durable"))
+        .send()
         .await
         .expect("request");
     // A 404 means the device never reached the database at all.

@@ -34,7 +34,10 @@ async fn export_streams_every_row_in_order_in_both_formats() {
     seed(&url, "hum", 10).await;
     let server = TestServer::start(test_config(&url)).await;
 
-    let response = reqwest::get(server.url("/api/devices/Exp/export"))
+    let response = server
+        .client()
+        .get(server.url("/api/devices/Exp/export"))
+        .send()
         .await
         .expect("request");
     assert_eq!(response.status().as_u16(), 200);
@@ -108,9 +111,12 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// Reads a whole export of device `Exp` slowly, tracking the server's
 /// peak RSS; returns (rows, peak KiB).
-async fn slow_export(http: std::net::SocketAddr, pid: u32) -> (u64, u64) {
+async fn slow_export(http: std::net::SocketAddr, url: &str, pid: u32) -> (u64, u64) {
     let mut peak = rss_kib(pid);
-    let mut response = reqwest::get(format!("http://{http}/api/devices/Exp/export"))
+    let mut response = common::api_client(url)
+        .await
+        .get(format!("http://{http}/api/devices/Exp/export"))
+        .send()
         .await
         .expect("request");
     let (mut lines, mut chunks) = (0u64, 0u64);
@@ -144,7 +150,7 @@ async fn a_million_row_export_runs_in_flat_server_memory() {
     let start = rss_kib(pid);
     let mut peaks = Vec::new();
     for round in 0..3 {
-        let (rows, peak) = slow_export(http, pid).await;
+        let (rows, peak) = slow_export(http, &url, pid).await;
         assert_eq!(rows, 1_000_000, "every row, round {round}");
         peaks.push(peak);
     }

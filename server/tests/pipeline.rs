@@ -544,7 +544,7 @@ async fn qos1_waits_for_a_slow_writer_and_acknowledges_only_what_is_stored() {
 async fn assets_are_served_compressed_and_revalidated() {
     let scratch = Scratch::new();
     let server = TestServer::start(test_config(&scratch.sqlite_url())).await;
-    let client = reqwest::Client::new();
+    let client = server.client();
     let response = client
         .get(server.url("/"))
         .header("accept-encoding", "gzip")

@@ -246,6 +246,9 @@ fn DeviceView(
         <section class="page-head">
             <a href="/" class="back" aria-label="Back to the fleet">"←"</a>
             <h1 data-testid="device-id">{id.clone()}</h1>
+            {move || summary.with(|s| s.label.clone()).map(|label| view! {
+                <bdi class="device-label" data-testid="device-label">{label}</bdi>
+            })}
             <span class=move || if online() { "dot on" } else { "dot off" }></span>
             <LiveBadge state=link skipped/>
         </section>
@@ -298,7 +301,9 @@ fn DeviceView(
                 })}
             </Transition>
         </div>
-        <CommandPanel device=id.clone() commands now/>
+        <super::WhenRole least=crate::model::Role::Operator>
+            <CommandPanel device=id.clone() commands now/>
+        </super::WhenRole>
         <CountersBar counters/>
     }
 }

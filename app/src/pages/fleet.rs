@@ -60,7 +60,9 @@ pub fn FleetPage() -> impl IntoView {
                 }
             })}
         </Transition>
-        <AddDeviceForm added=Callback::new(move |()| fleet.refetch())/>
+        <super::WhenRole least=crate::model::Role::Operator>
+            <AddDeviceForm added=Callback::new(move |()| fleet.refetch())/>
+        </super::WhenRole>
     }
 }
 
@@ -403,6 +405,7 @@ fn apply_readings(cards: RwSignal<Vec<Card>>, readings: &[crate::model::Reading]
                         rejected: 0,
                         presence: None,
                         sparkline: None,
+                        label: None,
                     }),
                 };
                 cards.update(|c| {
@@ -482,6 +485,9 @@ fn DeviceCard(card: Card, now: RwSignal<i64>) -> impl IntoView {
                         data-testid="presence"
                         title=move || summary.with(format::status)></span>
                     <span class="device-id">{id.clone()}</span>
+                    {move || summary.with(|s| s.label.clone()).map(|label| view! {
+                        <bdi class="device-label" data-testid="device-label">{label}</bdi>
+                    })}
                 </span>
                 <span class="metrics">
                     {move || {

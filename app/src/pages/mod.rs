@@ -1,12 +1,73 @@
 //! The dashboard's pages.
 
+pub mod admin;
 pub mod commands;
 pub mod device;
 pub mod fleet;
+pub mod login;
 
 use leptos::prelude::*;
 
 use crate::live::LinkState;
+use crate::model::{Me, Role};
+
+/// The signed-in account, known synchronously on both sides: the server
+/// has it from the request, and writes it on `<body>` for the browser to
+/// read at start. (A resource would be created in a different order on the
+/// two sides of hydration.) Sign-in and sign-out reload the page, so it
+/// never changes while a page lives.
+#[derive(Clone, Debug, Default)]
+pub struct CurrentAccount(pub Option<Me>);
+
+impl CurrentAccount {
+    pub fn provide() {
+        provide_context(Self(Self::read()));
+    }
+
+    #[cfg(not(feature = "hydrate"))]
+    fn read() -> Option<Me> {
+        use_context::<Me>()
+    }
+
+    #[cfg(feature = "hydrate")]
+    fn read() -> Option<Me> {
+        let body = web_sys::window()?.document()?.body()?;
+        let name = body.get_attribute("data-account")?;
+        let role = Role::parse(&body.get_attribute("data-role")?)?;
+        Some(Me { name, role })
+    }
+
+    pub fn get() -> Option<Me> {
+        use_context::<Self>().and_then(|c| c.0)
+    }
+}
+
+/// Renders `children` only for an account with at least role `least`. The
+/// server enforces every role itself; this only hides what would be
+/// refused.
+#[component]
+pub fn WhenRole(least: Role, children: ChildrenFn) -> impl IntoView {
+    let allowed = CurrentAccount::get().is_some_and(|m| m.role >= least);
+    allowed.then(|| children())
+}
+
+/// The signed-in account's name and role, the admin link and "Sign out",
+/// in the top bar. Sign-out is a plain form, so it works without WASM.
+#[component]
+pub fn AccountMenu() -> impl IntoView {
+    CurrentAccount::get().map(|m| {
+        let admin = m.role == Role::Admin;
+        view! {
+            <nav class="account">
+                {admin.then(|| view! { <a href="/admin">"Admin"</a> })}
+                <span class="who" data-testid="who">{m.name} <small>{m.role.label()}</small></span>
+                <form method="post" action="/logout">
+                    <button type="submit" class="link">"Sign out"</button>
+                </form>
+            </nav>
+        }
+    })
+}
 
 /// Sets `now` to the browser's clock and keeps it current once a second,
 /// for the page's relative times ("5 s ago"). Call it inside an `Effect`,

@@ -69,7 +69,10 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<String> {
         fleet(mqtt, 1, 1.0, "cmd-", true),
         stop.clone(),
     ));
-    let result = measure(http, opts.devices).await;
+    let result = match super::Api::for_db(&db_url).await {
+        Ok(api) => measure(http, &api, opts.devices).await,
+        Err(e) => Err(e),
+    };
     stop.cancel();
     let _ = load.await;
     let _ = answerer.await;
@@ -136,8 +139,12 @@ async fn stored(
 
 /// Waits for the whole load fleet to be connected and publishing, then
 /// sends the pings.
-async fn measure(http: std::net::SocketAddr, load: usize) -> anyhow::Result<Measured> {
-    let client = reqwest::Client::new();
+async fn measure(
+    http: std::net::SocketAddr,
+    api: &super::Api,
+    load: usize,
+) -> anyhow::Result<Measured> {
+    let client = api.client.clone();
     let connected = Instant::now() + Duration::from_secs(90);
     while stored(&client, http).await?.1 < load as u64 + 1 {
         if Instant::now() > connected {
@@ -177,7 +184,7 @@ async fn measure(http: std::net::SocketAddr, load: usize) -> anyhow::Result<Meas
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/ws"))
+    let (mut ws, _) = tokio_tungstenite::connect_async(api.socket(http)?)
         .await
         .context("cannot open the live WebSocket")?;
     let subscribe = serde_json::json!({"type": "subscribe", "devices": [DEVICE]}).to_string();

@@ -313,7 +313,8 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> 
     let db_url = format!("sqlite://{}?mode=rwc", dir.join("bench.db").display());
     let mut server = start_server(opts, dir, http, mqtt, &db_url).await?;
     let pid = server.id().context("server has no pid")?;
-    let client = reqwest::Client::new();
+    let api = Api::for_db(&db_url).await?;
+    let client = api.client.clone();
     let stop = CancellationToken::new();
 
     // Idle connections first, so the publishing fleet runs beside them.
@@ -344,6 +345,7 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> 
         };
         viewers.push(tokio::spawn(viewer(
             http,
+            api.clone(),
             subscription,
             epoch,
             samples.clone(),
@@ -424,6 +426,57 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> 
         server_push,
         kept: None,
     })
+}
+
+/// An admin API token for the benchmark's own server, made in its
+/// database, with an HTTP client and WebSocket requests that carry it.
+#[derive(Clone, Debug)]
+pub(crate) struct Api {
+    pub client: reqwest::Client,
+    token: String,
+}
+
+impl Api {
+    pub async fn for_db(db_url: &str) -> anyhow::Result<Self> {
+        let store = crate::store::Store::open(db_url).await?;
+        let auth = crate::auth::Auth::new(store.clone(), Arc::default(), 60);
+        let name = "bench";
+        if store.account(name).await?.is_none() {
+            let password: String = {
+                use rand::distr::{Alphanumeric, SampleString};
+                Alphanumeric.sample_string(&mut rand::rng(), 24)
+            };
+            auth.add_account(name, &password, app::model::Role::Admin)
+                .await?;
+        }
+        let account = store
+            .account(name)
+            .await?
+            .context("the bench account vanished")?;
+        let token = auth.add_token(account.id, "bench").await?.token;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?;
+        Ok(Self { client, token })
+    }
+
+    /// The live WebSocket's opening request, with the token.
+    pub fn socket(
+        &self,
+        http: SocketAddr,
+    ) -> anyhow::Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{http}/ws").into_client_request()?;
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {}", self.token).parse()?);
+        Ok(request)
+    }
 }
 
 pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -655,13 +708,17 @@ fn peak_rss(pid: u32) -> Option<u64> {
 /// time from its publish to its arrival here.
 async fn viewer(
     http: SocketAddr,
+    api: Api,
     subscription: String,
     epoch: Instant,
     samples: Arc<Mutex<Vec<u64>>>,
     lag: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
 ) {
-    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(format!("ws://{http}/ws")).await else {
+    let Ok(request) = api.socket(http) else {
+        return;
+    };
+    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(request).await else {
         tracing::error!("bench viewer could not connect");
         return;
     };

@@ -27,11 +27,21 @@ pub struct Client {
 }
 
 impl Client {
-    /// `base` is the server's HTTP address, such as `http://127.0.0.1:3000`.
-    pub fn new(base: &str) -> Self {
+    /// `base` is the server's HTTP address, such as `http://127.0.0.1:3000`;
+    /// `token` an operator's API token (`sightline user token`).
+    pub fn new(base: &str, token: Option<&str>) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(value) =
+            token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         Self {
             base: base.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap_or_default(),
         }
     }
 

@@ -36,7 +36,8 @@ pub const MAX_POINTS: usize = 5_000;
 const DEFAULT_SPAN_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// The query string of a series request, or what the dashboard asks for.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SeriesQuery {
     /// One metric or a comma-separated list; every metric when absent.
     pub metric: Option<String>,
@@ -113,6 +114,14 @@ impl SeriesRequest {
 }
 
 /// `GET /api/devices/{id}/series?metric=&from=&to=&points=&tz=`.
+#[utoipa::path(get, path = "/api/devices/{id}/series", tag = "devices",
+    security(("session" = []), ("token" = [])),
+    extensions(("x-required-role" = json!("viewer"))),
+    params(("id" = String, Path, description = "Device id"), SeriesQuery),
+    responses((status = 200, description = "Buckets per metric, at most `points` each", body = SeriesResponse),
+        (status = 400, description = "Invalid query", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such device", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::Refused))]
 pub async fn series(
     State(state): State<AppState>,
     Path(id): Path<String>,

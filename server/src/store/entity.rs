@@ -17,6 +17,8 @@ pub mod device {
         /// that registered themselves.
         pub secret_hash: Option<String>,
         pub disabled: bool,
+        /// A free-text name an operator gave the device.
+        pub label: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -2,6 +2,7 @@
 //! PostgreSQL through sea-orm, runs the migrations, writes readings in
 //! batched transactions and answers the pages' and API's queries.
 
+pub mod accounts;
 pub mod commands;
 mod entity;
 pub mod registry;
@@ -574,5 +575,6 @@ fn summary(d: device::Model, latest: Vec<LatestValue>) -> DeviceSummary {
         rejected: 0,
         presence: None,
         sparkline: None,
+        label: d.label,
     }
 }

@@ -109,6 +109,7 @@ pub async fn add(
                 first_seen: Set(now_ms),
                 secret_hash: Set(Some(hash)),
                 disabled: Set(false),
+                label: NotSet,
             }
             .insert(db)
             .await?;

@@ -305,6 +305,7 @@ impl Writer {
                 first_seen: Set(ts),
                 secret_hash: NotSet,
                 disabled: NotSet,
+                label: NotSet,
             }))
             .on_conflict(
                 OnConflict::column(device::Column::Name)

@@ -30,6 +30,9 @@ pub struct TestServer {
     /// The HTTPS listener, when the configuration has a certificate.
     pub https: Option<SocketAddr>,
     pub database_url: String,
+    /// An admin's API token, made in the database before the server
+    /// started.
+    pub token: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -85,6 +88,7 @@ impl TestServer {
             .expect("an MQTT listener");
         let (stop, stopped) = oneshot::channel::<()>();
         let database_url = config.database_url.clone();
+        let token = admin_token(&database_url).await;
         let task = tokio::spawn(server::run(config, listeners, async move {
             let _ = stopped.await;
         }));
@@ -94,6 +98,7 @@ impl TestServer {
             mqtts,
             https,
             database_url,
+            token,
             stop: Some(stop),
             task: Some(task),
         };
@@ -123,9 +128,14 @@ impl TestServer {
         format!("http://{}{path}", self.http)
     }
 
-    /// GETs a path and returns the status and body.
+    /// An HTTP client that sends the admin's API token.
+    pub fn client(&self) -> reqwest::Client {
+        client_with(&self.token)
+    }
+
+    /// GETs a path as the admin and returns the status and body.
     pub async fn get(&self, path: &str) -> Result<(u16, String), reqwest::Error> {
-        let response = reqwest::get(self.url(path)).await?;
+        let response = self.client().get(self.url(path)).send().await?;
         let status = response.status().as_u16();
         Ok((status, response.text().await?))
     }
@@ -138,7 +148,7 @@ impl TestServer {
 
     /// Opens a live WebSocket with the given subscription message.
     pub async fn live(&self, subscription: &str) -> Ws {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", self.http))
+        let (mut ws, _) = tokio_tungstenite::connect_async(socket_request(self.http, &self.token))
             .await
             .expect("websocket connects");
         ws.send(Message::Text(subscription.into()))
@@ -149,7 +159,8 @@ impl TestServer {
 
     /// Creates a device through the API and returns its secret.
     pub async fn add_device(&self, id: &str) -> String {
-        let response = reqwest::Client::new()
+        let response = self
+            .client()
             .post(self.url("/api/devices"))
             .json(&serde_json::json!({ "id": id }))
             .send()
@@ -264,6 +275,64 @@ pub async fn next_matching<T>(ws: &mut Ws, mut pick: impl FnMut(ServerMsg) -> Op
     })
     .await
     .expect("expected live message in time")
+}
+
+/// Creates the account `admin` (once) in the database at `db_url` and
+/// returns a new API token of it.
+pub async fn admin_token(db_url: &str) -> String {
+    let store = server::store::Store::open(db_url)
+        .await
+        .expect("open store");
+    let auth = server::auth::Auth::new(store.clone(), Arc::default(), 60);
+    if store.account("admin").await.expect("account").is_none() {
+        auth.add_account("admin", ADMIN_PASSWORD, app::model::Role::Admin)
+            .await
+            .expect("create admin");
+    }
+    let id = store
+        .account("admin")
+        .await
+        .expect("account")
+        .expect("admin exists")
+        .id;
+    auth.add_token(id, "tests").await.expect("token").token
+}
+
+/// The test admin's password.
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+/// An HTTP client that sends `token` as a bearer token.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// An admin client for a server (in-process or child) on `db_url`.
+pub async fn api_client(db_url: &str) -> reqwest::Client {
+    client_with(&admin_token(db_url).await)
+}
+
+/// The live WebSocket's opening request, with a bearer token.
+pub fn socket_request(
+    http: SocketAddr,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{http}/ws")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
 }
 
 /// Starts `sightline serve` as a child process and returns it with its

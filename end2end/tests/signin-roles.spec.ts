@@ -1,0 +1,105 @@
+// Accounts and roles in the browser: signing in through the real form,
+// what a viewer may not see, and hostile device labels shown as text.
+// (Sending a command as an operator is send-command.spec.ts.)
+import { test, expect, PASSWORDS } from './fixtures';
+
+test.describe('signed out', () => {
+  test.use({ role: null });
+
+  test('pages redirect to the sign-in form, which signs a viewer in without the command form', async ({ page }) => {
+    const problems: string[] = [];
+    page.on('console', (m) => { if (m.type() === 'error') problems.push(m.text()); });
+    page.on('pageerror', (e) => problems.push(e.message));
+
+    const id = 'viewer-sees-0001';
+    expect((await page.request.get('/api/devices')).status()).toBe(401);
+
+    await page.goto(`/devices/${id}`);
+    await expect(page).toHaveURL(/\/login\?next=/);
+    await page.getByLabel('Name').fill('viewer');
+    await page.getByLabel('Password').fill('wrong password');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await expect(page.getByTestId('login-error')).toHaveText('Wrong name or password.');
+
+    await page.getByLabel('Name').fill('viewer');
+    await page.getByLabel('Password').fill(PASSWORDS.viewer);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await expect(page).toHaveURL(new RegExp(`/devices/${id}$`));
+    await expect(page.getByTestId('who')).toContainText('viewer');
+
+    await page.goto('/');
+    await expect(page.getByRole('heading', { name: 'Fleet' })).toBeVisible();
+    await expect(page.getByTestId('link-state')).toHaveText('live');
+    await expect(page.getByTestId('new-device-id')).toHaveCount(0);
+
+    // The API refuses the viewer what the page hides.
+    const refused = await page.request.post(`/api/devices/${id}/commands`, {
+      data: { name: 'ping' },
+      headers: { Origin: new URL(page.url()).origin },
+    });
+    expect(refused.status()).toBe(403);
+
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await expect(page).toHaveURL(/\/login\?bye=1/);
+    await page.goto('/');
+    await expect(page).toHaveURL(/\/login/);
+    expect(problems.filter((p) => !p.includes('401'))).toEqual([]);
+  });
+});
+
+test.describe('as a viewer', () => {
+  test.use({ role: 'viewer' });
+
+  test('the device page has no command form and no admin link', async ({ page }, info) => {
+    const mqtt = info.project.metadata.mqttPort as number;
+    const id = `viewer-dev-${info.project.name}`;
+    const { execFileSync } = await import('child_process');
+    execFileSync('mosquitto_pub', ['-p', String(mqtt), '-t', `sensor/${id}`, '-m', '{"temp":21.5}']);
+    await expect.poll(async () => (await page.request.get(`/api/devices/${id}`)).status()).toBe(200);
+    await page.goto(`/devices/${id}`);
+    await expect(page.getByTestId('device-id')).toHaveText(id);
+    await expect(page.getByTestId('link-state')).toHaveText('live');
+    await expect(page.locator('#commands-title')).toHaveCount(0);
+    await expect(page.getByTestId('command-send')).toHaveCount(0);
+    await expect(page.getByRole('link', { name: 'Admin' })).toHaveCount(0);
+    expect((await page.request.get('/admin', { maxRedirects: 0 })).status()).toBe(403);
+  });
+});
+
+test.describe('as an admin', () => {
+  test.use({ role: 'admin' });
+
+  test('a hostile device label renders as text, with no dialog', async ({ page }, info) => {
+    const hostile = '<img src=x onerror=alert(1)>';
+    const mqtt = info.project.metadata.mqttPort as number;
+    const id = `hostile-${info.project.name}`;
+    const dialogs: string[] = [];
+    page.on('dialog', async (d) => { dialogs.push(d.message()); await d.dismiss(); });
+
+    const { execFileSync } = await import('child_process');
+    execFileSync('mosquitto_pub', ['-p', String(mqtt), '-t', `sensor/${id}`, '-m', '{"temp":1}']);
+    await expect.poll(async () => (await page.request.get(`/api/devices/${id}`)).status()).toBe(200);
+    const origin = info.project.use.baseURL as string;
+    const set = await page.request.put(`/api/devices/${id}/label`, {
+      data: { label: hostile },
+      headers: { Origin: origin },
+    });
+    expect(set.status()).toBe(204);
+
+    await page.goto('/');
+    const card = page.locator(`li.card[data-device="${id}"]`);
+    await expect(card.getByTestId('device-label')).toHaveText(hostile);
+    await page.goto(`/devices/${id}`);
+    await expect(page.getByTestId('device-label')).toHaveText(hostile);
+    await expect(page.getByTestId('link-state')).toHaveText('live');
+    await expect(page.locator('img[src="x"]')).toHaveCount(0);
+
+    // The audit log (admin page) shows who set it, as text too.
+    await page.goto('/admin');
+    const row = page.getByTestId('audit').locator('tr', { hasText: 'device_label' }).first();
+    await expect(row).toContainText('admin');
+    await expect(row).toContainText(hostile);
+    await page.waitForTimeout(500);
+    expect(dialogs).toEqual([]);
+  });
+});

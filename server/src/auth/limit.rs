@@ -1,0 +1,205 @@
+//! Failed sign-in throttling per account name and per client address.
+//!
+//! Each key keeps the times of its recent failures; once it has `max` of
+//! them within `window`, further attempts are refused without checking the
+//! password until the oldest failure ages out. Refused attempts are not
+//! recorded, so a blocked client cannot extend its own block forever, and
+//! the maps are swept so that a spray of names cannot grow them without
+//! bound.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// How many failures a key may have within the window.
+#[derive(Clone, Copy, Debug)]
+pub struct Rule {
+    pub max: usize,
+    pub window: Duration,
+}
+
+/// Failures per account: enough for typos, far too few to guess.
+pub const PER_ACCOUNT: Rule = Rule {
+    max: 5,
+    window: Duration::from_secs(15 * 60),
+};
+/// Failures per address: higher, since a whole office may share one.
+pub const PER_ADDRESS: Rule = Rule {
+    max: 20,
+    window: Duration::from_secs(15 * 60),
+};
+/// The most keys kept per map; beyond it the oldest entries are dropped.
+const MAX_KEYS: usize = 100_000;
+
+#[derive(Debug, Default)]
+struct Failures {
+    by_key: HashMap<String, VecDeque<Instant>>,
+}
+
+impl Failures {
+    fn blocked_for(&mut self, key: &str, rule: Rule, now: Instant) -> Option<Duration> {
+        let times = self.by_key.get_mut(key)?;
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= rule.window)
+        {
+            times.pop_front();
+        }
+        if times.len() < rule.max {
+            return None;
+        }
+        times
+            .front()
+            .map(|oldest| rule.window.saturating_sub(now.duration_since(*oldest)))
+    }
+
+    fn record(&mut self, key: &str, rule: Rule, now: Instant) {
+        if self.by_key.len() >= MAX_KEYS && !self.by_key.contains_key(key) {
+            self.sweep(rule, now);
+            if self.by_key.len() >= MAX_KEYS {
+                // Every key is recent: forget the one whose newest failure
+                // is oldest rather than grow.
+                if let Some(k) = self
+                    .by_key
+                    .iter()
+                    .min_by_key(|(_, t)| t.back().copied())
+                    .map(|(k, _)| k.clone())
+                {
+                    self.by_key.remove(&k);
+                }
+            }
+        }
+        let times = self.by_key.entry(key.to_owned()).or_default();
+        times.push_back(now);
+        while times.len() > rule.max {
+            times.pop_front();
+        }
+    }
+
+    fn sweep(&mut self, rule: Rule, now: Instant) {
+        self.by_key.retain(|_, times| {
+            times
+                .back()
+                .is_some_and(|t| now.duration_since(*t) < rule.window)
+        });
+    }
+}
+
+/// The throttle for both kinds of key.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    accounts: Failures,
+    addresses: Failures,
+}
+
+/// The key of a client address: IPv6 clients are grouped by /64, since one
+/// host usually holds a whole /64.
+fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+impl Limiter {
+    /// How long this attempt must wait, if its account or address failed
+    /// too often recently.
+    pub fn blocked_for(
+        &mut self,
+        account: &str,
+        ip: Option<IpAddr>,
+        now: Instant,
+    ) -> Option<Duration> {
+        let by_account = self
+            .accounts
+            .blocked_for(&account.to_lowercase(), PER_ACCOUNT, now);
+        let by_address = ip.and_then(|ip| {
+            self.addresses
+                .blocked_for(&address_key(ip), PER_ADDRESS, now)
+        });
+        by_account.max(by_address)
+    }
+
+    pub fn failed(&mut self, account: &str, ip: Option<IpAddr>, now: Instant) {
+        self.accounts
+            .record(&account.to_lowercase(), PER_ACCOUNT, now);
+        if let Some(ip) = ip {
+            self.addresses.record(&address_key(ip), PER_ADDRESS, now);
+        }
+    }
+
+    /// A successful sign-in clears the account's failures (not the
+    /// address's, so one good account cannot unlock guessing at others).
+    pub fn succeeded(&mut self, account: &str) {
+        self.accounts.by_key.remove(&account.to_lowercase());
+    }
+
+    /// Drops keys whose failures have all aged out.
+    pub fn sweep(&mut self, now: Instant) {
+        self.accounts.sweep(PER_ACCOUNT, now);
+        self.addresses.sweep(PER_ADDRESS, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_after_max_failures_until_the_oldest_ages_out() {
+        let mut l = Limiter::default();
+        let t0 = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        for i in 0..PER_ACCOUNT.max {
+            assert_eq!(l.blocked_for("alice", Some(ip), t0), None, "attempt {i}");
+            l.failed("alice", Some(ip), t0 + Duration::from_secs(i as u64));
+        }
+        let now = t0 + Duration::from_secs(10);
+        let wait = l.blocked_for("ALICE", Some(ip), now).expect("blocked");
+        assert_eq!(wait, PER_ACCOUNT.window - Duration::from_secs(10));
+        // Another account from a different address is not affected.
+        assert_eq!(l.blocked_for("bob", None, now), None);
+        assert_eq!(l.blocked_for("alice", None, t0 + PER_ACCOUNT.window), None);
+    }
+
+    #[test]
+    fn an_address_is_blocked_across_accounts() {
+        let mut l = Limiter::default();
+        let t0 = Instant::now();
+        let ip: IpAddr = "2001:db8::1".parse().expect("ip");
+        let neighbour: IpAddr = "2001:db8::2".parse().expect("ip");
+        for i in 0..PER_ADDRESS.max {
+            l.failed(&format!("user{i}"), Some(ip), t0);
+        }
+        assert!(l.blocked_for("someone", Some(neighbour), t0).is_some());
+        assert!(l.blocked_for("someone", None, t0).is_none());
+    }
+
+    #[test]
+    fn success_clears_the_account() {
+        let mut l = Limiter::default();
+        let t0 = Instant::now();
+        for _ in 0..PER_ACCOUNT.max {
+            l.failed("alice", None, t0);
+        }
+        assert!(l.blocked_for("alice", None, t0).is_some());
+        l.succeeded("alice");
+        assert!(l.blocked_for("alice", None, t0).is_none());
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut l = Limiter::default();
+        let t0 = Instant::now();
+        for i in 0..(MAX_KEYS + 10) {
+            l.failed(&format!("n{i}"), None, t0);
+        }
+        assert!(l.accounts.by_key.len() <= MAX_KEYS);
+    }
+}

@@ -1,0 +1,358 @@
+//! Operator accounts and how a web request proves who it is: a server-side
+//! session behind a cookie (the dashboard) or an API token (scripts).
+//!
+//! - [`password`]: Argon2id hashing, off the async threads.
+//! - [`limit`]: failed sign-in throttling per account and per address.
+//!
+//! Sessions and tokens are random 256-bit values; the database keeps only
+//! their SHA-256, so a session ends for good when its row is deleted (sign
+//! out, password change, idle expiry) and a database copy signs no one in.
+
+pub mod cli;
+pub mod limit;
+pub mod password;
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use app::model::{CreatedApiToken, Me, Role};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::now_ms;
+use crate::metrics::Metrics;
+use crate::store::accounts::AccountRow;
+use crate::store::{Store, StoreError};
+
+/// The cookie that carries the session id.
+pub const SESSION_COOKIE: &str = "sightline_session";
+/// API tokens start with this, so that leaked ones are easy to recognise
+/// (and to search for in code).
+pub const TOKEN_PREFIX: &str = "sightline_";
+/// A session ends this long after sign-in however active it is.
+pub const MAX_SESSION_MS: i64 = 30 * 24 * 60 * 60 * 1000;
+/// A session's "last seen" is written at most this often, so that busy
+/// pages do not write to the database on every request.
+const TOUCH_EVERY_MS: i64 = 60 * 1000;
+/// How often expired sessions are deleted.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// The longest account name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Who made a request, and how they proved it.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub account_id: i64,
+    pub name: String,
+    pub role: Role,
+    pub via: Via,
+}
+
+impl Caller {
+    fn new(account: &AccountRow, via: Via) -> Self {
+        Self {
+            account_id: account.id,
+            name: account.name.clone(),
+            role: account.role(),
+            via,
+        }
+    }
+
+    pub fn me(&self) -> Me {
+        Me {
+            name: self.name.clone(),
+            role: self.role,
+        }
+    }
+}
+
+/// The credential a request carried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A session cookie; holds the session id's hash.
+    Session(String),
+    /// An API token; holds the token's id.
+    Token(String),
+}
+
+/// What account operations can fail with. The messages are for the person
+/// who asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("wrong name or password")]
+    WrongCredentials,
+    #[error("too many failed sign-ins; try again in {0} s")]
+    Throttled(u64),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("account {0} already exists")]
+    Exists(String),
+    #[error("no account {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(&'static str),
+    #[error("password hashing failed: {0}")]
+    Hashing(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks an account name: 1 to 64 letters, digits, `_`, `-`, `.` or `@`.
+pub fn check_name(name: &str) -> Result<(), AuthError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::Invalid(format!(
+            "an account name has 1 to {MAX_NAME_LEN} letters, digits, '_', '-', '.' or '@'"
+        )))
+    }
+}
+
+/// A new random secret: 32 bytes in hex.
+fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex(&bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of a secret, in hex: how sessions and tokens are stored.
+pub fn digest(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// The account service.
+#[derive(Debug)]
+pub struct Auth {
+    store: Store,
+    metrics: Arc<Metrics>,
+    limiter: Mutex<limit::Limiter>,
+    idle_ms: i64,
+}
+
+impl Auth {
+    pub fn new(store: Store, metrics: Arc<Metrics>, idle_minutes: u64) -> Self {
+        Self {
+            store,
+            metrics,
+            limiter: Mutex::default(),
+            idle_ms: i64::try_from(idle_minutes.saturating_mul(60_000)).unwrap_or(i64::MAX),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, limit::Limiter> {
+        // The limiter holds no invariant a panic could break halfway.
+        self.limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Checks a name and password and opens a session. Returns the session
+    /// id for the cookie. Throttled attempts are refused before the
+    /// password is checked, so they cost no hashing.
+    pub async fn login(
+        &self,
+        name: &str,
+        password: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<(String, Caller), AuthError> {
+        if let Some(wait) = self.limiter().blocked_for(name, ip, Instant::now()) {
+            Metrics::add(&self.metrics.auth.login_throttled, 1);
+            return Err(AuthError::Throttled(wait.as_secs().max(1)));
+        }
+        let account = if password.len() <= password::MAX_LEN {
+            self.store.account(name).await?
+        } else {
+            None
+        };
+        let ok = password::verify(
+            password.to_owned(),
+            account.as_ref().map(|a| a.password_hash.clone()),
+        )
+        .await;
+        let account = match account {
+            Some(a) if ok => a,
+            _ => {
+                self.limiter().failed(name, ip, Instant::now());
+                Metrics::add(&self.metrics.auth.login_failures, 1);
+                return Err(AuthError::WrongCredentials);
+            }
+        };
+        self.limiter().succeeded(name);
+        let secret = random_secret();
+        let hash = digest(&secret);
+        self.store.add_session(&hash, account.id, now_ms()).await?;
+        Metrics::add(&self.metrics.auth.logins, 1);
+        Ok((secret, Caller::new(&account, Via::Session(hash))))
+    }
+
+    /// The caller behind a session cookie, if the session is live. An idle
+    /// or too old session is deleted on sight.
+    pub async fn session(&self, secret: &str) -> Result<Option<Caller>, StoreError> {
+        let hash = digest(secret);
+        let Some(session) = self.store.session(&hash).await? else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        if now - session.last_seen_at > self.idle_ms || now - session.created_at > MAX_SESSION_MS {
+            self.store.remove_session(&hash).await?;
+            return Ok(None);
+        }
+        if now - session.last_seen_at > TOUCH_EVERY_MS {
+            self.store.touch_session(&hash, now).await?;
+        }
+        Ok(Some(Caller::new(&session.account, Via::Session(hash))))
+    }
+
+    /// The caller behind an API token, if it exists.
+    pub async fn token(&self, token: &str) -> Result<Option<Caller>, StoreError> {
+        if !token.starts_with(TOKEN_PREFIX) {
+            return Ok(None);
+        }
+        let Some((id, account)) = self.store.token(&digest(token)).await? else {
+            return Ok(None);
+        };
+        self.store.touch_token(&id, now_ms()).await?;
+        Ok(Some(Caller::new(&account, Via::Token(id))))
+    }
+
+    /// Ends the caller's session (a token is not a session, and is revoked
+    /// on its own).
+    pub async fn logout(&self, caller: &Caller) -> Result<(), StoreError> {
+        if let Via::Session(hash) = &caller.via {
+            self.store.remove_session(hash).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn add_account(
+        &self,
+        name: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<(), AuthError> {
+        check_name(name)?;
+        password::acceptable(password).map_err(AuthError::Invalid)?;
+        let hash = password::hash(password.to_owned())
+            .await
+            .map_err(AuthError::Hashing)?;
+        if self.store.add_account(name, &hash, role, now_ms()).await? {
+            Ok(())
+        } else {
+            Err(AuthError::Exists(name.to_owned()))
+        }
+    }
+
+    /// Whether `password` is the account's current one.
+    pub async fn check_password(&self, name: &str, password: &str) -> Result<bool, StoreError> {
+        let account = self.store.account(name).await?;
+        Ok(password::verify(password.to_owned(), account.map(|a| a.password_hash)).await)
+    }
+
+    /// Sets a new password and ends every session of the account.
+    pub async fn set_password(&self, name: &str, password: &str) -> Result<(), AuthError> {
+        password::acceptable(password).map_err(AuthError::Invalid)?;
+        let hash = password::hash(password.to_owned())
+            .await
+            .map_err(AuthError::Hashing)?;
+        if self.store.set_password(name, &hash, now_ms()).await? {
+            Ok(())
+        } else {
+            Err(AuthError::NotFound(name.to_owned()))
+        }
+    }
+
+    /// Changes a role; the last admin cannot be demoted, so that someone
+    /// can always manage accounts.
+    pub async fn set_role(&self, name: &str, role: Role) -> Result<(), AuthError> {
+        let account = self
+            .store
+            .account(name)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(name.to_owned()))?;
+        if account.role() == Role::Admin
+            && role != Role::Admin
+            && self.store.count_admins().await? <= 1
+        {
+            return Err(AuthError::Refused(
+                "the last admin cannot lose the admin role",
+            ));
+        }
+        self.store.set_role(name, role).await?;
+        Ok(())
+    }
+
+    /// Deletes an account, its sessions and its tokens; never the last
+    /// admin.
+    pub async fn remove_account(&self, name: &str) -> Result<(), AuthError> {
+        let account = self
+            .store
+            .account(name)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(name.to_owned()))?;
+        if account.role() == Role::Admin && self.store.count_admins().await? <= 1 {
+            return Err(AuthError::Refused("the last admin cannot be removed"));
+        }
+        self.store.remove_account(name).await?;
+        Ok(())
+    }
+
+    /// Creates an API token for an account; its secret is returned once.
+    pub async fn add_token(
+        &self,
+        account_id: i64,
+        label: &str,
+    ) -> Result<CreatedApiToken, AuthError> {
+        let label = label.trim();
+        if label.is_empty() || label.chars().count() > 64 || label.chars().any(char::is_control) {
+            return Err(AuthError::Invalid(
+                "a token label has 1 to 64 printable characters".to_owned(),
+            ));
+        }
+        let token = format!("{TOKEN_PREFIX}{}", random_secret());
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        self.store
+            .add_token(&id, account_id, label, &digest(&token), now_ms())
+            .await?;
+        Ok(CreatedApiToken {
+            id,
+            label: label.to_owned(),
+            token,
+        })
+    }
+
+    /// Deletes expired sessions and forgets old failed sign-ins, until
+    /// `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = now_ms();
+            match self
+                .store
+                .prune_sessions(now - self.idle_ms, now - MAX_SESSION_MS)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(sessions = n, "expired sessions deleted"),
+                Err(e) => tracing::warn!("cannot delete expired sessions: {e}"),
+            }
+            self.limiter().sweep(Instant::now());
+        }
+    }
+}

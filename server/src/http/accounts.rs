@@ -1,0 +1,254 @@
+//! The JSON API of accounts: the caller's own account and API tokens, the
+//! accounts admins manage, and the audit log.
+
+use std::sync::Arc;
+
+use app::model::{
+    Account, AccountChange, ApiToken, AuditEntry, CreatedApiToken, Me, NewAccount, NewApiToken,
+    PasswordChange,
+};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::guard::ClientIp;
+use super::openapi::{ErrorBody, Refused};
+use super::HttpError;
+use crate::audit::{action, Audit};
+use crate::auth::{Auth, Caller};
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, HttpError> {
+    body.map(|Json(b)| b)
+        .map_err(|e| HttpError::BadRequest(e.body_text()))
+}
+
+/// `GET /api/me`: who the caller is.
+#[utoipa::path(get, path = "/api/me", tag = "accounts", security(("session" = []), ("token" = [])), extensions(("x-required-role" = json!("viewer"))),
+    responses((status = 200, body = Me), Refused))]
+pub async fn me(Extension(me): Extension<Me>) -> Json<Me> {
+    Json(me)
+}
+
+/// `PUT /api/me/password`: changes the caller's password, given the current
+/// one, and ends every session of the account.
+#[utoipa::path(put, path = "/api/me/password", tag = "accounts", security(("session" = []), ("token" = [])), extensions(("x-required-role" = json!("viewer"))),
+    request_body = PasswordChange,
+    responses((status = 204, description = "Changed; every session of the account has ended"),
+        (status = 400, description = "Invalid body or new password", body = ErrorBody),
+        (status = 403, description = "Wrong current password, or refused", body = ErrorBody),
+        (status = 401, description = "No valid session or token", body = ErrorBody)))]
+pub async fn change_own_password(
+    State(auth): State<Arc<Auth>>,
+    State(audit): State<Audit>,
+    Extension(caller): Extension<Caller>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    change: Result<Json<PasswordChange>, JsonRejection>,
+) -> Result<StatusCode, HttpError> {
+    let change = body(change)?;
+    if !auth.check_password(&caller.name, &change.current).await? {
+        return Err(HttpError::Forbidden(
+            "the current password is wrong".to_owned(),
+        ));
+    }
+    auth.set_password(&caller.name, &change.new).await?;
+    audit
+        .record(
+            &caller.name,
+            action::PASSWORD_CHANGE,
+            Some(&caller.name),
+            None,
+            ip,
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/tokens`: the caller's API tokens, without their secrets.
+#[utoipa::path(get, path = "/api/tokens", tag = "accounts", security(("session" = []), ("token" = [])), extensions(("x-required-role" = json!("viewer"))),
+    responses((status = 200, body = Vec<ApiToken>), Refused))]
+pub async fn tokens(
+    State(auth): State<Arc<Auth>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<ApiToken>>, HttpError> {
+    Ok(Json(auth.store().tokens(caller.account_id).await?))
+}
+
+/// `POST /api/tokens`: creates an API token with the caller's role; its
+/// secret is in this response only.
+#[utoipa::path(post, path = "/api/tokens", tag = "accounts", security(("session" = []), ("token" = [])), extensions(("x-required-role" = json!("viewer"))),
+    request_body = NewApiToken,
+    responses((status = 201, description = "Created; the token is shown only here", body = CreatedApiToken),
+        (status = 400, description = "Invalid label or body", body = ErrorBody), Refused))]
+pub async fn add_token(
+    State(auth): State<Arc<Auth>>,
+    State(audit): State<Audit>,
+    Extension(caller): Extension<Caller>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    request: Result<Json<NewApiToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedApiToken>), HttpError> {
+    let request = body(request)?;
+    let created = auth.add_token(caller.account_id, &request.label).await?;
+    audit
+        .record(
+            &caller.name,
+            action::TOKEN_ADD,
+            Some(&created.id),
+            Some(created.label.clone()),
+            ip,
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `DELETE /api/tokens/{id}`: revokes one of the caller's tokens at once.
+#[utoipa::path(delete, path = "/api/tokens/{id}", tag = "accounts", security(("session" = []), ("token" = [])), extensions(("x-required-role" = json!("viewer"))),
+    params(("id" = String, Path, description = "Token id")),
+    responses((status = 204, description = "Revoked"),
+        (status = 404, description = "The caller has no such token", body = ErrorBody), Refused))]
+pub async fn revoke_token(
+    State(auth): State<Arc<Auth>>,
+    State(audit): State<Audit>,
+    Extension(caller): Extension<Caller>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    if !auth.store().remove_token(caller.account_id, &id).await? {
+        return Err(HttpError::NotFound);
+    }
+    audit
+        .record(&caller.name, action::TOKEN_REVOKE, Some(&id), None, ip)
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/users`: every account.
+#[utoipa::path(get, path = "/api/users", tag = "accounts", security(("session" = []), ("token" = [])), extensions(("x-required-role" = json!("admin"))),
+    responses((status = 200, body = Vec<Account>), Refused))]
+pub async fn users(State(auth): State<Arc<Auth>>) -> Result<Json<Vec<Account>>, HttpError> {
+    Ok(Json(auth.store().accounts().await?))
+}
+
+async fn account(auth: &Auth, name: &str) -> Result<Account, HttpError> {
+    auth.store()
+        .accounts()
+        .await?
+        .into_iter()
+        .find(|a| a.name == name)
+        .ok_or(HttpError::NotFound)
+}
+
+/// `POST /api/users`: creates an account.
+#[utoipa::path(post, path = "/api/users", tag = "accounts", security(("session" = []), ("token" = [])), extensions(("x-required-role" = json!("admin"))),
+    request_body = NewAccount,
+    responses((status = 201, body = Account),
+        (status = 400, description = "Invalid name, password or body", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody), Refused))]
+pub async fn add_user(
+    State(auth): State<Arc<Auth>>,
+    State(audit): State<Audit>,
+    Extension(caller): Extension<Caller>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    request: Result<Json<NewAccount>, JsonRejection>,
+) -> Result<(StatusCode, Json<Account>), HttpError> {
+    let request = body(request)?;
+    auth.add_account(&request.name, &request.password, request.role)
+        .await?;
+    audit
+        .record(
+            &caller.name,
+            action::ACCOUNT_ADD,
+            Some(&request.name),
+            Some(request.role.label().to_owned()),
+            ip,
+        )
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(account(&auth, &request.name).await?),
+    ))
+}
+
+/// `PATCH /api/users/{name}`: changes an account's role or password.
+#[utoipa::path(patch, path = "/api/users/{name}", tag = "accounts", security(("session" = []), ("token" = [])), extensions(("x-required-role" = json!("admin"))),
+    params(("name" = String, Path, description = "Account name")),
+    request_body = AccountChange,
+    responses((status = 200, body = Account),
+        (status = 400, description = "Invalid password or body", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "The last admin cannot be demoted", body = ErrorBody), Refused))]
+pub async fn change_user(
+    State(auth): State<Arc<Auth>>,
+    State(audit): State<Audit>,
+    Extension(caller): Extension<Caller>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    Path(name): Path<String>,
+    change: Result<Json<AccountChange>, JsonRejection>,
+) -> Result<Json<Account>, HttpError> {
+    let change = body(change)?;
+    account(&auth, &name).await?;
+    if let Some(password) = &change.password {
+        auth.set_password(&name, password).await?;
+        audit
+            .record(&caller.name, action::PASSWORD_CHANGE, Some(&name), None, ip)
+            .await;
+    }
+    if let Some(role) = change.role {
+        auth.set_role(&name, role).await?;
+        audit
+            .record(
+                &caller.name,
+                action::ACCOUNT_ROLE,
+                Some(&name),
+                Some(role.label().to_owned()),
+                ip,
+            )
+            .await;
+    }
+    Ok(Json(account(&auth, &name).await?))
+}
+
+/// `DELETE /api/users/{name}`: removes an account with its sessions and
+/// tokens.
+#[utoipa::path(delete, path = "/api/users/{name}", tag = "accounts", security(("session" = []), ("token" = [])), extensions(("x-required-role" = json!("admin"))),
+    params(("name" = String, Path, description = "Account name")),
+    responses((status = 204, description = "Removed with its sessions and tokens"),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "The last admin cannot be removed", body = ErrorBody), Refused))]
+pub async fn remove_user(
+    State(auth): State<Arc<Auth>>,
+    State(audit): State<Audit>,
+    Extension(caller): Extension<Caller>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    auth.remove_account(&name).await?;
+    audit
+        .record(&caller.name, action::ACCOUNT_REMOVE, Some(&name), None, ip)
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The query of `GET /api/audit`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// How many events (100 when absent, at most 1,000).
+    limit: Option<u64>,
+    /// Only events older than this event id, to page back.
+    before: Option<i64>,
+}
+
+/// `GET /api/audit?limit=N&before=ID`: the newest events first.
+#[utoipa::path(get, path = "/api/audit", tag = "accounts", security(("session" = []), ("token" = [])), extensions(("x-required-role" = json!("admin"))),
+    params(AuditQuery),
+    responses((status = 200, body = Vec<AuditEntry>),
+        (status = 400, description = "Invalid query", body = ErrorBody), Refused))]
+pub async fn audit_log(
+    State(auth): State<Arc<Auth>>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Vec<AuditEntry>>, HttpError> {
+    let Query(query) = query.map_err(|e| HttpError::BadRequest(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(auth.store().audit(limit, query.before).await?))
+}

@@ -1,0 +1,368 @@
+//! The gate in front of every route: it finds who is asking (session cookie
+//! or API token), refuses cross-origin state changes, applies the route's
+//! access rule, and puts security headers on every response.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Json;
+use leptos::nonce::Nonce;
+
+use super::routes::{Access, Kind, Rule, Rules};
+use crate::auth::{Auth, Caller, Via, SESSION_COOKIE};
+use crate::metrics::Metrics;
+
+/// What the gate needs.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    pub auth: Arc<Auth>,
+    pub rules: Arc<Rules>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Marks requests that arrived over HTTPS, so that cookies get `Secure`
+/// and responses HSTS.
+#[derive(Clone, Copy, Debug)]
+pub struct Https;
+
+/// The client's address as the socket saw it. A reverse proxy's own
+/// address appears here; `X-Forwarded-For` is not trusted, since any client
+/// can send it.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+/// The peer address of an HTTPS connection (axum knows how to get it only
+/// from its own listeners).
+#[derive(Clone, Copy, Debug)]
+pub struct TlsPeer(pub SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, crate::edge::tls::TlsListener>,
+    > for TlsPeer
+{
+    fn connect_info(
+        stream: axum::serve::IncomingStream<'_, crate::edge::tls::TlsListener>,
+    ) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+fn client_ip(request: &Request) -> Option<IpAddr> {
+    let extensions = request.extensions();
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .or_else(|| {
+            extensions
+                .get::<ConnectInfo<TlsPeer>>()
+                .map(|c| c.0 .0.ip())
+        })
+}
+
+/// The value of one cookie.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// The `host[:port]` of an origin or URL such as `https://a.example:3000/x`.
+fn authority(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    Some(rest.split(['/', '?', '#']).next().unwrap_or(rest))
+}
+
+/// Whether the request comes from a page of this server. Browsers send
+/// `Origin` with every cross-origin request and with same-origin POSTs;
+/// `Referer` (kept same-origin by our Referrer-Policy) is the fallback.
+/// `Sec-Fetch-Site`, when present, must not say cross-site.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if text(header::HeaderName::from_static("sec-fetch-site")) == Some("cross-site") {
+        return false;
+    }
+    let Some(host) = text(header::HOST) else {
+        return false;
+    };
+    match text(header::ORIGIN).or_else(|| text(header::REFERER)) {
+        Some("null") | None => false,
+        Some(source) => authority(source).is_some_and(|a| a.eq_ignore_ascii_case(host)),
+    }
+}
+
+fn json_refusal(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Percent-encodes a path and query for the `next` parameter.
+pub fn encode_component(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The middleware: applies the matched route's rule.
+pub async fn gate(
+    State(gate): State<Gate>,
+    matched: Option<MatchedPath>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    // The static bundle is a nested service, which axum routes without a
+    // matched path; it is public, since the sign-in page needs its styles.
+    let asset = matched.is_none() && request.uri().path().starts_with(super::ASSETS_PREFIX);
+    let rule = match matched.as_ref().map(MatchedPath::as_str) {
+        _ if asset => Some(Rule {
+            method: Method::GET,
+            path: super::ASSETS_PREFIX.to_owned(),
+            access: Access::Public,
+            kind: Kind::Asset,
+        }),
+        Some(path) => gate.rules.find(request.method(), path).cloned(),
+        None => None,
+    };
+    let Some(rule) = rule else {
+        // A route without a rule is a bug; refusing it keeps the bug from
+        // becoming a hole.
+        tracing::error!(method = %request.method(), path = ?matched.as_ref().map(MatchedPath::as_str), "route has no access rule");
+        return json_refusal(StatusCode::FORBIDDEN, "this route has no access rule");
+    };
+    let ip = client_ip(&request);
+
+    let headers = request.headers();
+    let (caller, bad_token) = match bearer(headers) {
+        Some(token) => match gate.auth.token(token).await {
+            Ok(Some(c)) => (Some(c), false),
+            Ok(None) => (None, true),
+            Err(e) => {
+                tracing::error!("cannot check an API token: {e}");
+                return json_refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is unavailable",
+                );
+            }
+        },
+        None => match cookie(headers, SESSION_COOKIE) {
+            Some(secret) => match gate.auth.session(secret).await {
+                Ok(c) => (c, false),
+                Err(e) => {
+                    tracing::error!("cannot check a session: {e}");
+                    return json_refusal(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the database is unavailable",
+                    );
+                }
+            },
+            None => (None, false),
+        },
+    };
+
+    // Browsers attach cookies to cross-site requests; tokens they never
+    // attach. So every state change not made with a token, and every live
+    // socket opened with a cookie, must come from our own pages.
+    let by_token = caller
+        .as_ref()
+        .is_some_and(|c| matches!(c.via, Via::Token(_)));
+    let changes_state = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let checked_origin = (changes_state && !by_token)
+        || (rule.kind == Kind::Socket
+            && caller.is_some()
+            && !by_token
+            && headers.contains_key(header::ORIGIN));
+    if checked_origin && !same_origin(headers) {
+        Metrics::add(&gate.metrics.auth.csrf_refused, 1);
+        tracing::warn!(method = %request.method(), path = %rule.path, ip = ?ip, "cross-origin request refused");
+        return json_refusal(StatusCode::FORBIDDEN, "cross-origin request refused");
+    }
+
+    if let Access::Least(role) = rule.access {
+        match &caller {
+            None => {
+                Metrics::add(&gate.metrics.auth.unauthenticated, 1);
+                return unauthenticated(&rule, &request, bad_token);
+            }
+            Some(c) if c.role < role => {
+                Metrics::add(&gate.metrics.auth.forbidden, 1);
+                return forbidden(&rule, c, role);
+            }
+            Some(_) => {}
+        }
+    }
+    request.extensions_mut().insert(ClientIp(ip));
+    if let Some(c) = caller {
+        request.extensions_mut().insert(c.me());
+        request.extensions_mut().insert(c);
+    }
+    next.run(request).await
+}
+
+fn unauthenticated(rule: &Rule, request: &Request, bad_token: bool) -> Response {
+    if rule.kind == Kind::Page {
+        let wanted = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        return Redirect::to(&format!("/login?next={}", encode_component(wanted))).into_response();
+    }
+    let message = if bad_token {
+        "the API token is not valid (revoked or mistyped)"
+    } else {
+        "sign in, or send an API token as Authorization: Bearer"
+    };
+    let mut response = json_refusal(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"sightline\""),
+    );
+    response
+}
+
+fn forbidden(rule: &Rule, caller: &Caller, needed: app::model::Role) -> Response {
+    let message = format!(
+        "{} is a {}; this needs the {} role",
+        caller.name,
+        caller.role.label(),
+        needed.label()
+    );
+    if rule.kind == Kind::Page {
+        return (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            message,
+        )
+            .into_response();
+    }
+    json_refusal(StatusCode::FORBIDDEN, &message)
+}
+
+/// The Content-Security-Policy of every response. Scripts come only from
+/// this server, and the one inline script Leptos needs to start hydration
+/// (plus its serialized data) carries the request's nonce. Styles allow
+/// inline attributes, which ECharts and the chart layout set.
+fn content_security_policy(nonce: &str) -> String {
+    format!(
+        "default-src 'self'; script-src 'self' 'nonce-{nonce}' 'wasm-unsafe-eval'; \
+         style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+         object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+}
+
+/// The middleware that sets security headers, and the nonce pages use.
+pub async fn security_headers(mut request: Request, next: Next) -> Response {
+    let nonce = Nonce::new();
+    request.extensions_mut().insert(nonce.clone());
+    let https = request.extensions().get::<Https>().is_some();
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if let Ok(csp) = HeaderValue::from_str(&content_security_policy(&nonce)) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    if https {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    response
+}
+
+/// Leptos context for a page render: the request's nonce, so that the
+/// inline scripts carry the one in the header, and the signed-in account.
+pub fn provide_request_context() {
+    use leptos::prelude::{provide_context, use_context};
+    if let Some(parts) = use_context::<axum::http::request::Parts>() {
+        if let Some(nonce) = parts.extensions.get::<Nonce>().cloned() {
+            provide_context(nonce);
+        }
+        if let Some(me) = parts.extensions.get::<app::model::Me>().cloned() {
+            provide_context(me);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn origin_must_match_host() {
+        assert!(same_origin(&headers(&[
+            ("host", "a:3000"),
+            ("origin", "http://a:3000")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "a:3000"),
+            ("origin", "http://evil:3000")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "a:3000"),
+            ("origin", "http://a:3001")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "a:3000"),
+            ("origin", "null")
+        ])));
+        assert!(!same_origin(&headers(&[("host", "a:3000")])));
+        assert!(same_origin(&headers(&[
+            ("host", "a:3000"),
+            ("referer", "http://a:3000/devices/x?y=1")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "a:3000"),
+            ("origin", "http://a:3000"),
+            ("sec-fetch-site", "cross-site")
+        ])));
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let h = headers(&[("cookie", "a=1; sightline_session=abc; b=2")]);
+        assert_eq!(cookie(&h, "sightline_session"), Some("abc"));
+        assert_eq!(cookie(&h, "c"), None);
+    }
+}

@@ -1,0 +1,810 @@
+//! Who may use which route. The table below lists every route the router
+//! serves with the status an anonymous visitor, a viewer, an operator and
+//! an admin get; the test walks it against a real server with real
+//! sessions, and fails if the router has a route the table lacks (or the
+//! other way round). Further tests cover cross-origin requests, session
+//! revocation and expiry, sign-in throttling and API tokens.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{test_config, Scratch, TestServer};
+use reqwest::header::{HeaderMap, HeaderValue, COOKIE, LOCATION, ORIGIN, SET_COOKIE};
+use reqwest::redirect::Policy;
+use serde_json::Value;
+
+/// A device that exists, for routes that take one.
+const DEVICE: &str = "Known01";
+const PASSWORD: &str = "a long enough password";
+
+/// `(method, route, request path, form body, [anonymous, viewer, operator, admin])`.
+/// A form body is sent as `application/x-www-form-urlencoded`; JSON routes
+/// get no body, so where the gate lets a request through, the handler's own
+/// answer to an empty body (400) shows that it ran.
+type Row = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    [u16; 4],
+);
+
+const ROUTES: &[Row] = &[
+    (
+        "GET",
+        "/api/health",
+        "/api/health",
+        None,
+        [200, 200, 200, 200],
+    ),
+    (
+        "GET",
+        "/api/stats",
+        "/api/stats",
+        None,
+        [401, 200, 200, 200],
+    ),
+    ("GET", "/metrics", "/metrics", None, [401, 200, 200, 200]),
+    (
+        "GET",
+        "/api/devices",
+        "/api/devices",
+        None,
+        [401, 200, 200, 200],
+    ),
+    (
+        "POST",
+        "/api/devices",
+        "/api/devices",
+        None,
+        [401, 403, 400, 400],
+    ),
+    (
+        "GET",
+        "/api/devices/{id}",
+        "/api/devices/Known01",
+        None,
+        [401, 200, 200, 200],
+    ),
+    (
+        "PUT",
+        "/api/devices/{id}/enabled",
+        "/api/devices/Known01/enabled",
+        None,
+        [401, 403, 400, 400],
+    ),
+    (
+        "PUT",
+        "/api/devices/{id}/label",
+        "/api/devices/Known01/label",
+        None,
+        [401, 403, 400, 400],
+    ),
+    (
+        "GET",
+        "/api/devices/{id}/export",
+        "/api/devices/Known01/export",
+        None,
+        [401, 200, 200, 200],
+    ),
+    (
+        "GET",
+        "/api/devices/{id}/series",
+        "/api/devices/Known01/series",
+        None,
+        [401, 200, 200, 200],
+    ),
+    (
+        "GET",
+        "/api/devices/{id}/commands",
+        "/api/devices/Known01/commands",
+        None,
+        [401, 200, 200, 200],
+    ),
+    (
+        "POST",
+        "/api/devices/{id}/commands",
+        "/api/devices/Known01/commands",
+        None,
+        [401, 403, 400, 400],
+    ),
+    (
+        "GET",
+        "/api/commands/{id}",
+        "/api/commands/nope",
+        None,
+        [401, 404, 404, 404],
+    ),
+    ("GET", "/api/me", "/api/me", None, [401, 200, 200, 200]),
+    (
+        "PUT",
+        "/api/me/password",
+        "/api/me/password",
+        None,
+        [401, 400, 400, 400],
+    ),
+    (
+        "GET",
+        "/api/tokens",
+        "/api/tokens",
+        None,
+        [401, 200, 200, 200],
+    ),
+    (
+        "POST",
+        "/api/tokens",
+        "/api/tokens",
+        None,
+        [401, 400, 400, 400],
+    ),
+    (
+        "DELETE",
+        "/api/tokens/{id}",
+        "/api/tokens/nope",
+        None,
+        [401, 404, 404, 404],
+    ),
+    (
+        "GET",
+        "/api/users",
+        "/api/users",
+        None,
+        [401, 403, 403, 200],
+    ),
+    (
+        "POST",
+        "/api/users",
+        "/api/users",
+        None,
+        [401, 403, 403, 400],
+    ),
+    (
+        "PATCH",
+        "/api/users/{name}",
+        "/api/users/nobody",
+        None,
+        [401, 403, 403, 400],
+    ),
+    (
+        "DELETE",
+        "/api/users/{name}",
+        "/api/users/nobody",
+        None,
+        [401, 403, 403, 404],
+    ),
+    (
+        "GET",
+        "/api/audit",
+        "/api/audit",
+        None,
+        [401, 403, 403, 200],
+    ),
+    (
+        "GET",
+        "/api/openapi.json",
+        "/api/openapi.json",
+        None,
+        [200, 200, 200, 200],
+    ),
+    ("GET", "/api/docs", "/api/docs", None, [200, 200, 200, 200]),
+    (
+        "POST",
+        "/login",
+        "/login",
+        Some("name=nobody&password=wrong-password"),
+        [303, 303, 303, 303],
+    ),
+    // Pages: a visitor is sent to the sign-in page.
+    ("GET", "/", "/", None, [303, 200, 200, 200]),
+    (
+        "GET",
+        "/devices/{id}",
+        "/devices/Known01",
+        None,
+        [303, 200, 200, 200],
+    ),
+    ("GET", "/login", "/login", None, [200, 200, 200, 200]),
+    ("GET", "/admin", "/admin", None, [303, 403, 403, 200]),
+    // The live socket: past the gate, a plain GET is no WebSocket upgrade.
+    ("GET", "/ws", "/ws", None, [401, 400, 400, 400]),
+    ("GET", "/pkg/", "/pkg/main.css", None, [200, 200, 200, 200]),
+    // Server functions behind the pages.
+    (
+        "POST",
+        "/_app/fleet",
+        "/_app/fleet",
+        Some(""),
+        [401, 200, 200, 200],
+    ),
+    (
+        "POST",
+        "/_app/device",
+        "/_app/device",
+        Some("id=Known01"),
+        [401, 200, 200, 200],
+    ),
+    (
+        "POST",
+        "/_app/history",
+        "/_app/history",
+        Some("id=Known01&window[Last][span]=60000&points=10&tz=UTC"),
+        [401, 200, 200, 200],
+    ),
+    (
+        "POST",
+        "/_app/commands",
+        "/_app/commands",
+        Some("id=Known01"),
+        [401, 200, 200, 200],
+    ),
+    (
+        "POST",
+        "/_app/add_device",
+        "/_app/add_device",
+        Some("id=bad%20id"),
+        [401, 403, 500, 500],
+    ),
+    (
+        "POST",
+        "/_app/send_command",
+        "/_app/send_command",
+        Some("id=nope&name=ping&params=&two_way=true&persistent=false"),
+        [401, 403, 500, 500],
+    ),
+    (
+        "POST",
+        "/_app/accounts",
+        "/_app/accounts",
+        Some(""),
+        [401, 403, 403, 200],
+    ),
+    (
+        "POST",
+        "/_app/audit",
+        "/_app/audit",
+        Some(""),
+        [401, 403, 403, 200],
+    ),
+    // Last, since it ends the session it is walked with.
+    ("POST", "/logout", "/logout", None, [401, 303, 303, 303]),
+];
+
+const ROLES: [&str; 4] = ["anonymous", "viewer", "operator", "admin"];
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Signs in through the form and returns the session cookie's value.
+async fn sign_in(server: &TestServer, name: &str, password: &str) -> Result<String, String> {
+    let response = client()
+        .post(server.url("/login"))
+        .header(ORIGIN, server.url(""))
+        .form(&[("name", name), ("password", password), ("next", "/")])
+        .send()
+        .await
+        .expect("sign in");
+    let location = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let cookie = response
+        .headers()
+        .get(SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .and_then(|c| c.strip_prefix("sightline_session="))
+        .map(str::to_owned);
+    match cookie {
+        Some(c) if location == "/" => Ok(c),
+        _ => Err(location),
+    }
+}
+
+/// Headers of a browser on one of the server's own pages, signed in with
+/// `session` (or not).
+fn browser(server: &TestServer, session: Option<&str>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        ORIGIN,
+        HeaderValue::from_str(&server.url("")).expect("origin"),
+    );
+    if let Some(s) = session {
+        h.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("sightline_session={s}")).expect("cookie"),
+        );
+    }
+    h
+}
+
+async fn add_account(server: &TestServer, name: &str, role: &str) {
+    let response = server
+        .client()
+        .post(server.url("/api/users"))
+        .json(&serde_json::json!({"name": name, "password": PASSWORD, "role": role}))
+        .send()
+        .await
+        .expect("add account");
+    assert_eq!(response.status(), 201, "create {name}");
+}
+
+async fn start() -> (Scratch, TestServer) {
+    let scratch = Scratch::new();
+    let server = TestServer::start(test_config(&scratch.sqlite_url())).await;
+    for role in ["viewer", "operator"] {
+        add_account(&server, role, role).await;
+    }
+    add_account(&server, "boss", "admin").await;
+    server.add_device(DEVICE).await;
+    (scratch, server)
+}
+
+#[tokio::test]
+async fn every_route_answers_each_role_as_the_table_says() {
+    let (_scratch, server) = start().await;
+
+    // The table must name exactly the routes the router serves.
+    let served: BTreeSet<(String, String)> = server::http::route_rules()
+        .into_iter()
+        .map(|r| (r.method.to_string(), r.path))
+        .collect();
+    let listed: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p, ..)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    let missing: Vec<_> = served.difference(&listed).collect();
+    let stale: Vec<_> = listed.difference(&served).collect();
+    assert!(
+        missing.is_empty(),
+        "routes without an entry in ROUTES: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "ROUTES entries the router does not serve: {stale:?}"
+    );
+
+    let mut failures = Vec::new();
+    for (who, role) in ROLES.iter().enumerate() {
+        let session = match *role {
+            "anonymous" => None,
+            "admin" => Some(
+                sign_in(&server, "boss", PASSWORD)
+                    .await
+                    .expect("admin signs in"),
+            ),
+            name => Some(sign_in(&server, name, PASSWORD).await.expect("signs in")),
+        };
+        for (method, route, path, form, expected) in ROUTES {
+            let mut request = client()
+                .request(method.parse().expect("method"), server.url(path))
+                .headers(browser(&server, session.as_deref()));
+            if let Some(form) = form {
+                request = request
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(*form);
+            }
+            let response = request.send().await.expect("request");
+            let status = response.status().as_u16();
+            if status != expected[who] {
+                let body = response.text().await.unwrap_or_default();
+                failures.push(format!(
+                    "{role} {method} {route} ({path}): got {status}, expected {}: {}",
+                    expected[who],
+                    body.chars().take(200).collect::<String>()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn refusals_say_where_to_go() {
+    let (_scratch, server) = start().await;
+    let page = client()
+        .get(server.url("/devices/Known01?range=1h"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), 303);
+    assert_eq!(
+        page.headers().get(LOCATION).expect("location"),
+        "/login?next=/devices/Known01%3Frange%3D1h"
+    );
+    let api = client()
+        .get(server.url("/api/devices"))
+        .send()
+        .await
+        .expect("api");
+    assert_eq!(api.status(), 401);
+    assert!(api.headers().contains_key("www-authenticate"));
+    let body: Value = api.json().await.expect("json");
+    assert!(body["error"].as_str().expect("error").contains("sign in"));
+}
+
+#[tokio::test]
+async fn cross_origin_state_changes_are_refused() {
+    let (_scratch, server) = start().await;
+    let session = sign_in(&server, "operator", PASSWORD)
+        .await
+        .expect("signs in");
+    let cookie = format!("sightline_session={session}");
+    let post = |origin: Option<&str>, id: &str| {
+        let mut r = client()
+            .post(server.url("/api/devices"))
+            .header(COOKIE, &cookie)
+            .json(&serde_json::json!({ "id": id }));
+        if let Some(o) = origin {
+            r = r.header(ORIGIN, o);
+        }
+        r.send()
+    };
+    // Another site's page, a missing Origin, and a sibling port are all
+    // other origins; the device is never created.
+    for (origin, id) in [
+        (Some("http://evil.example"), "Csrf1"),
+        (None, "Csrf2"),
+        (Some("http://127.0.0.1:1"), "Csrf3"),
+    ] {
+        let response = post(origin, id).await.expect("request");
+        assert_eq!(response.status(), 403, "origin {origin:?}");
+        assert_eq!(
+            server
+                .get(&format!("/api/devices/{id}"))
+                .await
+                .expect("get")
+                .0,
+            404
+        );
+    }
+    // A form posted from another site, carrying the cookie, is refused too.
+    let form = client()
+        .post(server.url("/logout"))
+        .header(COOKIE, &cookie)
+        .header(ORIGIN, "http://evil.example")
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(form.status(), 403);
+    // The session was not ended by the forged sign-out.
+    let me = client()
+        .get(server.url("/api/me"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(me.status(), 200);
+    // From our own page it works.
+    let own = post(Some(&server.url("")), "Csrf4").await.expect("request");
+    assert_eq!(own.status(), 201);
+    // A live socket opened with the cookie from another site is refused.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut ws = format!("ws://{}/ws", server.http)
+        .into_client_request()
+        .expect("request");
+    ws.headers_mut()
+        .insert("cookie", cookie.parse().expect("cookie"));
+    ws.headers_mut()
+        .insert("origin", "http://evil.example".parse().expect("origin"));
+    assert!(tokio_tungstenite::connect_async(ws).await.is_err());
+    assert!(server
+        .metrics()
+        .await
+        .contains("sightline_http_csrf_refused_total 5"));
+}
+
+#[tokio::test]
+async fn sign_out_password_change_and_idleness_end_sessions() {
+    let (_scratch, server) = start().await;
+    let me = |session: String| {
+        let server_url = server.url("/api/me");
+        async move {
+            client()
+                .get(server_url)
+                .header(COOKIE, format!("sightline_session={session}"))
+                .send()
+                .await
+                .expect("me")
+                .status()
+                .as_u16()
+        }
+    };
+    // Sign-out ends that session only.
+    let a = sign_in(&server, "viewer", PASSWORD).await.expect("a");
+    let b = sign_in(&server, "viewer", PASSWORD).await.expect("b");
+    assert_eq!(me(a.clone()).await, 200);
+    let out = client()
+        .post(server.url("/logout"))
+        .headers(browser(&server, Some(&a)))
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(out.status(), 303);
+    assert!(out
+        .headers()
+        .get(SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("Max-Age=0")));
+    assert_eq!(me(a).await, 401);
+    assert_eq!(me(b.clone()).await, 200);
+
+    // Changing the password ends every session of the account.
+    let c = sign_in(&server, "viewer", PASSWORD).await.expect("c");
+    let change = client()
+        .put(server.url("/api/me/password"))
+        .headers(browser(&server, Some(&b)))
+        .json(&serde_json::json!({"current": PASSWORD, "new": "another long password"}))
+        .send()
+        .await
+        .expect("change");
+    assert_eq!(change.status(), 204);
+    assert_eq!(me(b).await, 401);
+    assert_eq!(me(c).await, 401);
+    assert!(sign_in(&server, "viewer", PASSWORD).await.is_err());
+    let d = sign_in(&server, "viewer", "another long password")
+        .await
+        .expect("new password");
+
+    // An admin resetting it does the same.
+    let reset = server
+        .client()
+        .patch(server.url("/api/users/viewer"))
+        .json(&serde_json::json!({"password": PASSWORD}))
+        .send()
+        .await
+        .expect("reset");
+    assert_eq!(reset.status(), 200);
+    assert_eq!(me(d).await, 401);
+
+    // A session idle for longer than the limit ends on its next use.
+    let e = sign_in(&server, "viewer", PASSWORD).await.expect("e");
+    let store = server::store::Store::open(&server.database_url)
+        .await
+        .expect("store");
+    let idle = i64::try_from(server::config::Config::default().session_idle_minutes)
+        .expect("minutes")
+        * 60_000;
+    store
+        .touch_session(
+            &server::auth::digest(&e),
+            server::ingest::now_ms() - idle - 1000,
+        )
+        .await
+        .expect("age the session");
+    assert_eq!(me(e).await, 401);
+}
+
+#[tokio::test]
+async fn failed_sign_ins_are_throttled_per_account_and_per_address() {
+    let (_scratch, server) = start().await;
+    for _ in 0..5 {
+        assert_eq!(
+            sign_in(&server, "operator", "not the password").await,
+            Err("/login?error=invalid&next=/".to_owned())
+        );
+    }
+    // Now even the right password is refused unchecked.
+    assert_eq!(
+        sign_in(&server, "operator", PASSWORD).await,
+        Err("/login?error=throttled&next=/".to_owned())
+    );
+    // Other accounts are unaffected...
+    assert!(sign_in(&server, "viewer", PASSWORD).await.is_ok());
+    // ...until this address has failed 20 times in all.
+    for i in 0..15 {
+        let _ = sign_in(&server, &format!("guess{i}"), "not the password").await;
+    }
+    assert_eq!(
+        sign_in(&server, "viewer", PASSWORD).await,
+        Err("/login?error=throttled&next=/".to_owned())
+    );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("sightline_login_failures_total 20"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sightline_login_throttled_total 2"),
+        "{metrics}"
+    );
+    // Failures are in the audit log with the name tried.
+    let audit: Vec<Value> = server.get_json("/api/audit?limit=100").await;
+    assert!(audit.iter().any(|e| e["action"] == "login_failed"
+        && e["actor"] == "operator"
+        && e["ip"] == "127.0.0.1"));
+}
+
+#[tokio::test]
+async fn api_tokens_act_for_their_account_until_revoked() {
+    let (_scratch, server) = start().await;
+    let session = sign_in(&server, "viewer", PASSWORD)
+        .await
+        .expect("signs in");
+    let created: Value = client()
+        .post(server.url("/api/tokens"))
+        .headers(browser(&server, Some(&session)))
+        .json(&serde_json::json!({"label": "grafana"}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let token = created["token"].as_str().expect("token").to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+    let with_token = common::client_with(&token);
+
+    // It reads as the viewer, from a script with no Origin at all...
+    let me: Value = with_token
+        .get(server.url("/api/me"))
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["name"], "viewer");
+    // ...but cannot do what a viewer cannot.
+    let refused = with_token
+        .post(server.url(&format!("/api/devices/{DEVICE}/commands")))
+        .json(&serde_json::json!({"name": "ping"}))
+        .send()
+        .await
+        .expect("command");
+    assert_eq!(refused.status(), 403);
+
+    // Listing shows the token without its secret.
+    let list = with_token
+        .get(server.url("/api/tokens"))
+        .send()
+        .await
+        .expect("list")
+        .text()
+        .await
+        .expect("text");
+    assert!(list.contains("grafana") && !list.contains(&token));
+
+    // Revoked, it stops working at once.
+    let revoke = with_token
+        .delete(server.url(&format!("/api/tokens/{id}")))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(revoke.status(), 204);
+    let after = with_token
+        .get(server.url("/api/me"))
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(after.status(), 401);
+    let body: Value = after.json().await.expect("json");
+    assert!(body["error"].as_str().expect("error").contains("not valid"));
+    // A made-up token is refused the same way.
+    let fake = common::client_with("sightline_0000")
+        .get(server.url("/api/devices"))
+        .send()
+        .await
+        .expect("fake");
+    assert_eq!(fake.status(), 401);
+}
+
+#[tokio::test]
+async fn responses_carry_security_headers_and_the_page_nonce() {
+    let (_scratch, server) = start().await;
+    let session = sign_in(&server, "viewer", PASSWORD)
+        .await
+        .expect("signs in");
+    let page = client()
+        .get(server.url("/"))
+        .headers(browser(&server, Some(&session)))
+        .send()
+        .await
+        .expect("page");
+    let headers = page.headers().clone();
+    let csp = headers
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .expect("csp")
+        .to_owned();
+    assert!(csp.contains("frame-ancestors 'none'"));
+    assert!(csp.contains("object-src 'none'"));
+    assert!(!csp.contains("'unsafe-eval'") && !csp.contains("script-src 'self' 'unsafe-inline'"));
+    assert_eq!(
+        headers.get("x-content-type-options").expect("nosniff"),
+        "nosniff"
+    );
+    assert_eq!(
+        headers.get("referrer-policy").expect("referrer"),
+        "same-origin"
+    );
+    let nonce = csp
+        .split("'nonce-")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .expect("nonce")
+        .to_owned();
+    let html = page.text().await.expect("html");
+    // Every script element carries the header's nonce.
+    let scripts = html.matches("<script").count();
+    assert!(scripts >= 2, "{html}");
+    assert_eq!(
+        html.matches(&format!("nonce=\"{nonce}\"")).count(),
+        scripts,
+        "{html}"
+    );
+    // Every API response carries the headers too.
+    let api = server
+        .client()
+        .get(server.url("/api/devices"))
+        .send()
+        .await
+        .expect("api");
+    assert_eq!(
+        api.headers()
+            .get("x-content-type-options")
+            .expect("nosniff"),
+        "nosniff"
+    );
+}
+
+#[tokio::test]
+async fn the_last_admin_stays_and_roles_are_checked_on_every_request() {
+    let (_scratch, server) = start().await;
+    // The operator becomes a viewer while signed in: the next request sees it.
+    let session = sign_in(&server, "operator", PASSWORD)
+        .await
+        .expect("signs in");
+    let demote = server
+        .client()
+        .patch(server.url("/api/users/operator"))
+        .json(&serde_json::json!({"role": "viewer"}))
+        .send()
+        .await
+        .expect("demote");
+    assert_eq!(demote.status(), 200);
+    let refused = client()
+        .post(server.url("/api/devices"))
+        .headers(browser(&server, Some(&session)))
+        .json(&serde_json::json!({"id": "Late01"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 403);
+
+    // Two admins (the tests' own and "boss"): one may go, the last may not.
+    let gone = server
+        .client()
+        .delete(server.url("/api/users/boss"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(gone.status(), 204);
+    let last = server
+        .client()
+        .patch(server.url("/api/users/admin"))
+        .json(&serde_json::json!({"role": "operator"}))
+        .send()
+        .await
+        .expect("demote last");
+    assert_eq!(last.status(), 409);
+    let audit: Vec<Value> = server.get_json("/api/audit").await;
+    for action in [
+        "account_add",
+        "account_role",
+        "account_remove",
+        "login",
+        "device_add",
+    ] {
+        assert!(
+            audit.iter().any(|e| e["action"] == action),
+            "{action}: {audit:?}"
+        );
+    }
+}
