@@ -642,7 +642,33 @@ pub fn clean_label(text: &str) -> Result<Option<String>, String> {
 
 /// Control characters and the Unicode formatting characters that reorder
 /// or hide text.
-fn is_disguising(c: char) -> bool {
+pub fn is_disguising(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::clean_label;
+
+    #[test]
+    fn labels_keep_markup_as_text_but_refuse_disguises() {
+        let hostile = "<img src=x onerror=alert(1)>";
+        assert_eq!(clean_label(hostile), Ok(Some(hostile.to_owned())));
+        assert_eq!(
+            clean_label("  Boiler \"room\" 3 ✓ "),
+            Ok(Some("Boiler \"room\" 3 ✓".to_owned()))
+        );
+        assert_eq!(clean_label("   "), Ok(None));
+        for bad in [
+            "a\u{202E}gnp.exe",
+            "a\nb",
+            "zero\u{200B}width",
+            "x\u{2066}y",
+        ] {
+            assert!(clean_label(bad).is_err(), "{bad:?}");
+        }
+        assert!(clean_label(&"x".repeat(65)).is_err());
+        assert!(clean_label(&"é".repeat(64)).is_ok());
+    }
 }

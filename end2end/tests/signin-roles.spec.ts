@@ -47,6 +47,23 @@ test.describe('signed out', () => {
   });
 });
 
+test.describe('without JavaScript', () => {
+  test.use({ role: null, javaScriptEnabled: false });
+
+  test('the sign-in and sign-out forms work as plain HTML', async ({ page }) => {
+    await page.goto('/');
+    await expect(page).toHaveURL(/\/login\?next=%2F|\/login\?next=\//);
+    await page.getByLabel('Name').fill('operator');
+    await page.getByLabel('Password').fill(PASSWORDS.operator);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await expect(page.getByRole('heading', { name: 'Fleet' })).toBeVisible();
+    await expect(page.getByTestId('who')).toContainText('operator');
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await expect(page).toHaveURL(/\/login\?bye=1/);
+    await expect(page.getByRole('status')).toHaveText('You are signed out.');
+  });
+});
+
 test.describe('as a viewer', () => {
   test.use({ role: 'viewer' });
 

@@ -28,6 +28,23 @@ pub mod action {
     pub const COMMAND_SEND: &str = "command_send";
 }
 
+/// Text from a request made safe to store and show in the log: at most
+/// `max` characters, with control and direction-changing characters
+/// replaced, so an attacker-chosen name cannot forge lines or reorder
+/// what an admin reads.
+pub fn plain(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| {
+            if app::model::is_disguising(c) {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// Writes audit events. A failed write is logged and counted, and never
 /// fails the action it describes: the action already happened.
 #[derive(Clone, Debug)]
@@ -69,5 +86,19 @@ impl Audit {
             Metrics::add(&self.metrics.auth.audit_errors, 1);
             tracing::error!("cannot write audit event {action} by {actor}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plain_text_cannot_forge_lines_or_reorder() {
+        assert_eq!(
+            super::plain("eve\nINFO admin login", 64),
+            "eve\u{FFFD}INFO admin login"
+        );
+        assert_eq!(super::plain("a\u{202E}b", 64), "a\u{FFFD}b");
+        assert_eq!(super::plain(&"x".repeat(100), 64).len(), 64);
+        assert_eq!(super::plain("<script>", 64), "<script>");
     }
 }

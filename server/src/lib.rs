@@ -327,14 +327,15 @@ pub async fn run(
         commands: commands.clone(),
         retain_raw: config.retain_raw,
         audit: audit::Audit::new(store.clone(), metrics.clone()),
-        auth,
         live: live::Live {
+            auth: auth.clone(),
             hub,
             presence: presence.clone(),
             commands: commands.clone(),
             metrics: metrics.clone(),
             shutdown: token.clone(),
         },
+        auth,
     };
     let app = http::router(state);
     let mut http_tasks = tokio::task::JoinSet::new();

@@ -297,6 +297,9 @@ fn encode(msg: &ServerMsg) -> Utf8Bytes {
     Utf8Bytes::from(serde_json::to_string(msg).unwrap_or_default())
 }
 
+/// How often a live socket checks that its session or token still holds.
+const RECHECK_SIGN_IN: Duration = Duration::from_secs(60);
+
 /// What the WebSocket handler needs.
 #[derive(Clone, Debug)]
 pub struct Live {
@@ -305,6 +308,8 @@ pub struct Live {
     pub commands: Arc<crate::command::Commands>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// Where revoked sessions and tokens are announced.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// What a viewer asked to see.
@@ -316,13 +321,19 @@ enum Subscription {
 }
 
 /// `GET /ws`: upgrades to a live connection.
-pub async fn websocket(State(live): State<Live>, upgrade: WebSocketUpgrade) -> Response {
+/// The gate in front has checked the caller, who is kept so that the
+/// socket closes when that session or token is revoked.
+pub async fn websocket(
+    State(live): State<Live>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| viewer(socket, live))
+        .on_upgrade(move |socket| viewer(socket, live, caller))
 }
 
-async fn viewer(socket: WebSocket, live: Live) {
+async fn viewer(socket: WebSocket, live: Live, caller: crate::auth::Caller) {
     Metrics::add(&live.metrics.viewers, 1);
     let (id, outbox) = live.hub.join();
     let (mut sink, mut stream) = socket.split();
@@ -330,11 +341,38 @@ async fn viewer(socket: WebSocket, live: Live) {
     let mut stats = tokio::time::interval(STATS_EVERY);
     let mut presence = live.presence.subscribe();
     let mut commands = live.commands.updates();
+    let mut revocations = live.auth.revocations();
+    // Expiry and changes made by another process (`sightline user`) are
+    // not announced; the socket checks its sign-in again now and then.
+    let mut recheck = tokio::time::interval(RECHECK_SIGN_IN);
+    recheck.tick().await;
     loop {
         let mut frames = Vec::new();
         let mut delivered: Vec<(Instant, u64)> = Vec::new();
         tokio::select! {
             _ = live.shutdown.cancelled() => break,
+            revoked = revocations.recv() => match revoked {
+                Ok(r) if r.ends(&caller) => {
+                    tracing::info!(account = %caller.name, "closing a live socket whose sign-in was revoked");
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+                // Revocations are rare; 64 missed at once means a mass
+                // revocation, and closing is the safe answer (the page
+                // reconnects if it still may).
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                _ => {}
+            },
+            _ = recheck.tick() => match live.auth.still_valid(&caller).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(account = %caller.name, "closing a live socket whose sign-in ended");
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+                // The database is failing: keep serving, check next time.
+                Err(e) => tracing::warn!("cannot recheck a live socket's sign-in: {e}"),
+            },
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     match serde_json::from_str::<ClientMsg>(&text) {

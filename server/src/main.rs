@@ -399,7 +399,7 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Passwd { name, .. } => {
             let password = read_password(&format!("New password for {name}: "))?;
-            auth.set_password(&name, &password).await?;
+            auth.set_password(&name, &password, true).await?;
             println!("password of {name} changed; its sessions have ended");
         }
         UserCommand::Remove { name, .. } => {

@@ -406,6 +406,61 @@ async fn every_route_answers_each_role_as_the_table_says() {
 }
 
 #[tokio::test]
+async fn parallel_wrong_passwords_cannot_outrun_the_limit() {
+    let (_scratch, server) = start().await;
+    let attempts = (0..30).map(|_| sign_in(&server, "operator", "not the password"));
+    let outcomes = futures_util::future::join_all(attempts).await;
+    let checked = outcomes
+        .iter()
+        .filter(|o| {
+            o.as_ref()
+                .err()
+                .is_some_and(|l| l.contains("error=invalid"))
+        })
+        .count();
+    assert_eq!(checked, 5, "{outcomes:?}");
+}
+
+#[tokio::test]
+async fn trailing_slashes_do_not_reach_unguarded_pages() {
+    let (_scratch, server) = start().await;
+    let response = client()
+        .get(server.url("/admin/?x=1"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(response.status(), 308);
+    assert_eq!(
+        response.headers().get(LOCATION).expect("location"),
+        "/admin?x=1"
+    );
+    let response = client()
+        .get(server.url("/admin"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(response.status(), 303);
+}
+
+#[tokio::test]
+async fn methods_a_route_does_not_serve_get_405_without_reaching_a_handler() {
+    let (_scratch, server) = start().await;
+    for (method, path) in [
+        ("PUT", "/api/devices/Known01/commands"),
+        ("DELETE", "/api/devices"),
+        ("PATCH", "/api/me"),
+    ] {
+        let response = client()
+            .request(method.parse().expect("method"), server.url(path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert!(response.headers().contains_key("allow"), "{method} {path}");
+    }
+}
+
+#[tokio::test]
 async fn refusals_say_where_to_go() {
     let (_scratch, server) = start().await;
     let page = client()
@@ -660,6 +715,23 @@ async fn api_tokens_act_for_their_account_until_revoked() {
         .expect("command");
     assert_eq!(refused.status(), 403);
 
+    // A token cannot mint more tokens or change the password, so a leaked
+    // one cannot make itself permanent.
+    let mint = with_token
+        .post(server.url("/api/tokens"))
+        .json(&serde_json::json!({"label": "more"}))
+        .send()
+        .await
+        .expect("mint");
+    assert_eq!(mint.status(), 403);
+    let change = with_token
+        .put(server.url("/api/me/password"))
+        .json(&serde_json::json!({"current": PASSWORD, "new": "a new long password"}))
+        .send()
+        .await
+        .expect("change");
+    assert_eq!(change.status(), 403);
+
     // Listing shows the token without its secret.
     let list = with_token
         .get(server.url("/api/tokens"))
@@ -686,6 +758,46 @@ async fn api_tokens_act_for_their_account_until_revoked() {
     assert_eq!(after.status(), 401);
     let body: Value = after.json().await.expect("json");
     assert!(body["error"].as_str().expect("error").contains("not valid"));
+    // An admin's password reset (as after a compromise) ends the
+    // account's tokens along with its sessions.
+    let second: Value = client()
+        .post(server.url("/api/tokens"))
+        .headers(browser(&server, Some(&session)))
+        .json(&serde_json::json!({"label": "second"}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let second = common::client_with(second["token"].as_str().expect("token"));
+    assert_eq!(
+        second
+            .get(server.url("/api/me"))
+            .send()
+            .await
+            .expect("me")
+            .status(),
+        200
+    );
+    let reset = server
+        .client()
+        .patch(server.url("/api/users/viewer"))
+        .json(&serde_json::json!({"password": "reset by the admin"}))
+        .send()
+        .await
+        .expect("reset");
+    assert_eq!(reset.status(), 200);
+    assert_eq!(
+        second
+            .get(server.url("/api/me"))
+            .send()
+            .await
+            .expect("me")
+            .status(),
+        401
+    );
+
     // A made-up token is refused the same way.
     let fake = common::client_with("sightline_0000")
         .get(server.url("/api/devices"))
@@ -794,6 +906,15 @@ async fn the_last_admin_stays_and_roles_are_checked_on_every_request() {
         .await
         .expect("demote last");
     assert_eq!(last.status(), 409);
+    // An admin cannot reset their own password without the current one.
+    let own = server
+        .client()
+        .patch(server.url("/api/users/admin"))
+        .json(&serde_json::json!({"password": "taken over!!"}))
+        .send()
+        .await
+        .expect("own reset");
+    assert_eq!(own.status(), 403);
     let audit: Vec<Value> = server.get_json("/api/audit").await;
     for action in [
         "account_add",
@@ -807,4 +928,112 @@ async fn the_last_admin_stays_and_roles_are_checked_on_every_request() {
             "{action}: {audit:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn revoking_a_sign_in_closes_its_live_socket() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (_scratch, server) = start().await;
+    let open = |cookie: String| {
+        let mut request = format!("ws://{}/ws", server.http)
+            .into_client_request()
+            .expect("request");
+        request
+            .headers_mut()
+            .insert("cookie", cookie.parse().expect("cookie"));
+        request
+            .headers_mut()
+            .insert("origin", server.url("").parse().expect("origin"));
+        tokio_tungstenite::connect_async(request)
+    };
+    let closes = |mut ws: common::Ws| async move {
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) => return true,
+                    Some(Ok(m)) if m.is_close() => return true,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    };
+    // Sign-out closes the socket of that session.
+    let session = sign_in(&server, "viewer", PASSWORD)
+        .await
+        .expect("signs in");
+    let (ws, _) = open(format!("sightline_session={session}"))
+        .await
+        .expect("socket opens");
+    let out = client()
+        .post(server.url("/logout"))
+        .headers(browser(&server, Some(&session)))
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(out.status(), 303);
+    assert!(closes(ws).await, "the socket outlived its session");
+
+    // Removing the account closes its sockets too.
+    let session = sign_in(&server, "operator", PASSWORD)
+        .await
+        .expect("signs in");
+    let (ws, _) = open(format!("sightline_session={session}"))
+        .await
+        .expect("socket opens");
+    let removed = server
+        .client()
+        .delete(server.url("/api/users/operator"))
+        .send()
+        .await
+        .expect("remove");
+    assert_eq!(removed.status(), 204);
+    assert!(closes(ws).await, "the socket outlived its account");
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_json_route() {
+    let (_scratch, server) = start().await;
+    let doc: Value = server.get_json("/api/openapi.json").await;
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("item").keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    // Every JSON route the router serves, except the document itself, its
+    // page, and the HTML sign-in forms.
+    let undocumented_by_design = ["/api/openapi.json", "/api/docs", "/login", "/logout"];
+    let json: BTreeSet<(String, String)> = server::http::route_rules()
+        .into_iter()
+        .filter(|r| r.kind == server::http::routes::Kind::Api)
+        .filter(|r| !undocumented_by_design.contains(&r.path.as_str()))
+        .map(|r| (r.method.to_string(), r.path))
+        .collect();
+    assert_eq!(documented, json);
+    // Every signed-in operation names its role and both ways to sign in.
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("item") {
+            if path == "/api/health" {
+                continue;
+            }
+            assert!(
+                op["x-required-role"].is_string(),
+                "{method} {path} has no x-required-role"
+            );
+            assert_eq!(
+                op["security"],
+                serde_json::json!([{"session": []}, {"token": []}])
+            );
+            assert!(
+                op["responses"]["401"].is_object(),
+                "{method} {path} lacks 401"
+            );
+        }
+    }
+    let (status, page) = server.get("/api/docs").await.expect("docs");
+    assert_eq!(status, 200);
+    assert!(page.contains("/api/devices/{id}/commands") && page.contains("operator"));
 }

@@ -108,6 +108,24 @@ fn address_key(ip: IpAddr) -> String {
 }
 
 impl Limiter {
+    /// Admits one sign-in attempt, or says how long it must wait. An
+    /// admitted attempt counts as a failure at once, in the same step as
+    /// the check, so that attempts sent in parallel cannot all slip under
+    /// the limit before any has failed; [`Limiter::succeeded`] takes it
+    /// back.
+    pub fn admit(
+        &mut self,
+        account: &str,
+        ip: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        if let Some(wait) = self.blocked_for(account, ip, now) {
+            return Err(wait);
+        }
+        self.failed(account, ip, now);
+        Ok(())
+    }
+
     /// How long this attempt must wait, if its account or address failed
     /// too often recently.
     pub fn blocked_for(
@@ -134,10 +152,14 @@ impl Limiter {
         }
     }
 
-    /// A successful sign-in clears the account's failures (not the
-    /// address's, so one good account cannot unlock guessing at others).
-    pub fn succeeded(&mut self, account: &str) {
+    /// A successful sign-in clears the account's failures, and takes back
+    /// the attempt [`Limiter::admit`] counted against the address (only
+    /// that one, so one good account cannot unlock guessing at others).
+    pub fn succeeded(&mut self, account: &str, ip: Option<IpAddr>) {
         self.accounts.by_key.remove(&account.to_lowercase());
+        if let Some(times) = ip.and_then(|ip| self.addresses.by_key.get_mut(&address_key(ip))) {
+            times.pop_back();
+        }
     }
 
     /// Drops keys whose failures have all aged out.
@@ -189,8 +211,28 @@ mod tests {
             l.failed("alice", None, t0);
         }
         assert!(l.blocked_for("alice", None, t0).is_some());
-        l.succeeded("alice");
+        l.succeeded("alice", None);
         assert!(l.blocked_for("alice", None, t0).is_none());
+    }
+
+    #[test]
+    fn parallel_attempts_are_counted_as_they_are_admitted() {
+        let mut l = Limiter::default();
+        let t0 = Instant::now();
+        let ip: IpAddr = "10.0.0.9".parse().expect("ip");
+        // Twenty attempts arrive together, before any has been checked.
+        let admitted = (0..20)
+            .filter(|_| l.admit("alice", Some(ip), t0).is_ok())
+            .count();
+        assert_eq!(admitted, PER_ACCOUNT.max);
+        // A success gives the address its attempt back.
+        let mut l = Limiter::default();
+        for _ in 0..PER_ADDRESS.max {
+            assert!(l.admit("bob", Some(ip), t0).is_ok() || l.admit("carol", Some(ip), t0).is_ok());
+            l.succeeded("bob", Some(ip));
+            l.succeeded("carol", Some(ip));
+        }
+        assert!(l.admit("dave", Some(ip), t0).is_ok());
     }
 
     #[test]

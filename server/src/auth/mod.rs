@@ -76,6 +76,33 @@ pub enum Via {
     Token(String),
 }
 
+/// A credential that just stopped working, so that live sockets opened
+/// with it close at once rather than at their next reconnect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// One session ended (sign-out).
+    Session(String),
+    /// Every session of an account ended (password change).
+    SessionsOf(i64),
+    /// The account is gone, with its sessions and tokens.
+    Account(i64),
+    /// One API token was revoked.
+    Token(String),
+}
+
+impl Revoked {
+    /// Whether this ends what `caller` signed in with.
+    pub fn ends(&self, caller: &Caller) -> bool {
+        match (self, &caller.via) {
+            (Revoked::Session(hash), Via::Session(h)) => hash == h,
+            (Revoked::SessionsOf(id), Via::Session(_)) => *id == caller.account_id,
+            (Revoked::Account(id), _) => *id == caller.account_id,
+            (Revoked::Token(id), Via::Token(t)) => id == t,
+            _ => false,
+        }
+    }
+}
+
 /// What account operations can fail with. The messages are for the person
 /// who asked.
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +163,15 @@ pub struct Auth {
     metrics: Arc<Metrics>,
     limiter: Mutex<limit::Limiter>,
     idle_ms: i64,
+    revoked: tokio::sync::broadcast::Sender<Revoked>,
+    /// Password checks running at once. Each Argon2 check holds about
+    /// 19 MiB and a core for tens of milliseconds, so a burst of sign-ins
+    /// must queue nowhere: beyond this, attempts are refused at once.
+    hashing: tokio::sync::Semaphore,
 }
+
+/// The most password checks at once.
+pub const MAX_HASHING: usize = 8;
 
 impl Auth {
     pub fn new(store: Store, metrics: Arc<Metrics>, idle_minutes: u64) -> Self {
@@ -145,7 +180,19 @@ impl Auth {
             metrics,
             limiter: Mutex::default(),
             idle_ms: i64::try_from(idle_minutes.saturating_mul(60_000)).unwrap_or(i64::MAX),
+            revoked: tokio::sync::broadcast::channel(64).0,
+            hashing: tokio::sync::Semaphore::new(MAX_HASHING),
         }
+    }
+
+    /// Credentials as they are revoked, for live sockets to close on.
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<Revoked> {
+        self.revoked.subscribe()
+    }
+
+    fn revoke(&self, what: Revoked) {
+        // No live socket listening is fine.
+        let _ = self.revoked.send(what);
     }
 
     pub fn store(&self) -> &Store {
@@ -161,18 +208,32 @@ impl Auth {
 
     /// Checks a name and password and opens a session. Returns the session
     /// id for the cookie. Throttled attempts are refused before the
-    /// password is checked, so they cost no hashing.
+    /// password is checked, so they cost no hashing; so are attempts
+    /// beyond [`MAX_HASHING`] at once.
     pub async fn login(
         &self,
         name: &str,
         password: &str,
         ip: Option<IpAddr>,
     ) -> Result<(String, Caller), AuthError> {
-        if let Some(wait) = self.limiter().blocked_for(name, ip, Instant::now()) {
+        // A name no account can have is throttled under one key, so that a
+        // spray of made-up names cannot grow the limiter.
+        let key = if check_name(name).is_ok() {
+            name
+        } else {
+            "\u{0}invalid"
+        };
+        self.limiter()
+            .admit(key, ip, Instant::now())
+            .map_err(|wait| {
+                Metrics::add(&self.metrics.auth.login_throttled, 1);
+                AuthError::Throttled(wait.as_secs().max(1))
+            })?;
+        let Ok(_permit) = self.hashing.try_acquire() else {
             Metrics::add(&self.metrics.auth.login_throttled, 1);
-            return Err(AuthError::Throttled(wait.as_secs().max(1)));
-        }
-        let account = if password.len() <= password::MAX_LEN {
+            return Err(AuthError::Throttled(1));
+        };
+        let account = if key == name && password.len() <= password::MAX_LEN {
             self.store.account(name).await?
         } else {
             None
@@ -185,17 +246,53 @@ impl Auth {
         let account = match account {
             Some(a) if ok => a,
             _ => {
-                self.limiter().failed(name, ip, Instant::now());
                 Metrics::add(&self.metrics.auth.login_failures, 1);
                 return Err(AuthError::WrongCredentials);
             }
         };
-        self.limiter().succeeded(name);
+        self.limiter().succeeded(name, ip);
         let secret = random_secret();
         let hash = digest(&secret);
         self.store.add_session(&hash, account.id, now_ms()).await?;
         Metrics::add(&self.metrics.auth.logins, 1);
         Ok((secret, Caller::new(&account, Via::Session(hash))))
+    }
+
+    /// Whether `password` is the account's current one, for changing it.
+    /// Counted like sign-ins, so a stolen session cannot guess it quickly.
+    pub async fn confirm_password(
+        &self,
+        name: &str,
+        password: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<(), AuthError> {
+        self.limiter()
+            .admit(name, ip, Instant::now())
+            .map_err(|wait| {
+                Metrics::add(&self.metrics.auth.login_throttled, 1);
+                AuthError::Throttled(wait.as_secs().max(1))
+            })?;
+        let account = self.store.account(name).await?;
+        if password::verify(password.to_owned(), account.map(|a| a.password_hash)).await {
+            self.limiter().succeeded(name, ip);
+            Ok(())
+        } else {
+            Metrics::add(&self.metrics.auth.login_failures, 1);
+            Err(AuthError::WrongCredentials)
+        }
+    }
+
+    /// Whether the session or token `caller` signed in with still holds:
+    /// for live sockets, which check again now and then, so that expiry and
+    /// changes made by another process also close them.
+    pub async fn still_valid(&self, caller: &Caller) -> Result<bool, StoreError> {
+        Ok(match &caller.via {
+            Via::Session(hash) => self.store.session(hash).await?.is_some_and(|s| {
+                let now = now_ms();
+                now - s.last_seen_at <= self.idle_ms && now - s.created_at <= MAX_SESSION_MS
+            }),
+            Via::Token(id) => self.store.token_exists(id).await?,
+        })
     }
 
     /// The caller behind a session cookie, if the session is live. An idle
@@ -233,6 +330,7 @@ impl Auth {
     pub async fn logout(&self, caller: &Caller) -> Result<(), StoreError> {
         if let Via::Session(hash) = &caller.via {
             self.store.remove_session(hash).await?;
+            self.revoke(Revoked::Session(hash.clone()));
         }
         Ok(())
     }
@@ -255,23 +353,32 @@ impl Auth {
         }
     }
 
-    /// Whether `password` is the account's current one.
-    pub async fn check_password(&self, name: &str, password: &str) -> Result<bool, StoreError> {
-        let account = self.store.account(name).await?;
-        Ok(password::verify(password.to_owned(), account.map(|a| a.password_hash)).await)
-    }
-
-    /// Sets a new password and ends every session of the account.
-    pub async fn set_password(&self, name: &str, password: &str) -> Result<(), AuthError> {
+    /// Sets a new password and ends every session of the account; with
+    /// `and_tokens` (an admin's reset, as after a compromise), its API
+    /// tokens too.
+    pub async fn set_password(
+        &self,
+        name: &str,
+        password: &str,
+        and_tokens: bool,
+    ) -> Result<(), AuthError> {
         password::acceptable(password).map_err(AuthError::Invalid)?;
         let hash = password::hash(password.to_owned())
             .await
             .map_err(AuthError::Hashing)?;
-        if self.store.set_password(name, &hash, now_ms()).await? {
-            Ok(())
-        } else {
-            Err(AuthError::NotFound(name.to_owned()))
+        let account = self
+            .store
+            .account(name)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(name.to_owned()))?;
+        self.store.set_password(name, &hash, now_ms()).await?;
+        self.revoke(Revoked::SessionsOf(account.id));
+        if and_tokens {
+            for token in self.store.tokens(account.id).await? {
+                self.revoke_token(account.id, &token.id).await?;
+            }
         }
+        Ok(())
     }
 
     /// Changes a role; the last admin cannot be demoted, so that someone
@@ -282,10 +389,10 @@ impl Auth {
             .account(name)
             .await?
             .ok_or_else(|| AuthError::NotFound(name.to_owned()))?;
-        if account.role() == Role::Admin
-            && role != Role::Admin
-            && self.store.count_admins().await? <= 1
-        {
+        if account.role() == Role::Admin && role != Role::Admin {
+            if self.store.demote_admin(name, role).await? {
+                return Ok(());
+            }
             return Err(AuthError::Refused(
                 "the last admin cannot lose the admin role",
             ));
@@ -302,10 +409,10 @@ impl Auth {
             .account(name)
             .await?
             .ok_or_else(|| AuthError::NotFound(name.to_owned()))?;
-        if account.role() == Role::Admin && self.store.count_admins().await? <= 1 {
+        if !self.store.remove_account(name).await? {
             return Err(AuthError::Refused("the last admin cannot be removed"));
         }
-        self.store.remove_account(name).await?;
+        self.revoke(Revoked::Account(account.id));
         Ok(())
     }
 
@@ -331,6 +438,16 @@ impl Auth {
             label: label.to_owned(),
             token,
         })
+    }
+
+    /// Revokes one of an account's tokens; `Ok(false)` if it has none by
+    /// that id.
+    pub async fn revoke_token(&self, account_id: i64, id: &str) -> Result<bool, StoreError> {
+        let removed = self.store.remove_token(account_id, id).await?;
+        if removed {
+            self.revoke(Revoked::Token(id.to_owned()));
+        }
+        Ok(removed)
     }
 
     /// Deletes expired sessions and forgets old failed sign-ins, until

@@ -16,7 +16,19 @@ use super::guard::ClientIp;
 use super::openapi::{ErrorBody, Refused};
 use super::HttpError;
 use crate::audit::{action, Audit};
-use crate::auth::{Auth, Caller};
+use crate::auth::{Auth, AuthError, Caller, Via};
+
+/// Refuses callers that signed in with an API token: minting tokens and
+/// changing the password need the person at the dashboard, so that a
+/// leaked token cannot make itself permanent.
+fn session_only(caller: &Caller) -> Result<(), HttpError> {
+    match caller.via {
+        Via::Session(_) => Ok(()),
+        Via::Token(_) => Err(HttpError::Forbidden(
+            "this needs a dashboard session, not an API token".to_owned(),
+        )),
+    }
+}
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, HttpError> {
     body.map(|Json(b)| b)
@@ -36,7 +48,8 @@ pub async fn me(Extension(me): Extension<Me>) -> Json<Me> {
     request_body = PasswordChange,
     responses((status = 204, description = "Changed; every session of the account has ended"),
         (status = 400, description = "Invalid body or new password", body = ErrorBody),
-        (status = 403, description = "Wrong current password, or refused", body = ErrorBody),
+        (status = 403, description = "Wrong current password, not a dashboard session, or refused", body = ErrorBody),
+        (status = 429, description = "Too many wrong passwords lately", body = ErrorBody),
         (status = 401, description = "No valid session or token", body = ErrorBody)))]
 pub async fn change_own_password(
     State(auth): State<Arc<Auth>>,
@@ -45,13 +58,17 @@ pub async fn change_own_password(
     Extension(ClientIp(ip)): Extension<ClientIp>,
     change: Result<Json<PasswordChange>, JsonRejection>,
 ) -> Result<StatusCode, HttpError> {
+    session_only(&caller)?;
     let change = body(change)?;
-    if !auth.check_password(&caller.name, &change.current).await? {
-        return Err(HttpError::Forbidden(
-            "the current password is wrong".to_owned(),
-        ));
-    }
-    auth.set_password(&caller.name, &change.new).await?;
+    auth.confirm_password(&caller.name, &change.current, ip)
+        .await
+        .map_err(|e| match e {
+            AuthError::WrongCredentials => {
+                HttpError::Forbidden("the current password is wrong".to_owned())
+            }
+            e => e.into(),
+        })?;
+    auth.set_password(&caller.name, &change.new, false).await?;
     audit
         .record(
             &caller.name,
@@ -79,7 +96,9 @@ pub async fn tokens(
 #[utoipa::path(post, path = "/api/tokens", tag = "accounts", security(("session" = []), ("token" = [])), extensions(("x-required-role" = json!("viewer"))),
     request_body = NewApiToken,
     responses((status = 201, description = "Created; the token is shown only here", body = CreatedApiToken),
-        (status = 400, description = "Invalid label or body", body = ErrorBody), Refused))]
+        (status = 400, description = "Invalid label or body", body = ErrorBody),
+        (status = 401, description = "No valid session or token", body = ErrorBody),
+        (status = 403, description = "Signed in with an API token, not a dashboard session", body = ErrorBody)))]
 pub async fn add_token(
     State(auth): State<Arc<Auth>>,
     State(audit): State<Audit>,
@@ -87,6 +106,7 @@ pub async fn add_token(
     Extension(ClientIp(ip)): Extension<ClientIp>,
     request: Result<Json<NewApiToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedApiToken>), HttpError> {
+    session_only(&caller)?;
     let request = body(request)?;
     let created = auth.add_token(caller.account_id, &request.label).await?;
     audit
@@ -113,7 +133,7 @@ pub async fn revoke_token(
     Extension(ClientIp(ip)): Extension<ClientIp>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, HttpError> {
-    if !auth.store().remove_token(caller.account_id, &id).await? {
+    if !auth.revoke_token(caller.account_id, &id).await? {
         return Err(HttpError::NotFound);
     }
     audit
@@ -176,7 +196,9 @@ pub async fn add_user(
     responses((status = 200, body = Account),
         (status = 400, description = "Invalid password or body", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
-        (status = 409, description = "The last admin cannot be demoted", body = ErrorBody), Refused))]
+        (status = 409, description = "The last admin cannot be demoted", body = ErrorBody),
+        (status = 401, description = "No valid session or token", body = ErrorBody),
+        (status = 403, description = "Not an admin, or an admin resetting their own password here", body = ErrorBody)))]
 pub async fn change_user(
     State(auth): State<Arc<Auth>>,
     State(audit): State<Audit>,
@@ -187,12 +209,12 @@ pub async fn change_user(
 ) -> Result<Json<Account>, HttpError> {
     let change = body(change)?;
     account(&auth, &name).await?;
-    if let Some(password) = &change.password {
-        auth.set_password(&name, password).await?;
-        audit
-            .record(&caller.name, action::PASSWORD_CHANGE, Some(&name), None, ip)
-            .await;
+    if change.password.is_some() && name == caller.name {
+        return Err(HttpError::Forbidden(
+            "change your own password at PUT /api/me/password, with the current one".to_owned(),
+        ));
     }
+    // The role first: if it is refused, nothing has changed.
     if let Some(role) = change.role {
         auth.set_role(&name, role).await?;
         audit
@@ -203,6 +225,14 @@ pub async fn change_user(
                 Some(role.label().to_owned()),
                 ip,
             )
+            .await;
+    }
+    if let Some(password) = &change.password {
+        // An admin's reset is what follows a compromise, so the account's
+        // tokens end with its sessions.
+        auth.set_password(&name, password, true).await?;
+        audit
+            .record(&caller.name, action::PASSWORD_CHANGE, Some(&name), None, ip)
             .await;
     }
     Ok(Json(account(&auth, &name).await?))

@@ -134,7 +134,10 @@ pub async fn gate(
 ) -> Response {
     // The static bundle is a nested service, which axum routes without a
     // matched path; it is public, since the sign-in page needs its styles.
-    let asset = matched.is_none() && request.uri().path().starts_with(super::ASSETS_PREFIX);
+    let path = request.uri().path();
+    let asset = matched.is_none()
+        && (path.starts_with(super::ASSETS_PREFIX)
+            || path == super::ASSETS_PREFIX.trim_end_matches('/'));
     let rule = match matched.as_ref().map(MatchedPath::as_str) {
         _ if asset => Some(Rule {
             method: Method::GET,
@@ -146,6 +149,14 @@ pub async fn gate(
         None => None,
     };
     let Some(rule) = rule else {
+        // A method the route does not serve: the router answers 405 with
+        // `Allow`, and no handler runs.
+        if matched
+            .as_ref()
+            .is_some_and(|m| gate.rules.knows_path(m.as_str()))
+        {
+            return next.run(request).await;
+        }
         // A route without a rule is a bug; refusing it keeps the bug from
         // becoming a hole.
         tracing::error!(method = %request.method(), path = ?matched.as_ref().map(MatchedPath::as_str), "route has no access rule");
@@ -216,11 +227,20 @@ pub async fn gate(
         }
     }
     request.extensions_mut().insert(ClientIp(ip));
+    let signed_in = caller.is_some();
     if let Some(c) = caller {
         request.extensions_mut().insert(c.me());
         request.extensions_mut().insert(c);
     }
-    next.run(request).await
+    let mut response = next.run(request).await;
+    // What a signed-in account sees must not linger in shared caches or
+    // the browser's back-forward history after sign-out.
+    if signed_in && !response.headers().contains_key(header::CACHE_CONTROL) {
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 fn unauthenticated(rule: &Rule, request: &Request, bad_token: bool) -> Response {
@@ -271,8 +291,33 @@ fn content_security_policy(nonce: &str) -> String {
     )
 }
 
-/// The middleware that sets security headers, and the nonce pages use.
+/// The middleware that sets security headers, and the nonce pages use. It
+/// runs before routing, so it also sends paths with a trailing slash to
+/// the path without: Leptos would render `/admin/` through the fallback,
+/// which no route rule covers.
 pub async fn security_headers(mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path.len() > 1 && path.ends_with('/') && !path.starts_with(super::ASSETS_PREFIX) {
+        let trimmed = path.trim_end_matches('/');
+        let target = match request.uri().query() {
+            Some(q) => format!("{}?{q}", if trimmed.is_empty() { "/" } else { trimmed }),
+            None => {
+                if trimmed.is_empty() {
+                    "/".to_owned()
+                } else {
+                    trimmed.to_owned()
+                }
+            }
+        };
+        // `//evil` would leave the site; the trim above never yields it
+        // except from such a path, which is sent home instead.
+        let target = if target.starts_with("//") {
+            "/".to_owned()
+        } else {
+            target
+        };
+        return Redirect::permanent(&target).into_response();
+    }
     let nonce = Nonce::new();
     request.extensions_mut().insert(nonce.clone());
     let https = request.extensions().get::<Https>().is_some();

@@ -25,9 +25,14 @@ pub struct LoginForm {
 /// Where to go after signing in: only a path on this server, so the
 /// parameter cannot send anyone elsewhere.
 fn safe_next(next: &str) -> &str {
+    // Browsers drop tabs and newlines inside URLs, so `/\t/evil` would
+    // become `//evil`: only visible ASCII is accepted, and never a second
+    // slash or backslash right after the first.
     let local = next.starts_with('/')
-        && !next.starts_with("//")
-        && !next.contains('\\')
+        && next
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'\\')
+        && !matches!(next.as_bytes().get(1), Some(b'/'))
         && !next.starts_with("/login");
     if local {
         next
@@ -80,7 +85,7 @@ pub async fn login(
             back("invalid")
         }
         Err(AuthError::Throttled(wait)) => {
-            tracing::warn!(account = %form.name.trim(), ip = ?ip, wait, "sign-in throttled");
+            tracing::warn!(account = ?crate::audit::plain(form.name.trim(), 64), ip = ?ip, wait, "sign-in throttled");
             back("throttled")
         }
         Err(e) => {
@@ -113,7 +118,19 @@ pub async fn logout(
 
 #[cfg(test)]
 mod tests {
-    use super::safe_next;
+    use super::{safe_next, session_cookie};
+
+    #[test]
+    fn the_cookie_is_secure_under_https_only() {
+        let plain = session_cookie("abc", 60, false);
+        let secure = session_cookie("abc", 60, true);
+        let text = |v: &axum::http::HeaderValue| v.to_str().expect("ascii").to_owned();
+        assert_eq!(
+            text(&plain),
+            "sightline_session=abc; Path=/; HttpOnly; SameSite=Lax; Max-Age=60"
+        );
+        assert_eq!(text(&secure), format!("{}; Secure", text(&plain)));
+    }
 
     #[test]
     fn next_stays_on_this_server() {
@@ -123,5 +140,9 @@ mod tests {
         assert_eq!(safe_next("/\\evil.example"), "/");
         assert_eq!(safe_next(""), "/");
         assert_eq!(safe_next("/login?next=/x"), "/");
+        assert_eq!(safe_next("/\t/evil.example"), "/");
+        assert_eq!(safe_next("/\n/evil.example"), "/");
+        assert_eq!(safe_next("/ /evil.example"), "/");
+        assert_eq!(safe_next("/devices/a b"), "/");
     }
 }

@@ -78,6 +78,8 @@ pub enum HttpError {
     TooLarge(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    Throttled(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -127,6 +129,7 @@ impl IntoResponse for HttpError {
             Self::Conflict(why) => (StatusCode::CONFLICT, why.clone()),
             Self::TooLarge(why) => (StatusCode::PAYLOAD_TOO_LARGE, why.clone()),
             Self::Forbidden(why) => (StatusCode::FORBIDDEN, why.clone()),
+            Self::Throttled(why) => (StatusCode::TOO_MANY_REQUESTS, why.clone()),
             Self::Internal(why) => {
                 tracing::error!("API request failed: {why}");
                 (

@@ -187,12 +187,29 @@ impl Store {
         )
     }
 
-    pub async fn count_admins(&self) -> Result<i64, StoreError> {
-        let sql = "SELECT COUNT(*) AS n FROM account WHERE role = 'admin'";
-        Ok(Count::find_by_statement(statement(&self.db, sql, vec![]))
-            .one(&self.db)
+    /// Gives an admin a lower role unless no other admin would remain,
+    /// in one statement, so that two admins demoting each other at once
+    /// cannot both succeed (SQLite runs writes one at a time; PostgreSQL
+    /// evaluates the count per statement, which narrows the race to the
+    /// same instant). `Ok(false)` when refused.
+    pub async fn demote_admin(&self, name: &str, role: Role) -> Result<bool, StoreError> {
+        let sql = "UPDATE account SET role = ? WHERE name = ? AND role = 'admin' \
+                   AND (SELECT COUNT(*) FROM account WHERE role = 'admin') > 1";
+        Ok(self
+            .execute(sql, vec![role.label().into(), name.into()])
             .await?
-            .map_or(0, |c| c.n))
+            > 0)
+    }
+
+    /// Whether an API token still exists.
+    pub async fn token_exists(&self, id: &str) -> Result<bool, StoreError> {
+        let sql = "SELECT COUNT(*) AS n FROM api_token WHERE id = ?";
+        Ok(
+            Count::find_by_statement(statement(&self.db, sql, vec![id.into()]))
+                .one(&self.db)
+                .await?
+                .is_some_and(|c| c.n > 0),
+        )
     }
 
     /// Changes an account's role; `Ok(false)` if there is no such account.
@@ -225,18 +242,27 @@ impl Store {
         Ok(changed)
     }
 
-    /// Deletes an account with its sessions and tokens.
+    /// Deletes an account with its sessions and tokens, unless it is the
+    /// last admin (checked in the same statement as the delete).
+    /// `Ok(false)` when refused or absent.
     pub async fn remove_account(&self, name: &str) -> Result<bool, StoreError> {
-        // Foreign keys cascade on PostgreSQL; SQLite enforces them only
-        // when asked per connection, so the children are deleted first.
-        for sql in [
-            "DELETE FROM login_session WHERE account_id IN (SELECT id FROM account WHERE name = ?)",
-            "DELETE FROM api_token WHERE account_id IN (SELECT id FROM account WHERE name = ?)",
-        ] {
-            self.execute(sql, vec![name.into()]).await?;
+        let Some(account) = self.account(name).await? else {
+            return Ok(false);
+        };
+        let sql = "DELETE FROM account WHERE id = ? AND (role <> 'admin' \
+                   OR (SELECT COUNT(*) FROM account WHERE role = 'admin') > 1)";
+        if self.execute(sql, vec![account.id.into()]).await? == 0 {
+            return Ok(false);
         }
-        let sql = "DELETE FROM account WHERE name = ?";
-        Ok(self.execute(sql, vec![name.into()]).await? > 0)
+        // Foreign keys cascade on PostgreSQL; SQLite enforces them only
+        // when asked per connection, so the children are deleted here too.
+        for sql in [
+            "DELETE FROM login_session WHERE account_id = ?",
+            "DELETE FROM api_token WHERE account_id = ?",
+        ] {
+            self.execute(sql, vec![account.id.into()]).await?;
+        }
+        Ok(true)
     }
 
     pub async fn add_session(
