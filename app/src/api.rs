@@ -6,6 +6,8 @@ use leptos::prelude::*;
 use crate::model::{
     Account, AuditEntry, Command, DeviceCredentials, DeviceDetail, Fleet, SeriesResponse,
 };
+#[cfg(feature = "ssr")]
+use crate::model::{NewAccount, Role};
 
 /// How much raw history `GET /api/devices/<id>` returns with a device.
 pub const RECENT_WINDOW_MS: i64 = 15 * 60 * 1000;
@@ -25,7 +27,8 @@ mod backend {
 
     use super::CommandForm;
     use crate::model::{
-        Account, AuditEntry, Command, DeviceCredentials, DeviceDetail, Fleet, SeriesResponse,
+        Account, AuditEntry, Command, DeviceCredentials, DeviceDetail, Fleet, NewAccount, Role,
+        SeriesResponse,
     };
 
     /// A boxed, sendable future, so the trait stays object-safe.
@@ -71,6 +74,13 @@ mod backend {
         fn accounts(&self) -> BoxFuture<'_, Result<Vec<Account>, String>>;
         /// The newest audit events, for the admin page.
         fn audit(&self, limit: u64) -> BoxFuture<'_, Result<Vec<AuditEntry>, String>>;
+        /// Creates an account from the admin page; the error is a message
+        /// for the admin.
+        fn add_account(&self, account: NewAccount) -> BoxFuture<'_, Result<Account, String>>;
+        /// Changes an account's role from the admin page.
+        fn set_role(&self, name: String, role: Role) -> BoxFuture<'_, Result<(), String>>;
+        /// Removes an account from the admin page.
+        fn remove_account(&self, name: String) -> BoxFuture<'_, Result<(), String>>;
     }
 
     pub use super::HistoryWindow;
@@ -93,6 +103,44 @@ pub const AUDIT_PAGE: u64 = 200;
 pub async fn get_audit() -> Result<Vec<AuditEntry>, ServerFnError> {
     backend()?
         .audit(AUDIT_PAGE)
+        .await
+        .map_err(ServerFnError::new)
+}
+
+/// Creates an account (admins only, enforced by the server's gate).
+#[server(prefix = "/_app", endpoint = "add_account")]
+pub async fn add_account(
+    name: String,
+    password: String,
+    role: String,
+) -> Result<Account, ServerFnError> {
+    let role = Role::parse(&role).ok_or_else(|| ServerFnError::new("unknown role"))?;
+    let account = NewAccount {
+        name: name.trim().to_owned(),
+        password,
+        role,
+    };
+    backend()?
+        .add_account(account)
+        .await
+        .map_err(ServerFnError::new)
+}
+
+/// Changes an account's role (admins only).
+#[server(prefix = "/_app", endpoint = "set_role")]
+pub async fn set_role(name: String, role: String) -> Result<(), ServerFnError> {
+    let role = Role::parse(&role).ok_or_else(|| ServerFnError::new("unknown role"))?;
+    backend()?
+        .set_role(name, role)
+        .await
+        .map_err(ServerFnError::new)
+}
+
+/// Removes an account with its sessions and tokens (admins only).
+#[server(prefix = "/_app", endpoint = "remove_account")]
+pub async fn remove_account(name: String) -> Result<(), ServerFnError> {
+    backend()?
+        .remove_account(name)
         .await
         .map_err(ServerFnError::new)
 }

@@ -119,4 +119,25 @@ test.describe('as an admin', () => {
     await page.waitForTimeout(500);
     expect(dialogs).toEqual([]);
   });
+
+  test('accounts are added, promoted and removed on the admin page', async ({ page }, info) => {
+    const name = `newbie-${info.project.name}`;
+    await page.goto('/admin');
+    await expect(page.getByTestId('link-state')).toHaveCount(0);
+    await page.getByTestId('new-account-name').fill(name);
+    await page.getByTestId('new-account-password').fill('a good long password');
+    await page.getByTestId('add-account').click();
+    const row = page.locator(`tr[data-account="${name}"]`);
+    await expect(row.locator('select')).toHaveValue('viewer');
+    await row.locator('select').selectOption('operator');
+    await row.getByRole('button', { name: 'Change' }).click();
+    await expect(page.getByTestId('audit').locator('tr', { hasText: 'account_role' }).first()).toContainText(name);
+    await page.reload();
+    await expect(page.locator(`tr[data-account="${name}"] select`)).toHaveValue('operator');
+    await page.locator(`tr[data-account="${name}"]`).getByRole('button', { name: 'Remove' }).click();
+    await expect(page.locator(`tr[data-account="${name}"]`)).toHaveCount(0);
+    // The last admin cannot be removed, and the page says why.
+    await page.locator('tr[data-account="admin"]').getByRole('button', { name: 'Remove' }).click();
+    await expect(page.getByTestId('admin-error')).toContainText('last admin');
+  });
 });

@@ -266,6 +266,27 @@ const ROUTES: &[Row] = &[
         Some(""),
         [401, 403, 403, 200],
     ),
+    (
+        "POST",
+        "/_app/add_account",
+        "/_app/add_account",
+        Some("name=bad%20name&password=long%20enough%20pw&role=viewer"),
+        [401, 403, 403, 500],
+    ),
+    (
+        "POST",
+        "/_app/set_role",
+        "/_app/set_role",
+        Some("name=nobody&role=viewer"),
+        [401, 403, 403, 500],
+    ),
+    (
+        "POST",
+        "/_app/remove_account",
+        "/_app/remove_account",
+        Some("name=nobody"),
+        [401, 403, 403, 500],
+    ),
     // Last, since it ends the session it is walked with.
     ("POST", "/logout", "/logout", None, [401, 303, 303, 303]),
 ];

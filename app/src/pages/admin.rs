@@ -1,35 +1,87 @@
-//! The admin page: operator accounts and the audit log.
+//! The admin page: operator accounts (add, change role, remove) and the
+//! audit log.
 
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-use crate::api::{get_accounts, get_audit};
+use crate::api::{get_accounts, get_audit, AddAccount, RemoveAccount, SetRole};
 use crate::format::utc_minute as format_time;
+use crate::model::Role;
+
+/// A server function's error as the admin should read it.
+fn message(e: ServerFnError) -> String {
+    match e {
+        ServerFnError::ServerError(m) => m,
+        other => other.to_string(),
+    }
+}
 
 #[component]
 pub fn AdminPage() -> impl IntoView {
     let accounts = Resource::new(|| (), |_| get_accounts());
     let audit = Resource::new(|| (), |_| get_audit());
+    let add = ServerAction::<AddAccount>::new();
+    let set_role = ServerAction::<SetRole>::new();
+    let remove = ServerAction::<RemoveAccount>::new();
+    // Whatever changed, the lists are read again.
+    Effect::new(move |_| {
+        let done = (
+            add.version().get(),
+            set_role.version().get(),
+            remove.version().get(),
+        );
+        if done != (0, 0, 0) {
+            accounts.refetch();
+            audit.refetch();
+        }
+    });
+    let error = move || {
+        [
+            add.value().get().and_then(|r| r.err()),
+            set_role.value().get().and_then(|r| r.err()),
+            remove.value().get().and_then(|r| r.err()),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        .map(message)
+    };
     view! {
         <Title text="Admin · Sightline"/>
         <h1>"Admin"</h1>
         <section class="panel">
             <h2>"Accounts"</h2>
-            <p class="hint">"Add accounts with " <code>"sightline user add"</code> " or " <code>"POST /api/users"</code> "."</p>
-            <Suspense fallback=|| view! { <p class="loading">"Loading accounts…"</p> }>
+            {move || error().map(|e| view! { <p class="error" role="alert" data-testid="admin-error">{e}</p> })}
+            <Transition fallback=|| view! { <p class="loading">"Loading accounts…"</p> }>
                 {move || Suspend::new(async move {
                     match accounts.await {
                         Ok(list) => view! {
                             <div class="table-wrap"><table class="table" data-testid="accounts">
-                                <thead><tr><th>"Name"</th><th>"Role"</th><th>"Created"</th><th>"Password changed"</th></tr></thead>
+                                <thead><tr><th>"Name"</th><th>"Role"</th><th>"Created (UTC)"</th><th>"Password changed"</th><th></th></tr></thead>
                                 <tbody>
-                                    {list.into_iter().map(|a| view! {
-                                        <tr>
-                                            <td>{a.name}</td>
-                                            <td>{a.role.label()}</td>
-                                            <td>{format_time(a.created_at)}</td>
-                                            <td>{format_time(a.password_changed_at)}</td>
-                                        </tr>
+                                    {list.into_iter().map(|a| {
+                                        let for_role = a.name.clone();
+                                        let for_removal = a.name.clone();
+                                        view! {
+                                            <tr data-account=a.name.clone()>
+                                                <td>{a.name.clone()}</td>
+                                                <td>
+                                                    <ActionForm action=set_role attr:class="inline-form">
+                                                        <input type="hidden" name="name" value=for_role/>
+                                                        <RoleSelect selected=a.role/>
+                                                        <button type="submit" class="link">"Change"</button>
+                                                    </ActionForm>
+                                                </td>
+                                                <td>{format_time(a.created_at)}</td>
+                                                <td>{format_time(a.password_changed_at)}</td>
+                                                <td>
+                                                    <ActionForm action=remove attr:class="inline-form">
+                                                        <input type="hidden" name="name" value=for_removal/>
+                                                        <button type="submit" class="link danger">"Remove"</button>
+                                                    </ActionForm>
+                                                </td>
+                                            </tr>
+                                        }
                                     }).collect_view()}
                                 </tbody>
                             </table></div>
@@ -37,11 +89,19 @@ pub fn AdminPage() -> impl IntoView {
                         Err(e) => view! { <p class="error">{format!("Could not load accounts: {e}")}</p> }.into_any(),
                     }
                 })}
-            </Suspense>
+            </Transition>
+            <h3>"Add an account"</h3>
+            <ActionForm action=add attr:class="add-form">
+                <label>"Name" <input name="name" required=true maxlength="64" autocomplete="off" data-testid="new-account-name"/></label>
+                <label>"Password" <input name="password" type="password" required=true minlength="8" autocomplete="new-password" data-testid="new-account-password"/></label>
+                <label>"Role" <RoleSelect selected=Role::Viewer/></label>
+                <button type="submit" data-testid="add-account">"Add"</button>
+            </ActionForm>
+            <p class="hint">"Also: " <code>"sightline user add"</code> ", or " <code>"POST /api/users"</code> ". Changing a password signs the account out everywhere."</p>
         </section>
         <section class="panel">
             <h2>"Audit log"</h2>
-            <Suspense fallback=|| view! { <p class="loading">"Loading the audit log…"</p> }>
+            <Transition fallback=|| view! { <p class="loading">"Loading the audit log…"</p> }>
                 {move || Suspend::new(async move {
                     match audit.await {
                         Ok(events) => view! {
@@ -64,7 +124,19 @@ pub fn AdminPage() -> impl IntoView {
                         Err(e) => view! { <p class="error">{format!("Could not load the audit log: {e}")}</p> }.into_any(),
                     }
                 })}
-            </Suspense>
+            </Transition>
         </section>
+    }
+}
+
+/// The role picker of the admin forms.
+#[component]
+fn RoleSelect(selected: Role) -> impl IntoView {
+    view! {
+        <select name="role" aria-label="Role">
+            {Role::ALL.into_iter().map(|r| view! {
+                <option value=r.label() selected=r == selected>{r.label()}</option>
+            }).collect_view()}
+        </select>
     }
 }

@@ -617,6 +617,7 @@ struct PageData {
     presence: Arc<Presence>,
     retain_raw: crate::store::retention::Retention,
     audit: Audit,
+    auth: Arc<Auth>,
 }
 
 /// The account and address behind the page request being served, from
@@ -642,6 +643,7 @@ impl From<&AppState> for PageData {
             presence: state.presence.clone(),
             retain_raw: state.retain_raw,
             audit: state.audit.clone(),
+            auth: state.auth.clone(),
         }
     }
 }
@@ -748,6 +750,67 @@ impl Backend for PageData {
         Box::pin(async move { self.store.audit(limit, None).await.map_err(log_for_page) })
     }
 
+    fn add_account(
+        &self,
+        account: app::model::NewAccount,
+    ) -> BoxFuture<'_, Result<app::model::Account, String>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            self.auth
+                .add_account(&account.name, &account.password, account.role)
+                .await
+                .map_err(page_auth_error)?;
+            self.audit
+                .record(
+                    &actor,
+                    action::ACCOUNT_ADD,
+                    Some(&account.name),
+                    Some(account.role.label().to_owned()),
+                    ip,
+                )
+                .await;
+            let accounts = self.store.accounts().await.map_err(log_for_page)?;
+            accounts
+                .into_iter()
+                .find(|a| a.name == account.name)
+                .ok_or_else(|| "the account vanished".to_owned())
+        })
+    }
+
+    fn set_role(&self, name: String, role: app::model::Role) -> BoxFuture<'_, Result<(), String>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            self.auth
+                .set_role(&name, role)
+                .await
+                .map_err(page_auth_error)?;
+            self.audit
+                .record(
+                    &actor,
+                    action::ACCOUNT_ROLE,
+                    Some(&name),
+                    Some(role.label().to_owned()),
+                    ip,
+                )
+                .await;
+            Ok(())
+        })
+    }
+
+    fn remove_account(&self, name: String) -> BoxFuture<'_, Result<(), String>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            self.auth
+                .remove_account(&name)
+                .await
+                .map_err(page_auth_error)?;
+            self.audit
+                .record(&actor, action::ACCOUNT_REMOVE, Some(&name), None, ip)
+                .await;
+            Ok(())
+        })
+    }
+
     fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, String>> {
         let (actor, ip) = page_caller();
         Box::pin(async move {
@@ -801,6 +864,14 @@ impl PageData {
             Err(CommandError::Store(e)) => Err(log_for_page(e)),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// An account operation's error as the admin page shows it.
+fn page_auth_error(e: AuthError) -> String {
+    match e {
+        AuthError::Store(e) => log_for_page(e),
+        e => e.to_string(),
     }
 }
 

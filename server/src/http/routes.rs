@@ -100,7 +100,11 @@ pub fn server_fn_access(path: &str) -> Access {
         "/_app/add_device" | "/_app/send_command" | "/_app/set_label" => {
             Access::Least(Role::Operator)
         }
-        "/_app/accounts" | "/_app/audit" => Access::Least(Role::Admin),
+        "/_app/accounts"
+        | "/_app/audit"
+        | "/_app/add_account"
+        | "/_app/set_role"
+        | "/_app/remove_account" => Access::Least(Role::Admin),
         other => panic!("the server function {other} has no access rule in http::routes"),
     }
 }
