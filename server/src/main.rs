@@ -133,17 +133,8 @@ enum DeviceCommand {
 struct DeviceArgs {
     /// The device id, as it appears in `sensor/<id>`.
     id: String,
-    /// A TOML config file, as for `serve`.
-    #[arg(long, env = "SIGHTLINE_CONFIG", value_name = "FILE")]
-    config: Option<std::path::PathBuf>,
-    /// Database URL, as for `serve` [default: sqlite://sightline.db?mode=rwc].
-    #[arg(
-        long,
-        env = "SIGHTLINE_DATABASE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    database_url: Option<String>,
+    #[command(flatten)]
+    db: DbArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -334,13 +325,7 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
     | DeviceCommand::Rotate(args)
     | DeviceCommand::Disable(args)
     | DeviceCommand::Enable(args)) = &command;
-    let config = ServeArgs {
-        config: args.config.clone(),
-        database_url: args.database_url.clone(),
-        ..ServeArgs::default()
-    }
-    .resolve()?;
-    let store = server::store::Store::open(&config.database_url).await?;
+    let store = args.db.open().await?;
     let id = args.id.as_str();
     let created = match command {
         DeviceCommand::Add(_) => store.add_device(id, server::ingest::now_ms()).await?,

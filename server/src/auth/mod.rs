@@ -284,13 +284,24 @@ impl Auth {
 
     /// Whether the session or token `caller` signed in with still holds:
     /// for live sockets, which check again now and then, so that expiry and
-    /// changes made by another process also close them.
+    /// changes made by another process also close them. An open socket
+    /// counts as use of its session.
     pub async fn still_valid(&self, caller: &Caller) -> Result<bool, StoreError> {
         Ok(match &caller.via {
-            Via::Session(hash) => self.store.session(hash).await?.is_some_and(|s| {
+            Via::Session(hash) => {
+                let Some(s) = self.store.session(hash).await? else {
+                    return Ok(false);
+                };
                 let now = now_ms();
-                now - s.last_seen_at <= self.idle_ms && now - s.created_at <= MAX_SESSION_MS
-            }),
+                let live =
+                    now - s.last_seen_at <= self.idle_ms && now - s.created_at <= MAX_SESSION_MS;
+                // Watching live data is use: a wall display left open
+                // keeps its session, up to the 30-day limit.
+                if live && now - s.last_seen_at > TOUCH_EVERY_MS {
+                    self.store.touch_session(hash, now).await?;
+                }
+                live
+            }
             Via::Token(id) => self.store.token_exists(id).await?,
         })
     }
