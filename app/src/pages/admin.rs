@@ -8,14 +8,6 @@ use crate::api::{get_accounts, get_audit, AddAccount, RemoveAccount, SetRole};
 use crate::format::utc_minute as format_time;
 use crate::model::Role;
 
-/// A server function's error as the admin should read it.
-fn message(e: ServerFnError) -> String {
-    match e {
-        ServerFnError::ServerError(m) => m,
-        other => other.to_string(),
-    }
-}
-
 #[component]
 pub fn AdminPage() -> impl IntoView {
     let accounts = Resource::new(|| (), |_| get_accounts());
@@ -44,7 +36,7 @@ pub fn AdminPage() -> impl IntoView {
         .into_iter()
         .flatten()
         .next()
-        .map(message)
+        .map(super::error_message)
     };
     view! {
         <Title text="Admin · Sightline"/>

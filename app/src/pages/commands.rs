@@ -67,10 +67,7 @@ pub fn CommandPanel(
             problem.set(None);
             commands.update(|list| upsert(list, c));
         }
-        Some(Err(e)) => problem.set(Some(match e {
-            ServerFnError::ServerError(m) => m,
-            other => other.to_string(),
-        })),
+        Some(Err(e)) => problem.set(Some(super::error_message(e))),
         None => {}
     });
 

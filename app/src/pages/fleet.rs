@@ -98,10 +98,7 @@ fn AddDeviceForm(added: Callback<()>) -> impl IntoView {
                     </div>
                 }.into_any(),
                 Some(Err(e)) => {
-                    let message = match e {
-                        ServerFnError::ServerError(m) => m,
-                        other => other.to_string(),
-                    };
+                    let message = super::error_message(e);
                     view! { <p class="error" role="alert" data-testid="add-error">{message}</p> }.into_any()
                 }
                 None => ().into_any(),

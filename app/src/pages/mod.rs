@@ -69,6 +69,15 @@ pub fn AccountMenu() -> impl IntoView {
     })
 }
 
+/// A server function's error as a person should read it: the server's own
+/// message when it sent one.
+pub fn error_message(e: ServerFnError) -> String {
+    match e {
+        ServerFnError::ServerError(m) => m,
+        other => other.to_string(),
+    }
+}
+
 /// Sets `now` to the browser's clock and keeps it current once a second,
 /// for the page's relative times ("5 s ago"). Call it inside an `Effect`,
 /// whose cleanup stops the timer.
