@@ -649,7 +649,7 @@ async fn sign_out_password_change_and_idleness_end_sessions() {
         * 60_000;
     store
         .touch_session(
-            &server::auth::digest(&e),
+            &server::store::registry::hash_secret(&e),
             server::ingest::now_ms() - idle - 1000,
         )
         .await

@@ -17,12 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use app::model::{CreatedApiToken, Me, Role};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::now_ms;
 use crate::metrics::Metrics;
 use crate::store::accounts::AccountRow;
+// Sessions and tokens are stored as device secrets are: SHA-256 in hex.
+use crate::store::registry::hash_secret;
 use crate::store::{Store, StoreError};
 
 /// The cookie that carries the session id.
@@ -144,16 +145,7 @@ pub fn check_name(name: &str) -> Result<(), AuthError> {
 /// A new random secret: 32 bytes in hex.
 fn random_secret() -> String {
     let bytes: [u8; 32] = rand::random();
-    hex(&bytes)
-}
-
-fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The SHA-256 of a secret, in hex: how sessions and tokens are stored.
-pub fn digest(secret: &str) -> String {
-    hex(&Sha256::digest(secret.as_bytes()))
 }
 
 /// The account service.
@@ -206,6 +198,17 @@ impl Auth {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Admits a password check under the sign-in throttle, counting a
+    /// refusal.
+    fn admit(&self, key: &str, ip: Option<IpAddr>) -> Result<(), AuthError> {
+        self.limiter()
+            .admit(key, ip, Instant::now())
+            .map_err(|wait| {
+                Metrics::add(&self.metrics.auth.login_throttled, 1);
+                AuthError::Throttled(wait.as_secs().max(1))
+            })
+    }
+
     /// Checks a name and password and opens a session. Returns the session
     /// id for the cookie. Throttled attempts are refused before the
     /// password is checked, so they cost no hashing; so are attempts
@@ -223,12 +226,7 @@ impl Auth {
         } else {
             "\u{0}invalid"
         };
-        self.limiter()
-            .admit(key, ip, Instant::now())
-            .map_err(|wait| {
-                Metrics::add(&self.metrics.auth.login_throttled, 1);
-                AuthError::Throttled(wait.as_secs().max(1))
-            })?;
+        self.admit(key, ip)?;
         let Ok(_permit) = self.hashing.try_acquire() else {
             Metrics::add(&self.metrics.auth.login_throttled, 1);
             return Err(AuthError::Throttled(1));
@@ -252,7 +250,7 @@ impl Auth {
         };
         self.limiter().succeeded(name, ip);
         let secret = random_secret();
-        let hash = digest(&secret);
+        let hash = hash_secret(&secret);
         self.store.add_session(&hash, account.id, now_ms()).await?;
         Metrics::add(&self.metrics.auth.logins, 1);
         Ok((secret, Caller::new(&account, Via::Session(hash))))
@@ -266,12 +264,7 @@ impl Auth {
         password: &str,
         ip: Option<IpAddr>,
     ) -> Result<(), AuthError> {
-        self.limiter()
-            .admit(name, ip, Instant::now())
-            .map_err(|wait| {
-                Metrics::add(&self.metrics.auth.login_throttled, 1);
-                AuthError::Throttled(wait.as_secs().max(1))
-            })?;
+        self.admit(name, ip)?;
         let account = self.store.account(name).await?;
         if password::verify(password.to_owned(), account.map(|a| a.password_hash)).await {
             self.limiter().succeeded(name, ip);
@@ -309,7 +302,7 @@ impl Auth {
     /// The caller behind a session cookie, if the session is live. An idle
     /// or too old session is deleted on sight.
     pub async fn session(&self, secret: &str) -> Result<Option<Caller>, StoreError> {
-        let hash = digest(secret);
+        let hash = hash_secret(secret);
         let Some(session) = self.store.session(&hash).await? else {
             return Ok(None);
         };
@@ -329,7 +322,7 @@ impl Auth {
         if !token.starts_with(TOKEN_PREFIX) {
             return Ok(None);
         }
-        let Some((id, account)) = self.store.token(&digest(token)).await? else {
+        let Some((id, account)) = self.store.token(&hash_secret(token)).await? else {
             return Ok(None);
         };
         self.store.touch_token(&id, now_ms()).await?;
@@ -442,7 +435,7 @@ impl Auth {
         let token = format!("{TOKEN_PREFIX}{}", random_secret());
         let id = uuid::Uuid::now_v7().simple().to_string();
         self.store
-            .add_token(&id, account_id, label, &digest(&token), now_ms())
+            .add_token(&id, account_id, label, &hash_secret(&token), now_ms())
             .await?;
         Ok(CreatedApiToken {
             id,

@@ -14,9 +14,10 @@ use axum::Json;
 
 use super::guard::ClientIp;
 use super::openapi::{ErrorBody, Refused};
-use super::HttpError;
+use super::{json_body, HttpError};
 use crate::audit::{action, Audit};
 use crate::auth::{Auth, AuthError, Caller, Via};
+use crate::store::accounts::AccountRow;
 
 /// Refuses callers that signed in with an API token: minting tokens and
 /// changing the password need the person at the dashboard, so that a
@@ -28,11 +29,6 @@ fn session_only(caller: &Caller) -> Result<(), HttpError> {
             "this needs a dashboard session, not an API token".to_owned(),
         )),
     }
-}
-
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, HttpError> {
-    body.map(|Json(b)| b)
-        .map_err(|e| HttpError::BadRequest(e.body_text()))
 }
 
 /// `GET /api/me`: who the caller is.
@@ -59,7 +55,7 @@ pub async fn change_own_password(
     change: Result<Json<PasswordChange>, JsonRejection>,
 ) -> Result<StatusCode, HttpError> {
     session_only(&caller)?;
-    let change = body(change)?;
+    let change = json_body(change)?;
     auth.confirm_password(&caller.name, &change.current, ip)
         .await
         .map_err(|e| match e {
@@ -107,7 +103,7 @@ pub async fn add_token(
     request: Result<Json<NewApiToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedApiToken>), HttpError> {
     session_only(&caller)?;
-    let request = body(request)?;
+    let request = json_body(request)?;
     let created = auth.add_token(caller.account_id, &request.label).await?;
     audit
         .record(
@@ -151,10 +147,9 @@ pub async fn users(State(auth): State<Arc<Auth>>) -> Result<Json<Vec<Account>>, 
 
 async fn account(auth: &Auth, name: &str) -> Result<Account, HttpError> {
     auth.store()
-        .accounts()
+        .account(name)
         .await?
-        .into_iter()
-        .find(|a| a.name == name)
+        .map(AccountRow::into_account)
         .ok_or(HttpError::NotFound)
 }
 
@@ -171,7 +166,7 @@ pub async fn add_user(
     Extension(ClientIp(ip)): Extension<ClientIp>,
     request: Result<Json<NewAccount>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Account>), HttpError> {
-    let request = body(request)?;
+    let request = json_body(request)?;
     auth.add_account(&request.name, &request.password, request.role)
         .await?;
     audit
@@ -207,7 +202,7 @@ pub async fn change_user(
     Path(name): Path<String>,
     change: Result<Json<AccountChange>, JsonRejection>,
 ) -> Result<Json<Account>, HttpError> {
-    let change = body(change)?;
+    let change = json_body(change)?;
     account(&auth, &name).await?;
     if change.password.is_some() && name == caller.name {
         return Err(HttpError::Forbidden(

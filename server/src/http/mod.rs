@@ -121,6 +121,14 @@ impl From<CommandError> for HttpError {
     }
 }
 
+/// A JSON body, or 400 with why it could not be read.
+pub(crate) fn json_body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, HttpError> {
+    body.map(|Json(b)| b)
+        .map_err(|e| HttpError::BadRequest(e.body_text()))
+}
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let (status, message) = match &self {
@@ -246,7 +254,12 @@ const SOCKET_PATH: &str = "/ws";
 /// this panics if a page or server function has no rule, so a new one
 /// cannot ship unguarded.
 pub fn route_rules() -> Vec<Rule> {
-    let mut rules = api_table().rules;
+    with_pages_and_socket(api_table().rules)
+}
+
+/// The JSON routes' rules with those of the socket, the assets, the
+/// Leptos pages and the server functions.
+fn with_pages_and_socket(mut rules: Vec<Rule>) -> Vec<Rule> {
     rules.push(Rule {
         method: Method::GET,
         path: ASSETS_PREFIX.to_owned(),
@@ -293,9 +306,10 @@ pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(app::App);
     let leptos = state.leptos.clone();
     let pkg = ServeDir::new(std::path::Path::new(&*leptos.site_root).join("pkg"));
+    let api = api_table();
     let gate = Gate {
         auth: state.auth.clone(),
-        rules: Arc::new(routes::Rules::new(&route_rules())),
+        rules: Arc::new(routes::Rules::new(&with_pages_and_socket(api.rules))),
         metrics: state.metrics.clone(),
     };
     let ws = Router::new()
@@ -327,7 +341,7 @@ pub fn router(state: AppState) -> Router {
             AppState,
             _,
         >(guard::provide_request_context, app::shell))
-        .merge(api_table().router)
+        .merge(api.router)
         .with_state(state)
         // The WASM and ECharts shrink to about a third when gzipped, which
         // matters most on the phones this dashboard is meant for.
@@ -409,7 +423,7 @@ async fn add_device(
     Extension(ClientIp(ip)): Extension<ClientIp>,
     body: Result<Json<AddDevice>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<DeviceCredentials>), HttpError> {
-    let Json(body) = body.map_err(|e| HttpError::BadRequest(e.body_text()))?;
+    let body = json_body(body)?;
     let created = state.store.add_device(&body.id, now_ms()).await?;
     state
         .audit
@@ -442,7 +456,7 @@ async fn set_label(
     Path(id): Path<String>,
     body: Result<Json<DeviceLabel>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, HttpError> {
-    let Json(body) = body.map_err(|e| HttpError::BadRequest(e.body_text()))?;
+    let body = json_body(body)?;
     let label = app::model::clean_label(body.label.as_deref().unwrap_or(""))
         .map_err(HttpError::BadRequest)?;
     if !state.store.set_label(&id, label.as_deref()).await? {
@@ -472,7 +486,7 @@ async fn set_enabled(
     Path(id): Path<String>,
     body: Result<Json<bool>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, HttpError> {
-    let Json(enabled) = body.map_err(|e| HttpError::BadRequest(e.body_text()))?;
+    let enabled = json_body(body)?;
     state.store.set_disabled(&id, !enabled).await?;
     let ended = if enabled {
         0
@@ -769,10 +783,11 @@ impl Backend for PageData {
                     ip,
                 )
                 .await;
-            let accounts = self.store.accounts().await.map_err(log_for_page)?;
-            accounts
-                .into_iter()
-                .find(|a| a.name == account.name)
+            self.store
+                .account(&account.name)
+                .await
+                .map_err(log_for_page)?
+                .map(crate::store::accounts::AccountRow::into_account)
                 .ok_or_else(|| "the account vanished".to_owned())
         })
     }

@@ -113,24 +113,21 @@ pub fn server_fn_access(path: &str) -> Access {
 #[derive(Clone, Debug, Default)]
 pub struct Rules {
     by_route: HashMap<(Method, String), Rule>,
-    paths: std::collections::HashSet<String>,
 }
 
 impl Rules {
     pub fn new(rules: &[Rule]) -> Self {
         let mut by_route = HashMap::new();
-        let mut paths = std::collections::HashSet::new();
         for rule in rules {
             by_route.insert((rule.method.clone(), rule.path.clone()), rule.clone());
-            paths.insert(rule.path.clone());
         }
-        Self { by_route, paths }
+        Self { by_route }
     }
 
     /// Whether some method of this path has a rule: a request with another
     /// method reaches no handler, only axum's 405.
     pub fn knows_path(&self, path: &str) -> bool {
-        self.paths.contains(path)
+        self.by_route.keys().any(|(_, p)| p == path)
     }
 
     /// The rule for a request. HEAD is served by GET handlers, so it

@@ -5,7 +5,7 @@
 use app::model::{Account, ApiToken, AuditEntry, Role};
 use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Statement, Value};
 
-use super::{Store, StoreError};
+use super::{placeholder, Store, StoreError};
 
 /// An account as the server needs it to sign someone in.
 #[derive(Clone, Debug, FromQueryResult)]
@@ -25,7 +25,8 @@ impl AccountRow {
         Role::parse(&self.role).unwrap_or(Role::Viewer)
     }
 
-    fn into_account(self) -> Account {
+    /// The account as admins see it, without the password hash.
+    pub fn into_account(self) -> Account {
         Account {
             role: self.role(),
             name: self.name,
@@ -106,22 +107,14 @@ const ACCOUNT_COLUMNS: &str =
 /// them for PostgreSQL.
 fn statement(db: &DatabaseConnection, sql: &str, values: Vec<Value>) -> Statement {
     let backend = db.get_database_backend();
-    let sql = if backend == sea_orm::DatabaseBackend::Postgres {
-        let mut out = String::with_capacity(sql.len() + 8);
-        let mut n = 0;
-        for c in sql.chars() {
-            if c == '?' {
-                n += 1;
-                out.push_str(&format!("${n}"));
-            } else {
-                out.push(c);
-            }
+    let mut out = String::with_capacity(sql.len() + 8);
+    for (n, part) in sql.split('?').enumerate() {
+        if n > 0 {
+            out.push_str(&placeholder(backend, n));
         }
-        out
-    } else {
-        sql.to_owned()
-    };
-    Statement::from_sql_and_values(backend, sql, values)
+        out.push_str(part);
+    }
+    Statement::from_sql_and_values(backend, out, values)
 }
 
 /// A new audit event, before the database numbers it.
