@@ -34,7 +34,8 @@ pub const TOKEN_PREFIX: &str = "sightline_";
 /// A session ends this long after sign-in however active it is.
 pub const MAX_SESSION_MS: i64 = 30 * 24 * 60 * 60 * 1000;
 /// A session's "last seen" is written at most this often, so that busy
-/// pages do not write to the database on every request.
+/// pages do not write to the database on every request (and at least twice
+/// per idle limit, so that a short limit cannot end a session in use).
 const TOUCH_EVERY_MS: i64 = 60 * 1000;
 /// How often expired sessions are deleted.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10 * 60);
@@ -155,6 +156,8 @@ pub struct Auth {
     metrics: Arc<Metrics>,
     limiter: Mutex<limit::Limiter>,
     idle_ms: i64,
+    /// How stale "last seen" may get before a use writes it again.
+    touch_every_ms: i64,
     revoked: tokio::sync::broadcast::Sender<Revoked>,
     /// Password checks running at once. Each Argon2 check holds about
     /// 19 MiB and a core for tens of milliseconds, so a burst of sign-ins
@@ -172,6 +175,9 @@ impl Auth {
             metrics,
             limiter: Mutex::default(),
             idle_ms: i64::try_from(idle_minutes.saturating_mul(60_000)).unwrap_or(i64::MAX),
+            touch_every_ms: i64::try_from(idle_minutes.saturating_mul(30_000))
+                .unwrap_or(i64::MAX)
+                .min(TOUCH_EVERY_MS),
             revoked: tokio::sync::broadcast::channel(64).0,
             hashing: tokio::sync::Semaphore::new(MAX_HASHING),
         }
@@ -290,7 +296,7 @@ impl Auth {
                     now - s.last_seen_at <= self.idle_ms && now - s.created_at <= MAX_SESSION_MS;
                 // Watching live data is use: a wall display left open
                 // keeps its session, up to the 30-day limit.
-                if live && now - s.last_seen_at > TOUCH_EVERY_MS {
+                if live && now - s.last_seen_at > self.touch_every_ms {
                     self.store.touch_session(hash, now).await?;
                 }
                 live
@@ -311,7 +317,7 @@ impl Auth {
             self.store.remove_session(&hash).await?;
             return Ok(None);
         }
-        if now - session.last_seen_at > TOUCH_EVERY_MS {
+        if now - session.last_seen_at > self.touch_every_ms {
             self.store.touch_session(&hash, now).await?;
         }
         Ok(Some(Caller::new(&session.account, Via::Session(hash))))
@@ -322,10 +328,18 @@ impl Auth {
         if !token.starts_with(TOKEN_PREFIX) {
             return Ok(None);
         }
-        let Some((id, account)) = self.store.token(&hash_secret(token)).await? else {
+        let Some((id, last_used, account)) = self.store.token(&hash_secret(token)).await? else {
             return Ok(None);
         };
-        self.store.touch_token(&id, now_ms()).await?;
+        // "Last used" is for the token list, to a minute: a script calling
+        // the API in a loop must not write to the database each time, nor
+        // fail while the database is busy with a long write.
+        let now = now_ms();
+        if last_used.is_none_or(|at| now - at > TOUCH_EVERY_MS) {
+            if let Err(e) = self.store.touch_token(&id, now).await {
+                tracing::warn!("cannot note the use of an API token: {e}");
+            }
+        }
         Ok(Some(Caller::new(&account, Via::Token(id))))
     }
 

@@ -340,11 +340,12 @@ impl Store {
         self.execute(sql, values).await.map(drop)
     }
 
-    /// The token with this hash and its account.
+    /// The token with this hash: its id, when it was last used, and its
+    /// account.
     pub async fn token(
         &self,
         token_hash: &str,
-    ) -> Result<Option<(String, AccountRow)>, StoreError> {
+    ) -> Result<Option<(String, Option<i64>, AccountRow)>, StoreError> {
         let sql = format!(
             "SELECT t.id AS key, t.created_at AS key_created_at, \
              t.last_used_at AS key_seen_at, {ACCOUNT_COLUMNS} FROM api_token t \
@@ -355,8 +356,8 @@ impl Store {
                 .one(&self.db)
                 .await?
                 .map(|j| {
-                    let (id, _, _, account) = j.split();
-                    (id, account)
+                    let (id, _, last_used, account) = j.split();
+                    (id, last_used, account)
                 }),
         )
     }
