@@ -128,64 +128,105 @@ pub struct AuthCounters {
 }
 
 /// The server's counters. Atomics keep the hot path lock-free; only the
-/// per-device maps take a lock, and only when something is refused.
-#[derive(Debug)]
+/// per-device maps take a lock, and only when something is refused. Each
+/// counter's Prometheus name and help text are in [`PLAIN`].
+#[derive(Debug, Default)]
 pub struct Metrics {
     pub messages: AtomicU64,
     pub received: AtomicU64,
     pub stored: AtomicU64,
     pub rejected: AtomicU64,
     pub dropped: AtomicU64,
-    /// Raw readings and rollup rows deleted by retention.
     pub pruned_readings: AtomicU64,
     pub pruned_rollups: AtomicU64,
-    /// Finished commands deleted by retention (with raw readings).
     pub pruned_commands: AtomicU64,
     pub edge: EdgeCounters,
     pub commands: CommandCounters,
     pub auth: AuthCounters,
-    /// WebSocket viewers currently connected.
     pub viewers: AtomicU64,
-    /// Readings not sent to viewers that fell behind (each such viewer is
-    /// told, and reloads its history).
     pub live_skipped: AtomicU64,
-    /// Bytes waiting in viewers' outboxes, across all viewers.
     pub live_pending_bytes: AtomicU64,
-    /// Readings per committed write transaction.
-    pub write_batch: Histogram,
-    /// Time to write and commit one batch.
-    pub write_seconds: Histogram,
-    /// From ingest receiving a message to its readings being handed to a
-    /// viewer's WebSocket. Measured per batch from the batch's earliest
-    /// message, so it errs on the slow side.
-    pub push_seconds: Histogram,
+    pub write_batch: BatchHistogram,
+    pub write_seconds: LatencyHistogram,
+    /// Measured per batch from the batch's earliest message, so it errs on
+    /// the slow side.
+    pub push_seconds: LatencyHistogram,
     rejected_by_device: DeviceCounts,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self {
-            messages: AtomicU64::default(),
-            received: AtomicU64::default(),
-            stored: AtomicU64::default(),
-            rejected: AtomicU64::default(),
-            dropped: AtomicU64::default(),
-            pruned_readings: AtomicU64::default(),
-            pruned_rollups: AtomicU64::default(),
-            pruned_commands: AtomicU64::default(),
-            edge: EdgeCounters::default(),
-            commands: CommandCounters::default(),
-            auth: AuthCounters::default(),
-            viewers: AtomicU64::default(),
-            live_skipped: AtomicU64::default(),
-            live_pending_bytes: AtomicU64::default(),
-            write_batch: Histogram::new(BATCH_BOUNDS, 1.0),
-            write_seconds: Histogram::latency(),
-            push_seconds: Histogram::latency(),
-            rejected_by_device: DeviceCounts::default(),
-        }
-    }
+/// Whether a series only grows or goes up and down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
 }
+
+/// One plain counter or gauge as `/metrics` shows it: name, kind, help,
+/// and where its value lives.
+struct Plain {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    value: fn(&Metrics) -> &AtomicU64,
+}
+
+/// Every plain counter and gauge, declared once. Kept as one row per
+/// series: a table reads best as a table.
+#[rustfmt::skip]
+const PLAIN: &[Plain] = &[
+    Plain { name: "sightline_messages_total", kind: Kind::Counter, help: "MQTT messages that reached ingest.", value: |m| &m.messages },
+    Plain { name: "sightline_readings_received_total", kind: Kind::Counter, help: "Readings decoded from valid messages.", value: |m| &m.received },
+    Plain { name: "sightline_readings_stored_total", kind: Kind::Counter, help: "Readings committed to the database.", value: |m| &m.stored },
+    Plain { name: "sightline_rejected_total", kind: Kind::Counter, help: "Messages or fields refused as invalid.", value: |m| &m.rejected },
+    Plain { name: "sightline_readings_dropped_total", kind: Kind::Counter, help: "Valid readings dropped because the writer was saturated.", value: |m| &m.dropped },
+    Plain { name: "sightline_pruned_readings_total", kind: Kind::Counter, help: "Raw readings deleted by retention (--retain-raw).", value: |m| &m.pruned_readings },
+    Plain { name: "sightline_pruned_rollups_total", kind: Kind::Counter, help: "Rollup rows deleted by retention (--retain-rollups).", value: |m| &m.pruned_rollups },
+    Plain { name: "sightline_pruned_commands_total", kind: Kind::Counter, help: "Finished commands deleted by retention (kept as long as raw readings).", value: |m| &m.pruned_commands },
+    Plain { name: "sightline_viewers", kind: Kind::Gauge, help: "Live WebSocket viewers connected.", value: |m| &m.viewers },
+    Plain { name: "sightline_live_skipped_readings_total", kind: Kind::Counter, help: "Readings skipped for viewers that fell behind.", value: |m| &m.live_skipped },
+    Plain { name: "sightline_live_pending_bytes", kind: Kind::Gauge, help: "Bytes waiting in live viewers' outboxes.", value: |m| &m.live_pending_bytes },
+    Plain { name: "sightline_devices_connected", kind: Kind::Gauge, help: "Devices connected and logged in.", value: |m| &m.edge.sessions },
+    Plain { name: "sightline_edge_logins_refused_total", kind: Kind::Counter, help: "CONNECTs refused for unknown, wrong or disabled credentials.", value: |m| &m.edge.logins_refused },
+    Plain { name: "sightline_edge_denied_total", kind: Kind::Counter, help: "Publishes or subscriptions outside a device's own topics.", value: |m| &m.edge.denied },
+    Plain { name: "sightline_edge_rate_limited_total", kind: Kind::Counter, help: "Devices disconnected for exceeding the publish rate.", value: |m| &m.edge.rate_limited },
+    Plain { name: "sightline_edge_too_large_total", kind: Kind::Counter, help: "Packets larger than the packet limit.", value: |m| &m.edge.too_large },
+    Plain { name: "sightline_edge_over_capacity_total", kind: Kind::Counter, help: "CONNECTs refused at the connection limit.", value: |m| &m.edge.over_capacity },
+    Plain { name: "sightline_edge_handshake_timeouts_total", kind: Kind::Counter, help: "Sockets that sent no CONNECT or finished no TLS handshake in time.", value: |m| &m.edge.handshake_timeouts },
+    Plain { name: "sightline_edge_protocol_errors_total", kind: Kind::Counter, help: "Connections closed for malformed packets or protocol violations.", value: |m| &m.edge.protocol_errors },
+    Plain { name: "sightline_edge_keepalive_expired_total", kind: Kind::Counter, help: "Sessions closed after 1.5 x keep-alive of silence.", value: |m| &m.edge.keepalive_expired },
+    Plain { name: "sightline_edge_wills_total", kind: Kind::Counter, help: "Last Wills published.", value: |m| &m.edge.wills },
+    Plain { name: "sightline_commands_accepted_total", kind: Kind::Counter, help: "Commands to devices accepted from operators.", value: |m| &m.commands.accepted },
+    Plain { name: "sightline_commands_sent_total", kind: Kind::Counter, help: "Commands handed to the broker for a subscribed device.", value: |m| &m.commands.sent },
+    Plain { name: "sightline_commands_delivered_total", kind: Kind::Counter, help: "Commands the device acknowledged.", value: |m| &m.commands.delivered },
+    Plain { name: "sightline_commands_answered_total", kind: Kind::Counter, help: "Two-way commands the device answered with a result.", value: |m| &m.commands.answered },
+    Plain { name: "sightline_commands_failed_total", kind: Kind::Counter, help: "Commands answered with an error or not sendable.", value: |m| &m.commands.failed },
+    Plain { name: "sightline_commands_expired_total", kind: Kind::Counter, help: "Commands not delivered within their TTL or not answered in time.", value: |m| &m.commands.expired },
+    Plain { name: "sightline_commands_refused_total", kind: Kind::Counter, help: "Commands refused: unknown device, invalid name or params, too large.", value: |m| &m.commands.refused },
+    Plain { name: "sightline_command_answers_rejected_total", kind: Kind::Counter, help: "Device answers for unknown, finished or expired commands, or unreadable.", value: |m| &m.commands.bad_answers },
+    Plain { name: "sightline_command_save_errors_total", kind: Kind::Counter, help: "Command changes that could not be written to the database.", value: |m| &m.commands.save_errors },
+    Plain { name: "sightline_logins_total", kind: Kind::Counter, help: "Successful sign-ins.", value: |m| &m.auth.logins },
+    Plain { name: "sightline_login_failures_total", kind: Kind::Counter, help: "Sign-ins refused for a wrong name or password.", value: |m| &m.auth.login_failures },
+    Plain { name: "sightline_login_throttled_total", kind: Kind::Counter, help: "Sign-ins refused unchecked after too many recent failures of the account or address.", value: |m| &m.auth.login_throttled },
+    Plain { name: "sightline_http_unauthenticated_total", kind: Kind::Counter, help: "Web requests without a valid session or API token.", value: |m| &m.auth.unauthenticated },
+    Plain { name: "sightline_http_forbidden_total", kind: Kind::Counter, help: "Web requests refused because the account's role is too low.", value: |m| &m.auth.forbidden },
+    Plain { name: "sightline_http_csrf_refused_total", kind: Kind::Counter, help: "State-changing web requests refused because they came from another origin.", value: |m| &m.auth.csrf_refused },
+    Plain { name: "sightline_audit_errors_total", kind: Kind::Counter, help: "Audit events that could not be written to the database.", value: |m| &m.auth.audit_errors },
+];
+
+/// One histogram as `/metrics` shows it.
+struct Distribution {
+    name: &'static str,
+    help: &'static str,
+    value: fn(&Metrics) -> &Histogram,
+}
+
+/// Every histogram, declared once.
+#[rustfmt::skip]
+const DISTRIBUTIONS: &[Distribution] = &[
+    Distribution { name: "sightline_write_batch_readings", help: "Readings per committed write transaction.", value: |m| &m.write_batch },
+    Distribution { name: "sightline_write_seconds", help: "Time to write and commit one batch.", value: |m| &m.write_seconds },
+    Distribution { name: "sightline_push_latency_seconds", help: "From ingest receiving a message to its readings reaching a viewer's socket.", value: |m| &m.push_seconds },
+];
 
 impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -240,243 +281,14 @@ impl Metrics {
 
     /// Renders every metric in the Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(4096);
-        // Name, type, help text and value of every plain counter and gauge.
-        let mut plain = vec![
-            (
-                "sightline_messages_total",
-                "counter",
-                "MQTT messages that reached ingest.",
-                get(&self.messages),
-            ),
-            (
-                "sightline_readings_received_total",
-                "counter",
-                "Readings decoded from valid messages.",
-                get(&self.received),
-            ),
-            (
-                "sightline_readings_stored_total",
-                "counter",
-                "Readings committed to the database.",
-                get(&self.stored),
-            ),
-            (
-                "sightline_rejected_total",
-                "counter",
-                "Messages or fields refused as invalid.",
-                get(&self.rejected),
-            ),
-            (
-                "sightline_readings_dropped_total",
-                "counter",
-                "Valid readings dropped because the writer was saturated.",
-                get(&self.dropped),
-            ),
-            (
-                "sightline_pruned_readings_total",
-                "counter",
-                "Raw readings deleted by retention (--retain-raw).",
-                get(&self.pruned_readings),
-            ),
-            (
-                "sightline_pruned_rollups_total",
-                "counter",
-                "Rollup rows deleted by retention (--retain-rollups).",
-                get(&self.pruned_rollups),
-            ),
-            (
-                "sightline_pruned_commands_total",
-                "counter",
-                "Finished commands deleted by retention (kept as long as raw readings).",
-                get(&self.pruned_commands),
-            ),
-            (
-                "sightline_viewers",
-                "gauge",
-                "Live WebSocket viewers connected.",
-                get(&self.viewers),
-            ),
-            (
-                "sightline_live_skipped_readings_total",
-                "counter",
-                "Readings skipped for viewers that fell behind.",
-                get(&self.live_skipped),
-            ),
-            (
-                "sightline_live_pending_bytes",
-                "gauge",
-                "Bytes waiting in live viewers' outboxes.",
-                get(&self.live_pending_bytes),
-            ),
-        ];
-        let e = &self.edge;
-        plain.extend([
-            (
-                "sightline_devices_connected",
-                "gauge",
-                "Devices connected and logged in.",
-                get(&e.sessions),
-            ),
-            (
-                "sightline_edge_logins_refused_total",
-                "counter",
-                "CONNECTs refused for unknown, wrong or disabled credentials.",
-                get(&e.logins_refused),
-            ),
-            (
-                "sightline_edge_denied_total",
-                "counter",
-                "Publishes or subscriptions outside a device's own topics.",
-                get(&e.denied),
-            ),
-            (
-                "sightline_edge_rate_limited_total",
-                "counter",
-                "Devices disconnected for exceeding the publish rate.",
-                get(&e.rate_limited),
-            ),
-            (
-                "sightline_edge_too_large_total",
-                "counter",
-                "Packets larger than the packet limit.",
-                get(&e.too_large),
-            ),
-            (
-                "sightline_edge_over_capacity_total",
-                "counter",
-                "CONNECTs refused at the connection limit.",
-                get(&e.over_capacity),
-            ),
-            (
-                "sightline_edge_handshake_timeouts_total",
-                "counter",
-                "Sockets that sent no CONNECT or finished no TLS handshake in time.",
-                get(&e.handshake_timeouts),
-            ),
-            (
-                "sightline_edge_protocol_errors_total",
-                "counter",
-                "Connections closed for malformed packets or protocol violations.",
-                get(&e.protocol_errors),
-            ),
-            (
-                "sightline_edge_keepalive_expired_total",
-                "counter",
-                "Sessions closed after 1.5 x keep-alive of silence.",
-                get(&e.keepalive_expired),
-            ),
-            (
-                "sightline_edge_wills_total",
-                "counter",
-                "Last Wills published.",
-                get(&e.wills),
-            ),
-        ]);
-        let c = &self.commands;
-        plain.extend([
-            (
-                "sightline_commands_accepted_total",
-                "counter",
-                "Commands to devices accepted from operators.",
-                get(&c.accepted),
-            ),
-            (
-                "sightline_commands_sent_total",
-                "counter",
-                "Commands handed to the broker for a subscribed device.",
-                get(&c.sent),
-            ),
-            (
-                "sightline_commands_delivered_total",
-                "counter",
-                "Commands the device acknowledged.",
-                get(&c.delivered),
-            ),
-            (
-                "sightline_commands_answered_total",
-                "counter",
-                "Two-way commands the device answered with a result.",
-                get(&c.answered),
-            ),
-            (
-                "sightline_commands_failed_total",
-                "counter",
-                "Commands answered with an error or not sendable.",
-                get(&c.failed),
-            ),
-            (
-                "sightline_commands_expired_total",
-                "counter",
-                "Commands not delivered within their TTL or not answered in time.",
-                get(&c.expired),
-            ),
-            (
-                "sightline_commands_refused_total",
-                "counter",
-                "Commands refused: unknown device, invalid name or params, too large.",
-                get(&c.refused),
-            ),
-            (
-                "sightline_command_answers_rejected_total",
-                "counter",
-                "Device answers for unknown, finished or expired commands, or unreadable.",
-                get(&c.bad_answers),
-            ),
-            (
-                "sightline_command_save_errors_total",
-                "counter",
-                "Command changes that could not be written to the database.",
-                get(&c.save_errors),
-            ),
-        ]);
-        let a = &self.auth;
-        plain.extend([
-            (
-                "sightline_logins_total",
-                "counter",
-                "Successful sign-ins.",
-                get(&a.logins),
-            ),
-            (
-                "sightline_login_failures_total",
-                "counter",
-                "Sign-ins refused for a wrong name or password.",
-                get(&a.login_failures),
-            ),
-            (
-                "sightline_login_throttled_total",
-                "counter",
-                "Sign-ins refused unchecked after too many recent failures of the account or address.",
-                get(&a.login_throttled),
-            ),
-            (
-                "sightline_http_unauthenticated_total",
-                "counter",
-                "Web requests without a valid session or API token.",
-                get(&a.unauthenticated),
-            ),
-            (
-                "sightline_http_forbidden_total",
-                "counter",
-                "Web requests refused because the account's role is too low.",
-                get(&a.forbidden),
-            ),
-            (
-                "sightline_http_csrf_refused_total",
-                "counter",
-                "State-changing web requests refused because they came from another origin.",
-                get(&a.csrf_refused),
-            ),
-            (
-                "sightline_audit_errors_total",
-                "counter",
-                "Audit events that could not be written to the database.",
-                get(&a.audit_errors),
-            ),
-        ]);
-        for (name, kind, help, value) in plain {
+        let mut out = String::with_capacity(8192);
+        for series in PLAIN {
+            let (name, help) = (series.name, series.help);
+            let kind = match series.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            let value = (series.value)(self).load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
@@ -490,26 +302,14 @@ impl Metrics {
                 "# HELP {name} Logins, publishes and subscriptions refused at the edge, per device.\n# TYPE {name} counter"
             );
             // Device ids are restricted to characters that are safe in a
-            // label value (see `valid_name`).
+            // label value (see `names::valid_name`).
             for (device, n) in refused {
                 let _ = writeln!(out, "{name}{{device=\"{device}\"}} {n}");
             }
         }
-        self.write_batch.render(
-            &mut out,
-            "sightline_write_batch_readings",
-            "Readings per committed write transaction.",
-        );
-        self.write_seconds.render(
-            &mut out,
-            "sightline_write_seconds",
-            "Time to write and commit one batch.",
-        );
-        self.push_seconds.render(
-            &mut out,
-            "sightline_push_latency_seconds",
-            "From ingest receiving a message to its readings reaching a viewer's socket.",
-        );
+        for d in DISTRIBUTIONS {
+            (d.value)(self).render(&mut out, d.name, d.help);
+        }
         out
     }
 }
@@ -545,6 +345,40 @@ const LATENCY_BOUNDS_US: &[u64] = &[
 /// Batch-size bounds in readings.
 const BATCH_BOUNDS: &[u64] = &[1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000];
 
+/// Write transaction sizes, in readings.
+#[derive(Debug)]
+pub struct BatchHistogram(Histogram);
+
+impl Default for BatchHistogram {
+    fn default() -> Self {
+        Self(Histogram::new(BATCH_BOUNDS, 1.0))
+    }
+}
+
+impl std::ops::Deref for BatchHistogram {
+    type Target = Histogram;
+    fn deref(&self) -> &Histogram {
+        &self.0
+    }
+}
+
+/// Durations, exposed in seconds.
+#[derive(Debug)]
+pub struct LatencyHistogram(Histogram);
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self(Histogram::new(LATENCY_BOUNDS_US, 1e6))
+    }
+}
+
+impl std::ops::Deref for LatencyHistogram {
+    type Target = Histogram;
+    fn deref(&self) -> &Histogram {
+        &self.0
+    }
+}
+
 impl Histogram {
     pub fn new(bounds: &'static [u64], divisor: f64) -> Self {
         Self {
@@ -554,11 +388,6 @@ impl Histogram {
             sum: AtomicU64::new(0),
             count: AtomicU64::new(0),
         }
-    }
-
-    /// A histogram of durations, exposed in seconds.
-    pub fn latency() -> Self {
-        Self::new(LATENCY_BOUNDS_US, 1e6)
     }
 
     /// Records `n` observations of `value`.
