@@ -19,13 +19,28 @@ pub const MAX_SERIES_POINTS: usize = 10_000;
 #[cfg(feature = "ssr")]
 pub use backend::{Backend, BoxFuture, SharedBackend};
 
+/// Why the server could not do what a page asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The request itself was wrong: a bad name, an unknown device or
+    /// account, unreadable params. The message says why, for the person
+    /// who made it; the server function answers 400.
+    #[error("{0}")]
+    Invalid(String),
+    /// The server failed, most likely its database. The cause was logged
+    /// where it happened; the page shows only this, and the server
+    /// function answers 500.
+    #[error("the database is unavailable")]
+    Unavailable,
+}
+
 #[cfg(feature = "ssr")]
 mod backend {
     use std::future::Future;
     use std::pin::Pin;
     use std::sync::Arc;
 
-    use super::CommandForm;
+    use super::{BackendError, CommandForm};
     use crate::model::{
         Account, AuditEntry, Command, DeviceCredentials, DeviceDetail, Fleet, NewAccount, Role,
         SeriesResponse,
@@ -38,14 +53,14 @@ mod backend {
     /// store and counters and provides it as Leptos context.
     pub trait Backend: Send + Sync + 'static {
         /// Every device with its latest values, plus global counters.
-        fn fleet(&self) -> BoxFuture<'_, Result<Fleet, String>>;
+        fn fleet(&self) -> BoxFuture<'_, Result<Fleet, BackendError>>;
         /// One device with the last `window_ms` of history, or `None` if the
         /// device is unknown.
         fn device(
             &self,
             id: String,
             window_ms: i64,
-        ) -> BoxFuture<'_, Result<Option<DeviceDetail>, String>>;
+        ) -> BoxFuture<'_, Result<Option<DeviceDetail>, BackendError>>;
         /// A device's history at chart resolution: `[from, to]`, or the
         /// last `span` milliseconds when `from`/`to` are absent, in at most
         /// `points` buckets per metric with boundaries in time zone `tz`.
@@ -56,12 +71,12 @@ mod backend {
             window: HistoryWindow,
             points: usize,
             tz: String,
-        ) -> BoxFuture<'_, Result<Option<SeriesResponse>, String>>;
+        ) -> BoxFuture<'_, Result<Option<SeriesResponse>, BackendError>>;
         /// Creates a device and returns its secret, once. The error is a
         /// message for the operator.
-        fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, String>>;
+        fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, BackendError>>;
         /// A device's newest commands, newest first.
-        fn commands(&self, id: String) -> BoxFuture<'_, Result<Vec<Command>, String>>;
+        fn commands(&self, id: String) -> BoxFuture<'_, Result<Vec<Command>, BackendError>>;
         /// Sends a command as typed on the device page; the error is a
         /// message for the operator. Refusals, bad params included, are
         /// counted like the API's.
@@ -69,18 +84,18 @@ mod backend {
             &self,
             id: String,
             form: CommandForm,
-        ) -> BoxFuture<'_, Result<Command, String>>;
+        ) -> BoxFuture<'_, Result<Command, BackendError>>;
         /// Every operator account, for the admin page.
-        fn accounts(&self) -> BoxFuture<'_, Result<Vec<Account>, String>>;
+        fn accounts(&self) -> BoxFuture<'_, Result<Vec<Account>, BackendError>>;
         /// The newest audit events, for the admin page.
-        fn audit(&self, limit: u64) -> BoxFuture<'_, Result<Vec<AuditEntry>, String>>;
+        fn audit(&self, limit: u64) -> BoxFuture<'_, Result<Vec<AuditEntry>, BackendError>>;
         /// Creates an account from the admin page; the error is a message
         /// for the admin.
-        fn add_account(&self, account: NewAccount) -> BoxFuture<'_, Result<Account, String>>;
+        fn add_account(&self, account: NewAccount) -> BoxFuture<'_, Result<Account, BackendError>>;
         /// Changes an account's role from the admin page.
-        fn set_role(&self, name: String, role: Role) -> BoxFuture<'_, Result<(), String>>;
+        fn set_role(&self, name: String, role: Role) -> BoxFuture<'_, Result<(), BackendError>>;
         /// Removes an account from the admin page.
-        fn remove_account(&self, name: String) -> BoxFuture<'_, Result<(), String>>;
+        fn remove_account(&self, name: String) -> BoxFuture<'_, Result<(), BackendError>>;
     }
 
     pub use super::HistoryWindow;
@@ -92,7 +107,7 @@ mod backend {
 /// Loads every account, for admins.
 #[server(prefix = "/_app", endpoint = "accounts")]
 pub async fn get_accounts() -> Result<Vec<Account>, ServerFnError> {
-    backend()?.accounts().await.map_err(ServerFnError::new)
+    backend()?.accounts().await.map_err(failed)
 }
 
 /// The most audit events the admin page shows.
@@ -101,10 +116,7 @@ pub const AUDIT_PAGE: u64 = 200;
 /// Loads the newest audit events, for admins.
 #[server(prefix = "/_app", endpoint = "audit")]
 pub async fn get_audit() -> Result<Vec<AuditEntry>, ServerFnError> {
-    backend()?
-        .audit(AUDIT_PAGE)
-        .await
-        .map_err(ServerFnError::new)
+    backend()?.audit(AUDIT_PAGE).await.map_err(failed)
 }
 
 /// Creates an account (admins only, enforced by the server's gate).
@@ -114,48 +126,41 @@ pub async fn add_account(
     password: String,
     role: String,
 ) -> Result<Account, ServerFnError> {
-    let role = Role::parse(&role).ok_or_else(|| ServerFnError::new("unknown role"))?;
+    let role =
+        Role::parse(&role).ok_or_else(|| failed(BackendError::Invalid("unknown role".into())))?;
     let account = NewAccount {
         name: name.trim().to_owned(),
         password,
         role,
     };
-    backend()?
-        .add_account(account)
-        .await
-        .map_err(ServerFnError::new)
+    backend()?.add_account(account).await.map_err(failed)
 }
 
 /// Changes an account's role (admins only).
 #[server(prefix = "/_app", endpoint = "set_role")]
 pub async fn set_role(name: String, role: String) -> Result<(), ServerFnError> {
-    let role = Role::parse(&role).ok_or_else(|| ServerFnError::new("unknown role"))?;
-    backend()?
-        .set_role(name, role)
-        .await
-        .map_err(ServerFnError::new)
+    let role =
+        Role::parse(&role).ok_or_else(|| failed(BackendError::Invalid("unknown role".into())))?;
+    backend()?.set_role(name, role).await.map_err(failed)
 }
 
 /// Removes an account with its sessions and tokens (admins only).
 #[server(prefix = "/_app", endpoint = "remove_account")]
 pub async fn remove_account(name: String) -> Result<(), ServerFnError> {
-    backend()?
-        .remove_account(name)
-        .await
-        .map_err(ServerFnError::new)
+    backend()?.remove_account(name).await.map_err(failed)
 }
 
 /// Loads the fleet overview.
 #[server(prefix = "/_app", endpoint = "fleet")]
 pub async fn get_fleet() -> Result<Fleet, ServerFnError> {
-    backend()?.fleet().await.map_err(ServerFnError::new)
+    backend()?.fleet().await.map_err(failed)
 }
 
 /// Loads one device's summary, latest values and counters. Its charts come
 /// from [`get_history`], so no raw points are loaded here.
 #[server(prefix = "/_app", endpoint = "device")]
 pub async fn get_device(id: String) -> Result<Option<DeviceDetail>, ServerFnError> {
-    backend()?.device(id, 0).await.map_err(ServerFnError::new)
+    backend()?.device(id, 0).await.map_err(failed)
 }
 
 /// Which period a history request covers.
@@ -179,7 +184,7 @@ pub async fn get_history(
     backend()?
         .history(id, window, points, tz)
         .await
-        .map_err(ServerFnError::new)
+        .map_err(failed)
 }
 
 /// Creates a device from the dashboard and returns its secret, once.
@@ -188,13 +193,13 @@ pub async fn add_device(id: String) -> Result<DeviceCredentials, ServerFnError> 
     backend()?
         .add_device(id.trim().to_owned())
         .await
-        .map_err(ServerFnError::new)
+        .map_err(failed)
 }
 
 /// Loads a device's newest commands, newest first.
 #[server(prefix = "/_app", endpoint = "commands")]
 pub async fn get_commands(id: String) -> Result<Vec<Command>, ServerFnError> {
-    backend()?.commands(id).await.map_err(ServerFnError::new)
+    backend()?.commands(id).await.map_err(failed)
 }
 
 /// Sends a command from the device page. `params` is the JSON text the
@@ -213,10 +218,7 @@ pub async fn send_command(
         two_way,
         persistent,
     };
-    backend()?
-        .send_command(id, form)
-        .await
-        .map_err(ServerFnError::new)
+    backend()?.send_command(id, form).await.map_err(failed)
 }
 
 /// A command as typed on the device page: `params` is the operator's JSON
@@ -227,6 +229,20 @@ pub struct CommandForm {
     pub params: String,
     pub two_way: bool,
     pub persistent: bool,
+}
+
+/// A backend error as the server function's answer: its message, with 400
+/// for bad input and 500 for the server's own failures.
+#[cfg(feature = "ssr")]
+fn failed(e: BackendError) -> ServerFnError {
+    use leptos_axum::ResponseOptions;
+    if let Some(response) = use_context::<ResponseOptions>() {
+        response.set_status(match e {
+            BackendError::Invalid(_) => http::StatusCode::BAD_REQUEST,
+            BackendError::Unavailable => http::StatusCode::INTERNAL_SERVER_ERROR,
+        });
+    }
+    ServerFnError::new(e)
 }
 
 /// The server provides the backend as context on every request; a missing

@@ -15,7 +15,9 @@ pub mod routes;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use app::api::{Backend, BoxFuture, CommandForm, HistoryWindow, SharedBackend, RECENT_WINDOW_MS};
+use app::api::{
+    Backend, BackendError, BoxFuture, CommandForm, HistoryWindow, SharedBackend, RECENT_WINDOW_MS,
+};
 use app::model::{
     Command, CommandRequest, Counters, DeviceCredentials, DeviceDetail, DeviceLabel, DeviceSummary,
     Fleet, SeriesResponse,
@@ -685,7 +687,7 @@ impl PageData {
 }
 
 impl Backend for PageData {
-    fn fleet(&self) -> BoxFuture<'_, Result<Fleet, String>> {
+    fn fleet(&self) -> BoxFuture<'_, Result<Fleet, BackendError>> {
         Box::pin(async move {
             let mut devices = self.store.devices().await.map_err(log_for_page)?;
             for d in &mut devices {
@@ -704,7 +706,7 @@ impl Backend for PageData {
         &self,
         id: String,
         window_ms: i64,
-    ) -> BoxFuture<'_, Result<Option<DeviceDetail>, String>> {
+    ) -> BoxFuture<'_, Result<Option<DeviceDetail>, BackendError>> {
         Box::pin(async move { self.detail(&id, window_ms).await.map_err(log_for_page) })
     }
 
@@ -714,7 +716,7 @@ impl Backend for PageData {
         window: HistoryWindow,
         points: usize,
         tz: String,
-    ) -> BoxFuture<'_, Result<Option<SeriesResponse>, String>> {
+    ) -> BoxFuture<'_, Result<Option<SeriesResponse>, BackendError>> {
         Box::pin(async move {
             let now = now_ms();
             let (from, to) = match window {
@@ -732,14 +734,14 @@ impl Backend for PageData {
                 ..history::SeriesQuery::default()
             };
             let request = history::SeriesRequest::parse(query, now, self.retain_raw)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| BackendError::Invalid(e.to_string()))?;
             history::load(&self.store, &id, &request)
                 .await
                 .map_err(log_for_page)
         })
     }
 
-    fn commands(&self, id: String) -> BoxFuture<'_, Result<Vec<Command>, String>> {
+    fn commands(&self, id: String) -> BoxFuture<'_, Result<Vec<Command>, BackendError>> {
         Box::pin(async move { self.page_commands(&id).await })
     }
 
@@ -747,7 +749,7 @@ impl Backend for PageData {
         &self,
         id: String,
         form: CommandForm,
-    ) -> BoxFuture<'_, Result<Command, String>> {
+    ) -> BoxFuture<'_, Result<Command, BackendError>> {
         let (actor, ip) = page_caller();
         Box::pin(async move {
             let c = self.page_send(&id, form).await?;
@@ -756,18 +758,21 @@ impl Backend for PageData {
         })
     }
 
-    fn accounts(&self) -> BoxFuture<'_, Result<Vec<app::model::Account>, String>> {
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<app::model::Account>, BackendError>> {
         self.page_accounts()
     }
 
-    fn audit(&self, limit: u64) -> BoxFuture<'_, Result<Vec<app::model::AuditEntry>, String>> {
+    fn audit(
+        &self,
+        limit: u64,
+    ) -> BoxFuture<'_, Result<Vec<app::model::AuditEntry>, BackendError>> {
         Box::pin(async move { self.store.audit(limit, None).await.map_err(log_for_page) })
     }
 
     fn add_account(
         &self,
         account: app::model::NewAccount,
-    ) -> BoxFuture<'_, Result<app::model::Account, String>> {
+    ) -> BoxFuture<'_, Result<app::model::Account, BackendError>> {
         let (actor, ip) = page_caller();
         Box::pin(async move {
             self.auth
@@ -788,11 +793,18 @@ impl Backend for PageData {
                 .await
                 .map_err(log_for_page)?
                 .map(crate::store::accounts::AccountRow::into_account)
-                .ok_or_else(|| "the account vanished".to_owned())
+                .ok_or_else(|| {
+                    tracing::error!(account = %account.name, "a new account vanished at once");
+                    BackendError::Unavailable
+                })
         })
     }
 
-    fn set_role(&self, name: String, role: app::model::Role) -> BoxFuture<'_, Result<(), String>> {
+    fn set_role(
+        &self,
+        name: String,
+        role: app::model::Role,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
         let (actor, ip) = page_caller();
         Box::pin(async move {
             self.auth
@@ -812,7 +824,7 @@ impl Backend for PageData {
         })
     }
 
-    fn remove_account(&self, name: String) -> BoxFuture<'_, Result<(), String>> {
+    fn remove_account(&self, name: String) -> BoxFuture<'_, Result<(), BackendError>> {
         let (actor, ip) = page_caller();
         Box::pin(async move {
             self.auth
@@ -826,7 +838,7 @@ impl Backend for PageData {
         })
     }
 
-    fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, String>> {
+    fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, BackendError>> {
         let (actor, ip) = page_caller();
         Box::pin(async move {
             match self.store.add_device(&id, now_ms()).await {
@@ -837,14 +849,14 @@ impl Backend for PageData {
                     Ok(credentials(created))
                 }
                 Err(RegistryError::Store(e)) => Err(log_for_page(e)),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(BackendError::Invalid(e.to_string())),
             }
         })
     }
 }
 
 impl PageData {
-    fn page_accounts(&self) -> BoxFuture<'_, Result<Vec<app::model::Account>, String>> {
+    fn page_accounts(&self) -> BoxFuture<'_, Result<Vec<app::model::Account>, BackendError>> {
         Box::pin(async move { self.store.accounts().await.map_err(log_for_page) })
     }
 }
@@ -853,16 +865,18 @@ impl PageData {
 const PAGE_COMMANDS: u64 = 20;
 
 impl PageData {
-    async fn page_commands(&self, id: &str) -> Result<Vec<Command>, String> {
+    async fn page_commands(&self, id: &str) -> Result<Vec<Command>, BackendError> {
         self.commands
             .recent(id, PAGE_COMMANDS)
             .await
             .map_err(log_for_page)
     }
 
-    async fn page_send(&self, id: &str, form: CommandForm) -> Result<Command, String> {
-        let params = app::model::parse_params(&form.params)
-            .inspect_err(|_| Metrics::add(&self.metrics.commands.refused, 1))?;
+    async fn page_send(&self, id: &str, form: CommandForm) -> Result<Command, BackendError> {
+        let params = app::model::parse_params(&form.params).map_err(|why| {
+            Metrics::add(&self.metrics.commands.refused, 1);
+            BackendError::Invalid(why)
+        })?;
         let request = CommandRequest {
             name: form.name,
             params,
@@ -877,21 +891,26 @@ impl PageData {
                 Ok(c)
             }
             Err(CommandError::Store(e)) => Err(log_for_page(e)),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(BackendError::Invalid(e.to_string())),
         }
     }
 }
 
 /// An account operation's error as the admin page shows it.
-fn page_auth_error(e: AuthError) -> String {
+fn page_auth_error(e: AuthError) -> BackendError {
     match e {
         AuthError::Store(e) => log_for_page(e),
-        e => e.to_string(),
+        AuthError::Hashing(why) => {
+            tracing::error!("page action failed: {why}");
+            BackendError::Unavailable
+        }
+        e => BackendError::Invalid(e.to_string()),
     }
 }
 
-/// Logs a store error behind a page and gives the page a neutral message.
-fn log_for_page(e: StoreError) -> String {
+/// Logs a store error behind a page, the one place it is logged, and gives
+/// the page a neutral message.
+fn log_for_page(e: StoreError) -> BackendError {
     tracing::error!("page data failed: {e}");
-    "the database is unavailable".to_owned()
+    BackendError::Unavailable
 }
