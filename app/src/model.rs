@@ -421,7 +421,9 @@ pub enum ServerMsg {
     /// dropped for it; the page should say so and may reload its history.
     Lagged { skipped: u64 },
     /// Devices that connected or went away, sent within a fraction of a
-    /// second of the event.
+    /// second of the event; also the answer to a subscription, with the
+    /// current status of every subscribed device that has one (possibly
+    /// none), so a client knows when its subscription has taken effect.
     Presence { devices: Vec<Presence> },
     /// Periodic counters, with per-device rejection counts of subscribed
     /// devices.

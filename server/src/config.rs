@@ -79,6 +79,10 @@ pub struct Config {
     /// How long a dashboard session lasts without use before it must sign
     /// in again.
     pub session_idle_minutes: u64,
+    /// How often a live socket checks that its sign-in still holds, which
+    /// also counts as use of its session. One minute, and not settable
+    /// from outside; tests shorten it so as not to wait for it.
+    pub live_recheck: std::time::Duration,
 }
 
 impl Default for Config {
@@ -107,6 +111,7 @@ impl Default for Config {
             retain_raw: Retention::FOREVER,
             retain_rollups: Retention::FOREVER,
             session_idle_minutes: 8 * 60,
+            live_recheck: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -139,6 +144,7 @@ impl fmt::Debug for Config {
             .field("retain_raw", &self.retain_raw)
             .field("retain_rollups", &self.retain_rollups)
             .field("session_idle_minutes", &self.session_idle_minutes)
+            .field("live_recheck", &self.live_recheck)
             .finish()
     }
 }

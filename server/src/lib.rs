@@ -334,6 +334,7 @@ pub async fn run(
             commands: commands.clone(),
             metrics: metrics.clone(),
             shutdown: token.clone(),
+            recheck: config.live_recheck,
         },
         auth,
     };

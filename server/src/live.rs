@@ -297,9 +297,6 @@ fn encode(msg: &ServerMsg) -> Utf8Bytes {
     Utf8Bytes::from(serde_json::to_string(msg).unwrap_or_default())
 }
 
-/// How often a live socket checks that its session or token still holds.
-const RECHECK_SIGN_IN: Duration = Duration::from_secs(60);
-
 /// What the WebSocket handler needs.
 #[derive(Clone, Debug)]
 pub struct Live {
@@ -310,6 +307,9 @@ pub struct Live {
     pub shutdown: CancellationToken,
     /// Where revoked sessions and tokens are announced.
     pub auth: Arc<crate::auth::Auth>,
+    /// How often a socket checks that its session or token still holds
+    /// (and so keeps its session in use).
+    pub recheck: Duration,
 }
 
 /// What a viewer asked to see.
@@ -344,7 +344,7 @@ async fn viewer(socket: WebSocket, live: Live, caller: crate::auth::Caller) {
     let mut revocations = live.auth.revocations();
     // Expiry and changes made by another process (`sightline user`) are
     // not announced; the socket checks its sign-in again now and then.
-    let mut recheck = tokio::time::interval(RECHECK_SIGN_IN);
+    let mut recheck = tokio::time::interval(live.recheck);
     recheck.tick().await;
     loop {
         let mut frames = Vec::new();
@@ -380,6 +380,18 @@ async fn viewer(socket: WebSocket, live: Live, caller: crate::auth::Caller) {
                             let new = subscribe(msg);
                             live.hub.subscribe(id, &outbox, &subscription, &new);
                             subscription = new;
+                            // The answer to a subscription is the current
+                            // presence of what it covers: a page that
+                            // reconnected may have missed changes, and a
+                            // client can tell its subscription has taken
+                            // effect.
+                            let statuses = live
+                                .presence
+                                .all()
+                                .into_iter()
+                                .filter(|p| subscription.includes(&p.device))
+                                .collect();
+                            frames.push(encode(&ServerMsg::Presence { devices: statuses }));
                         }
                         Err(e) => tracing::debug!("ignoring bad client message: {e}"),
                     }
