@@ -9,10 +9,11 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{test_config, Scratch, TestServer};
+use common::{test_config, wait_for, TestDb, TestServer};
 use reqwest::header::{HeaderMap, HeaderValue, COOKIE, LOCATION, ORIGIN, SET_COOKIE};
 use reqwest::redirect::Policy;
 use serde_json::Value;
+use server::config::Config;
 
 /// A device that exists, for routes that take one.
 const DEVICE: &str = "Known01";
@@ -243,14 +244,14 @@ const ROUTES: &[Row] = &[
         "/_app/add_device",
         "/_app/add_device",
         Some("id=bad%20id"),
-        [401, 403, 500, 500],
+        [401, 403, 400, 400],
     ),
     (
         "POST",
         "/_app/send_command",
         "/_app/send_command",
         Some("id=nope&name=ping&params=&two_way=true&persistent=false"),
-        [401, 403, 500, 500],
+        [401, 403, 400, 400],
     ),
     (
         "POST",
@@ -271,21 +272,21 @@ const ROUTES: &[Row] = &[
         "/_app/add_account",
         "/_app/add_account",
         Some("name=bad%20name&password=long%20enough%20pw&role=viewer"),
-        [401, 403, 403, 500],
+        [401, 403, 403, 400],
     ),
     (
         "POST",
         "/_app/set_role",
         "/_app/set_role",
         Some("name=nobody&role=viewer"),
-        [401, 403, 403, 500],
+        [401, 403, 403, 400],
     ),
     (
         "POST",
         "/_app/remove_account",
         "/_app/remove_account",
         Some("name=nobody"),
-        [401, 403, 403, 500],
+        [401, 403, 403, 400],
     ),
     // Last, since it ends the session it is walked with.
     ("POST", "/logout", "/logout", None, [401, 303, 303, 303]),
@@ -356,20 +357,26 @@ async fn add_account(server: &TestServer, name: &str, role: &str) {
     assert_eq!(response.status(), 201, "create {name}");
 }
 
-async fn start() -> (Scratch, TestServer) {
-    let scratch = Scratch::new();
-    let server = TestServer::start(test_config(&scratch.sqlite_url())).await;
+async fn start(db: TestDb) -> (TestDb, TestServer) {
+    start_with(db, |_| {}).await
+}
+
+/// Starts a server on `db` with the configuration changed by `tune`, and
+/// the accounts and device every test here uses.
+async fn start_with(db: TestDb, tune: impl FnOnce(&mut Config)) -> (TestDb, TestServer) {
+    let mut config = test_config(&db.url);
+    tune(&mut config);
+    let server = TestServer::start(config).await;
     for role in ["viewer", "operator"] {
         add_account(&server, role, role).await;
     }
     add_account(&server, "boss", "admin").await;
     server.add_device(DEVICE).await;
-    (scratch, server)
+    (db, server)
 }
 
-#[tokio::test]
-async fn every_route_answers_each_role_as_the_table_says() {
-    let (_scratch, server) = start().await;
+async fn every_route_answers_each_role_as_the_table_says(db: TestDb) {
+    let (_db, server) = start(db).await;
 
     // The table must name exactly the routes the router serves.
     let served: BTreeSet<(String, String)> = server::http::route_rules()
@@ -426,9 +433,8 @@ async fn every_route_answers_each_role_as_the_table_says() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-#[tokio::test]
-async fn parallel_wrong_passwords_cannot_outrun_the_limit() {
-    let (_scratch, server) = start().await;
+async fn parallel_wrong_passwords_cannot_outrun_the_limit(db: TestDb) {
+    let (_db, server) = start(db).await;
     let attempts = (0..30).map(|_| sign_in(&server, "operator", "not the password"));
     let outcomes = futures_util::future::join_all(attempts).await;
     let checked = outcomes
@@ -442,9 +448,8 @@ async fn parallel_wrong_passwords_cannot_outrun_the_limit() {
     assert_eq!(checked, 5, "{outcomes:?}");
 }
 
-#[tokio::test]
-async fn trailing_slashes_do_not_reach_unguarded_pages() {
-    let (_scratch, server) = start().await;
+async fn trailing_slashes_do_not_reach_unguarded_pages(db: TestDb) {
+    let (_db, server) = start(db).await;
     let response = client()
         .get(server.url("/admin/?x=1"))
         .send()
@@ -463,9 +468,8 @@ async fn trailing_slashes_do_not_reach_unguarded_pages() {
     assert_eq!(response.status(), 303);
 }
 
-#[tokio::test]
-async fn methods_a_route_does_not_serve_get_405_without_reaching_a_handler() {
-    let (_scratch, server) = start().await;
+async fn methods_a_route_does_not_serve_get_405_without_reaching_a_handler(db: TestDb) {
+    let (_db, server) = start(db).await;
     for (method, path) in [
         ("PUT", "/api/devices/Known01/commands"),
         ("DELETE", "/api/devices"),
@@ -481,9 +485,8 @@ async fn methods_a_route_does_not_serve_get_405_without_reaching_a_handler() {
     }
 }
 
-#[tokio::test]
-async fn refusals_say_where_to_go() {
-    let (_scratch, server) = start().await;
+async fn refusals_say_where_to_go(db: TestDb) {
+    let (_db, server) = start(db).await;
     let page = client()
         .get(server.url("/devices/Known01?range=1h"))
         .send()
@@ -505,9 +508,8 @@ async fn refusals_say_where_to_go() {
     assert!(body["error"].as_str().expect("error").contains("sign in"));
 }
 
-#[tokio::test]
-async fn cross_origin_state_changes_are_refused() {
-    let (_scratch, server) = start().await;
+async fn cross_origin_state_changes_are_refused(db: TestDb) {
+    let (_db, server) = start(db).await;
     let session = sign_in(&server, "operator", PASSWORD)
         .await
         .expect("signs in");
@@ -570,15 +572,14 @@ async fn cross_origin_state_changes_are_refused() {
     ws.headers_mut()
         .insert("origin", "http://evil.example".parse().expect("origin"));
     assert!(tokio_tungstenite::connect_async(ws).await.is_err());
-    assert!(server
-        .metrics()
-        .await
-        .contains("sightline_http_csrf_refused_total 5"));
+    assert_eq!(
+        server::metrics::read_value(&server.metrics().await, "sightline_http_csrf_refused_total"),
+        Some(5)
+    );
 }
 
-#[tokio::test]
-async fn sign_out_password_change_and_idleness_end_sessions() {
-    let (_scratch, server) = start().await;
+async fn sign_out_password_change_and_idleness_end_sessions(db: TestDb) {
+    let (_db, server) = start(db).await;
     let me = |session: String| {
         let server_url = server.url("/api/me");
         async move {
@@ -657,9 +658,8 @@ async fn sign_out_password_change_and_idleness_end_sessions() {
     assert_eq!(me(e).await, 401);
 }
 
-#[tokio::test]
-async fn failed_sign_ins_are_throttled_per_account_and_per_address() {
-    let (_scratch, server) = start().await;
+async fn failed_sign_ins_are_throttled_per_account_and_per_address(db: TestDb) {
+    let (_db, server) = start(db).await;
     for _ in 0..5 {
         assert_eq!(
             sign_in(&server, "operator", "not the password").await,
@@ -682,12 +682,15 @@ async fn failed_sign_ins_are_throttled_per_account_and_per_address() {
         Err("/login?error=throttled&next=/".to_owned())
     );
     let metrics = server.metrics().await;
-    assert!(
-        metrics.contains("sightline_login_failures_total 20"),
+    let read = |name| server::metrics::read_value(&metrics, name);
+    assert_eq!(
+        read("sightline_login_failures_total"),
+        Some(20),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("sightline_login_throttled_total 2"),
+    assert_eq!(
+        read("sightline_login_throttled_total"),
+        Some(2),
         "{metrics}"
     );
     // Failures are in the audit log with the name tried.
@@ -697,9 +700,8 @@ async fn failed_sign_ins_are_throttled_per_account_and_per_address() {
         && e["ip"] == "127.0.0.1"));
 }
 
-#[tokio::test]
-async fn api_tokens_act_for_their_account_until_revoked() {
-    let (_scratch, server) = start().await;
+async fn api_tokens_act_for_their_account_until_revoked(db: TestDb) {
+    let (_db, server) = start(db).await;
     let session = sign_in(&server, "viewer", PASSWORD)
         .await
         .expect("signs in");
@@ -828,9 +830,8 @@ async fn api_tokens_act_for_their_account_until_revoked() {
     assert_eq!(fake.status(), 401);
 }
 
-#[tokio::test]
-async fn responses_carry_security_headers_and_the_page_nonce() {
-    let (_scratch, server) = start().await;
+async fn responses_carry_security_headers_and_the_page_nonce(db: TestDb) {
+    let (_db, server) = start(db).await;
     let session = sign_in(&server, "viewer", PASSWORD)
         .await
         .expect("signs in");
@@ -857,6 +858,10 @@ async fn responses_carry_security_headers_and_the_page_nonce() {
         headers.get("referrer-policy").expect("referrer"),
         "same-origin"
     );
+    assert_eq!(
+        headers.get("x-frame-options").expect("x-frame-options"),
+        "DENY"
+    );
     let nonce = csp
         .split("'nonce-")
         .nth(1)
@@ -871,6 +876,22 @@ async fn responses_carry_security_headers_and_the_page_nonce() {
         html.matches(&format!("nonce=\"{nonce}\"")).count(),
         scripts,
         "{html}"
+    );
+    // A nonce is good for one response only: the next page gets a new one.
+    let again = client()
+        .get(server.url("/"))
+        .headers(browser(&server, Some(&session)))
+        .send()
+        .await
+        .expect("page");
+    let next_csp = again.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp")
+        .to_owned();
+    assert!(next_csp.contains("'nonce-"), "{next_csp}");
+    assert!(
+        !next_csp.contains(&format!("'nonce-{nonce}'")),
+        "the nonce was reused: {next_csp}"
     );
     // Every API response carries the headers too.
     let api = server
@@ -887,9 +908,8 @@ async fn responses_carry_security_headers_and_the_page_nonce() {
     );
 }
 
-#[tokio::test]
-async fn the_last_admin_stays_and_roles_are_checked_on_every_request() {
-    let (_scratch, server) = start().await;
+async fn the_last_admin_stays_and_roles_are_checked_on_every_request(db: TestDb) {
+    let (_db, server) = start(db).await;
     // The operator becomes a viewer while signed in: the next request sees it.
     let session = sign_in(&server, "operator", PASSWORD)
         .await
@@ -951,11 +971,10 @@ async fn the_last_admin_stays_and_roles_are_checked_on_every_request() {
     }
 }
 
-#[tokio::test]
-async fn revoking_a_sign_in_closes_its_live_socket() {
+async fn revoking_a_sign_in_closes_its_live_socket(db: TestDb) {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let (_scratch, server) = start().await;
+    let (_db, server) = start(db).await;
     let open = |cookie: String| {
         let mut request = format!("ws://{}/ws", server.http)
             .into_client_request()
@@ -1014,9 +1033,8 @@ async fn revoking_a_sign_in_closes_its_live_socket() {
     assert!(closes(ws).await, "the socket outlived its account");
 }
 
-#[tokio::test]
-async fn the_openapi_document_covers_every_json_route() {
-    let (_scratch, server) = start().await;
+async fn the_openapi_document_covers_every_json_route(db: TestDb) {
+    let (_db, server) = start(db).await;
     let doc: Value = server.get_json("/api/openapi.json").await;
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
@@ -1058,3 +1076,193 @@ async fn the_openapi_document_covers_every_json_route() {
     assert_eq!(status, 200);
     assert!(page.contains("/api/devices/{id}/commands") && page.contains("operator"));
 }
+
+/// Runs `sql` on the server's database directly, as a test's way of moving
+/// a row through time.
+async fn execute(db: &TestDb, sql: &str) {
+    use sea_orm::ConnectionTrait;
+    let conn = sea_orm::Database::connect(&db.url).await.expect("connect");
+    conn.execute_unprepared(sql).await.expect("sql");
+    conn.close().await.expect("close");
+}
+
+/// The status of `GET /api/me` with a session cookie.
+async fn me_with(server: &TestServer, session: &str) -> u16 {
+    client()
+        .get(server.url("/api/me"))
+        .header(COOKIE, format!("sightline_session={session}"))
+        .send()
+        .await
+        .expect("me")
+        .status()
+        .as_u16()
+}
+
+/// However busy, a session ends 30 days after sign-in.
+async fn sessions_end_thirty_days_after_sign_in(db: TestDb) {
+    let (db, server) = start(db).await;
+    let now = server::ingest::now_ms();
+    let day = 86_400_000;
+    let old = sign_in(&server, "viewer", PASSWORD).await.expect("old");
+    let young = sign_in(&server, "viewer", PASSWORD).await.expect("young");
+    for (session, age) in [(&old, 30 * day + 1000), (&young, 30 * day - 60_000)] {
+        let hash = server::store::registry::hash_secret(session);
+        execute(
+            &db,
+            &format!(
+                "UPDATE login_session SET created_at = {} WHERE id_hash = '{hash}'",
+                now - age
+            ),
+        )
+        .await;
+    }
+    // Both were used a moment ago, so only the 30-day cap can end one.
+    assert_eq!(me_with(&server, &young).await, 200);
+    assert_eq!(me_with(&server, &old).await, 401);
+}
+
+/// An open live socket is use of its session: a dashboard left open on a
+/// wall stays signed in past the idle limit, while a session nobody uses
+/// ends at it.
+async fn an_open_live_socket_keeps_its_session_in_use(db: TestDb) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (_db, server) = start_with(db, |c| {
+        c.session_idle_minutes = 1;
+        c.live_recheck = std::time::Duration::from_millis(200);
+    })
+    .await;
+    let watching = sign_in(&server, "viewer", PASSWORD).await.expect("a");
+    let idle = sign_in(&server, "viewer", PASSWORD).await.expect("b");
+    let mut request = format!("ws://{}/ws", server.http)
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "cookie",
+        format!("sightline_session={watching}")
+            .parse()
+            .expect("cookie"),
+    );
+    request
+        .headers_mut()
+        .insert("origin", server.url("").parse().expect("origin"));
+    let (socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("socket opens");
+
+    // Both sessions were last used 58 s ago: 2 s before they go idle.
+    let store = server::store::Store::open(&server.database_url)
+        .await
+        .expect("store");
+    let aged = server::ingest::now_ms() - 58_000;
+    let hash = |s: &str| server::store::registry::hash_secret(s);
+    for session in [&watching, &idle] {
+        store
+            .touch_session(&hash(session), aged)
+            .await
+            .expect("age the session");
+    }
+    let last_seen = |session: String| {
+        let store = store.clone();
+        async move {
+            store
+                .session(&hash(&session))
+                .await
+                .expect("read")
+                .map(|s| s.last_seen_at)
+        }
+    };
+    wait_for("the socket to use its session", || async {
+        last_seen(watching.clone()).await > Some(aged)
+    })
+    .await;
+    wait_for("the idle limit to pass", || async {
+        server::ingest::now_ms() > aged + 61_000
+    })
+    .await;
+    assert_eq!(last_seen(idle.clone()).await, Some(aged), "nothing used it");
+    assert_eq!(me_with(&server, &idle).await, 401, "the idle session ended");
+    assert_eq!(
+        me_with(&server, &watching).await,
+        200,
+        "the watched session lives on"
+    );
+    drop(socket);
+}
+
+/// Over HTTPS every response tells browsers to stay on HTTPS (HSTS); over
+/// plain HTTP, where it would mean nothing, it is not sent.
+#[tokio::test]
+async fn https_responses_carry_hsts() {
+    let db = TestDb::sqlite();
+    let certs = tempfile::tempdir().expect("dir");
+    let files = server::edge::tls::write_dev_cert(certs.path(), &["localhost".to_owned()])
+        .expect("dev certificate");
+    let (_db, server) = start_with(db, |c| {
+        c.tls_cert = Some(files.cert.clone());
+        c.tls_key = Some(files.key.clone());
+    })
+    .await;
+    let https = server.https.expect("an HTTPS listener");
+    let curl = tokio::process::Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert"])
+        .arg(&files.ca)
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", https.port()),
+            &format!("https://localhost:{}/api/health", https.port()),
+        ])
+        .output()
+        .await
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&curl.stdout).to_lowercase();
+    assert!(
+        headers.contains("strict-transport-security: max-age=31536000"),
+        "{headers}{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    let plain = client()
+        .get(server.url("/api/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(plain.status(), 200);
+    assert!(plain.headers().get("strict-transport-security").is_none());
+}
+
+/// Every test above runs on SQLite and on PostgreSQL: sessions, tokens,
+/// accounts and the audit log are hand-written SQL on both.
+macro_rules! on_both_databases {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$test(super::common::TestDb::sqlite()).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(db) = super::common::TestDb::postgres().await {
+                    super::$test(db).await;
+                }
+            }
+        }
+    )*};
+}
+
+on_both_databases!(
+    every_route_answers_each_role_as_the_table_says,
+    parallel_wrong_passwords_cannot_outrun_the_limit,
+    trailing_slashes_do_not_reach_unguarded_pages,
+    methods_a_route_does_not_serve_get_405_without_reaching_a_handler,
+    refusals_say_where_to_go,
+    cross_origin_state_changes_are_refused,
+    sign_out_password_change_and_idleness_end_sessions,
+    failed_sign_ins_are_throttled_per_account_and_per_address,
+    api_tokens_act_for_their_account_until_revoked,
+    responses_carry_security_headers_and_the_page_nonce,
+    the_last_admin_stays_and_roles_are_checked_on_every_request,
+    revoking_a_sign_in_closes_its_live_socket,
+    the_openapi_document_covers_every_json_route,
+    sessions_end_thirty_days_after_sign_in,
+    an_open_live_socket_keeps_its_session_in_use,
+);

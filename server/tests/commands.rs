@@ -275,12 +275,10 @@ async fn a_persistent_command_waits_for_an_offline_device_even_across_a_restart(
 /// The same on PostgreSQL, whose SQL for commands is written by hand too.
 #[tokio::test]
 async fn a_persistent_command_waits_across_a_restart_on_postgres() {
-    let Ok(url) = std::env::var("SIGHTLINE_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: SIGHTLINE_TEST_POSTGRES_URL is not set");
+    let Some(db) = common::TestDb::postgres().await else {
         return;
     };
-    // Other tests share this database, so the device name is this run's.
-    persistent_across_restart(&url, &format!("Cmd-{}", std::process::id())).await;
+    persistent_across_restart(&db.url, "Cmd-1").await;
 }
 
 async fn persistent_across_restart(database_url: &str, id: &str) {
@@ -831,13 +829,7 @@ async fn finished_commands_are_pruned_with_raw_readings(url: &str, device: &str)
 async fn finished_commands_follow_raw_retention() {
     let scratch = Scratch::new();
     finished_commands_are_pruned_with_raw_readings(&scratch.sqlite_url(), "R1").await;
-    if let Ok(url) = std::env::var("SIGHTLINE_TEST_POSTGRES_URL") {
-        finished_commands_are_pruned_with_raw_readings(
-            &url,
-            &format!("Ret-{}", std::process::id()),
-        )
-        .await;
-    } else {
-        eprintln!("PostgreSQL part skipped: SIGHTLINE_TEST_POSTGRES_URL is not set");
+    if let Some(db) = common::TestDb::postgres().await {
+        finished_commands_are_pruned_with_raw_readings(&db.url, "Ret-1").await;
     }
 }

@@ -97,16 +97,18 @@ async fn export_streams_every_row_in_order_in_both_formats() {
     server.stop().await.expect("clean shutdown");
 }
 
-/// The resident memory of process `pid`, in KiB.
+/// The resident memory of process `pid`, in KiB. An unreadable figure
+/// fails the test: reading it as zero would pass any bound.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
+    assert!(kib > 0, "VmRSS of {pid} reads as zero");
+    kib
 }
 
 /// Reads a whole export of device `Exp` slowly, tracking the server's

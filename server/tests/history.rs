@@ -219,18 +219,16 @@ async fn buckets_from_rollups_agree_with_raw_readings_over_http() {
 /// The same checks on PostgreSQL, whose upsert and aggregate SQL differ.
 #[tokio::test]
 async fn buckets_from_rollups_agree_with_raw_readings_on_postgres() {
-    let Ok(url) = std::env::var("SIGHTLINE_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: SIGHTLINE_TEST_POSTGRES_URL is not set");
+    let Some(db) = common::TestDb::postgres().await else {
         return;
     };
-    let store = Store::open(&url).await.expect("open postgres");
+    let store = Store::open(&db.url).await.expect("open postgres");
     let device = format!("Hist-{}", std::process::id());
     let raw = seed(&store, &device).await;
     check_all(&store, &device, &raw).await;
 
     // The fleet's sparkline query and retention's chunked deletes are
-    // written by hand too. Other tests share this database, but their
-    // readings are recent, and these are from January 2026.
+    // written by hand too.
     let fleet = store.devices().await.expect("fleet on postgres");
     assert!(fleet.iter().any(|d| d.id == device));
     let now = server::ingest::now_ms();

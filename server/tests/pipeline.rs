@@ -199,7 +199,11 @@ async fn bad_input_is_rejected_counted_and_never_costs_good_readings() {
     // The server keeps serving pages after all of that.
     let (status, page) = server.get("/devices/Device001").await.expect("page");
     assert_eq!(status, 200);
-    assert!(page.contains("rejected"), "the page shows rejections");
+    assert_eq!(
+        common::testid_text(&page, "device-rejected").as_deref(),
+        Some(rejected.to_string().as_str()),
+        "the page shows the device's rejections"
+    );
     server.stop().await.expect("clean shutdown");
 }
 
@@ -237,6 +241,91 @@ async fn readings_survive_a_restart() {
     server.stop().await.expect("clean shutdown");
 }
 
+/// Shutdown while readings are still queued for the writer: the drain that
+/// ARCHITECTURE.md promises. A slow writer (10 readings per 300 ms) keeps
+/// most of 100 readings waiting when the stop comes; every one of them is
+/// stored before `run` returns, and the QoS 1 device hears a PUBACK for
+/// each of its own before its connection closes. That device is a raw
+/// socket, so that every byte the server sent before closing is counted
+/// (a client library may drop what arrives with the close).
+#[tokio::test]
+async fn shutdown_stores_every_reading_still_queued() {
+    use rumqttc::mqttbytes::v4::{Connect, Packet, Publish};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let scratch = Scratch::new();
+    let url = scratch.sqlite_url();
+    let mut config = test_config(&url);
+    config.write_pause = Duration::from_millis(300);
+    config.batch_max = 10;
+    let server = TestServer::start(config).await;
+    let fire_and_forget = server.device("Unacked").await;
+
+    let mut acked_device = tokio::net::TcpStream::connect(server.mqtt)
+        .await
+        .expect("connect");
+    let mut out = bytes::BytesMut::new();
+    Packet::Connect(Connect::new("Acked"))
+        .write(&mut out, usize::MAX)
+        .expect("encodes");
+    for i in 0..50u16 {
+        let mut publish = Publish::new("sensor/Acked/n", QoS::AtLeastOnce, i.to_string());
+        publish.pkid = i + 1;
+        Packet::Publish(publish)
+            .write(&mut out, usize::MAX)
+            .expect("encodes");
+    }
+    acked_device.write_all(&out).await.expect("write");
+    for i in 0..50 {
+        fire_and_forget
+            .publish_qos("sensor/Unacked/n", QoS::AtMostOnce, format!("{i}"))
+            .await;
+    }
+    wait_for("all 100 readings to reach ingest", || async {
+        let c: Counters = server.get_json("/api/stats").await;
+        c.received == 100
+    })
+    .await;
+    let at_stop: Counters = server.get_json("/api/stats").await;
+    assert!(
+        at_stop.stored <= 60,
+        "the writer was meant to be far behind at the stop: {at_stop:?}"
+    );
+
+    server.stop().await.expect("clean shutdown");
+    let store = Store::open(&url).await.expect("reopen");
+    assert_eq!(
+        store.count_readings().await.expect("count"),
+        100,
+        "readings queued at the stop were lost"
+    );
+    // Everything the server sent before closing: the CONNACK, then a
+    // PUBACK for each message, in order.
+    let mut sent = bytes::BytesMut::new();
+    tokio::time::timeout(Duration::from_secs(5), acked_device.read_buf(&mut sent))
+        .await
+        .expect("the server closed the connection")
+        .expect("read");
+    while tokio::time::timeout(Duration::from_secs(5), acked_device.read_buf(&mut sent))
+        .await
+        .expect("the server closed the connection")
+        .is_ok_and(|n| n > 0)
+    {}
+    let mut acks = Vec::new();
+    while let Ok(packet) = Packet::read(&mut sent, 1 << 20) {
+        match packet {
+            Packet::ConnAck(_) => {}
+            Packet::PubAck(ack) => acks.push(ack.pkid),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        acks,
+        (1..=50).collect::<Vec<u16>>(),
+        "the session settles: what it stored during shutdown is acknowledged"
+    );
+}
+
 #[tokio::test]
 async fn pages_show_real_values_before_any_script_runs() {
     let scratch = Scratch::new();
@@ -261,8 +350,8 @@ async fn pages_show_real_values_before_any_script_runs() {
     );
     for needle in [
         "Device001",
-        "22.25",
-        "41",
+        "class=\"metric-value\">22.25<",
+        "class=\"metric-value\">41<",
         "/pkg/frontend.js",
         "/pkg/echarts.min.js",
     ] {
@@ -337,12 +426,12 @@ async fn startup_errors_name_the_cause_and_the_option() {
 /// `SIGHTLINE_TEST_POSTGRES_URL`; elsewhere the test says it was skipped.
 #[tokio::test]
 async fn postgres_stores_and_serves_readings() {
-    let Ok(url) = std::env::var("SIGHTLINE_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: SIGHTLINE_TEST_POSTGRES_URL is not set");
+    let Some(db) = common::TestDb::postgres().await else {
         return;
     };
+    let url = db.url.clone();
     let server = TestServer::start(test_config(&url)).await;
-    let name = format!("pg-{}", std::process::id());
+    let name = "pg-device".to_owned();
     let device = server.device(&name).await;
     device
         .publish(&format!("sensor/{name}"), "{'temp':22,'hum':40.5}")
@@ -455,6 +544,54 @@ async fn a_stalled_viewer_stays_bounded_while_a_healthy_one_gets_everything() {
     })
     .await;
     assert!(skipped > 0, "the stalled viewer is told what it missed");
+    device.disconnect().await;
+    server.stop().await.expect("clean shutdown");
+}
+
+/// A viewer that stops reading altogether is disconnected once a send to
+/// it has waited 10 s, which frees what it pinned; ingest never waits for
+/// it.
+#[tokio::test]
+async fn a_viewer_that_stops_reading_is_disconnected_after_ten_seconds() {
+    let scratch = Scratch::new();
+    let mut config = test_config(&scratch.sqlite_url());
+    config.batch_max = 2000;
+    let server = TestServer::start(config).await;
+    let stalled = server.live(r#"{"type":"subscribe_all"}"#).await;
+    assert_eq!(metric(&server, "sightline_viewers").await, 1);
+    let device = server.device("Flood").await;
+    // About 20 MB of live updates: far more than the viewer's outbox and
+    // both ends' socket buffers, so a send to it blocks.
+    let fields: Vec<String> = (0..200)
+        .map(|i| format!("\"metric_with_a_deliberately_long_name_to_fill_buffers_{i:03}\":{i}"))
+        .collect();
+    let payload = format!("{{{}}}", fields.join(","));
+    let flood_started = tokio::time::Instant::now();
+    for _ in 0..1000 {
+        device.publish("sensor/Flood", payload.clone()).await;
+    }
+    wait_for("every reading to be stored", || async {
+        let c: Counters = server.get_json("/api/stats").await;
+        c.stored == 200_000
+    })
+    .await;
+    let deadline = flood_started + Duration::from_secs(40);
+    while metric(&server, "sightline_viewers").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled viewer was still connected 40 s after the flood began"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cut_after = flood_started.elapsed();
+    assert!(
+        cut_after >= Duration::from_secs(10),
+        "disconnected {cut_after:?} after the flood began: sends may wait 10 s"
+    );
+    let c: Counters = server.get_json("/api/stats").await;
+    assert_eq!(c.dropped, 0, "a stalled viewer must not cost readings");
+    assert_eq!(metric(&server, "sightline_live_pending_bytes").await, 0);
+    drop(stalled);
     device.disconnect().await;
     server.stop().await.expect("clean shutdown");
 }

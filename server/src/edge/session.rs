@@ -1148,6 +1148,34 @@ async fn sleep_until(deadline: Option<Instant>) {
 mod tests {
     use super::*;
 
+    /// A client that announces a large CONNECT and sends only a little of
+    /// it makes the server hold what it sent, not what it announced.
+    #[tokio::test]
+    async fn a_frame_buffer_grows_with_bytes_received_not_with_lengths_announced() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        // A CONNECT announcing 60,000 bytes (varint 0xE0 0xD4 0x03), then
+        // ten of them.
+        client
+            .write_all(&[0x10, 0xE0, 0xD4, 0x03])
+            .await
+            .expect("write");
+        client.write_all(&[0; 10]).await.expect("write");
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let read = tokio::time::timeout(
+            Duration::from_millis(200),
+            read_frame(&mut server, &mut buf, MAX_CONNECT_BYTES),
+        )
+        .await;
+        assert!(read.is_err(), "still waiting for the rest of the frame");
+        assert_eq!(buf.len(), 14);
+        assert!(
+            buf.capacity() <= 2 * READ_CHUNK + 64,
+            "{} bytes reserved for 14 received",
+            buf.capacity()
+        );
+    }
+
     #[test]
     fn keep_alive_is_enforced_at_one_and_a_half_times() {
         assert_eq!(keep_alive_limit(0), None);

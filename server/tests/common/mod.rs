@@ -58,6 +58,63 @@ impl Scratch {
     }
 }
 
+/// A database for one test: a fresh SQLite file, or a fresh database in
+/// the PostgreSQL server that CI starts.
+pub struct TestDb {
+    pub url: String,
+    /// Keeps the SQLite file's folder alive for the test's length.
+    _scratch: Option<Scratch>,
+}
+
+impl TestDb {
+    pub fn sqlite() -> Self {
+        let scratch = Scratch::new();
+        Self {
+            url: scratch.sqlite_url(),
+            _scratch: Some(scratch),
+        }
+    }
+
+    /// A new, empty database of its own in the PostgreSQL server named by
+    /// `SIGHTLINE_TEST_POSTGRES_URL`, so that tests never see each other's
+    /// rows. Without that variable the test is skipped, with a note,
+    /// unless `SIGHTLINE_REQUIRE_POSTGRES=1` (set by `scripts/test.sh`), in
+    /// which case it fails: CI must never pass by skipping.
+    pub async fn postgres() -> Option<Self> {
+        let url = postgres_url()?;
+        use sea_orm::ConnectionTrait;
+        let admin = sea_orm::Database::connect(&url)
+            .await
+            .expect("connect to the test PostgreSQL");
+        let name = format!("sl_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create a database for the test");
+        admin.close().await.expect("close");
+        let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+        Some(Self {
+            url: format!("{base}/{name}"),
+            _scratch: None,
+        })
+    }
+}
+
+/// The shared test PostgreSQL's URL, or `None` (with a note) when the
+/// test should be skipped; see [`TestDb::postgres`].
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("SIGHTLINE_TEST_POSTGRES_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("SIGHTLINE_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+            panic!("SIGHTLINE_REQUIRE_POSTGRES=1 but SIGHTLINE_TEST_POSTGRES_URL is not set")
+        }
+        Err(_) => {
+            eprintln!("skipped: SIGHTLINE_TEST_POSTGRES_URL is not set");
+            None
+        }
+    }
+}
+
 /// A configuration on free loopback ports. Open registration is on, so
 /// that tests about ingest and live push can connect devices by client id;
 /// the device-edge tests turn it off.
@@ -146,7 +203,9 @@ impl TestServer {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
     }
 
-    /// Opens a live WebSocket with the given subscription message.
+    /// Opens a live WebSocket with the given subscription message, and
+    /// returns once the server has answered it (with the presence of the
+    /// subscribed devices), so the subscription is in effect.
     pub async fn live(&self, subscription: &str) -> Ws {
         let (mut ws, _) = tokio_tungstenite::connect_async(socket_request(self.http, &self.token))
             .await
@@ -154,6 +213,10 @@ impl TestServer {
         ws.send(Message::Text(subscription.into()))
             .await
             .expect("subscribe");
+        next_matching(&mut ws, |m| {
+            matches!(m, ServerMsg::Presence { .. }).then_some(())
+        })
+        .await;
         ws
     }
 
@@ -381,4 +444,27 @@ pub async fn spawn_server(
     // Keep draining the log so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, http.expect("http"), mqtt.expect("mqtt"))
+}
+
+/// The text inside the server-rendered element with `data-testid="id"`,
+/// trimmed, with Leptos's hydration comments left out; `None` if the page
+/// has no such element.
+pub fn testid_text(page: &str, id: &str) -> Option<String> {
+    let marker = format!("data-testid=\"{id}\"");
+    let after = &page[page.find(&marker)? + marker.len()..];
+    let mut rest = &after[after.find('>')? + 1..];
+    let mut text = String::new();
+    loop {
+        if let Some(comment) = rest.strip_prefix("<!--") {
+            rest = &comment[comment.find("-->")? + 3..];
+        } else if let Some(marker) = rest.strip_prefix("<!>") {
+            rest = marker;
+        } else if rest.starts_with('<') || rest.is_empty() {
+            return Some(text.trim().to_owned());
+        } else {
+            let end = rest.find('<').unwrap_or(rest.len());
+            text.push_str(&rest[..end]);
+            rest = &rest[end..];
+        }
+    }
 }
