@@ -17,6 +17,9 @@ cargo clippy --all-targets -- -D warnings
 step "clippy: browser side"
 cargo clippy -p frontend -p app --features app/hydrate --target wasm32-unknown-unknown -- -D warnings
 
+step "dependency rule: every import points down the layers in ARCHITECTURE.md"
+cargo test --release -p server --test layers
+
 step "build: server and hydrate bundle"
 cargo build --release -p server
 trunk build --skip-version-check

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::ingest::now_ms;
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::accounts::NewAuditEvent;
 use crate::store::Store;

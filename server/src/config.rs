@@ -1,21 +1,33 @@
 //! Server configuration, layered as defaults, then a TOML file, then
 //! `SIGHTLINE_*` environment variables, then command-line flags.
 //!
-//! Clap reads both the flags and the environment (each flag names its
-//! variable), so a value from either arrives here as `Some` and wins over the
-//! file, which in turn wins over [`Config::default`].
+//! Every setting is declared twice and no more: as a field of [`Config`]
+//! (with its default in `Config::default`) and as an optional field of
+//! [`Overrides`], which is both the TOML file's shape and the flags (clap
+//! reads each flag's environment variable too). The layers are merged as
+//! data: each one's present values are laid over the defaults in turn.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
 
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::store::retention::Retention;
+use crate::clock::Clock;
+use crate::store::DatabaseUrl;
+
+/// How often a live socket rechecks its sign-in unless a test says
+/// otherwise.
+const LIVE_RECHECK: Duration = Duration::from_secs(60);
+
+fn live_recheck() -> Duration {
+    LIVE_RECHECK
+}
 
 /// Everything `sightline serve` needs to run.
-#[derive(Clone, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 pub struct Config {
     /// Where the dashboard, JSON API and WebSocket listen.
     pub http_addr: SocketAddr,
@@ -44,7 +56,7 @@ pub struct Config {
     pub max_publish_rate: f64,
     /// A sea-orm database URL: `sqlite://FILE?mode=rwc` or `postgres://...`.
     /// It may hold a password, so `Debug` redacts it.
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// The folder whose `pkg/` holds the built front end (WASM, JS glue,
     /// CSS, `echarts.min.js`).
     pub site_root: PathBuf,
@@ -70,7 +82,8 @@ pub struct Config {
     /// Extra time the writer waits after each batch. Always zero in
     /// production and not settable from outside; tests use it to make
     /// ingest outpace storage and check that overload is counted.
-    pub write_pause: std::time::Duration,
+    #[serde(skip)]
+    pub write_pause: Duration,
     /// How long raw readings are kept; older ones are deleted in the
     /// background, and charts of that time come from rollups.
     pub retain_raw: Retention,
@@ -82,7 +95,13 @@ pub struct Config {
     /// How often a live socket checks that its sign-in still holds, which
     /// also counts as use of its session. One minute, and not settable
     /// from outside; tests shorten it so as not to wait for it.
-    pub live_recheck: std::time::Duration,
+    #[serde(skip, default = "live_recheck")]
+    pub live_recheck: Duration,
+    /// Where the command service reads the time: the wall clock, and not
+    /// settable from outside; tests use tokio's, to move its deadlines on
+    /// under `tokio::time::pause()`.
+    #[serde(skip)]
+    pub command_clock: Clock,
 }
 
 impl Default for Config {
@@ -99,7 +118,7 @@ impl Default for Config {
             open_registration: false,
             max_connections: 20_000,
             max_publish_rate: 1_000.0,
-            database_url: "sqlite://sightline.db?mode=rwc".into(),
+            database_url: DatabaseUrl::from("sqlite://sightline.db?mode=rwc"),
             site_root: PathBuf::from("target/site"),
             max_payload_bytes: 64 * 1024,
             demo: false,
@@ -107,105 +126,121 @@ impl Default for Config {
             batch_max: 100_000,
             writer_queue: 500_000,
             viewer_buffer_bytes: 1024 * 1024,
-            write_pause: std::time::Duration::ZERO,
+            write_pause: Duration::ZERO,
             retain_raw: Retention::FOREVER,
             retain_rollups: Retention::FOREVER,
             session_idle_minutes: 8 * 60,
-            live_recheck: std::time::Duration::from_secs(60),
+            live_recheck: LIVE_RECHECK,
+            command_clock: Clock::Wall,
         }
     }
 }
 
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("http_addr", &self.http_addr)
-            .field("http_plaintext", &self.http_plaintext)
-            .field("https_addr", &self.https_addr)
-            .field("mqtt_addr", &self.mqtt_addr)
-            .field("mqtt_plaintext", &self.mqtt_plaintext)
-            .field("mqtts_addr", &self.mqtts_addr)
-            .field("tls_cert", &self.tls_cert)
-            // The key file's path is not secret; its contents never reach
-            // this struct.
-            .field("tls_key", &self.tls_key)
-            .field("open_registration", &self.open_registration)
-            .field("max_connections", &self.max_connections)
-            .field("max_publish_rate", &self.max_publish_rate)
-            .field("database_url", &redact_url(&self.database_url))
-            .field("site_root", &self.site_root)
-            .field("max_payload_bytes", &self.max_payload_bytes)
-            .field("demo", &self.demo)
-            .field("demo_devices", &self.demo_devices)
-            .field("batch_max", &self.batch_max)
-            .field("writer_queue", &self.writer_queue)
-            .field("viewer_buffer_bytes", &self.viewer_buffer_bytes)
-            .field("write_pause", &self.write_pause)
-            .field("retain_raw", &self.retain_raw)
-            .field("retain_rollups", &self.retain_rollups)
-            .field("session_idle_minutes", &self.session_idle_minutes)
-            .field("live_recheck", &self.live_recheck)
-            .finish()
+/// How long data is kept: a duration such as `30d`, or forever.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Retention(Option<i64>);
+
+impl Retention {
+    /// Keep everything.
+    pub const FOREVER: Self = Self(None);
+
+    /// A retention of `ms` milliseconds.
+    pub fn millis(ms: i64) -> Self {
+        Self(Some(ms))
+    }
+
+    /// The oldest timestamp kept at time `now`, if anything is pruned.
+    pub fn cutoff(self, now: i64) -> Option<i64> {
+        self.0.map(|ms| now.saturating_sub(ms))
+    }
+
+    /// The duration in milliseconds; `None` for forever.
+    pub fn as_millis(self) -> Option<i64> {
+        self.0
     }
 }
 
-/// Replaces the password in `scheme://user:password@host` with `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => match rest[..at].find(':') {
-            Some(colon) => format!(
-                "{}{}:***{}",
-                &url[..scheme_end + 3],
-                &rest[..colon],
-                &rest[at..]
-            ),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
+/// Why a retention setting could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid retention {0:?}: use a number and a unit (ms, s, m, h, d, w, y), such as 30d, or \"forever\"")]
+pub struct RetentionError(String);
+
+impl FromStr for Retention {
+    type Err = RetentionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        if text.eq_ignore_ascii_case("forever") {
+            return Ok(Self::FOREVER);
+        }
+        let bad = || RetentionError(s.to_owned());
+        let digits = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (number, unit) = text.split_at(digits);
+        let number: i64 = number.parse().map_err(|_| bad())?;
+        let unit_ms: i64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            // A year of 365.25 days, so that "5y" keeps five calendar years.
+            "y" => 31_557_600_000,
+            _ => return Err(bad()),
+        };
+        match number.checked_mul(unit_ms) {
+            Some(ms) if ms > 0 => Ok(Self(Some(ms))),
+            _ => Err(bad()),
+        }
     }
 }
 
-/// The optional TOML file. Every key is optional and uses the same name as
-/// the flag, with underscores.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    http_addr: Option<SocketAddr>,
-    http_plaintext: Option<bool>,
-    https_addr: Option<SocketAddr>,
-    mqtt_addr: Option<SocketAddr>,
-    mqtt_plaintext: Option<bool>,
-    mqtts_addr: Option<SocketAddr>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    open_registration: Option<bool>,
-    max_connections: Option<usize>,
-    max_publish_rate: Option<f64>,
-    database_url: Option<String>,
-    site_root: Option<PathBuf>,
-    max_payload_bytes: Option<usize>,
-    demo: Option<bool>,
-    demo_devices: Option<usize>,
-    batch_max: Option<usize>,
-    writer_queue: Option<usize>,
-    viewer_buffer_bytes: Option<usize>,
-    retain_raw: Option<Retention>,
-    retain_rollups: Option<Retention>,
-    session_idle_minutes: Option<u64>,
+impl TryFrom<String> for Retention {
+    type Error = RetentionError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
 }
 
-/// Flags of `sightline serve`. Each one may also come from its environment
-/// variable; flags win over the environment.
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("forever"),
+            // The largest unit that says it exactly, so that the text reads
+            // back as the same retention.
+            Some(ms) if ms % 86_400_000 == 0 => write!(f, "{}d", ms / 86_400_000),
+            Some(ms) if ms % 1_000 == 0 => write!(f, "{}s", ms / 1_000),
+            Some(ms) => write!(f, "{ms}ms"),
+        }
+    }
+}
+
+impl From<Retention> for String {
+    fn from(r: Retention) -> Self {
+        r.to_string()
+    }
+}
+
+/// `sightline serve`'s arguments: the config file, and the overrides
+/// given as flags or environment variables (flags win over the
+/// environment).
 #[derive(Debug, Default, Args)]
 pub struct ServeArgs {
     /// A TOML file with any of the settings below (keys use underscores).
     #[arg(long, env = "SIGHTLINE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// The settings one layer gives, each optional: the TOML file (whose keys
+/// are the flags' names with underscores), or the flags and environment.
+/// [`Config`] says what each one means.
+#[derive(Clone, Debug, Default, Args, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
     /// Address for the dashboard, JSON API and WebSocket [default: 0.0.0.0:3000].
     #[arg(long, env = "SIGHTLINE_HTTP_ADDR", value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
@@ -247,7 +282,7 @@ pub struct ServeArgs {
         value_name = "URL",
         hide_env_values = true
     )]
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// Folder whose pkg/ holds the built front end (WASM, JS, CSS, ECharts) [default: target/site].
     #[arg(long, env = "SIGHTLINE_SITE_ROOT", value_name = "DIR")]
     pub site_root: Option<PathBuf>,
@@ -290,6 +325,8 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("settings could not be merged: {0}")]
+    Merge(#[from] serde_json::Error),
     #[error("invalid setting {name}: {why}")]
     Invalid {
         name: &'static str,
@@ -298,53 +335,34 @@ pub enum ConfigError {
 }
 
 impl ServeArgs {
-    /// Applies the file (if any), then these arguments, over the defaults.
+    /// The configuration these arguments select: the defaults, overlaid by
+    /// the file, overlaid by the flags and environment; then checked.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
         let file = match &self.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => Overrides::default(),
         };
-        let mut c = Config::default();
-        macro_rules! layer {
-            ($($field:ident),*) => {$(
-                if let Some(v) = file.$field.clone() { c.$field = v; }
-                if let Some(v) = self.$field.clone() { c.$field = v; }
-            )*};
+        let mut merged = serde_json::to_value(Config::default())?;
+        for layer in [&file, &self.overrides] {
+            overlay(&mut merged, serde_json::to_value(layer)?);
         }
-        layer!(
-            http_addr,
-            http_plaintext,
-            https_addr,
-            mqtt_addr,
-            mqtt_plaintext,
-            mqtts_addr,
-            open_registration,
-            max_connections,
-            max_publish_rate,
-            database_url,
-            site_root,
-            max_payload_bytes,
-            demo,
-            demo_devices,
-            batch_max,
-            writer_queue,
-            viewer_buffer_bytes,
-            retain_raw,
-            retain_rollups,
-            session_idle_minutes
-        );
-        // The certificate paths are optional in `Config` too, so they are
-        // layered as options.
-        for (from_file, from_args, slot) in [
-            (&file.tls_cert, &self.tls_cert, &mut c.tls_cert),
-            (&file.tls_key, &self.tls_key, &mut c.tls_key),
-        ] {
-            if let Some(path) = from_args.as_ref().or(from_file.as_ref()) {
-                *slot = Some(path.clone());
-            }
-        }
+        // Settings that cannot be given from outside (skipped by serde) keep
+        // their defaults.
+        let c: Config = serde_json::from_value(merged)?;
         c.validate()?;
         Ok(c)
+    }
+}
+
+/// Lays the values present in `layer` (an object) over `base`.
+fn overlay(base: &mut serde_json::Value, layer: serde_json::Value) {
+    let (Some(base), serde_json::Value::Object(layer)) = (base.as_object_mut(), layer) else {
+        return;
+    };
+    for (key, value) in layer {
+        if !value.is_null() {
+            base.insert(key, value);
+        }
     }
 }
 
@@ -433,7 +451,7 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<Overrides, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -459,14 +477,20 @@ mod tests {
         .expect("write");
         let args = ServeArgs {
             config: Some(file.path().to_owned()),
-            batch_max: Some(9),
-            ..ServeArgs::default()
+            overrides: Overrides {
+                batch_max: Some(9),
+                ..Overrides::default()
+            },
         };
         let c = args.resolve().expect("valid");
         assert_eq!(c.http_addr, "127.0.0.1:4000".parse().expect("addr"));
         assert_eq!(c.batch_max, 9, "flag or env beats file");
         assert!(c.demo, "file beats default");
         assert_eq!(c.mqtt_addr, Config::default().mqtt_addr, "default survives");
+        assert_eq!(
+            c.live_recheck, LIVE_RECHECK,
+            "settings hidden from outside keep their defaults"
+        );
     }
 
     #[test]
@@ -479,8 +503,11 @@ mod tests {
         };
         assert!(matches!(args.resolve(), Err(ConfigError::Parse { .. })));
         let args = ServeArgs {
-            batch_max: Some(0),
-            ..ServeArgs::default()
+            config: None,
+            overrides: Overrides {
+                batch_max: Some(0),
+                ..Overrides::default()
+            },
         };
         assert!(matches!(
             args.resolve(),
@@ -494,15 +521,50 @@ mod tests {
     #[test]
     fn debug_redacts_database_password() {
         let c = Config {
-            database_url: "postgres://sl:hunter2@db:5432/sl".into(),
+            database_url: DatabaseUrl::from("postgres://sl:hunter2@db:5432/sl"),
             ..Config::default()
         };
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("postgres://sl:***@db:5432/sl"), "{shown}");
+    }
+
+    #[test]
+    fn every_default_survives_the_merge() {
+        let c = ServeArgs::default().resolve().expect("defaults are valid");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn retention_reads_units_and_forever_and_writes_them_back() {
         assert_eq!(
-            redact_url("sqlite://a.db?mode=rwc"),
-            "sqlite://a.db?mode=rwc"
+            "30d".parse::<Retention>().ok(),
+            Some(Retention::millis(30 * 86_400_000))
         );
+        assert_eq!(
+            "90m".parse::<Retention>().ok(),
+            Some(Retention::millis(90 * 60_000))
+        );
+        assert_eq!(
+            "forever".parse::<Retention>().ok(),
+            Some(Retention::FOREVER)
+        );
+        assert_eq!(
+            "5y".parse::<Retention>()
+                .ok()
+                .and_then(Retention::as_millis),
+            Some(5 * 31_557_600_000)
+        );
+        for bad in ["", "30", "d", "0d", "-1d", "3 weeks", "99999999999999y"] {
+            assert!(bad.parse::<Retention>().is_err(), "{bad:?}");
+        }
+        for ms in [30 * 86_400_000, 90_000, 400, 86_400_001] {
+            let r = Retention::millis(ms);
+            assert_eq!(r.to_string().parse::<Retention>().ok(), Some(r), "{r}");
+        }
+        assert_eq!(Retention::millis(30 * 86_400_000).to_string(), "30d");
+        assert_eq!(Retention::millis(400).to_string(), "400ms");
+        assert_eq!(Retention::FOREVER.cutoff(1_000), None);
+        assert_eq!(Retention::millis(400).cutoff(1_000), Some(600));
     }
 }

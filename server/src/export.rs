@@ -1,5 +1,5 @@
-//! Export: `GET /api/devices/{id}/export` streams a device's raw readings as
-//! CSV or NDJSON, with no row cap and in constant memory.
+//! Export: a device's raw readings as CSV or NDJSON, with no row cap and in
+//! constant memory; `http::export` serves it as a download.
 //!
 //! A producer task reads the database one page (by key, not offset) at a
 //! time and hands text chunks to the response through a small bounded
@@ -7,17 +7,13 @@
 //! up in memory, and a closed download stops them.
 
 use app::model::Reading;
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::http::{AppState, HttpError};
-use crate::ingest::decode::valid_name;
-use crate::store::Store;
+use crate::names::valid_name;
+use crate::store::{Store, StoreError};
 
 /// Rows read from the database per query.
 const PAGE_ROWS: u64 = 5_000;
@@ -33,95 +29,118 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// One metric; every metric of the device when absent.
-    metric: Option<String>,
+    pub metric: Option<String>,
     /// Epoch milliseconds, inclusive; the beginning of time when absent.
-    from: Option<i64>,
+    pub from: Option<i64>,
     /// Epoch milliseconds, inclusive; the end of time when absent.
-    to: Option<i64>,
+    pub to: Option<i64>,
     /// `csv` (the default) or `ndjson`.
-    format: Option<String>,
+    pub format: Option<String>,
 }
 
+/// What an export is written as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
     Csv,
     Ndjson,
 }
 
-/// `GET /api/devices/{id}/export?metric=&from=&to=&format=csv|ndjson`.
-#[utoipa::path(get, path = "/api/devices/{id}/export", tag = "devices",
-    security(("session" = []), ("token" = [])),
-    extensions(("x-required-role" = json!("viewer"))),
-    params(("id" = String, Path, description = "Device id"), ExportQuery),
-    responses((status = 200, description = "Raw readings, streamed: `ts,metric,value` rows or one JSON object per line",
-            content((String = "text/csv"), (String = "application/x-ndjson"))),
-        (status = 400, description = "Invalid query", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such device", body = crate::http::openapi::ErrorBody),
-        crate::http::openapi::Refused))]
-pub async fn export(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, HttpError> {
-    let Query(q) = query.map_err(|e| HttpError::BadRequest(e.body_text()))?;
-    let format = match q.format.as_deref() {
-        None | Some("csv") => Format::Csv,
-        Some("ndjson") => Format::Ndjson,
-        Some(_) => return Err(HttpError::BadRequest("format must be csv or ndjson".into())),
-    };
-    let (from, to) = (q.from.unwrap_or(i64::MIN), q.to.unwrap_or(i64::MAX));
-    if from > to {
-        return Err(HttpError::BadRequest("from is after to".into()));
+/// Why an export query was refused, in words for the person who sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadQuery(pub &'static str);
+
+/// A checked export request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Export {
+    device: String,
+    metric: Option<String>,
+    from: i64,
+    to: i64,
+    format: Format,
+}
+
+impl Export {
+    /// Checks a query for device `device`.
+    pub fn parse(device: String, q: ExportQuery) -> Result<Self, BadQuery> {
+        let format = match q.format.as_deref() {
+            None | Some("csv") => Format::Csv,
+            Some("ndjson") => Format::Ndjson,
+            Some(_) => return Err(BadQuery("format must be csv or ndjson")),
+        };
+        let (from, to) = (q.from.unwrap_or(i64::MIN), q.to.unwrap_or(i64::MAX));
+        if from > to {
+            return Err(BadQuery("from is after to"));
+        }
+        if q.metric.as_deref().is_some_and(|m| !valid_name(m)) {
+            return Err(BadQuery("invalid metric name"));
+        }
+        Ok(Self {
+            device,
+            metric: q.metric,
+            from,
+            to,
+            format,
+        })
     }
-    if let Some(m) = &q.metric {
-        if !valid_name(m) {
-            return Err(HttpError::BadRequest("invalid metric name".into()));
+
+    /// The download's media type.
+    pub fn content_type(&self) -> &'static str {
+        match self.format {
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Ndjson => "application/x-ndjson",
         }
     }
-    let series = state
-        .store
-        .series_of(&id, q.metric.as_deref())
-        .await?
-        .ok_or(HttpError::NotFound)?;
-    let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
-    let store = state.store.clone();
-    let device = id.clone();
-    tokio::spawn(async move {
-        if let Err(e) = produce(&store, &device, &series, from, to, format, &tx).await {
-            // The status line has gone out already; ending the body early
-            // is how the client learns, and the log says why.
-            tracing::error!(device, "export stopped: {e}");
+
+    /// The file name offered for the download. Device ids and metric names
+    /// are restricted to characters that are safe inside a quoted file
+    /// name.
+    pub fn file_name(&self) -> String {
+        let extension = match self.format {
+            Format::Csv => "csv",
+            Format::Ndjson => "ndjson",
+        };
+        match &self.metric {
+            Some(m) => format!("{}-{m}.{extension}", self.device),
+            None => format!("{}.{extension}", self.device),
         }
-    });
-    let body = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|chunk| chunk.map(Ok::<_, std::io::Error>))
-    });
-    let (content_type, extension) = match format {
-        Format::Csv => ("text/csv; charset=utf-8", "csv"),
-        Format::Ndjson => ("application/x-ndjson", "ndjson"),
-    };
-    let name = match &q.metric {
-        Some(m) => format!("{id}-{m}.{extension}"),
-        None => format!("{id}.{extension}"),
-    };
-    let mut response = Body::from_stream(body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // Device ids and metric names are restricted to characters that are
-    // safe inside a quoted file name.
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
-        headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    *response.status_mut() = StatusCode::OK;
-    Ok(response)
+
+    /// Starts reading in the background and returns the text as it comes,
+    /// in chunks; `None` if the device is unknown. Dropping the receiver
+    /// stops the reads.
+    pub async fn start(self, store: &Store) -> Result<Option<mpsc::Receiver<Bytes>>, StoreError> {
+        let Some(series) = store
+            .series_of(&self.device, self.metric.as_deref())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
+        let store = store.clone();
+        tokio::spawn(async move {
+            let Self {
+                device,
+                from,
+                to,
+                format,
+                ..
+            } = self;
+            if let Err(e) = produce(&store, &device, &series, from, to, format, &tx).await {
+                // The status line has gone out already; ending the body
+                // early is how the client learns, and the log says why.
+                tracing::error!(device, "export stopped: {e}");
+            }
+        });
+        Ok(Some(rx))
+    }
 }
 
 /// Why producing stopped early.
 #[derive(Debug, thiserror::Error)]
 enum ProduceError {
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
     #[error("the client went away")]
     Gone,
 }
@@ -209,5 +228,30 @@ mod tests {
         write_row(&mut out, Format::Ndjson, "D1", "temp", 5, -0.25);
         let back: Reading = serde_json::from_str(out.trim_end()).expect("json");
         assert_eq!((back.ts, back.value), (5, -0.25));
+    }
+    #[test]
+    fn a_query_is_checked_before_anything_is_read() {
+        let q = |format: Option<&str>, from, to, metric: Option<&str>| ExportQuery {
+            metric: metric.map(str::to_owned),
+            from,
+            to,
+            format: format.map(str::to_owned),
+        };
+        let ok =
+            Export::parse("D1".into(), q(Some("ndjson"), None, None, Some("temp"))).expect("valid");
+        assert_eq!(ok.file_name(), "D1-temp.ndjson");
+        assert_eq!(ok.content_type(), "application/x-ndjson");
+        let all = Export::parse("D1".into(), q(None, Some(1), Some(1), None)).expect("valid");
+        assert_eq!(all.file_name(), "D1.csv");
+        for (bad, why) in [
+            (
+                q(Some("xml"), None, None, None),
+                "format must be csv or ndjson",
+            ),
+            (q(None, Some(2), Some(1), None), "from is after to"),
+            (q(None, None, None, Some("a b")), "invalid metric name"),
+        ] {
+            assert_eq!(Export::parse("D1".into(), bad), Err(BadQuery(why)));
+        }
     }
 }

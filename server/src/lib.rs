@@ -4,28 +4,34 @@
 //! Data flows through the modules in this order:
 //!
 //! - [`edge`]: the MQTT listener (plain and TLS). It authenticates each
-//!   device, confines it to its own topics, and tracks who is online.
+//!   device, confines it to its own topics ([`acl`]), and tracks who is
+//!   online ([`presence`]).
 //! - [`ingest`]: decodes each publish into readings under the
 //!   authenticated device, rejecting and counting bad input.
 //! - [`store`]: the batch writer commits readings through sea-orm, then
-//!   releases QoS 1 acknowledgements and hands the batch to live push.
-//! - [`live`]: fans batches and [`presence`] changes out to browsers over
-//!   WebSockets.
-//! - [`http`]: the dashboard pages, static assets, JSON API and `/ws`;
-//!   [`history`] answers chart queries at any range from rollups, and
-//!   [`export`] streams raw readings as CSV or NDJSON.
+//!   releases QoS 1 acknowledgements and hands the batch to a callback,
+//!   which [`start`] wires to live push.
+//! - [`live`]: fans batches out to the viewers' outboxes.
+//! - [`http`]: the dashboard pages, static assets, JSON API and the `/ws`
+//!   socket that drains the outboxes; [`history`] answers chart queries at
+//!   any range from rollups, and [`export`] streams raw readings as CSV or
+//!   NDJSON.
 //!
 //! Beside them, [`command`] tracks commands to devices from the operator's
 //! request to the device's answer, and [`broker`] (rumqttd's router)
 //! carries them to the devices.
 //! Around them: [`config`] (layered settings), [`metrics`] (counters),
-//! [`simulate`] (real MQTT clients for demos and benchmarks) and [`bench`]
-//! (the benchmark that drives a server process with them).
+//! [`clock`] and [`names`] (the leaves), [`simulate`] (real MQTT clients
+//! for demos and benchmarks) and [`bench`] (the benchmark that drives a
+//! server process with them). ARCHITECTURE.md's "Layers" says which
+//! module may use which.
 
+pub mod acl;
 pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod broker;
+pub mod clock;
 pub mod command;
 pub mod config;
 pub mod edge;
@@ -35,6 +41,7 @@ pub mod http;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
+pub mod names;
 pub mod presence;
 pub mod simulate;
 pub mod store;
@@ -53,7 +60,7 @@ use config::Config;
 use edge::tls::{TlsError, TlsListener};
 use edge::{Edge, EdgeSettings, Services, Sessions};
 use metrics::Metrics;
-use presence::Presence;
+use presence::Tracker;
 use store::{Store, StoreError};
 
 /// Why the server could not start or stopped.
@@ -71,12 +78,16 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("the database writer stopped: {0}")]
-    Writer(String),
+    #[error("the database writer stopped unexpectedly")]
+    WriterStopped,
+    #[error("the database writer failed: {0}")]
+    WriterFailed(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("HTTP server failed: {0}")]
+    HttpTask(#[source] tokio::task::JoinError),
 }
 
 /// How long shutdown waits for a failing database before the writer counts
@@ -179,13 +190,47 @@ async fn demo_viewer(auth: &auth::Auth) {
     }
 }
 
-/// Runs the whole server until `shutdown` completes, then stops accepting
-/// work, stores every reading already received and returns.
+/// Runs the whole server until `shutdown` completes (or a part it cannot
+/// run without fails), then stops accepting work, stores every reading
+/// already received and returns.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let mut running = start(config, listeners).await?;
+    let outcome = tokio::select! {
+        () = shutdown => Ok(()),
+        outcome = running.failed() => outcome,
+    };
+    running.shutdown().await;
+    outcome
+}
+
+/// A started server: its shared state, for tests that drive the router
+/// without a socket, and its tasks, grouped by the order in which
+/// [`Running::shutdown`] stops them.
+pub struct Running {
+    /// What the HTTP handlers share.
+    pub state: http::AppState,
+    writer: tokio::task::JoinHandle<()>,
+    /// Fired when shutdown cannot wait any longer for a failing database.
+    writer_give_up: CancellationToken,
+    edge_stop: CancellationToken,
+    edge_listeners: Vec<tokio::task::JoinHandle<()>>,
+    sessions: TaskTracker,
+    commands_stop: CancellationToken,
+    command_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Stops the HTTP servers, live sockets and the demo fleet.
+    front_stop: CancellationToken,
+    http: tokio::task::JoinSet<std::io::Result<()>>,
+    background_stop: CancellationToken,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    broker: Arc<Broker>,
+}
+
+/// Opens the database and starts every part of the server on `listeners`.
+pub async fn start(config: Config, listeners: Listeners) -> Result<Running, ServeError> {
     // TLS files are read first, so that a bad certificate stops the start
     // before anything else happens.
     let tls = match (&config.tls_cert, &config.tls_key) {
@@ -195,59 +240,70 @@ pub async fn run(
         )),
         _ => None,
     };
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(config.database_url.expose()).await?;
     let metrics = Arc::new(Metrics::default());
-    let token = CancellationToken::new();
+    let front_stop = CancellationToken::new();
 
-    let (queue_tx, queue_rx) = store::writer::queue(config.writer_queue);
+    // The writer announces each committed batch to the hub; the store
+    // itself knows nothing of live viewers.
+    let (queue_tx, queue_rx) = store::queue::queue(config.writer_queue);
     let hub = Arc::new(live::Hub::new(metrics.clone(), config.viewer_buffer_bytes));
-    let writer_token = CancellationToken::new();
-    let mut writer = tokio::spawn(store::writer::run(
+    let writer_give_up = CancellationToken::new();
+    let writer = tokio::spawn(store::writer::run(
         store.writer(),
         queue_rx,
-        hub.clone(),
+        {
+            let hub = hub.clone();
+            move |readings, received_at| {
+                hub.publish(&live::LiveBatch {
+                    readings,
+                    received_at,
+                });
+            }
+        },
         metrics.clone(),
         store::writer::Pace {
             batch_max: config.batch_max,
             pause: config.write_pause,
         },
-        writer_token.clone(),
+        writer_give_up.clone(),
     ));
 
-    let background = CancellationToken::new();
-    let checkpoints = {
+    let background_stop = CancellationToken::new();
+    let mut background = Vec::new();
+    {
         let store = store.clone();
-        let stop = background.clone();
-        tokio::spawn(async move { store.checkpoints(stop).await })
-    };
-    let retention = {
+        let stop = background_stop.clone();
+        background.push(tokio::spawn(async move { store.checkpoints(stop).await }));
+    }
+    {
         let store = store.clone();
-        let stop = background.clone();
+        let stop = background_stop.clone();
         let policy = store::retention::Policy {
-            raw: config.retain_raw,
-            rollups: config.retain_rollups,
+            raw_ms: config.retain_raw.as_millis(),
+            rollups_ms: config.retain_rollups.as_millis(),
         };
         let metrics = metrics.clone();
-        tokio::spawn(async move { store.retention(policy, metrics, stop).await })
-    };
+        background.push(tokio::spawn(async move {
+            store.retention(policy, metrics, stop).await;
+        }));
+    }
     let auth = Arc::new(auth::Auth::new(
         store.clone(),
         metrics.clone(),
         config.session_idle_minutes,
     ));
-    let auth_task = tokio::spawn(auth.clone().run(background.clone()));
+    background.push(tokio::spawn(auth.clone().run(background_stop.clone())));
     if config.demo {
         demo_viewer(&auth).await;
     }
-    let presence = Arc::new(Presence::default());
-    let presence_task = {
+    let presence = Arc::new(Tracker::default());
+    {
         let presence = presence.clone();
-        let stop = background.clone();
-        tokio::spawn(async move { presence.run(stop).await })
-    };
+        let stop = background_stop.clone();
+        background.push(tokio::spawn(async move { presence.run(stop).await }));
+    }
 
-    // The demo's simulated devices have no secrets.
-    let open_registration = config.open_registration || config.demo;
     let broker = Arc::new(Broker::start(config.max_connections + 64));
     let sessions = Arc::new(Sessions::default());
     let (commands, saver) = command::Commands::start(
@@ -255,14 +311,16 @@ pub async fn run(
         &broker,
         metrics.clone(),
         config.max_payload_bytes,
+        config.command_clock,
     )
     .await?;
     let commands_stop = CancellationToken::new();
-    let command_tasks = [tokio::spawn(saver.run(commands_stop.clone())), {
+    let command_tasks = vec![tokio::spawn(saver.run(commands_stop.clone())), {
         let commands = commands.clone();
         let stop = commands_stop.clone();
         tokio::spawn(async move { commands.run_timer(stop).await })
     }];
+
     let edge = Arc::new(Edge::new(
         EdgeSettings {
             // Payloads over the ingest limit are still read, so that they
@@ -270,7 +328,8 @@ pub async fn run(
             max_packet_bytes: (config.max_payload_bytes.saturating_mul(4)).max(1024 * 1024),
             max_connections: config.max_connections,
             max_publish_rate: config.max_publish_rate,
-            open_registration,
+            // The demo's simulated devices have no secrets.
+            open_registration: config.open_registration || config.demo,
         },
         store.clone(),
         ingest::Ingest::new(metrics.clone(), queue_tx, config.max_payload_bytes),
@@ -282,7 +341,7 @@ pub async fn run(
             commands: commands.clone(),
         },
     ));
-    let session_tasks = TaskTracker::new();
+    let sessions_tasks = TaskTracker::new();
     let edge_stop = CancellationToken::new();
     let mqtt_addr = Listeners::addr(&listeners.mqtt);
     let mut edge_listeners = Vec::new();
@@ -303,7 +362,7 @@ pub async fn run(
                 edge.clone(),
                 listener,
                 acceptor,
-                session_tasks.clone(),
+                sessions_tasks.clone(),
                 edge_stop.clone(),
             )));
         }
@@ -325,29 +384,79 @@ pub async fn run(
         presence: presence.clone(),
         sessions,
         commands: commands.clone(),
-        retain_raw: config.retain_raw,
+        retain_raw_ms: config.retain_raw.as_millis(),
         audit: audit::Audit::new(store.clone(), metrics.clone()),
-        live: live::Live {
+        live: http::socket::Live {
             auth: auth.clone(),
             hub,
-            presence: presence.clone(),
-            commands: commands.clone(),
-            metrics: metrics.clone(),
-            shutdown: token.clone(),
+            presence,
+            commands,
+            metrics,
+            shutdown: front_stop.clone(),
             recheck: config.live_recheck,
         },
         auth,
     };
-    let app = http::router(state);
-    let mut http_tasks = tokio::task::JoinSet::new();
-    if let Some(listener) = listeners.http {
+    let http = serve_http(
+        &state,
+        listeners.http,
+        listeners.https,
+        tls.map(|t| t.1),
+        &front_stop,
+    )?;
+
+    if config.demo {
+        match mqtt_addr {
+            Some(addr) => {
+                let target = simulate::loopback(addr);
+                tracing::info!(
+                    "demo: simulating {} devices against {target}",
+                    config.demo_devices
+                );
+                tokio::spawn(simulate::run(
+                    simulate::SimOptions::demo(target, config.demo_devices),
+                    front_stop.clone(),
+                ));
+            }
+            None => tracing::warn!("demo: plain MQTT is off, so no devices are simulated"),
+        }
+    }
+
+    Ok(Running {
+        state,
+        writer,
+        writer_give_up,
+        edge_stop,
+        edge_listeners,
+        sessions: sessions_tasks,
+        commands_stop,
+        command_tasks,
+        front_stop,
+        http,
+        background_stop,
+        background,
+        broker,
+    })
+}
+
+/// Serves the router on the plain and the TLS listener, whichever exist.
+fn serve_http(
+    state: &http::AppState,
+    plain: Option<TcpListener>,
+    secure: Option<TcpListener>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    stop: &CancellationToken,
+) -> Result<tokio::task::JoinSet<std::io::Result<()>>, ServeError> {
+    let app = http::router(state.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listener) = plain {
         tracing::info!(
             "serving the dashboard on http://{}",
-            simulate::loopback(http_addr)
+            simulate::loopback(state.leptos.site_addr)
         );
         let app = app.clone();
-        let stop = token.clone();
-        http_tasks.spawn(async move {
+        let stop = stop.clone();
+        tasks.spawn(async move {
             // Live updates are small frames that must leave at once; Nagle's
             // algorithm would hold them back behind an unacknowledged one.
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -361,16 +470,16 @@ pub async fn run(
             .await
         });
     }
-    if let (Some(listener), Some((_, acceptor))) = (listeners.https, &tls) {
+    if let (Some(listener), Some(acceptor)) = (secure, acceptor) {
         tracing::info!(
             "serving the dashboard on https://{}",
             edge::describe(&listener)
         );
-        let listener = TlsListener::new(listener, acceptor.clone(), token.clone())
-            .map_err(ServeError::Http)?;
-        let stop = token.clone();
+        let listener =
+            TlsListener::new(listener, acceptor, stop.clone()).map_err(ServeError::Http)?;
+        let stop = stop.clone();
         let app = app.layer(axum::Extension(http::guard::Https));
-        http_tasks.spawn(async move {
+        tasks.spawn(async move {
             axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<http::guard::TlsPeer>(),
@@ -379,70 +488,63 @@ pub async fn run(
             .await
         });
     }
+    Ok(tasks)
+}
 
-    if config.demo {
-        match mqtt_addr {
-            Some(addr) => {
-                let target = simulate::loopback(addr);
-                tracing::info!(
-                    "demo: simulating {} devices against {target}",
-                    config.demo_devices
-                );
-                tokio::spawn(simulate::run(
-                    simulate::SimOptions::demo(target, config.demo_devices),
-                    token.clone(),
-                ));
-            }
-            None => tracing::warn!("demo: plain MQTT is off, so no devices are simulated"),
+impl Running {
+    /// Resolves when a part the server cannot run without stops on its
+    /// own: the writer, or an HTTP server. `Ok` only for an HTTP server
+    /// that ended cleanly.
+    pub async fn failed(&mut self) -> Result<(), ServeError> {
+        tokio::select! {
+            result = &mut self.writer => Err(match result {
+                Ok(()) => ServeError::WriterStopped,
+                Err(e) => ServeError::WriterFailed(e),
+            }),
+            Some(result) = self.http.join_next() => match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ServeError::Http(e)),
+                Err(e) => Err(ServeError::HttpTask(e)),
+            },
         }
     }
 
-    let outcome = tokio::select! {
-        () = shutdown => Ok(()),
-        result = &mut writer => Err(ServeError::Writer(match result {
-            Ok(()) => "it stopped".to_owned(),
-            Err(e) => e.to_string(),
-        })),
-        Some(result) = http_tasks.join_next() => match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ServeError::Http(e)),
-            Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
-        },
-    };
-
-    // Stop in data-flow order: stop accepting devices and end their
-    // sessions, so nothing new is queued; then let the writer commit
-    // everything queued. If the database is failing, the writer gives up
-    // after a bounded wait (counted from here, since sessions waiting for
-    // queue room end at once on shutdown) and counts what it could not
-    // store, so shutdown always ends.
-    edge_stop.cancel();
-    let give_up = writer_token.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(WRITER_DRAIN_LIMIT).await;
-        give_up.cancel();
-    });
-    for listener in edge_listeners {
-        let _ = listener.await;
+    /// Stops in data-flow order: stop accepting devices and end their
+    /// sessions, so nothing new is queued; then let the writer commit
+    /// everything queued. If the database is failing, the writer gives up
+    /// after a bounded wait (counted from here, since sessions waiting for
+    /// queue room end at once on shutdown) and counts what it could not
+    /// store, so shutdown always ends.
+    pub async fn shutdown(self) {
+        self.edge_stop.cancel();
+        let give_up = self.writer_give_up.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(WRITER_DRAIN_LIMIT).await;
+            give_up.cancel();
+        });
+        for listener in self.edge_listeners {
+            let _ = listener.await;
+        }
+        self.sessions.close();
+        self.sessions.wait().await;
+        // Sessions told the command service they ended; its last changes
+        // are written before the database is let go.
+        self.commands_stop.cancel();
+        for task in self.command_tasks {
+            let _ = task.await;
+        }
+        self.front_stop.cancel();
+        // The writer ends once its queue is drained and closed, which it
+        // is now that the edge (which held ingest's end) is gone.
+        if !self.writer.is_finished() {
+            let _ = self.writer.await;
+        }
+        self.background_stop.cancel();
+        for task in self.background {
+            let _ = task.await;
+        }
+        let mut http = self.http;
+        while http.join_next().await.is_some() {}
+        drop(self.broker);
     }
-    session_tasks.close();
-    session_tasks.wait().await;
-    // Sessions told the command service they ended; its last changes are
-    // written before the database is let go.
-    commands_stop.cancel();
-    for task in command_tasks {
-        let _ = task.await;
-    }
-    token.cancel();
-    if !writer.is_finished() {
-        let _ = writer.await;
-    }
-    background.cancel();
-    let _ = checkpoints.await;
-    let _ = retention.await;
-    let _ = presence_task.await;
-    let _ = auth_task.await;
-    while http_tasks.join_next().await.is_some() {}
-    drop(broker);
-    outcome
 }

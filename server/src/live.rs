@@ -12,38 +12,23 @@
 //! Each outbox is capped in bytes. A viewer that does not keep up has new
 //! fragments skipped (and counted) once its cap is reached, is told how
 //! many readings it missed, and reloads its history; one that stops
-//! reading altogether is disconnected after [`SEND_TIMEOUT`]. Either way a
-//! slow browser costs bounded memory and never slows ingest or its
-//! neighbours.
+//! reading altogether is disconnected by its socket (`http::socket`).
+//! Either way a slow browser costs bounded memory and never slows ingest or
+//! its neighbours.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use app::model::{ClientMsg, Reading, ServerMsg};
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
+use app::model::{ClientMsg, Reading};
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::presence::Presence;
-
-/// A viewer that cannot take a message within this time is disconnected;
-/// its browser reconnects and reloads history when it is responsive again.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How often each viewer receives the server's counters.
-const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// The most devices one subscription may name.
 const MAX_SUBSCRIBED_DEVICES: usize = 1_000;
-
-/// Client messages larger than this are refused; a subscription is small.
-const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
 /// One committed batch, as the writer hands it over.
 #[derive(Debug)]
@@ -58,24 +43,26 @@ pub struct LiveBatch {
 /// by commas, ready to be spliced into a `readings` message. Cloning shares
 /// the text.
 #[derive(Clone, Debug)]
-struct Fragment {
+pub struct Fragment {
     json: Arc<str>,
-    readings: u64,
-    received_at: Instant,
+    /// How many readings the fragment holds.
+    pub readings: u64,
+    /// When ingest received the earliest of them.
+    pub received_at: Instant,
 }
 
 /// What one viewer has waiting, guarded by its outbox's mutex.
 #[derive(Debug, Default)]
-struct Pending {
-    fragments: Vec<Fragment>,
+pub struct Pending {
+    pub fragments: Vec<Fragment>,
     bytes: usize,
     /// Readings skipped since the viewer last heard about it.
-    skipped: u64,
+    pub skipped: u64,
 }
 
 /// A viewer's queue of fragments, bounded in bytes.
 #[derive(Debug)]
-struct Outbox {
+pub struct Outbox {
     pending: Mutex<Pending>,
     ready: Notify,
     cap_bytes: usize,
@@ -104,7 +91,13 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    fn take(&self, metrics: &Metrics) -> Pending {
+    /// Resolves when something has been queued since the last `take`.
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Everything waiting, which empties the outbox.
+    pub fn take(&self, metrics: &Metrics) -> Pending {
         let Ok(mut p) = self.pending.lock() else {
             return Pending::default();
         };
@@ -224,7 +217,8 @@ impl Hub {
         }
     }
 
-    fn join(&self) -> (u64, Arc<Outbox>) {
+    /// A new viewer: its id and its empty outbox.
+    pub fn join(&self) -> (u64, Arc<Outbox>) {
         let outbox = Arc::new(Outbox {
             pending: Mutex::default(),
             ready: Notify::new(),
@@ -240,14 +234,16 @@ impl Hub {
         (id, outbox)
     }
 
-    fn subscribe(&self, id: u64, outbox: &Arc<Outbox>, old: &Subscription, new: &Subscription) {
+    /// Moves viewer `id` from its `old` subscription to `new`.
+    pub fn subscribe(&self, id: u64, outbox: &Arc<Outbox>, old: &Subscription, new: &Subscription) {
         if let Ok(mut r) = self.registry.lock() {
             r.remove(id, old);
             r.add(id, outbox, new);
         }
     }
 
-    fn leave(&self, id: u64, outbox: &Outbox, subscription: &Subscription) {
+    /// Forgets viewer `id` and what it had waiting.
+    pub fn leave(&self, id: u64, outbox: &Outbox, subscription: &Subscription) {
         if let Ok(mut r) = self.registry.lock() {
             r.remove(id, subscription);
         }
@@ -276,7 +272,7 @@ fn fragment<'a>(readings: impl Iterator<Item = &'a Reading>, received_at: Instan
 
 /// Joins fragments into one `readings` message, byte for byte what serde
 /// would produce for [`ServerMsg::Readings`].
-fn readings_frame(fragments: &[Fragment]) -> Utf8Bytes {
+pub fn readings_frame(fragments: &[Fragment]) -> Utf8Bytes {
     const HEAD: &str = r#"{"type":"readings","readings":["#;
     let len: usize = fragments.iter().map(|f| f.json.len() + 1).sum();
     let mut frame = String::with_capacity(HEAD.len() + len + 2);
@@ -291,202 +287,17 @@ fn readings_frame(fragments: &[Fragment]) -> Utf8Bytes {
     Utf8Bytes::from(frame)
 }
 
-fn encode(msg: &ServerMsg) -> Utf8Bytes {
-    // Serialising these plain structs cannot fail; an empty string would
-    // only be skipped by the client.
-    Utf8Bytes::from(serde_json::to_string(msg).unwrap_or_default())
-}
-
-/// What the WebSocket handler needs.
-#[derive(Clone, Debug)]
-pub struct Live {
-    pub hub: Arc<Hub>,
-    pub presence: Arc<Presence>,
-    pub commands: Arc<crate::command::Commands>,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: CancellationToken,
-    /// Where revoked sessions and tokens are announced.
-    pub auth: Arc<crate::auth::Auth>,
-    /// How often a socket checks that its session or token still holds
-    /// (and so keeps its session in use).
-    pub recheck: Duration,
-}
-
-/// What a viewer asked to see.
+/// What a viewer asked to see: nothing yet, every device, or some.
 #[derive(Debug)]
-enum Subscription {
+pub enum Subscription {
     Nothing,
     All,
     Devices(HashSet<String>),
 }
 
-/// `GET /ws`: upgrades to a live connection.
-/// The gate in front has checked the caller, who is kept so that the
-/// socket closes when that session or token is revoked.
-pub async fn websocket(
-    State(live): State<Live>,
-    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    upgrade
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| viewer(socket, live, caller))
-}
-
-async fn viewer(socket: WebSocket, live: Live, caller: crate::auth::Caller) {
-    Metrics::add(&live.metrics.viewers, 1);
-    let (id, outbox) = live.hub.join();
-    let (mut sink, mut stream) = socket.split();
-    let mut subscription = Subscription::Nothing;
-    let mut stats = tokio::time::interval(STATS_EVERY);
-    let mut presence = live.presence.subscribe();
-    let mut commands = live.commands.updates();
-    let mut revocations = live.auth.revocations();
-    // Expiry and changes made by another process (`sightline user`) are
-    // not announced; the socket checks its sign-in again now and then.
-    let mut recheck = tokio::time::interval(live.recheck);
-    recheck.tick().await;
-    loop {
-        let mut frames = Vec::new();
-        let mut delivered: Vec<(Instant, u64)> = Vec::new();
-        tokio::select! {
-            _ = live.shutdown.cancelled() => break,
-            revoked = revocations.recv() => match revoked {
-                Ok(r) if r.ends(&caller) => {
-                    tracing::info!(account = %caller.name, "closing a live socket whose sign-in was revoked");
-                    let _ = sink.send(Message::Close(None)).await;
-                    break;
-                }
-                // Revocations are rare; 64 missed at once means a mass
-                // revocation, and closing is the safe answer (the page
-                // reconnects if it still may).
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                _ => {}
-            },
-            _ = recheck.tick() => match live.auth.still_valid(&caller).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::info!(account = %caller.name, "closing a live socket whose sign-in ended");
-                    let _ = sink.send(Message::Close(None)).await;
-                    break;
-                }
-                // The database is failing: keep serving, check next time.
-                Err(e) => tracing::warn!("cannot recheck a live socket's sign-in: {e}"),
-            },
-            incoming = stream.next() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    match serde_json::from_str::<ClientMsg>(&text) {
-                        Ok(msg) => {
-                            let new = subscribe(msg);
-                            live.hub.subscribe(id, &outbox, &subscription, &new);
-                            subscription = new;
-                            // The answer to a subscription is the current
-                            // presence of what it covers: a page that
-                            // reconnected may have missed changes, and a
-                            // client can tell its subscription has taken
-                            // effect.
-                            let statuses = live
-                                .presence
-                                .all()
-                                .into_iter()
-                                .filter(|p| subscription.includes(&p.device))
-                                .collect();
-                            frames.push(encode(&ServerMsg::Presence { devices: statuses }));
-                        }
-                        Err(e) => tracing::debug!("ignoring bad client message: {e}"),
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            },
-            () = outbox.ready.notified() => {
-                let pending = outbox.take(&live.metrics);
-                if pending.skipped > 0 {
-                    frames.push(encode(&ServerMsg::Lagged { skipped: pending.skipped }));
-                }
-                if !pending.fragments.is_empty() {
-                    frames.push(readings_frame(&pending.fragments));
-                    delivered = pending
-                        .fragments
-                        .iter()
-                        .map(|f| (f.received_at, f.readings))
-                        .collect();
-                }
-            },
-            changes = presence.recv() => {
-                let statuses = match changes {
-                    Ok(changes) => changes.iter().filter(|p| subscription.includes(&p.device)).cloned().collect(),
-                    // Fell behind: send everything instead of what was missed.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => live
-                        .presence
-                        .all()
-                        .into_iter()
-                        .filter(|p| subscription.includes(&p.device))
-                        .collect(),
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => Vec::new(),
-                };
-                if !statuses.is_empty() {
-                    frames.push(encode(&ServerMsg::Presence { devices: statuses }));
-                }
-            },
-            update = commands.recv() => match update {
-                Ok(command) => {
-                    // Only a device page watches commands; the fleet page
-                    // subscribes to everything and has no use for them.
-                    if matches!(&subscription, Subscription::Devices(d) if d.contains(&command.device)) {
-                        frames.push(encode(&ServerMsg::Command { command: Box::new(command) }));
-                    }
-                }
-                // Command changes were missed (256 behind): the page is
-                // told, as for readings, and reloads what it shows.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    if matches!(&subscription, Subscription::Devices(_)) {
-                        frames.push(encode(&ServerMsg::Lagged { skipped: n }));
-                    }
-                }
-                // The channel cannot close while `live` holds the service.
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
-            },
-            _ = stats.tick() => {
-                let devices = match &subscription {
-                    Subscription::Devices(d) => Some(d.iter().cloned().collect::<Vec<_>>()),
-                    _ => None,
-                };
-                frames.push(encode(&ServerMsg::Stats {
-                    counters: live.metrics.snapshot(),
-                    rejected: live.metrics.rejected_among(devices.as_deref()),
-                }));
-            }
-        };
-        let mut failed = false;
-        for frame in frames {
-            match tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(frame))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => failed = true,
-                Err(_) => {
-                    tracing::info!("disconnecting a live viewer that stopped reading");
-                    failed = true;
-                }
-            }
-            if failed {
-                break;
-            }
-        }
-        if failed {
-            break;
-        }
-        for (received_at, readings) in delivered {
-            live.metrics
-                .push_seconds
-                .observe_duration(received_at.elapsed(), readings);
-        }
-    }
-    live.hub.leave(id, &outbox, &subscription);
-    live.metrics.viewers.fetch_sub(1, Ordering::Relaxed);
-}
-
 impl Subscription {
-    fn includes(&self, device: &str) -> bool {
+    /// Whether the subscription covers `device`.
+    pub fn includes(&self, device: &str) -> bool {
         match self {
             Self::Nothing => false,
             Self::All => true,
@@ -495,11 +306,15 @@ impl Subscription {
     }
 }
 
-fn subscribe(msg: ClientMsg) -> Subscription {
-    match msg {
-        ClientMsg::SubscribeAll => Subscription::All,
-        ClientMsg::Subscribe { devices } => {
-            Subscription::Devices(devices.into_iter().take(MAX_SUBSCRIBED_DEVICES).collect())
+impl From<ClientMsg> for Subscription {
+    /// The subscription a client asked for, cut to
+    /// [`MAX_SUBSCRIBED_DEVICES`].
+    fn from(msg: ClientMsg) -> Self {
+        match msg {
+            ClientMsg::SubscribeAll => Self::All,
+            ClientMsg::Subscribe { devices } => {
+                Self::Devices(devices.into_iter().take(MAX_SUBSCRIBED_DEVICES).collect())
+            }
         }
     }
 }
@@ -507,6 +322,7 @@ fn subscribe(msg: ClientMsg) -> Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use app::model::ServerMsg;
 
     fn reading(device: &str, v: f64) -> Reading {
         Reading {

@@ -1,14 +1,16 @@
-//! The `sightline` command line: parses arguments and calls into the
-//! library; nothing else lives here.
+//! The `sightline` command line: the clap types, and a dispatch that calls
+//! into the library, where each command's work lives.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use server::auth::cli::UserAction;
 use server::bench::{self, BenchOptions, Scenario};
-use server::config::ServeArgs;
+use server::config::{Overrides, ServeArgs};
 use server::simulate::{self, SimOptions};
+use server::store::registry::DeviceAction;
 use server::Listeners;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
@@ -102,18 +104,20 @@ struct DbArgs {
         value_name = "URL",
         hide_env_values = true
     )]
-    database_url: Option<String>,
+    database_url: Option<server::store::DatabaseUrl>,
 }
 
 impl DbArgs {
     async fn open(&self) -> anyhow::Result<server::store::Store> {
         let config = ServeArgs {
             config: self.config.clone(),
-            database_url: self.database_url.clone(),
-            ..ServeArgs::default()
+            overrides: Overrides {
+                database_url: self.database_url.clone(),
+                ..Overrides::default()
+            },
         }
         .resolve()?;
-        Ok(server::store::Store::open(&config.database_url).await?)
+        Ok(server::store::Store::open(config.database_url.expose()).await?)
     }
 }
 
@@ -298,188 +302,110 @@ async fn dispatch(command: Action) -> anyhow::Result<()> {
     match command {
         Action::Serve(args) => serve(*args).await,
         Action::Simulate(args) => simulate(args).await,
-        Action::Bench(args) => bench(args).await,
-        Action::Device(command) => device(command).await,
-        Action::Command(command) => command_cli(command).await,
-        Action::User(command) => user(command).await,
-        Action::Cert(CertCommand::Dev { out, hosts }) => {
-            let files = server::edge::tls::write_dev_cert(&out, &hosts)?;
-            println!(
-                "wrote {} (give it to clients), {} and {}\n\
-                 serve with: sightline serve --tls-cert {} --tls-key {}\n\
-                 try it:     mosquitto_pub --cafile {} -h localhost -p 8883 -u ID -P SECRET -t sensor/ID -m '{{\"temp\":21}}'",
-                files.ca.display(),
-                files.cert.display(),
-                files.key.display(),
-                files.cert.display(),
-                files.key.display(),
-                files.ca.display(),
-            );
+        Action::Bench(args) => {
+            let exe = std::env::current_exe().context("cannot find the sightline binary")?;
+            print!("{}", bench::report(&args.options(exe)).await?);
             Ok(())
         }
-    }
-}
-
-async fn device(command: DeviceCommand) -> anyhow::Result<()> {
-    let (DeviceCommand::Add(args)
-    | DeviceCommand::Rotate(args)
-    | DeviceCommand::Disable(args)
-    | DeviceCommand::Enable(args)) = &command;
-    let store = args.db.open().await?;
-    let id = args.id.as_str();
-    let created = match command {
-        DeviceCommand::Add(_) => store.add_device(id, server::ingest::now_ms()).await?,
-        DeviceCommand::Rotate(_) => store.rotate_secret(id).await?,
-        DeviceCommand::Disable(_) | DeviceCommand::Enable(_) => {
-            let disable = matches!(command, DeviceCommand::Disable(_));
-            store.set_disabled(id, disable).await?;
-            println!(
-                "device {id} {}",
-                if disable { "disabled" } else { "enabled" }
-            );
-            return Ok(());
+        Action::Device(command) => {
+            let (action, args) = command.split();
+            let store = args.db.open().await?;
+            Ok(server::store::registry::cli(&store, action, &args.id).await?)
         }
-    };
-    println!(
-        "device: {}\nsecret: {}\n\n\
-         The secret is shown only now; it is stored as a hash. Connect with\n  \
-         mosquitto_pub -u {} -P <secret> -t sensor/{} -m '{{\"temp\":21}}'\n\
-         or, ThingsBoard style, with the secret as the user name:\n  \
-         mosquitto_pub -u <secret> -t v1/devices/me/telemetry -m '{{\"temp\":21}}'",
-        created.id, created.secret, created.id, created.id
-    );
-    Ok(())
-}
-
-async fn user(command: UserCommand) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use server::auth::{cli::read_password, Auth};
-    let db = match &command {
-        UserCommand::Add { db, .. }
-        | UserCommand::Passwd { db, .. }
-        | UserCommand::Remove { db, .. }
-        | UserCommand::List { db }
-        | UserCommand::Token { db, .. } => db,
-    };
-    let store = db.open().await?;
-    let auth = Auth::new(
-        store.clone(),
-        std::sync::Arc::default(),
-        server::config::Config::default().session_idle_minutes,
-    );
-    match command {
-        UserCommand::Add {
-            name, admin, role, ..
-        } => {
-            let role = if admin {
-                app::model::Role::Admin
-            } else {
-                app::model::Role::parse(&role).with_context(|| {
-                    format!("unknown role {role:?}: use viewer, operator or admin")
-                })?
-            };
-            let password = read_password(&format!("Password for {name}: "))?;
-            auth.add_account(&name, &password, role).await?;
-            println!("account {name} created ({})", role.label());
-        }
-        UserCommand::Passwd { name, .. } => {
-            let password = read_password(&format!("New password for {name}: "))?;
-            auth.set_password(&name, &password, true).await?;
-            println!("password of {name} changed; its sessions have ended");
-        }
-        UserCommand::Remove { name, .. } => {
-            auth.remove_account(&name).await?;
-            println!("account {name} removed");
-        }
-        UserCommand::List { .. } => {
-            for a in store.accounts().await? {
-                println!("{}\t{}", a.name, a.role.label());
-            }
-        }
-        UserCommand::Token { name, label, .. } => {
-            let account = store
-                .account(&name)
-                .await?
-                .with_context(|| format!("no account {name}"))?;
-            let created = auth.add_token(account.id, &label).await?;
-            println!("{}", created.token);
-            eprintln!(
-                "This token acts as {name} ({}) until revoked (DELETE /api/tokens/{}). It is shown only now.",
-                account.role().label(),
-                created.id
-            );
-        }
-    }
-    Ok(())
-}
-
-async fn command_cli(command: CommandCommand) -> anyhow::Result<()> {
-    use server::command::cli;
-    match command {
-        CommandCommand::List {
+        Action::Command(CommandCommand::List {
             device,
             limit,
             server,
-        } => {
-            for c in cli::Client::new(&server.server, server.token.as_deref())
-                .list(&device, limit)
-                .await?
-            {
-                println!("{}", cli::describe(&c));
-            }
-            Ok(())
+        }) => {
+            Ok(
+                server::command::cli::list(&server.server, server.token.as_deref(), &device, limit)
+                    .await?,
+            )
         }
-        CommandCommand::Send(args) => {
+        Action::Command(CommandCommand::Send(args)) => {
             let request = app::model::CommandRequest {
                 name: args.name,
-                params: cli::params(&args.params)?,
+                params: server::command::cli::params(&args.params)?,
                 two_way: !args.one_way,
                 persistent: args.persistent,
                 timeout_ms: Some((args.timeout * 1000.0).round() as i64),
                 ttl_ms: args.ttl.map(|s| (s * 1000.0).round() as i64),
             };
-            let c = cli::Client::new(&args.server.server, args.server.token.as_deref())
-                .send(&args.device, &request, !args.no_wait)
-                .await?;
-            println!("{}", cli::describe(&c));
-            let ok = match c.state {
-                app::model::CommandState::Answered => true,
-                app::model::CommandState::Delivered => !c.two_way,
-                app::model::CommandState::Failed | app::model::CommandState::Expired => false,
-                // Not waited for, or waiting for an offline device.
-                _ => true,
-            };
-            anyhow::ensure!(ok, "command {} {}", c.id, c.state.label());
+            let server = &args.server;
+            server::command::cli::send(
+                &server.server,
+                server.token.as_deref(),
+                &args.device,
+                &request,
+                !args.no_wait,
+            )
+            .await
+        }
+        Action::User(command) => {
+            let (action, db) = command.split()?;
+            let store = db.open().await?;
+            let idle = server::config::Config::default().session_idle_minutes;
+            server::auth::cli::run(store, action, idle).await
+        }
+        Action::Cert(CertCommand::Dev { out, hosts }) => {
+            println!("{}", server::edge::tls::write_dev_cert(&out, &hosts)?);
             Ok(())
         }
     }
 }
 
-async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find the sightline binary")?;
-    let mut opts = BenchOptions::preset(args.scenario, exe);
-    opts.qos = qos(args.qos);
-    opts.devices = args.devices.unwrap_or(opts.devices);
-    opts.rate = args.rate.unwrap_or(opts.rate);
-    opts.seconds = args.seconds.unwrap_or(opts.seconds);
-    opts.idle = args.idle.unwrap_or(opts.idle);
-    opts.viewers = args.viewers.unwrap_or(opts.viewers);
-    opts.watch = args.watch.unwrap_or(opts.watch);
-    opts.serve_args = args.serve_args;
-    opts.keep = args.keep;
-    if opts.scenario == Scenario::History {
-        let report = bench::history::run(&opts).await?;
-        print!("{report}");
-        return Ok(());
+impl DeviceCommand {
+    fn split(self) -> (DeviceAction, DeviceArgs) {
+        match self {
+            Self::Add(args) => (DeviceAction::Add, args),
+            Self::Rotate(args) => (DeviceAction::Rotate, args),
+            Self::Disable(args) => (DeviceAction::Disable, args),
+            Self::Enable(args) => (DeviceAction::Enable, args),
+        }
     }
-    if opts.scenario == Scenario::Commands {
-        let report = bench::commands::run(&opts).await?;
-        print!("{report}");
-        return Ok(());
+}
+
+impl UserCommand {
+    fn split(self) -> anyhow::Result<(UserAction, DbArgs)> {
+        Ok(match self {
+            Self::Add {
+                name,
+                admin,
+                role,
+                db,
+            } => {
+                let role = if admin {
+                    app::model::Role::Admin
+                } else {
+                    app::model::Role::parse(&role).with_context(|| {
+                        format!("unknown role {role:?}: use viewer, operator or admin")
+                    })?
+                };
+                (UserAction::Add { name, role }, db)
+            }
+            Self::Passwd { name, db } => (UserAction::Passwd { name }, db),
+            Self::Remove { name, db } => (UserAction::Remove { name }, db),
+            Self::List { db } => (UserAction::List, db),
+            Self::Token { name, label, db } => (UserAction::Token { name, label }, db),
+        })
     }
-    let report = bench::run(&opts).await?;
-    print!("{}", report.render(&opts));
-    Ok(())
+}
+
+impl BenchArgs {
+    /// The scenario's preset, with what the flags override.
+    fn options(self, exe: std::path::PathBuf) -> BenchOptions {
+        let mut opts = BenchOptions::preset(self.scenario, exe);
+        opts.qos = qos(self.qos);
+        opts.devices = self.devices.unwrap_or(opts.devices);
+        opts.rate = self.rate.unwrap_or(opts.rate);
+        opts.seconds = self.seconds.unwrap_or(opts.seconds);
+        opts.idle = self.idle.unwrap_or(opts.idle);
+        opts.viewers = self.viewers.unwrap_or(opts.viewers);
+        opts.watch = self.watch.unwrap_or(opts.watch);
+        opts.serve_args = self.serve_args;
+        opts.keep = self.keep;
+        opts
+    }
 }
 
 fn qos(level: u8) -> rumqttc::QoS {

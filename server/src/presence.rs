@@ -27,7 +27,7 @@ pub type Changes = Arc<Vec<Status>>;
 
 /// The status of every device that has connected since the server started.
 #[derive(Debug)]
-pub struct Presence {
+pub struct Tracker {
     devices: Mutex<HashMap<String, Entry>>,
     pending: Mutex<Vec<Status>>,
     changed: Notify,
@@ -43,7 +43,7 @@ struct Entry {
     status: Status,
 }
 
-impl Default for Presence {
+impl Default for Tracker {
     fn default() -> Self {
         Self {
             devices: Mutex::default(),
@@ -54,7 +54,7 @@ impl Default for Presence {
     }
 }
 
-impl Presence {
+impl Tracker {
     /// Records that `device` connected in `session` at `now`.
     pub fn connected(&self, device: &str, session: u64, now: i64) {
         let status = {
@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn a_device_is_online_while_any_of_its_sessions_is() {
-        let p = Presence::default();
+        let p = Tracker::default();
         p.connected("A", 1, 100);
         p.connected("A", 2, 200);
         p.disconnected("A", 1, 300, "replaced by a new connection");

@@ -387,7 +387,7 @@ impl CommandHandler {
         params: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value, String> {
         match name {
-            "ping" => Ok(serde_json::json!({ "pong": crate::ingest::now_ms() })),
+            "ping" => Ok(serde_json::json!({ "pong": crate::clock::now_ms() })),
             "set_interval" => {
                 let ms = params
                     .and_then(|p| match (p.get("ms"), p.get("seconds")) {
@@ -412,7 +412,7 @@ impl CommandHandler {
 /// Publishes `history` worth of past readings, with explicit timestamps,
 /// so a demo's charts are full from the first page load.
 async fn backfill(d: &mut SimDevice, opts: &SimOptions, history: Duration, rng: &mut StdRng) {
-    let now = crate::ingest::now_ms();
+    let now = crate::clock::now_ms();
     let step = (1000.0 / opts.rate.max(0.001)).max(1.0) as i64;
     let mut ts = now - history.as_millis() as i64;
     while ts < now {

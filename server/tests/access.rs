@@ -651,7 +651,7 @@ async fn sign_out_password_change_and_idleness_end_sessions(db: TestDb) {
     store
         .touch_session(
             &server::store::registry::hash_secret(&e),
-            server::ingest::now_ms() - idle - 1000,
+            server::clock::now_ms() - idle - 1000,
         )
         .await
         .expect("age the session");
@@ -1101,7 +1101,7 @@ async fn me_with(server: &TestServer, session: &str) -> u16 {
 /// However busy, a session ends 30 days after sign-in.
 async fn sessions_end_thirty_days_after_sign_in(db: TestDb) {
     let (db, server) = start(db).await;
-    let now = server::ingest::now_ms();
+    let now = server::clock::now_ms();
     let day = 86_400_000;
     let old = sign_in(&server, "viewer", PASSWORD).await.expect("old");
     let young = sign_in(&server, "viewer", PASSWORD).await.expect("young");
@@ -1153,7 +1153,7 @@ async fn an_open_live_socket_keeps_its_session_in_use(db: TestDb) {
     let store = server::store::Store::open(&server.database_url)
         .await
         .expect("store");
-    let aged = server::ingest::now_ms() - 58_000;
+    let aged = server::clock::now_ms() - 58_000;
     let hash = |s: &str| server::store::registry::hash_secret(s);
     for session in [&watching, &idle] {
         store
@@ -1176,7 +1176,7 @@ async fn an_open_live_socket_keeps_its_session_in_use(db: TestDb) {
     })
     .await;
     wait_for("the idle limit to pass", || async {
-        server::ingest::now_ms() > aged + 61_000
+        server::clock::now_ms() > aged + 61_000
     })
     .await;
     assert_eq!(last_seen(idle.clone()).await, Some(aged), "nothing used it");

@@ -772,10 +772,10 @@ async fn a_persistent_command_to_a_silent_session_is_sent_again_not_expired() {
 /// Finished commands are deleted with the raw readings of their time;
 /// a command still waiting for its device is kept whatever its age.
 async fn finished_commands_are_pruned_with_raw_readings(url: &str, device: &str) {
-    use server::store::retention::{Policy, Retention};
+    use server::store::retention::Policy;
     const DAY: i64 = 86_400_000;
     let store = server::store::Store::open(url).await.expect("open");
-    let now = server::ingest::now_ms();
+    let now = server::clock::now_ms();
     store.add_device(device, now).await.expect("device");
     let command =
         |n: u32, state: CommandState, created_at: i64, completed_at: Option<i64>| Command {
@@ -807,8 +807,8 @@ async fn finished_commands_are_pruned_with_raw_readings(url: &str, device: &str)
         assert!(store.save_command(c).await.expect("save"));
     }
     let policy = Policy {
-        raw: Retention::millis(DAY),
-        rollups: Retention::FOREVER,
+        raw_ms: Some(DAY),
+        rollups_ms: None,
     };
     let pruned = store.prune(policy, now).await.expect("prune");
     assert!(pruned.commands >= 1, "{pruned:?}");

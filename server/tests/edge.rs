@@ -392,7 +392,7 @@ async fn a_thingsboard_device_publishes_with_its_token_under_its_own_id() {
     let server = TestServer::start(closed_config(&scratch)).await;
     let token = server.add_device("TB1").await;
     let port = server.mqtt.port().to_string();
-    let ts = server::ingest::now_ms() - 60_000;
+    let ts = server::clock::now_ms() - 60_000;
     let payload = format!(r#"[{{"ts":{ts},"values":{{"temp":21.5}}}},{{"hum":40}}]"#);
     let run = mosquitto(
         "mosquitto_pub",

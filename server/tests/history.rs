@@ -231,10 +231,10 @@ async fn buckets_from_rollups_agree_with_raw_readings_on_postgres() {
     // written by hand too.
     let fleet = store.devices().await.expect("fleet on postgres");
     assert!(fleet.iter().any(|d| d.id == device));
-    let now = server::ingest::now_ms();
+    let now = server::clock::now_ms();
     let policy = server::store::retention::Policy {
-        raw: server::store::retention::Retention::millis(now - (T0 + DAY)),
-        rollups: server::store::retention::Retention::FOREVER,
+        raw_ms: Some(now - (T0 + DAY)),
+        rollups_ms: None,
     };
     let pruned = store.prune(policy, now).await.expect("prune on postgres");
     let first_day = raw.iter().filter(|(ts, _)| *ts < T0 + DAY).count() as u64;
@@ -271,7 +271,7 @@ async fn counter(server: &TestServer, name: &str) -> u64 {
 async fn retention_prunes_in_the_background_while_ingest_continues() {
     let scratch = Scratch::new();
     let url = scratch.sqlite_url();
-    let now = server::ingest::now_ms();
+    let now = server::clock::now_ms();
     let store = Store::open(&url).await.expect("open");
     let mut writer = store.writer();
     // 100 days at one reading every 20 s: 432,000 readings, 70% of them
@@ -375,7 +375,7 @@ async fn retention_prunes_in_the_background_while_ingest_continues() {
 async fn fleet_sparklines_average_the_last_hour_of_the_first_metric() {
     let scratch = Scratch::new();
     let store = Store::open(&scratch.sqlite_url()).await.expect("open");
-    let now = server::ingest::now_ms();
+    let now = server::clock::now_ms();
     let mut writer = store.writer();
     // Two hours of `b_temp` every 30 s (value = minutes ago), and `a_hum`,
     // which sorts first and is the one charted.

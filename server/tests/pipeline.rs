@@ -47,7 +47,7 @@ async fn seed_publish_is_stored_and_pushed_live() {
         ("Device001", "temp", 22.0)
     );
     let ts = live[0].ts;
-    let now = server::ingest::now_ms();
+    let now = server::clock::now_ms();
     assert!(
         (now - ts).abs() < 10_000,
         "receive time is used when no ts is sent"

@@ -19,7 +19,7 @@ use std::time::Instant;
 use app::model::{CreatedApiToken, Me, Role};
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::now_ms;
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::accounts::AccountRow;
 // Sessions and tokens are stored as device secrets are: SHA-256 in hex.

@@ -78,7 +78,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
 
 async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<String> {
     let db_url = format!("sqlite://{}?mode=rwc", dir.join("bench.db").display());
-    let end = crate::ingest::now_ms();
+    let end = crate::clock::now_ms();
     let seeding = seed(&db_url, end).await?;
     let http = free_addr()?;
     let mqtt = free_addr()?;

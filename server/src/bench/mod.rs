@@ -13,6 +13,8 @@
 
 pub mod commands;
 pub mod history;
+mod probe;
+mod report;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::simulate::{self, SimOptions, READINGS_PER_MESSAGE, STAMP_METRIC};
 use crate::store::Store;
+use probe::*;
+pub use report::BenchReport;
 
 /// The rows of the issue-3 table, each a preset of the options below.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -124,143 +128,13 @@ impl BenchOptions {
     }
 }
 
-/// What a run measured.
-#[derive(Debug, Default)]
-pub struct BenchReport {
-    pub sent_readings: u64,
-    /// Messages the broker acknowledged (QoS 1 only).
-    pub acked_messages: u64,
-    pub send_seconds: f64,
-    /// Rows counted in the database after the server stopped.
-    pub persisted: u64,
-    /// From the first publish to the last commit.
-    pub persist_seconds: f64,
-    /// Readings stored per second in each second of the publishing window
-    /// but the first, from the server's counter.
-    pub per_second: Vec<u64>,
-    pub counters: Counters,
-    /// Publish-to-WebSocket latencies in microseconds, sorted.
-    pub latencies_us: Vec<u64>,
-    pub lag_notices: u64,
-    pub peak_rss_bytes: u64,
-    pub idle_held: u64,
-    pub server_connections: Option<u64>,
-    /// The server's own view of the push latency (from ingest receiving a
-    /// message to its frame being written): the histogram bucket bounds,
-    /// in seconds, under which 50 % and 99 % of readings fall.
-    pub server_push: Option<(f64, f64)>,
-    /// Where the database and server log were kept, with `--keep`.
-    pub kept: Option<PathBuf>,
-}
-
-impl BenchReport {
-    fn percentile(&self, p: f64) -> Option<f64> {
-        if self.latencies_us.is_empty() {
-            return None;
-        }
-        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
-        Some(self.latencies_us[i] as f64 / 1000.0)
-    }
-
-    fn median_per_second(&self) -> (u64, u64) {
-        let mut steady = self.per_second.clone();
-        steady.sort_unstable();
-        let median = steady.get(steady.len() / 2).copied().unwrap_or(0);
-        let min = steady.first().copied().unwrap_or(0);
-        (median, min)
-    }
-
-    /// The report as printed, one figure per line.
-    pub fn render(&self, opts: &BenchOptions) -> String {
-        let mut out = String::new();
-        let mut line = |s: String| {
-            out.push_str(&s);
-            out.push('\n');
-        };
-        let qos = if opts.qos == QoS::AtLeastOnce { 1 } else { 0 };
-        line(format!(
-            "scenario            {:?}, QoS {qos}",
-            opts.scenario
-        ));
-        line(format!(
-            "load                {} devices x {:.2} msg/s x {} readings = {:.0} readings/s offered, {} s; {} idle connections; {} viewers{}",
-            opts.devices,
-            opts.rate,
-            READINGS_PER_MESSAGE,
-            opts.offered_per_sec(),
-            opts.seconds,
-            opts.idle,
-            opts.viewers,
-            match (opts.viewers, opts.watch) {
-                (0, _) => String::new(),
-                (_, 0) => " watching all devices".into(),
-                (_, n) => format!(" watching {n} devices each"),
-            }
-        ));
-        line(format!(
-            "sent                {} readings in {:.1} s ({:.0}/s){}",
-            self.sent_readings,
-            self.send_seconds,
-            self.sent_readings as f64 / self.send_seconds.max(1e-9),
-            if qos == 1 {
-                format!("; {} messages acknowledged", self.acked_messages)
-            } else {
-                String::new()
-            }
-        ));
-        let (median, min) = self.median_per_second();
-        line(format!(
-            "persisted           {} readings in the database, {:.0} readings/s from first publish to last commit; steady seconds: median {median}/s, min {min}/s",
-            self.persisted,
-            self.persisted as f64 / self.persist_seconds.max(1e-9),
-        ));
-        let c = &self.counters;
-        line(format!(
-            "server counters     messages {}, received {}, stored {}, dropped {}, rejected {}, refused at edge {}",
-            c.messages, c.received, c.stored, c.dropped, c.rejected, c.refused
-        ));
-        line(format!(
-            "unaccounted         {} readings (sent - stored - dropped - rejected)",
-            self.sent_readings as i64 - c.stored as i64 - c.dropped as i64 - c.rejected as i64
-        ));
-        match (
-            self.percentile(0.5),
-            self.percentile(0.9),
-            self.percentile(0.99),
-            self.percentile(1.0),
-        ) {
-            (Some(p50), Some(p90), Some(p99), Some(max)) => line(format!(
-                "publish->websocket  {} samples: p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; lag notices {}",
-                self.latencies_us.len(),
-                self.lag_notices
-            )),
-            _ => line("publish->websocket  no viewers in this scenario".into()),
-        }
-        if let (Some((p50, p99)), true) = (self.server_push, opts.viewers > 0) {
-            line(format!(
-                "server receive->push  p50 <= {:.2} ms, p99 <= {:.2} ms (bucket bounds of sightline_push_latency_seconds)",
-                p50 * 1000.0,
-                p99 * 1000.0
-            ));
-        }
-        line(format!(
-            "server peak RSS     {:.0} MB",
-            self.peak_rss_bytes as f64 / 1e6
-        ));
-        if let Some(dir) = &self.kept {
-            line(format!("kept                {}", dir.display()));
-        }
-        if opts.idle > 0 {
-            line(format!(
-                "connections         {} idle held + {} publishing; the server counted at most {}",
-                self.idle_held,
-                opts.devices,
-                self.server_connections
-                    .map_or_else(|| "unknown".into(), |n| n.to_string())
-            ));
-        }
-        out
-    }
+/// Runs the scenario `opts` selects and returns its report as text.
+pub async fn report(opts: &BenchOptions) -> anyhow::Result<String> {
+    Ok(match opts.scenario {
+        Scenario::History => history::run(opts).await?,
+        Scenario::Commands => commands::run(opts).await?,
+        _ => run(opts).await?.render(opts),
+    })
 }
 
 /// Runs one benchmark and returns its report.
@@ -552,158 +426,6 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 }
 
 /// The server's `/metrics` page.
-async fn metrics_text(client: &reqwest::Client, http: SocketAddr) -> Option<String> {
-    client
-        .get(format!("http://{http}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()
-}
-
-/// One unlabelled gauge or counter from `/metrics`.
-async fn metric(client: &reqwest::Client, http: SocketAddr, name: &str) -> Option<u64> {
-    crate::metrics::read_value(&metrics_text(client, http).await?, name)
-}
-
-/// Reads the push-latency histogram and returns the bucket bounds that
-/// hold 50 % and 99 % of its observations.
-async fn push_quantiles(client: &reqwest::Client, http: SocketAddr) -> Option<(f64, f64)> {
-    let text = metrics_text(client, http).await?;
-    let buckets: Vec<(f64, u64)> = text
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("sightline_push_latency_seconds_bucket{le=\"")?;
-            let (bound, count) = rest.split_once("\"} ")?;
-            let bound = if bound == "+Inf" {
-                f64::INFINITY
-            } else {
-                bound.parse().ok()?
-            };
-            Some((bound, count.parse().ok()?))
-        })
-        .collect();
-    let total = buckets.last()?.1;
-    let under = |q: f64| {
-        buckets
-            .iter()
-            .find(|(_, n)| *n as f64 >= q * total as f64)
-            .map(|(b, _)| *b)
-    };
-    Some((under(0.5)?, under(0.99)?))
-}
-
-async fn wait_connections(client: &reqwest::Client, http: SocketAddr, want: u64) {
-    for _ in 0..600 {
-        if metric(client, http, "sightline_devices_connected").await >= Some(want) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// What the sampler saw during the run.
-#[derive(Debug, Default)]
-struct Samples {
-    /// The server's stored counter, every [`SAMPLE_EVERY`].
-    stored: Vec<(Instant, u64)>,
-    /// The most MQTT connections the server reported at any sample.
-    most_connections: Option<u64>,
-}
-
-/// Samples the server's counters every 100 ms.
-async fn sample(client: reqwest::Client, http: SocketAddr, stop: CancellationToken) -> Samples {
-    let mut samples = Samples::default();
-    let mut tick = tokio::time::interval(SAMPLE_EVERY);
-    let mut ticks = 0u64;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        if let Ok(c) = get_json::<Counters>(&client, http, "/api/stats").await {
-            samples.stored.push((Instant::now(), c.stored));
-        }
-        // Counting connections reads the kernel's socket table; once a
-        // second is enough, and keeps the sampler from loading the server.
-        ticks += 1;
-        if ticks % 10 == 1 {
-            if let Some(n) = metric(&client, http, "sightline_devices_connected").await {
-                samples.most_connections = Some(samples.most_connections.unwrap_or(0).max(n));
-            }
-        }
-    }
-    samples
-}
-
-/// How often the sampler reads the server's counters.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-
-/// Readings stored per second, over one-second windows that lie inside
-/// the publishing window, leaving out its first second (ramp-up).
-fn steady_rates(samples: &[(Instant, u64)], from: Instant, to: Instant) -> Vec<u64> {
-    let per_window = (Duration::from_secs(1).as_millis() / SAMPLE_EVERY.as_millis()) as usize;
-    let from = from + Duration::from_secs(1);
-    let inside: Vec<&(Instant, u64)> = samples
-        .iter()
-        .filter(|(t, _)| *t >= from && *t <= to)
-        .collect();
-    inside
-        .iter()
-        .step_by(per_window.max(1))
-        .collect::<Vec<_>>()
-        .windows(2)
-        .map(|w| {
-            let secs = w[1].0.duration_since(w[0].0).as_secs_f64().max(1e-3);
-            (w[1].1.saturating_sub(w[0].1) as f64 / secs) as u64
-        })
-        .collect()
-}
-
-/// Polls the stored counter until it has not moved for a second, adding
-/// each reading to `samples`, and returns its final value.
-async fn settle(
-    client: &reqwest::Client,
-    http: SocketAddr,
-    samples: &mut Vec<(Instant, u64)>,
-) -> u64 {
-    let mut last = Instant::now();
-    let mut prev = 0;
-    while last.elapsed() < Duration::from_secs(1) {
-        if let Ok(c) = get_json::<Counters>(client, http, "/api/stats").await {
-            samples.push((Instant::now(), c.stored));
-            if c.stored != prev {
-                prev = c.stored;
-                last = Instant::now();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    prev
-}
-
-/// When the stored counter first reached `stored`: the last commit, to
-/// within one sample.
-fn last_commit(samples: &[(Instant, u64)], stored: u64) -> Option<Instant> {
-    samples.iter().find(|(_, n)| *n >= stored).map(|(t, _)| *t)
-}
-
-/// The peak resident set of a process, from `/proc/PID/status`.
-fn peak_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 /// A real WebSocket viewer that records, for every stamped reading, the
 /// time from its publish to its arrival here.
 async fn viewer(

@@ -119,3 +119,40 @@ pub fn describe(c: &Command) -> String {
         c.params
     )
 }
+
+/// `sightline command list`: prints a device's newest commands.
+pub async fn list(
+    server: &str,
+    token: Option<&str>,
+    device: &str,
+    limit: u64,
+) -> Result<(), CliError> {
+    for c in Client::new(server, token).list(device, limit).await? {
+        println!("{}", describe(&c));
+    }
+    Ok(())
+}
+
+/// `sightline command send`: sends `request`, prints the command as it
+/// ended (or as accepted, without `wait`), and fails unless it succeeded.
+pub async fn send(
+    server: &str,
+    token: Option<&str>,
+    device: &str,
+    request: &CommandRequest,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let c = Client::new(server, token)
+        .send(device, request, wait)
+        .await?;
+    println!("{}", describe(&c));
+    let ok = match c.state {
+        CommandState::Answered => true,
+        CommandState::Delivered => !c.two_way,
+        CommandState::Failed | CommandState::Expired => false,
+        // Not waited for, or waiting for an offline device.
+        _ => true,
+    };
+    anyhow::ensure!(ok, "command {} {}", c.id, c.state.label());
+    Ok(())
+}

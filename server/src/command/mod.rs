@@ -2,18 +2,19 @@
 //! stored, published through the broker, acknowledged by the device,
 //! answered, or expired.
 //!
-//! The state of every unfinished command lives here, in memory, behind one
-//! lock; each change is also queued, in order, for a single task that writes
-//! it to the database, so the stored row always ends at the newest state
-//! even when two changes come close together. The edge reports what devices
+//! The state of every unfinished command lives in [`machine::Machine`], the
+//! pure state machine, in memory behind one lock; each change it reports is
+//! queued, in order, for a single task that writes it to the database, so
+//! the stored row always ends at the newest state even when two changes
+//! come close together. The edge reports what devices
 //! do ([`Commands::subscribed`], [`Commands::delivered`], [`Commands::answer`]);
 //! a timer task expires what waits too long. The broker only carries the
 //! messages: it never sees the database.
 
 pub mod cli;
+pub mod machine;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -24,12 +25,13 @@ use rumqttd::protocol::{Packet, Publish, PublishProperties};
 use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::acl::{AnswerTopic, Route};
 use crate::broker::Broker;
-use crate::edge::acl;
-use crate::ingest::now_ms;
+use crate::clock::Clock;
 use crate::metrics::{LogLimiter, Metrics};
 use crate::store::{Store, StoreError};
-use wire::{AnswerTopic, Refusal};
+use machine::{Effects, Machine, Outgoing};
+use wire::Refusal;
 
 /// Why a command could not be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -61,86 +63,13 @@ const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
 /// further behind is told it lagged, and reloads its list.
 const UPDATES_BUFFER: usize = 256;
 
-/// Finished commands kept in memory for lists read while the saver is
-/// still writing their final state.
-const RECENTLY_FINISHED: usize = 256;
-
-/// Which of a device's sessions receive commands, and on which topics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Route {
-    /// Subscribed to `command/<device>`.
-    pub native: bool,
-    /// Subscribed to ThingsBoard's `v1/devices/me/rpc/request/+`.
-    pub thingsboard: bool,
-}
-
-impl Route {
-    /// Whether any command reaches the session.
-    pub fn any(self) -> bool {
-        self.native || self.thingsboard
-    }
-
-    /// The commands either route receives.
-    pub fn or(self, other: Self) -> Self {
-        Self {
-            native: self.native || other.native,
-            thingsboard: self.thingsboard || other.thingsboard,
-        }
-    }
-}
-
-/// One message for the router: a command on one of its topics.
-#[derive(Debug)]
-struct Outgoing {
-    topic: String,
-    payload: Vec<u8>,
-    id: String,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    /// Unfinished commands by id.
-    active: HashMap<String, Command>,
-    /// The newest finished commands, so that a list read from the database
-    /// a moment before the saver writes a final state still shows it.
-    finished: std::collections::VecDeque<Command>,
-    /// For each device, its sessions that subscribed to commands.
-    routes: HashMap<String, HashMap<u64, Route>>,
-}
-
-impl State {
-    /// Moves a command that has just finished out of `active`.
-    fn retire(&mut self, id: &str) {
-        if let Some(c) = self.active.remove(id) {
-            if self.finished.len() == RECENTLY_FINISHED {
-                self.finished.pop_front();
-            }
-            self.finished.push_back(c);
-        }
-    }
-
-    /// The newest state of `id` held in memory, if any.
-    fn current(&self, id: &str) -> Option<&Command> {
-        self.active
-            .get(id)
-            .or_else(|| self.finished.iter().rev().find(|c| c.id == id))
-    }
-
-    fn route(&self, device: &str) -> Route {
-        self.routes
-            .get(device)
-            .map(|sessions| sessions.values().copied().fold(Route::default(), Route::or))
-            .unwrap_or_default()
-    }
-}
-
 /// The command service. One per server; the edge and the HTTP API share it.
 pub struct Commands {
     store: Store,
     metrics: Arc<Metrics>,
     /// The service's own link to the broker's router, for publishing.
     link: tokio::sync::Mutex<(LinkTx, LinkRx)>,
-    state: Mutex<State>,
+    machine: Mutex<Machine>,
     saves: mpsc::UnboundedSender<Command>,
     updates: broadcast::Sender<Command>,
     timer: Notify,
@@ -148,6 +77,8 @@ pub struct Commands {
     max_bytes: usize,
     /// Bounds the log lines of refused answers.
     answer_log: LogLimiter,
+    /// Where the service reads the time; tests use tokio's.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Commands {
@@ -165,14 +96,13 @@ pub struct Saver {
 
 impl Commands {
     /// Starts the service and picks up the commands that were unfinished
-    /// when the server last stopped: persistent commands wait again for
-    /// their device, two-way commands already delivered may still be
-    /// answered, and the rest fail, since their device session is gone.
+    /// when the server last stopped (see [`Machine::resume`]).
     pub async fn start(
         store: Store,
         broker: &Broker,
         metrics: Arc<Metrics>,
         max_bytes: usize,
+        clock: Clock,
     ) -> Result<(Arc<Self>, Saver), crate::broker::BrokerError> {
         let link = broker.link("sightline-commands")?;
         let (saves, rx) = mpsc::unbounded_channel();
@@ -181,71 +111,64 @@ impl Commands {
             store: store.clone(),
             metrics: metrics.clone(),
             link: tokio::sync::Mutex::new(link),
-            state: Mutex::new(State::default()),
+            machine: Mutex::new(Machine::default()),
             saves,
             updates,
             timer: Notify::new(),
             max_bytes,
             answer_log: LogLimiter::new(20, Duration::from_secs(10)),
+            clock,
         });
         match store.unfinished_commands().await {
-            Ok(unfinished) => commands.resume(unfinished),
+            Ok(unfinished) => {
+                let now = commands.clock.now_ms();
+                let mut machine = commands.lock();
+                let fx = machine.resume(unfinished, now);
+                commands.record(&fx);
+            }
             Err(e) => tracing::error!("cannot reload unfinished commands: {e}"),
         }
         Ok((commands, Saver { rx, store, metrics }))
     }
 
-    fn resume(&self, unfinished: Vec<Command>) {
-        let now = now_ms();
-        let mut state = self.lock();
-        for mut c in unfinished {
-            match c.state {
-                CommandState::Sent if c.persistent => {
-                    c.state = CommandState::Queued;
-                    self.changed(&c);
-                }
-                // Stored as they are: nothing to write again.
-                CommandState::Queued if c.persistent => {}
-                CommandState::Delivered => {}
-                _ => {
-                    self.finish(
-                        &mut c,
-                        CommandState::Failed,
-                        now,
-                        "the server restarted before the device acknowledged it".into(),
-                    );
-                    continue;
-                }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Machine> {
+        // A panic elsewhere while holding the lock leaves plain data that is
+        // still consistent enough to finish commands with.
+        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records what an event changed: each change is counted, queued for
+    /// the database and shown to live viewers. Called with the lock held,
+    /// so changes are queued in the order they were made.
+    fn record(&self, fx: &Effects) {
+        let counters = &self.metrics.commands;
+        for c in &fx.changes {
+            let counter = match c.state {
+                CommandState::Queued => None,
+                CommandState::Sent => Some(&counters.sent),
+                CommandState::Delivered => Some(&counters.delivered),
+                CommandState::Answered => Some(&counters.answered),
+                CommandState::Failed => Some(&counters.failed),
+                CommandState::Expired => Some(&counters.expired),
+            };
+            if let Some(counter) = counter {
+                Metrics::add(counter, 1);
             }
-            state.active.insert(c.id.clone(), c);
+            let _ = self.saves.send(c.clone());
+            let _ = self.updates.send(c.clone());
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic elsewhere while holding the lock leaves plain data that is
-        // still consistent enough to finish commands with.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records a change: queues it for the database and tells live viewers.
-    /// Called with the state lock held, so changes are queued in the order
-    /// they were made.
-    fn changed(&self, c: &Command) {
-        let _ = self.saves.send(c.clone());
-        let _ = self.updates.send(c.clone());
-    }
-
-    /// Moves `c` to a final state with a reason and counts it.
-    fn finish(&self, c: &mut Command, state: CommandState, now: i64, why: String) {
-        c.state = state;
-        c.completed_at = Some(now);
-        c.error = Some(why);
-        let counter = match state {
-            CommandState::Expired => &self.metrics.commands.expired,
-            _ => &self.metrics.commands.failed,
+    /// Runs `event` on the machine at the current time, records what it
+    /// changed, and publishes what it sends.
+    async fn apply(&self, event: impl FnOnce(&mut Machine, i64) -> Effects) {
+        let publish = {
+            let mut machine = self.lock();
+            let fx = event(&mut machine, self.clock.now_ms());
+            self.record(&fx);
+            fx.publish
         };
-        Metrics::add(counter, 1);
-        self.changed(c);
+        self.publish(publish).await;
     }
 
     /// Live changes of every command.
@@ -264,7 +187,7 @@ impl Commands {
         // Version 7: time-ordered, so commands created in the same
         // millisecond still list in the order they were sent.
         let id = uuid::Uuid::now_v7().simple().to_string();
-        let command = wire::accept(device, req, id, now_ms(), self.max_bytes)
+        let command = wire::accept(device, req, id, self.clock.now_ms(), self.max_bytes)
             .map_err(|e| refused(e.into()))?;
         // A persistent command is stored before anything else happens to
         // it, so that it waits for its device across a restart. Any other
@@ -284,69 +207,29 @@ impl Commands {
         }
         Metrics::add(&self.metrics.commands.accepted, 1);
         let (command, publish) = {
-            let mut state = self.lock();
-            let route = state.route(device);
-            let mut c = command;
-            let publish = if route.any() {
-                Some(self.mark_sent(&mut c, route))
-            } else if c.persistent {
-                self.changed(&c);
-                None
-            } else {
-                self.finish(
-                    &mut c,
-                    CommandState::Failed,
-                    now_ms(),
-                    format!(
-                        "{device} is not connected and subscribed to its commands; \
-                         send it as persistent to wait for the device"
-                    ),
-                );
-                None
-            };
-            state.active.insert(c.id.clone(), c.clone());
-            if c.is_final() {
-                state.retire(&c.id);
-            } else {
+            let mut machine = self.lock();
+            let id = command.id.clone();
+            let fx = machine.accept(command, self.clock.now_ms());
+            self.record(&fx);
+            let command = machine.current(&id).cloned();
+            if command.as_ref().is_some_and(|c| !c.is_final()) {
                 self.timer.notify_one();
             }
-            (c, publish)
+            (command, fx.publish)
         };
-        if let Some(publish) = publish {
-            self.publish(publish).await;
-        }
-        Ok(command)
-    }
-
-    /// Marks `c` sent and returns the messages that send it.
-    fn mark_sent(&self, c: &mut Command, route: Route) -> Vec<Outgoing> {
-        c.state = CommandState::Sent;
-        c.sent_at = Some(now_ms());
-        Metrics::add(&self.metrics.commands.sent, 1);
-        self.changed(c);
-        let (native, thingsboard) = acl::command_topics(&c.device);
-        let mut out = Vec::with_capacity(2);
-        if route.native {
-            out.push(Outgoing {
-                topic: native,
-                payload: wire::request(c),
-                id: c.id.clone(),
-            });
-        }
-        if route.thingsboard {
-            out.push(Outgoing {
-                topic: thingsboard,
-                payload: wire::thingsboard_request(c),
-                id: c.id.clone(),
-            });
-        }
-        out
+        self.publish(publish).await;
+        // The machine keeps an accepted command, finished or not, among
+        // those it holds; it cannot be gone yet.
+        command.ok_or_else(|| CommandError::UnknownDevice(device.to_owned()))
     }
 
     /// Publishes into the router. The command id travels as MQTT 5
     /// correlation data, which the router keeps with the message; the edge
     /// reads it to track delivery, and passes it on to MQTT 5 devices.
     async fn publish(&self, messages: Vec<Outgoing>) {
+        if messages.is_empty() {
+            return;
+        }
         let mut link = self.link.lock().await;
         for Outgoing { topic, payload, id } in messages {
             let publish = Publish::new(Bytes::from(topic), Bytes::from(payload), false);
@@ -366,102 +249,26 @@ impl Commands {
         }
     }
 
-    /// A session of `device` subscribed to its commands: sends everything
-    /// that was waiting for it.
+    /// A session of `device` subscribed to its commands on `route`: sends
+    /// everything that was waiting for it.
     pub async fn subscribed(&self, device: &str, session: u64, route: Route) {
-        let publish: Vec<_> = {
-            let mut state = self.lock();
-            let sessions = state.routes.entry(device.to_owned()).or_default();
-            let new_session = !sessions.contains_key(&session);
-            let entry = sessions.entry(session).or_default();
-            *entry = entry.or(route);
-            let route = state.route(device);
-            // A new session also gets the persistent commands sent to an
-            // older one and not acknowledged: that one may be a dead
-            // connection the keep-alive has not caught yet.
-            let mut waiting: Vec<&mut Command> = state
-                .active
-                .values_mut()
-                .filter(|c| {
-                    c.device == device
-                        && (c.state == CommandState::Queued
-                            || (new_session && c.persistent && c.state == CommandState::Sent))
-                })
-                .collect();
-            waiting.sort_by_key(|c| c.created_at);
-            waiting
-                .into_iter()
-                .flat_map(|c| self.mark_sent(c, route))
-                .collect()
-        };
-        if !publish.is_empty() {
-            self.publish(publish).await;
-        }
+        self.apply(|m, now| m.subscribed(device, session, route, now))
+            .await;
     }
 
-    /// A session of `device` ended or unsubscribed from its commands. Once
-    /// no session of the device receives commands, what was sent and not
-    /// acknowledged waits again if persistent, and fails otherwise.
+    /// A session of `device` ended or unsubscribed from its commands.
     pub fn unsubscribed(&self, device: &str, session: u64) {
-        let mut state = self.lock();
-        let Some(sessions) = state.routes.get_mut(device) else {
-            return;
-        };
-        if sessions.remove(&session).is_none() {
-            return;
-        }
-        if !sessions.is_empty() {
-            return;
-        }
-        state.routes.remove(device);
-        let now = now_ms();
-        let mut done = Vec::new();
-        for c in state.active.values_mut() {
-            if c.device != device || c.state != CommandState::Sent {
-                continue;
-            }
-            if c.persistent {
-                c.state = CommandState::Queued;
-                self.changed(c);
-            } else {
-                self.finish(
-                    c,
-                    CommandState::Failed,
-                    now,
-                    "the device disconnected before acknowledging it".into(),
-                );
-                done.push(c.id.clone());
-            }
-        }
-        for id in done {
-            state.retire(&id);
-        }
+        let mut machine = self.lock();
+        let fx = machine.unsubscribed(device, session, self.clock.now_ms());
+        self.record(&fx);
     }
 
     /// The device acknowledged command `id` (or, at QoS 0, it was written
-    /// to its socket). A one-way command is then complete.
+    /// to its socket).
     pub fn delivered(&self, device: &str, id: &str) {
-        let mut state = self.lock();
-        let Some(c) = state.active.get_mut(id) else {
-            return;
-        };
-        // A command put back in the queue after its session ended (so
-        // sent once) may still be acknowledged, late, by the device that
-        // got it.
-        if c.device != device || c.sent_at.is_none() || c.state == CommandState::Delivered {
-            return;
-        }
-        let now = now_ms();
-        c.state = CommandState::Delivered;
-        c.delivered_at = Some(now);
-        Metrics::add(&self.metrics.commands.delivered, 1);
-        if !c.two_way {
-            c.completed_at = Some(now);
-        }
-        self.changed(c);
-        if !c.two_way {
-            state.retire(id);
-        }
+        let mut machine = self.lock();
+        let fx = machine.delivered(device, id, self.clock.now_ms());
+        self.record(&fx);
     }
 
     /// Takes a device's answer from `topic`. Answers that match nothing
@@ -498,63 +305,45 @@ impl Commands {
             )));
         }
         let answer = wire::answer(topic, correlation, payload).map_err(AnswerError::Unreadable)?;
+        let id = answer.id.clone();
         {
-            let mut state = self.lock();
-            // Any command sent at least once may be answered, even one
-            // waiting again after its device dropped: the device got it.
-            if let Some(c) = state
-                .active
-                .get_mut(&answer.id)
-                .filter(|c| c.device == device && c.two_way && c.sent_at.is_some())
-            {
-                let now = now_ms();
-                // At QoS 0 the answer may be the first sign of delivery.
-                c.delivered_at.get_or_insert(now);
-                c.completed_at = Some(now);
-                match answer.outcome {
-                    Ok(result) => {
-                        c.state = CommandState::Answered;
-                        c.response = Some(result);
-                        Metrics::add(&self.metrics.commands.answered, 1);
-                    }
-                    Err(why) => {
-                        c.state = CommandState::Failed;
-                        c.error = Some(format!("the device answered: {why}"));
-                        Metrics::add(&self.metrics.commands.failed, 1);
-                    }
-                }
-                self.changed(c);
-                state.retire(&answer.id);
+            let mut machine = self.lock();
+            if let Ok(fx) = machine.answered(device, answer, self.clock.now_ms()) {
+                self.record(&fx);
                 return Ok(());
             }
         }
         // Not waiting: say whether it finished (or expired) or never was.
         let known = self
             .store
-            .command(&answer.id)
+            .command(&id)
             .await
             .ok()
             .flatten()
             .filter(|c| c.device == device);
         match known {
-            Some(c) => Err(AnswerError::Finished(answer.id, c.state.label())),
-            None => Err(AnswerError::Unknown(answer.id)),
+            Some(c) => Err(AnswerError::Finished(id, c.state.label())),
+            None => Err(AnswerError::Unknown(id)),
         }
     }
 
-    /// Expires commands that waited too long, until `stop` fires: queued
-    /// persistent commands past their TTL, and sent commands past their
-    /// timeout without an acknowledgement (one-way) or an answer (two-way).
-    /// A persistent command not acknowledged in time, but still within its
-    /// TTL, is sent again instead (its session may be a dead connection).
+    /// Expires commands that waited too long, until `stop` fires (see
+    /// [`Machine::expire`]), and sends again the persistent ones whose
+    /// session did not acknowledge them in time.
     pub async fn run_timer(&self, stop: CancellationToken) {
         loop {
-            let (next, again) = self.expire(now_ms());
-            if !again.is_empty() {
-                self.publish(again).await;
-            }
+            let (next, again) = {
+                let mut machine = self.lock();
+                let (next, fx) = machine.expire(self.clock.now_ms());
+                self.record(&fx);
+                (next, fx.publish)
+            };
+            self.publish(again).await;
             let sleep = next
-                .map(|at| Duration::from_millis((at - now_ms()).clamp(1, 1000) as u64))
+                .map(|at| {
+                    let ms = (at - self.clock.now_ms()).clamp(1, 1000);
+                    Duration::from_millis(u64::try_from(ms).unwrap_or(1))
+                })
                 .unwrap_or(MAX_TIMER_SLEEP);
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -564,69 +353,28 @@ impl Commands {
         }
     }
 
-    /// Expires what is due at `now`; returns the next deadline and the
-    /// messages of persistent commands to send again.
-    fn expire(&self, now: i64) -> (Option<i64>, Vec<Outgoing>) {
-        let mut state = self.lock();
-        let mut next: Option<i64> = None;
-        let mut due = Vec::new();
-        for c in state.active.values() {
-            match deadline(c) {
-                Some(at) if at <= now => due.push(c.id.clone()),
-                Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
-                None => {}
-            }
-        }
-        let mut again = Vec::new();
-        for id in due {
-            let Some(device) = state.active.get(&id).map(|c| c.device.clone()) else {
-                continue;
-            };
-            let route = state.route(&device);
-            let Some(c) = state.active.get_mut(&id) else {
-                continue;
-            };
-            if c.persistent && c.state == CommandState::Sent && now < c.created_at + c.ttl_ms {
-                if route.any() {
-                    again.extend(self.mark_sent(c, route));
-                } else {
-                    c.state = CommandState::Queued;
-                    self.changed(c);
-                }
-                next = Some(next.map_or(now + 1, |n| n.min(now + 1)));
-                continue;
-            }
-            let why = expiry_reason(c);
-            self.finish(c, CommandState::Expired, now, why);
-            state.retire(&id);
-        }
-        (next, again)
-    }
-
     /// A device's newest commands, as they are this instant: the database
     /// may be a moment behind the saver, so what is held in memory (the
     /// unfinished commands and the newest finished ones) takes precedence,
     /// and commands not written yet are added.
     pub async fn recent(&self, device: &str, limit: u64) -> Result<Vec<Command>, StoreError> {
         let mut list = self.store.recent_commands(device, limit).await?;
-        let state = self.lock();
+        let machine = self.lock();
         for c in &mut list {
-            if let Some(live) = state.current(&c.id) {
+            if let Some(live) = machine.current(&c.id) {
                 *c = live.clone();
             }
         }
-        let unwritten: Vec<Command> = state
-            .active
-            .values()
-            .chain(state.finished.iter())
-            .filter(|c| c.device == device && !list.iter().any(|l| l.id == c.id))
+        let unwritten: Vec<Command> = machine
+            .of_device(device)
+            .filter(|c| !list.iter().any(|l| l.id == c.id))
             .cloned()
             .collect();
         if !unwritten.is_empty() {
             list.extend(unwritten);
             // Ids are time-ordered, so they break ties of one millisecond.
             list.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-            list.truncate(limit as usize);
+            list.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         }
         Ok(list)
     }
@@ -637,34 +385,6 @@ impl Commands {
             return Ok(Some(c.clone()));
         }
         self.store.command(id).await
-    }
-}
-
-/// When `c` stops waiting: a queued command at the end of its TTL, a sent
-/// one at its timeout for an acknowledgement (one-way) or an answer.
-fn deadline(c: &Command) -> Option<i64> {
-    match (c.state, c.sent_at) {
-        (CommandState::Queued, _) => Some(c.created_at + c.ttl_ms),
-        (CommandState::Sent | CommandState::Delivered, Some(sent)) => Some(sent + c.timeout_ms),
-        _ => None,
-    }
-}
-
-/// Why `c` expired at its [`deadline`].
-fn expiry_reason(c: &Command) -> String {
-    match c.state {
-        CommandState::Queued => format!("not delivered within its TTL of {}", seconds(c.ttl_ms)),
-        CommandState::Sent => format!("not acknowledged within {}", seconds(c.timeout_ms)),
-        _ => format!("no answer within {}", seconds(c.timeout_ms)),
-    }
-}
-
-/// "30 s", "1.5 s" or "2 h", for reasons a person reads.
-fn seconds(ms: i64) -> String {
-    match ms {
-        ms if ms % 3_600_000 == 0 => format!("{} h", ms / 3_600_000),
-        ms if ms % 1000 == 0 => format!("{} s", ms / 1000),
-        ms => format!("{:.1} s", ms as f64 / 1000.0),
     }
 }
 
@@ -701,17 +421,5 @@ impl Saver {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reasons_state_durations_plainly() {
-        assert_eq!(seconds(30_000), "30 s");
-        assert_eq!(seconds(1_500), "1.5 s");
-        assert_eq!(seconds(7_200_000), "2 h");
     }
 }

@@ -6,7 +6,8 @@ use app::model::{
 };
 use serde_json::{json, Value};
 
-use crate::ingest::decode::valid_name;
+use crate::acl::AnswerTopic;
+use crate::names::valid_name;
 
 /// The shortest and longest timeout a command may ask for. Under 100 ms a
 /// healthy device on a mobile network would miss it; a day is as long as a
@@ -93,16 +94,6 @@ pub fn thingsboard_request(c: &Command) -> Vec<u8> {
     json!({ "method": c.name, "params": c.params })
         .to_string()
         .into_bytes()
-}
-
-/// Which answer topic a device published to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AnswerTopic {
-    /// `command/<device>/response`: the id is in the MQTT 5 correlation
-    /// data or in the payload's `id`.
-    Native,
-    /// `v1/devices/me/rpc/response/<id>`.
-    ThingsBoard(String),
 }
 
 /// A device's answer to a command.

@@ -11,11 +11,14 @@
 //!    [`HANDSHAKE_TIMEOUT`]. Each socket runs in its own task, so a silent
 //!    one never delays anyone else's handshake.
 //! 2. CONNECT is checked against the device registry, and refused with a
-//!    proper CONNACK code when the login is wrong, unknown or disabled.
+//!    proper CONNACK code when the login is wrong, unknown or disabled
+//!    (`login`).
 //! 3. Each PUBLISH is checked against the device's own topics
-//!    ([`acl`]), decoded under the *authenticated* device id, and queued
-//!    for the writer. A QoS 1 PUBACK is sent only once the writer has
-//!    committed the readings.
+//!    ([`crate::acl`]), decoded under the *authenticated* device id, and
+//!    queued for the writer. A QoS 1 PUBACK (QoS 2 PUBREC) is sent only
+//!    once the writer has committed the readings, in publish order
+//!    (`acks`), and at most `--max-publish-rate` publishes a second pass
+//!    (`rate`).
 //! 4. A SUBSCRIBE to the device's own command topics gets the device a
 //!    local link to rumqttd's router, which delivers commands to it, at
 //!    QoS 1 when the device asked for it; its PUBACK and its answer are
@@ -23,8 +26,10 @@
 //! 5. Connects, DISCONNECTs, closed sockets and keep-alive expiry update
 //!    [`crate::presence`] at once; a Last Will is honoured.
 
-pub mod acl;
+mod acks;
 pub mod codec;
+mod login;
+mod rate;
 mod session;
 pub mod tls;
 
@@ -43,7 +48,7 @@ use crate::broker::Broker;
 use crate::command::Commands;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::presence::Presence;
+use crate::presence::Tracker;
 use crate::store::Store;
 
 /// How long a new socket has to finish TLS and send its CONNECT.
@@ -81,7 +86,7 @@ pub struct EdgeSettings {
 #[derive(Debug)]
 pub struct Services {
     pub broker: Arc<Broker>,
-    pub presence: Arc<Presence>,
+    pub presence: Arc<Tracker>,
     pub sessions: Arc<Sessions>,
     /// Told when devices subscribe to commands, acknowledge and answer them.
     pub commands: Arc<Commands>,
@@ -93,7 +98,7 @@ pub struct Edge {
     store: Store,
     ingest: Ingest,
     broker: Arc<Broker>,
-    presence: Arc<Presence>,
+    presence: Arc<Tracker>,
     metrics: Arc<Metrics>,
     sessions: Arc<Sessions>,
     commands: Arc<Commands>,

@@ -77,6 +77,19 @@ pub struct DevCert {
     pub key: PathBuf,
 }
 
+impl std::fmt::Display for DevCert {
+    /// What was written, and how to serve and try it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (ca, cert, key) = (self.ca.display(), self.cert.display(), self.key.display());
+        write!(
+            f,
+            "wrote {ca} (give it to clients), {cert} and {key}\n\
+             serve with: sightline serve --tls-cert {cert} --tls-key {key}\n\
+             try it:     mosquitto_pub --cafile {ca} -h localhost -p 8883 -u ID -P SECRET -t sensor/ID -m '{{\"temp\":21}}'"
+        )
+    }
+}
+
 /// Writes a self-signed CA (`ca.pem`) and a server certificate signed by it
 /// (`server.pem`, `server.key`) for `hosts` into `dir`. Clients trust
 /// `ca.pem`; the server is started with `--tls-cert server.pem --tls-key

@@ -12,15 +12,11 @@
 pub mod buckets;
 
 use app::model::{Bucket, BucketSeries, Resolution, SeriesResponse};
-use axum::extract::{Path, Query, State};
-use axum::Json;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
-use crate::http::{AppState, HttpError};
-use crate::ingest::decode::valid_name;
-use crate::ingest::now_ms;
-use crate::store::retention::Retention;
+use crate::names::valid_name;
+use crate::store::retention::cutoff;
 use crate::store::rollup::{Level, Source, LEVELS};
 use crate::store::{Store, StoreError};
 use buckets::Step;
@@ -51,6 +47,11 @@ pub struct SeriesQuery {
     pub tz: Option<String>,
 }
 
+/// Why a series query was refused, in words for the person who sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct QueryError(pub &'static str);
+
 /// A validated series request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesRequest {
@@ -66,9 +67,9 @@ pub struct SeriesRequest {
 
 impl SeriesRequest {
     /// Checks a query string, filling in defaults relative to `now`; raw
-    /// readings older than `retain_raw` are taken to be deleted.
-    pub fn parse(q: SeriesQuery, now: i64, retain_raw: Retention) -> Result<Self, HttpError> {
-        let bad = |why: &str| HttpError::BadRequest(why.to_owned());
+    /// readings older than `keep_raw_ms` (if set) are taken to be deleted.
+    pub fn parse(q: SeriesQuery, now: i64, keep_raw_ms: Option<i64>) -> Result<Self, QueryError> {
+        let bad = QueryError;
         let to = q.to.unwrap_or(now).clamp(buckets::MIN_TS, buckets::MAX_TS);
         let from = q
             .from
@@ -103,7 +104,7 @@ impl SeriesRequest {
             to,
             points,
             tz,
-            raw_since: retain_raw.cutoff(now),
+            raw_since: cutoff(keep_raw_ms, now),
         })
     }
 
@@ -111,29 +112,6 @@ impl SeriesRequest {
     pub fn raw_complete(&self) -> bool {
         self.raw_since.is_none_or(|since| self.from >= since)
     }
-}
-
-/// `GET /api/devices/{id}/series?metric=&from=&to=&points=&tz=`.
-#[utoipa::path(get, path = "/api/devices/{id}/series", tag = "devices",
-    security(("session" = []), ("token" = [])),
-    extensions(("x-required-role" = json!("viewer"))),
-    params(("id" = String, Path, description = "Device id"), SeriesQuery),
-    responses((status = 200, description = "Buckets per metric, at most `points` each", body = SeriesResponse),
-        (status = 400, description = "Invalid query", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such device", body = crate::http::openapi::ErrorBody),
-        crate::http::openapi::Refused))]
-pub async fn series(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    query: Result<Query<SeriesQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<SeriesResponse>, HttpError> {
-    let Query(q) = query.map_err(|e| HttpError::BadRequest(e.body_text()))?;
-    let request = SeriesRequest::parse(q, now_ms(), state.retain_raw)?;
-    Ok(Json(
-        load(&state.store, &id, &request)
-            .await?
-            .ok_or(HttpError::NotFound)?,
-    ))
 }
 
 /// Answers a series request for device `id`; `None` if it is unknown.
@@ -334,17 +312,17 @@ mod tests {
     fn requests_are_checked_and_defaulted() {
         let q = |s: &str| -> SeriesQuery { serde_json::from_str(s).expect("query") };
         let now = 1_767_225_600_000;
-        let r = SeriesRequest::parse(q("{}"), now, Retention::FOREVER).expect("defaults");
+        let r = SeriesRequest::parse(q("{}"), now, None).expect("defaults");
         assert_eq!(
             (r.from, r.to, r.points, r.tz),
             (now - DEFAULT_SPAN_MS, now, 1000, Tz::UTC)
         );
-        let r = SeriesRequest::parse(q("{}"), now, Retention::millis(5_000)).expect("retention");
+        let r = SeriesRequest::parse(q("{}"), now, Some(5_000)).expect("retention");
         assert_eq!(r.raw_since, Some(now - 5_000));
         let r = SeriesRequest::parse(
             q(r#"{"metric":"temp,hum","tz":"Europe/Berlin"}"#),
             now,
-            Retention::FOREVER,
+            None,
         )
         .expect("ok");
         assert_eq!(r.metrics, Some(vec!["temp".into(), "hum".into()]));
@@ -355,10 +333,7 @@ mod tests {
             r#"{"tz":"Mars/Olympus"}"#,
             r#"{"metric":"<script>"}"#,
         ] {
-            assert!(
-                SeriesRequest::parse(q(bad), now, Retention::FOREVER).is_err(),
-                "{bad}"
-            );
+            assert!(SeriesRequest::parse(q(bad), now, None).is_err(), "{bad}");
         }
     }
 }

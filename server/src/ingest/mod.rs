@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use app::model::Reading;
 
-use crate::edge::acl::Telemetry;
+use crate::acl::Telemetry;
 use crate::metrics::{LogLimiter, Metrics};
-use crate::store::writer::{Arrival, Committed, QueueFull, QueueTx};
+use crate::store::queue::{Arrival, Committed, QueueFull, QueueTx};
 use decode::{decode, decode_thingsboard, parse_topic, Decoded};
 
 /// Decodes messages and hands their readings to the writer.
@@ -134,11 +134,4 @@ impl Ingest {
             tracing::warn!(device, readings, suppressed, "dropped readings: {why}");
         }
     }
-}
-
-/// The wall clock in epoch milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

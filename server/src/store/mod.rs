@@ -5,9 +5,11 @@
 pub mod accounts;
 pub mod commands;
 mod entity;
+pub mod queue;
 pub mod registry;
 pub mod retention;
 pub mod rollup;
+mod url;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -22,8 +24,8 @@ use sea_orm::{
     FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 
-use crate::config::redact_url;
 use entity::{device, reading, series};
+pub use url::{redact_url, DatabaseUrl};
 
 /// The most points one metric's history returns; the newest are kept. This
 /// bounds a page load even for a device publishing far faster than 1 Hz.
@@ -60,9 +62,10 @@ pub struct Store {
     writer_db: DatabaseConnection,
 }
 
-/// Who a connection is for; SQLite tuning differs between the two.
+/// Which of the two connection pools a connection is for; SQLite tuning
+/// differs between them.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Role {
+enum Pool {
     Readers,
     Writer,
 }
@@ -96,16 +99,16 @@ const WAL_AUTOCHECKPOINT_PAGES: u32 = 64 * 1024;
 /// How often the background checkpoint runs; see [`Store::checkpoints`].
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
-async fn connect(url: &str, role: Role) -> Result<DatabaseConnection, DbErr> {
+async fn connect(url: &str, pool: Pool) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
-    let (pool, statements) = match role {
-        Role::Writer => (1, WRITER_STATEMENT_CACHE),
-        Role::Readers => (8, STATEMENT_CACHE),
+    let (connections, statements) = match pool {
+        Pool::Writer => (1, WRITER_STATEMENT_CACHE),
+        Pool::Readers => (8, STATEMENT_CACHE),
     };
     options
         // sea-orm limits SQLite to one connection unless told otherwise;
         // WAL lets page reads run beside the writer.
-        .max_connections(pool)
+        .max_connections(connections)
         .min_connections(1)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
@@ -128,13 +131,13 @@ async fn connect(url: &str, role: Role) -> Result<DatabaseConnection, DbErr> {
                 // connection held hundreds of megabytes. The writer's five
                 // reading INSERTs fit well within 16.
                 .statement_cache_capacity(statements);
-            match role {
-                Role::Readers => o.pragma("cache_size", (-READER_CACHE_KIB).to_string()),
+            match pool {
+                Pool::Readers => o.pragma("cache_size", (-READER_CACHE_KIB).to_string()),
                 // The writer only ever inserts readings under series ids it
                 // has just created or read back, so checking the foreign
                 // key of every row would be pure cost; deletes run on
                 // reader connections, where cascades stay enforced.
-                Role::Writer => o
+                Pool::Writer => o
                     .foreign_keys(false)
                     .pragma("cache_size", (-WRITER_CACHE_KIB).to_string())
                     .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
@@ -149,7 +152,7 @@ impl Store {
     /// Connects and brings the schema up to date.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let shown = redact_url(url);
-        let db = connect(url, Role::Readers)
+        let db = connect(url, Pool::Readers)
             .await
             .map_err(|source| StoreError::Open {
                 url: shown.clone(),
@@ -161,7 +164,7 @@ impl Store {
                 url: shown.clone(),
                 source,
             })?;
-        let writer_db = connect(url, Role::Writer)
+        let writer_db = connect(url, Pool::Writer)
             .await
             .map_err(|source| StoreError::Open { url: shown, source })?;
         Ok(Self { db, writer_db })
@@ -241,7 +244,7 @@ impl Store {
     /// series, and about 30 rows per device.
     async fn sparklines(&self) -> Result<HashMap<i64, Sparkline>, StoreError> {
         let backend = self.db.get_database_backend();
-        let since = rollup::bucket_of(crate::ingest::now_ms() - SPARKLINE_MS, SPARK_SLOT_MS);
+        let since = rollup::bucket_of(crate::clock::now_ms() - SPARKLINE_MS, SPARK_SLOT_MS);
         // The cut-off appears three times: PostgreSQL reuses `$1`, while
         // SQLite's `?` takes one bound value per mark (a missing one would
         // silently be NULL and match nothing).

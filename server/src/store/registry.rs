@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::entity::device;
 use super::StoreError;
-use crate::ingest::decode::valid_name;
+use crate::names::valid_name;
 
 /// Length of a device secret.
 const SECRET_LEN: usize = 32;
@@ -200,4 +200,44 @@ pub(super) async fn find(
         .filter(device::Column::Name.eq(id))
         .one(db)
         .await?)
+}
+
+/// What `sightline device` was asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceAction {
+    Add,
+    Rotate,
+    Disable,
+    Enable,
+}
+
+/// `sightline device`: does `action` to device `id` and prints the
+/// outcome, with the new secret (shown only now) and how to connect.
+pub async fn cli(
+    store: &super::Store,
+    action: DeviceAction,
+    id: &str,
+) -> Result<(), RegistryError> {
+    let created = match action {
+        DeviceAction::Add => store.add_device(id, crate::clock::now_ms()).await?,
+        DeviceAction::Rotate => store.rotate_secret(id).await?,
+        DeviceAction::Disable | DeviceAction::Enable => {
+            let disable = action == DeviceAction::Disable;
+            store.set_disabled(id, disable).await?;
+            println!(
+                "device {id} {}",
+                if disable { "disabled" } else { "enabled" }
+            );
+            return Ok(());
+        }
+    };
+    println!(
+        "device: {}\nsecret: {}\n\n\
+         The secret is shown only now; it is stored as a hash. Connect with\n  \
+         mosquitto_pub -u {} -P <secret> -t sensor/{} -m '{{\"temp\":21}}'\n\
+         or, ThingsBoard style, with the secret as the user name:\n  \
+         mosquitto_pub -u <secret> -t v1/devices/me/telemetry -m '{{\"temp\":21}}'",
+        created.id, created.secret, created.id, created.id
+    );
+    Ok(())
 }

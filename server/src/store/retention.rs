@@ -8,7 +8,6 @@
 //! DELETE would hold the writer (and with it every QoS 1 acknowledgement)
 //! for seconds; chunks hold it for milliseconds at a time.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,88 +26,18 @@ const CHUNK_PAUSE: Duration = Duration::from_millis(20);
 /// How often a pruning pass runs (the first runs at start).
 const PASS_EVERY: Duration = Duration::from_secs(60);
 
-/// How long data is kept: a duration such as `30d`, or forever.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "String")]
-pub struct Retention(Option<i64>);
-
-impl Retention {
-    /// Keep everything.
-    pub const FOREVER: Self = Self(None);
-
-    /// A retention of `ms` milliseconds.
-    pub fn millis(ms: i64) -> Self {
-        Self(Some(ms))
-    }
-
-    /// The oldest timestamp kept at time `now`, if anything is pruned.
-    pub fn cutoff(self, now: i64) -> Option<i64> {
-        self.0.map(|ms| now.saturating_sub(ms))
-    }
-
-    /// The duration in milliseconds; `None` for forever.
-    pub fn as_millis(self) -> Option<i64> {
-        self.0
-    }
-}
-
-/// Why a retention setting could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid retention {0:?}: use a number and a unit (s, m, h, d, w, y), such as 30d, or \"forever\"")]
-pub struct RetentionError(String);
-
-impl FromStr for Retention {
-    type Err = RetentionError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let text = s.trim();
-        if text.eq_ignore_ascii_case("forever") {
-            return Ok(Self::FOREVER);
-        }
-        let bad = || RetentionError(s.to_owned());
-        let digits = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        let (number, unit) = text.split_at(digits);
-        let number: i64 = number.parse().map_err(|_| bad())?;
-        let unit_ms: i64 = match unit {
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 7 * 86_400_000,
-            // A year of 365.25 days, so that "5y" keeps five calendar years.
-            "y" => 31_557_600_000,
-            _ => return Err(bad()),
-        };
-        match number.checked_mul(unit_ms) {
-            Some(ms) if ms > 0 => Ok(Self(Some(ms))),
-            _ => Err(bad()),
-        }
-    }
-}
-
-impl TryFrom<String> for Retention {
-    type Error = RetentionError;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl std::fmt::Display for Retention {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            None => f.write_str("forever"),
-            Some(ms) if ms % 86_400_000 == 0 => write!(f, "{}d", ms / 86_400_000),
-            Some(ms) => write!(f, "{}s", ms / 1_000),
-        }
-    }
-}
-
-/// How long each kind of data is kept.
+/// How long each kind of data is kept, in milliseconds; `None` keeps it
+/// forever. (`config::Retention` is how a user writes these.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
-    pub raw: Retention,
-    pub rollups: Retention,
+    pub raw_ms: Option<i64>,
+    pub rollups_ms: Option<i64>,
+}
+
+/// The oldest timestamp kept at time `now` by a retention of `keep_ms`, if
+/// anything is pruned.
+pub fn cutoff(keep_ms: Option<i64>, now: i64) -> Option<i64> {
+    keep_ms.map(|ms| now.saturating_sub(ms))
 }
 
 /// What one pruning pass deleted.
@@ -129,7 +58,7 @@ pub async fn prune(
     stop: &CancellationToken,
 ) -> Result<Pruned, DbErr> {
     let mut pruned = Pruned::default();
-    let (raw_cutoff, rollup_cutoff) = (policy.raw.cutoff(now), policy.rollups.cutoff(now));
+    let (raw_cutoff, rollup_cutoff) = (cutoff(policy.raw_ms, now), cutoff(policy.rollups_ms, now));
     if raw_cutoff.is_none() && rollup_cutoff.is_none() {
         return Ok(pruned);
     }
@@ -263,12 +192,12 @@ pub async fn run(
         return;
     }
     tracing::info!(
-        "retention: raw readings {}, rollups {}",
-        policy.raw,
-        policy.rollups
+        raw_ms = ?policy.raw_ms,
+        rollups_ms = ?policy.rollups_ms,
+        "retention: pruning what is older"
     );
     loop {
-        match prune(&db, policy, crate::ingest::now_ms(), &stop).await {
+        match prune(&db, policy, crate::clock::now_ms(), &stop).await {
             Ok(p) => {
                 Metrics::add(&metrics.pruned_readings, p.readings);
                 Metrics::add(&metrics.pruned_rollups, p.rollups);
@@ -296,30 +225,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retention_reads_units_and_forever() {
-        assert_eq!(
-            "30d".parse::<Retention>().ok(),
-            Some(Retention::millis(30 * 86_400_000))
-        );
-        assert_eq!(
-            "90m".parse::<Retention>().ok(),
-            Some(Retention::millis(90 * 60_000))
-        );
-        assert_eq!(
-            "forever".parse::<Retention>().ok(),
-            Some(Retention::FOREVER)
-        );
-        assert_eq!(
-            "5y".parse::<Retention>()
-                .ok()
-                .and_then(Retention::as_millis),
-            Some(5 * 31_557_600_000)
-        );
-        for bad in ["", "30", "d", "0d", "-1d", "3 weeks", "99999999999999y"] {
-            assert!(bad.parse::<Retention>().is_err(), "{bad:?}");
-        }
-        assert_eq!(Retention::millis(30 * 86_400_000).to_string(), "30d");
-        assert_eq!(Retention::FOREVER.cutoff(1_000), None);
-        assert_eq!(Retention::millis(400).cutoff(1_000), Some(600));
+    fn a_cutoff_is_now_less_the_retention() {
+        assert_eq!(cutoff(None, 1_000), None);
+        assert_eq!(cutoff(Some(400), 1_000), Some(600));
+        assert_eq!(cutoff(Some(i64::MAX), i64::MIN), Some(i64::MIN));
     }
 }

@@ -126,7 +126,7 @@ pub fn test_config(database_url: &str) -> Config {
         mqtt_addr: any_port,
         mqtts_addr: any_port,
         open_registration: true,
-        database_url: database_url.to_owned(),
+        database_url: database_url.into(),
         site_root: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/site"),
         ..Config::default()
     }
@@ -144,7 +144,7 @@ impl TestServer {
             .or(mqtts)
             .expect("an MQTT listener");
         let (stop, stopped) = oneshot::channel::<()>();
-        let database_url = config.database_url.clone();
+        let database_url = config.database_url.expose().to_owned();
         let token = admin_token(&database_url).await;
         let task = tokio::spawn(server::run(config, listeners, async move {
             let _ = stopped.await;

@@ -5,9 +5,7 @@
 //! never act as it. This module is pure, which keeps the rules one table of
 //! tests.
 
-use crate::command::wire::AnswerTopic;
-use crate::command::Route;
-use crate::ingest::decode::valid_name;
+use crate::names::valid_name;
 
 /// ThingsBoard's telemetry topic; every device shares it and is told apart
 /// by its login.
@@ -28,6 +26,40 @@ pub enum Telemetry {
     Sensor,
     /// `v1/devices/me/telemetry`.
     ThingsBoard,
+}
+
+/// Which answer topic a device published to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnswerTopic {
+    /// `command/<device>/response`: the id is in the MQTT 5 correlation
+    /// data or in the payload's `id`.
+    Native,
+    /// `v1/devices/me/rpc/response/<id>`.
+    ThingsBoard(String),
+}
+
+/// Which of a device's sessions receive commands, and on which topics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Subscribed to `command/<device>`.
+    pub native: bool,
+    /// Subscribed to ThingsBoard's `v1/devices/me/rpc/request/+`.
+    pub thingsboard: bool,
+}
+
+impl Route {
+    /// Whether any command reaches the session.
+    pub fn any(self) -> bool {
+        self.native || self.thingsboard
+    }
+
+    /// The commands either route receives.
+    pub fn or(self, other: Self) -> Self {
+        Self {
+            native: self.native || other.native,
+            thingsboard: self.thingsboard || other.thingsboard,
+        }
+    }
 }
 
 /// Checks a PUBLISH (or a Last Will) from `device` to `topic`. `None` means

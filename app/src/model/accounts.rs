@@ -1,0 +1,130 @@
+//! Operator accounts on the wire: roles, accounts, API tokens and the
+//! audit log.
+
+use serde::{Deserialize, Serialize};
+
+use super::EpochMs;
+
+/// What an operator account may do. Each role includes the ones before it:
+/// a viewer sees dashboards, an operator also sends commands and manages
+/// devices, and an admin also manages accounts and reads the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.label() == text)
+    }
+
+    /// Whether this role may send commands and change devices.
+    pub fn can_operate(self) -> bool {
+        self >= Role::Operator
+    }
+}
+
+/// The signed-in account, as the pages see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct Me {
+    pub name: String,
+    pub role: Role,
+}
+
+/// An operator account, as admins see it. The password hash never leaves
+/// the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct Account {
+    pub name: String,
+    pub role: Role,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
+    pub created_at: EpochMs,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
+    pub password_changed_at: EpochMs,
+}
+
+/// The body of `POST /api/users`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct NewAccount {
+    pub name: String,
+    pub password: String,
+    pub role: Role,
+}
+
+/// The body of `PATCH /api/users/{name}`: what to change; a new password
+/// signs the account out everywhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct AccountChange {
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// The body of `PUT /api/me/password`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct PasswordChange {
+    pub current: String,
+    pub new: String,
+}
+
+/// An API token, without its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ApiToken {
+    pub id: String,
+    pub label: String,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
+    pub created_at: EpochMs,
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<i64>))]
+    pub last_used_at: Option<EpochMs>,
+}
+
+/// The body of `POST /api/tokens`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct NewApiToken {
+    pub label: String,
+}
+
+/// A token just created: `token` is shown this once and never again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct CreatedApiToken {
+    pub id: String,
+    pub label: String,
+    pub token: String,
+}
+
+/// One line of the audit log: who did what, to what, when and from where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct AuditEntry {
+    pub id: i64,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
+    pub at: EpochMs,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub detail: Option<String>,
+    pub ip: Option<String>,
+}

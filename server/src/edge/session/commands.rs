@@ -1,0 +1,260 @@
+//! A session's commands: the device's subscriptions to its command
+//! topics, and delivery of commands from the router at the QoS granted,
+//! with answers handed to the command service.
+
+use bytes::Bytes;
+use rumqttc::mqttbytes::QoS;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::Notification;
+
+use std::time::Instant;
+
+use super::end::End;
+use super::{log_denied, Session};
+use crate::acl::{self, Route};
+use crate::edge::codec::{Outbound, Version};
+
+impl Session<'_> {
+    /// Hands a device's answer to a command to the command service. The
+    /// answer is acknowledged once taken (or refused: MQTT 5 then hears
+    /// that nothing matched).
+    pub(super) async fn answer(
+        &mut self,
+        topic: &crate::acl::AnswerTopic,
+        correlation: Option<&[u8]>,
+        payload: &Bytes,
+        qos: QoS,
+        pkid: u16,
+    ) -> Result<(), End> {
+        if !self.bucket.take(Instant::now()) {
+            let metrics = &self.edge.metrics;
+            metrics.refuse(&metrics.edge.rate_limited, Some(&self.device));
+            return Err(End::RateLimited);
+        }
+        let taken = self
+            .edge
+            .commands
+            .answer(&self.device, topic, correlation, payload)
+            .await
+            .is_ok();
+        if qos != QoS::AtMostOnce {
+            self.acks.at_once(pkid, qos == QoS::ExactlyOnce, taken);
+            self.release_acks();
+        }
+        Ok(())
+    }
+
+    pub(super) async fn subscribe(&mut self, pkid: u16, filters: &[(String, QoS)]) {
+        // An anonymous client (open registration) that subscribes to its
+        // commands before it publishes anything is named by that filter.
+        if self.device.is_empty() {
+            if let Some((filter, _)) = filters.first() {
+                self.bind_by_name(acl::command_owner(filter)).await;
+            }
+        }
+        let metrics = &self.edge.metrics;
+        let mut granted = Vec::with_capacity(filters.len());
+        for (filter, asked) in filters {
+            // An anonymous client has no commands to receive.
+            let allowed = if self.device.is_empty() {
+                None
+            } else {
+                acl::subscribe(&self.device, filter)
+            };
+            // Commands go out at QoS 1 at most: a PUBACK is all delivery
+            // tracking needs, and QoS 2 would add a round trip for nothing.
+            let qos = if *asked == QoS::AtMostOnce {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            let ok = match allowed {
+                Some(broker_filter) => match self.link_tx() {
+                    Some(tx) => match tx.subscribe(broker_filter) {
+                        Ok(_) => {
+                            self.subscribed.insert(filter.clone(), qos);
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!(device = %self.device, "cannot subscribe in the router: {e}");
+                            false
+                        }
+                    },
+                    None => false,
+                },
+                None => {
+                    metrics.refuse(&metrics.edge.denied, Some(&self.device));
+                    log_denied(&self.device, "subscribe to", filter);
+                    false
+                }
+            };
+            granted.push(ok.then_some(qos));
+        }
+        self.say(Outbound::SubAck { pkid, granted });
+        // Told after the router has the subscription, so the commands that
+        // waited for the device are sent to it now.
+        let route = self.route();
+        if route.any() {
+            self.edge
+                .commands
+                .subscribed(&self.device, self.session_id, route)
+                .await;
+        }
+    }
+
+    pub(super) fn unsubscribe(&mut self, pkid: u16, filters: &[String]) {
+        let mut existed = Vec::with_capacity(filters.len());
+        for topic in filters {
+            let was = self.subscribed.remove(topic).is_some();
+            if let (true, Some(filter), Some((tx, _))) =
+                (was, acl::subscribe(&self.device, topic), self.link.as_mut())
+            {
+                let _ = tx.unsubscribe(filter);
+            }
+            existed.push(was);
+        }
+        self.say(Outbound::UnsubAck { pkid, existed });
+        if !self.route().any() {
+            self.edge
+                .commands
+                .unsubscribed(&self.device, self.session_id);
+        }
+    }
+
+    /// Which commands this session's filters receive.
+    pub(super) fn route(&self) -> Route {
+        self.subscribed
+            .keys()
+            .map(|f| acl::command_route(&self.device, f))
+            .fold(Route::default(), Route::or)
+    }
+
+    /// The QoS a message on `seen` (the device's view of the topic) goes
+    /// out at: the highest granted to a filter of the same kind.
+    pub(super) fn delivery_qos(&self, seen: &str) -> QoS {
+        let thingsboard = acl::command_route(&self.device, seen).thingsboard;
+        let same_kind = |r: Route| if thingsboard { r.thingsboard } else { r.native };
+        let acknowledged = self.subscribed.iter().any(|(filter, qos)| {
+            *qos == QoS::AtLeastOnce && same_kind(acl::command_route(&self.device, filter))
+        });
+        if acknowledged {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        }
+    }
+
+    /// A packet id for a QoS 1 command, unused among those in flight.
+    pub(super) fn next_pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.last_pkid = self.last_pkid.wrapping_add(1).max(1);
+            if !self.in_flight.contains_key(&self.last_pkid) {
+                return Some(self.last_pkid);
+            }
+        }
+        None
+    }
+
+    /// The device's router link, made on first use.
+    pub(super) fn link_tx(&mut self) -> Option<&mut LinkTx> {
+        if self.link.is_none() {
+            match self.edge.broker.link(&self.link_name) {
+                Ok(link) => self.link = Some(link),
+                Err(e) => {
+                    tracing::warn!(device = %self.device, "cannot link to the router: {e}");
+                    return None;
+                }
+            }
+        }
+        self.link.as_mut().map(|(tx, _)| tx)
+    }
+
+    /// Writes a message the router delivered to the device.
+    pub(super) async fn deliver(&mut self, delivery: Delivery) {
+        match delivery {
+            Delivery::Publish(topic, payload, correlation) => {
+                // The command service puts the command id in the
+                // correlation data; anything without one is passed on
+                // untracked.
+                let id = correlation.and_then(|c| String::from_utf8(c.to_vec()).ok());
+                let seen = acl::delivered_topic(&self.device, &topic, id.as_deref());
+                let mut qos = self.delivery_qos(&seen);
+                let mut pkid = 0;
+                if let (QoS::AtLeastOnce, Some(id)) = (qos, &id) {
+                    match self.next_pkid() {
+                        Some(p) => {
+                            pkid = p;
+                            self.in_flight.insert(p, id.clone());
+                        }
+                        None => qos = QoS::AtMostOnce,
+                    }
+                }
+                let reply = match (&id, self.version) {
+                    (Some(id), Version::V5) => Some((
+                        acl::answer_topic_for(&self.device, &seen, id),
+                        Bytes::from(id.clone()),
+                    )),
+                    _ => None,
+                };
+                self.say(Outbound::Publish {
+                    topic: seen,
+                    payload,
+                    qos,
+                    pkid,
+                    reply,
+                });
+                // At QoS 0 no acknowledgement will come: handing the
+                // message to the socket is as delivered as it gets.
+                if let (QoS::AtMostOnce, Some(id)) = (qos, &id) {
+                    self.edge.commands.delivered(&self.device, id);
+                }
+            }
+            Delivery::Wake => {
+                if let Some((_, rx)) = &self.link {
+                    let _ = rx.wake().await;
+                }
+            }
+            Delivery::Nothing => {}
+            Delivery::Lost(e) => {
+                tracing::warn!(device = %self.device, "router link lost: {e}");
+                // Nothing reaches this session any more: its commands go
+                // back to waiting (persistent) or fail, rather than being
+                // sent into the void. A new SUBSCRIBE links it again.
+                self.link = None;
+                self.subscribed.clear();
+                self.in_flight.clear();
+                self.edge
+                    .commands
+                    .unsubscribed(&self.device, self.session_id);
+            }
+        }
+    }
+}
+
+/// What the router had for the device.
+pub(super) enum Delivery {
+    /// Topic, payload and correlation data.
+    Publish(String, Bytes, Option<Bytes>),
+    /// The router paused the link because its buffer filled; it must be
+    /// woken or delivery stops.
+    Wake,
+    Nothing,
+    Lost(String),
+}
+
+/// Waits for the router's next delivery, or forever if there is no link.
+pub(super) async fn next_delivery(link: &mut Option<(LinkTx, LinkRx)>) -> Delivery {
+    let Some((_, rx)) = link.as_mut() else {
+        return std::future::pending().await;
+    };
+    match rx.next().await {
+        Ok(Some(Notification::Forward(f))) => Delivery::Publish(
+            String::from_utf8_lossy(&f.publish.topic).into_owned(),
+            f.publish.payload,
+            f.properties.and_then(|p| p.correlation_data),
+        ),
+        Ok(Some(Notification::Unschedule)) => Delivery::Wake,
+        Ok(_) => Delivery::Nothing,
+        Err(e) => Delivery::Lost(e.to_string()),
+    }
+}

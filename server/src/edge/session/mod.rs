@@ -1,0 +1,545 @@
+//! One device session, from an admitted CONNECT to the end: topic checks,
+//! readings to ingest, acknowledgements after commit, keep-alive, Last Will
+//! and online status. Login is in `edge::login`, the order of
+//! acknowledgements in `edge::acks`, and commands (subscriptions and
+//! delivery) in [`commands`].
+
+mod commands;
+mod end;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::QoS;
+use rumqttd::local::{LinkRx, LinkTx};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::acks::{Ack, Acks};
+use super::codec::{ConnectCode, Inbound, Outbound, ReadError, Version, Will};
+use super::login::{keep_alive_limit, login, Admitted, READ_CHUNK, WRITE_TIMEOUT};
+use super::rate::Bucket;
+use super::{Edge, SocketGuard};
+use crate::acl;
+use crate::clock::now_ms;
+use crate::metrics::{LogLimiter, Metrics};
+use crate::names::valid_name;
+use commands::next_delivery;
+use end::End;
+
+/// How long a session the server closes waits for its last readings to
+/// commit.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Runs one connection to its end: login, then the session.
+pub(super) async fn run<S>(
+    edge: &Edge,
+    stream: S,
+    peer: SocketAddr,
+    stop: CancellationToken,
+    logging_in: SocketGuard<'_>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let Some(Admitted {
+        version,
+        connect,
+        device,
+        inbuf,
+    }) = login(edge, &mut rd, &mut wr, peer, &stop, logging_in).await
+    else {
+        return;
+    };
+    Metrics::add(&edge.metrics.edge.sessions, 1);
+    let session_id = edge
+        .next_session
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut session = Session {
+        edge,
+        device: String::new(),
+        session_id,
+        client_id: if connect.client_id.is_empty() {
+            format!("sightline-{session_id}")
+        } else {
+            connect.client_id.clone()
+        },
+        replaced: CancellationToken::new(),
+        disabled: std::sync::Arc::default(),
+        stop: stop.clone(),
+        version,
+        keep_alive: keep_alive_limit(connect.keep_alive),
+        will: connect.will,
+        out: BytesMut::new(),
+        acks: Acks::default(),
+        link: None,
+        subscribed: HashMap::new(),
+        in_flight: HashMap::new(),
+        last_pkid: 0,
+        link_name: format!("device-{session_id}"),
+        bucket: Bucket::new(edge.settings.max_publish_rate),
+        ended_because: String::new(),
+    };
+    if let Some(device) = device {
+        session.bind(device);
+    }
+    session.say(Outbound::ConnAck {
+        code: ConnectCode::Accepted,
+        assigned_id: connect
+            .client_id
+            .is_empty()
+            .then(|| session.client_id.clone()),
+    });
+    let end = match session.flush(&mut wr).await {
+        Ok(()) => session.serve(&mut rd, &mut wr, inbuf, &stop).await,
+        Err(_) => End::SocketClosed,
+    };
+    if let Some(goodbye) = end.goodbye() {
+        session.say(Outbound::Disconnect(goodbye, end.reason()));
+        let _ = session.flush(&mut wr).await;
+    }
+    session.finish(end).await;
+    edge.metrics
+        .edge
+        .sessions
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    session.unbind();
+    // A TLS shutdown writes a close notice, which a peer that stopped
+    // reading would never take; everything that matters is done by now.
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+}
+
+/// A logged-in device's state.
+struct Session<'a> {
+    edge: &'a Edge,
+    /// The device this session acts for; empty until an anonymous client
+    /// (open registration) names itself with its first publish.
+    device: String,
+    session_id: u64,
+    /// The MQTT client id; an empty one (allowed with a clean session) is
+    /// replaced by a unique one, so it never takes anyone over.
+    client_id: String,
+    /// Fires when a newer connection with the same client id takes over,
+    /// or the device is disabled (then `disabled` is set first).
+    replaced: CancellationToken,
+    disabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Fires when the server stops.
+    stop: CancellationToken,
+    version: Version,
+    keep_alive: Option<Duration>,
+    will: Option<Will>,
+    /// Packets waiting to be written, sent after each round of reading.
+    out: BytesMut,
+    /// Acknowledgements owed, in the order MQTT requires.
+    acks: Acks,
+    /// The device's link to the router, made at its first SUBSCRIBE.
+    link: Option<(LinkTx, LinkRx)>,
+    /// The filters granted so far, as the device wrote them, with the QoS
+    /// granted for each.
+    subscribed: HashMap<String, QoS>,
+    /// Commands sent at QoS 1 and not yet acknowledged, by packet id.
+    in_flight: HashMap<u16, String>,
+    last_pkid: u16,
+    link_name: String,
+    bucket: Bucket,
+    ended_because: String,
+}
+
+impl Session<'_> {
+    /// Makes this session the device's current one and marks it online.
+    fn bind(&mut self, device: String) {
+        self.edge.sessions.claim(
+            (device.clone(), self.client_id.clone()),
+            self.session_id,
+            self.replaced.clone(),
+            self.disabled.clone(),
+        );
+        self.edge
+            .presence
+            .connected(&device, self.session_id, now_ms());
+        self.device = device;
+    }
+
+    /// Why `replaced` fired.
+    fn cut_off(&self) -> End {
+        if self.disabled.load(std::sync::atomic::Ordering::Relaxed) {
+            End::Disabled
+        } else {
+            End::TakenOver
+        }
+    }
+
+    /// Marks the device offline, unless a newer session has taken over.
+    fn unbind(&self) {
+        if self.device.is_empty() {
+            return;
+        }
+        self.edge.sessions.release(
+            &(self.device.clone(), self.client_id.clone()),
+            self.session_id,
+        );
+        self.edge.presence.disconnected(
+            &self.device,
+            self.session_id,
+            now_ms(),
+            &self.ended_because,
+        );
+    }
+
+    /// Binds an anonymous client (open registration) to the device its
+    /// first `sensor/<id>` publish names, unless that name has a secret.
+    async fn bind_by_topic(&mut self, topic: &str) -> bool {
+        self.bind_by_name(acl::sensor_owner(topic)).await
+    }
+
+    /// Binds an anonymous client to `owner`, unless that name is invalid or
+    /// has a secret.
+    async fn bind_by_name(&mut self, owner: Option<&str>) -> bool {
+        let Some(owner) = owner.filter(|owner| valid_name(owner)) else {
+            return false;
+        };
+        match self.edge.store.is_secured(owner).await {
+            Ok(false) => {
+                self.bind(owner.to_owned());
+                true
+            }
+            Ok(true) => false,
+            Err(e) => {
+                tracing::error!("cannot check a device name: {e}");
+                false
+            }
+        }
+    }
+
+    async fn serve<R, W>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        mut inbuf: BytesMut,
+        stop: &CancellationToken,
+    ) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let (committed_tx, mut committed) = mpsc::unbounded_channel::<u16>();
+        let max = self.edge.settings.max_packet_bytes;
+        let mut last_heard = Instant::now();
+        let replaced = self.replaced.clone();
+        loop {
+            // Handle every whole packet already read.
+            let mut handled = false;
+            loop {
+                match self.version.read(&mut inbuf, max) {
+                    Ok(packet) => {
+                        handled = true;
+                        if let Err(end) = self.handle(packet, &committed_tx).await {
+                            // Readings the device sent before it was cut
+                            // off are stored anyway; acknowledging them
+                            // spares it sending them twice. A device that
+                            // said DISCONNECT expects nothing more.
+                            if matches!(end, End::Disconnect | End::DisconnectWithWill) {
+                                let _ = self.flush(wr).await;
+                            } else {
+                                self.settle(&mut committed, wr).await;
+                            }
+                            return end;
+                        }
+                    }
+                    Err(ReadError::Incomplete) => break,
+                    Err(ReadError::TooLarge) => return End::TooLarge,
+                    Err(ReadError::Malformed(why)) => return End::Protocol(why),
+                }
+            }
+            // Handling may have waited for the writer; the device was heard
+            // from when its packets arrived, not when they were handled.
+            if handled {
+                last_heard = Instant::now();
+            }
+            if self.flush(wr).await.is_err() {
+                return End::WriteStalled;
+            }
+            if inbuf.capacity() - inbuf.len() < READ_CHUNK / 2 {
+                inbuf.reserve(READ_CHUNK);
+            }
+            let expiry = self.keep_alive.map(|k| last_heard + k);
+            tokio::select! {
+                // Bytes waiting on the socket are looked at before the
+                // keep-alive deadline, so a device is never timed out while
+                // its packets sit unread.
+                biased;
+                () = stop.cancelled() => {
+                    self.settle(&mut committed, wr).await;
+                    return End::Shutdown;
+                }
+                () = replaced.cancelled() => return self.cut_off(),
+                Some(pkid) = committed.recv() => {
+                    self.acks.committed(pkid);
+                    while let Ok(pkid) = committed.try_recv() {
+                        self.acks.committed(pkid);
+                    }
+                    self.release_acks();
+                }
+                read = rd.read_buf(&mut inbuf) => match read {
+                    Ok(0) | Err(_) => return End::SocketClosed,
+                    Ok(_) => last_heard = Instant::now(),
+                },
+                () = sleep_until(expiry) => return End::KeepAlive,
+                delivery = next_delivery(&mut self.link) => self.deliver(delivery).await,
+            }
+        }
+    }
+
+    /// Handles one packet from the device.
+    async fn handle(
+        &mut self,
+        packet: Inbound,
+        committed: &mpsc::UnboundedSender<u16>,
+    ) -> Result<(), End> {
+        match packet {
+            Inbound::Publish {
+                topic,
+                payload,
+                qos,
+                pkid,
+                correlation,
+            } => {
+                let answer = (!self.device.is_empty())
+                    .then(|| acl::answer(&self.device, &topic))
+                    .flatten();
+                if let Some(answer) = answer {
+                    self.answer(&answer, correlation.as_deref(), &payload, qos, pkid)
+                        .await
+                } else {
+                    self.publish(&topic, &payload, qos, pkid, committed).await
+                }
+            }
+            Inbound::PubRel(pkid) => {
+                self.say(Outbound::PubComp(pkid));
+                Ok(())
+            }
+            Inbound::Subscribe { pkid, filters } => {
+                self.subscribe(pkid, &filters).await;
+                Ok(())
+            }
+            Inbound::Unsubscribe { pkid, filters } => {
+                self.unsubscribe(pkid, &filters);
+                Ok(())
+            }
+            Inbound::PingReq => {
+                self.say(Outbound::PingResp);
+                Ok(())
+            }
+            Inbound::Disconnect { with_will: false } => Err(End::Disconnect),
+            Inbound::Disconnect { with_will: true } => Err(End::DisconnectWithWill),
+            Inbound::PubAck(pkid) => {
+                if let Some(id) = self.in_flight.remove(&pkid) {
+                    self.edge.commands.delivered(&self.device, &id);
+                }
+                Ok(())
+            }
+            // Commands go out at QoS 1 at most, so nothing else the device
+            // acknowledges needs an answer.
+            Inbound::Ack => Ok(()),
+            Inbound::Connect(_) => Err(End::Protocol("a second CONNECT".into())),
+            Inbound::Unexpected(what) => Err(End::Protocol(format!("unexpected {what}"))),
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &Bytes,
+        qos: QoS,
+        pkid: u16,
+        committed: &mpsc::UnboundedSender<u16>,
+    ) -> Result<(), End> {
+        let metrics = &self.edge.metrics;
+        if !self.bucket.take(Instant::now()) {
+            metrics.refuse(&metrics.edge.rate_limited, Some(&self.device));
+            return Err(End::RateLimited);
+        }
+        if self.device.is_empty() && !self.bind_by_topic(topic).await {
+            metrics.refuse(&metrics.edge.denied, None);
+            log_denied("<anonymous>", "publish to", topic);
+            return Err(End::Denied);
+        }
+        let Some(telemetry) = acl::publish(&self.device, topic) else {
+            metrics.refuse(&metrics.edge.denied, Some(&self.device));
+            log_denied(&self.device, "publish to", topic);
+            return Err(End::Denied);
+        };
+        let at = Instant::now();
+        let readings = self
+            .edge
+            .ingest
+            .decode(&self.device, topic, telemetry, payload, now_ms());
+        let exactly_once = match qos {
+            QoS::AtMostOnce => {
+                if !readings.is_empty() {
+                    self.edge.ingest.queue(readings, at);
+                }
+                return Ok(());
+            }
+            QoS::AtLeastOnce => false,
+            QoS::ExactlyOnce => true,
+        };
+        let ready = readings.is_empty();
+        if !ready {
+            // Waiting for room in the writer's queue must not outlast the
+            // session: a stalled database must not hold up shutdown or a
+            // takeover. Readings not queued are not acknowledged, so the
+            // device sends them again.
+            let queued = tokio::select! {
+                () = self.edge.ingest.queue_acked(readings, at, committed.clone(), pkid) => true,
+                () = self.stop.cancelled() => false,
+                () = self.replaced.cancelled() => false,
+            };
+            if !queued {
+                return Err(if self.stop.is_cancelled() {
+                    End::Shutdown
+                } else {
+                    self.cut_off()
+                });
+            }
+        }
+        if ready {
+            self.acks.at_once(pkid, exactly_once, false);
+        } else {
+            self.acks.after_commit(pkid, exactly_once);
+        }
+        self.release_acks();
+        Ok(())
+    }
+
+    /// Before the server closes a connection (shutdown, or a device cut
+    /// off), waits briefly for the writer to commit what the device already
+    /// sent, and acknowledges it, so that it need not send it again.
+    async fn settle<W: AsyncWrite + Unpin>(
+        &mut self,
+        committed: &mut mpsc::UnboundedReceiver<u16>,
+        wr: &mut W,
+    ) {
+        let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+        while self.acks.waiting() {
+            match tokio::time::timeout_at(deadline, committed.recv()).await {
+                Ok(Some(pkid)) => self.acks.committed(pkid),
+                _ => break,
+            }
+        }
+        self.release_acks();
+        let _ = self.flush(wr).await;
+    }
+
+    /// Sends every acknowledgement that may go now, in publish order.
+    fn release_acks(&mut self) {
+        for Ack {
+            pkid,
+            exactly_once,
+            stored,
+        } in self.acks.release()
+        {
+            if exactly_once {
+                self.say(Outbound::PubRec { pkid, stored });
+            } else {
+                self.say(Outbound::PubAck { pkid, stored });
+            }
+        }
+    }
+
+    /// Queues a packet for the device, in its protocol version.
+    fn say(&mut self, packet: Outbound) {
+        if let Err(e) = self.version.write(&mut self.out, packet) {
+            tracing::error!(device = %self.device, "cannot encode a packet: {e}");
+        }
+    }
+
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let result = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&self.out)).await;
+        self.out.clear();
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        }
+    }
+
+    /// Cleans up after the session ended: publishes the Last Will if due,
+    /// leaves the router and records why the device went away.
+    async fn finish(&mut self, end: End) {
+        let metrics = &self.edge.metrics;
+        match &end {
+            End::KeepAlive => Metrics::add(&metrics.edge.keepalive_expired, 1),
+            End::TooLarge => metrics.refuse(&metrics.edge.too_large, Some(&self.device)),
+            End::Protocol(why) => {
+                Metrics::add(&metrics.edge.protocol_errors, 1);
+                tracing::info!(device = %self.device, "closing: protocol error: {why}");
+            }
+            _ => {}
+        }
+        if end.publishes_will() {
+            if let Some(will) = self.will.take() {
+                self.publish_will(will);
+            }
+        }
+        if let Some((mut tx, _)) = self.link.take() {
+            crate::broker::leave(&mut tx).await;
+        }
+        if !self.subscribed.is_empty() {
+            self.edge
+                .commands
+                .unsubscribed(&self.device, self.session_id);
+        }
+        self.ended_because = end.reason();
+    }
+
+    /// A Last Will is stored like any publish of the device: a will of
+    /// `{"online":0}` on `sensor/<id>` becomes a reading.
+    fn publish_will(&self, will: Will) {
+        if self.device.is_empty() {
+            return;
+        }
+        Metrics::add(&self.edge.metrics.edge.wills, 1);
+        let Some(telemetry) = acl::publish(&self.device, &will.topic) else {
+            return;
+        };
+        let readings = self.edge.ingest.decode(
+            &self.device,
+            &will.topic,
+            telemetry,
+            &will.payload,
+            now_ms(),
+        );
+        if !readings.is_empty() {
+            self.edge.ingest.queue(readings, Instant::now());
+        }
+    }
+}
+
+/// Logs a topic refusal at a bounded rate.
+fn log_denied(device: &str, action: &str, topic: &str) {
+    static LOG: std::sync::OnceLock<LogLimiter> = std::sync::OnceLock::new();
+    let log = LOG.get_or_init(|| LogLimiter::new(20, Duration::from_secs(10)));
+    if let Some(suppressed) = log.allow() {
+        let topic: String = topic.chars().take(128).collect();
+        tracing::info!(
+            device,
+            suppressed,
+            "refused {action} {:?}",
+            topic.escape_debug().to_string()
+        );
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,317 @@
+//! The data behind the Leptos pages: the server side of `app::api::Backend`,
+//! which the pages' server functions call. Page errors are logged here,
+//! once, and the page is given a neutral message.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use app::api::{Backend, BackendError, BoxFuture, CommandForm, HistoryWindow};
+use app::model::{Command, CommandRequest, DeviceCredentials, DeviceDetail, Fleet, SeriesResponse};
+
+use super::commands::record_command;
+use super::devices::credentials;
+use super::guard::ClientIp;
+use super::AppState;
+use crate::audit::{action, Audit};
+use crate::auth::{Auth, AuthError, Caller};
+use crate::clock::now_ms;
+use crate::command::{CommandError, Commands};
+use crate::history;
+use crate::metrics::Metrics;
+use crate::presence::Tracker;
+use crate::store::registry::RegistryError;
+use crate::store::{Store, StoreError};
+
+/// The pages' view of the store and counters.
+pub(super) struct PageData {
+    store: Store,
+    commands: Arc<Commands>,
+    metrics: Arc<Metrics>,
+    presence: Arc<Tracker>,
+    retain_raw_ms: Option<i64>,
+    audit: Audit,
+    auth: Arc<Auth>,
+}
+
+/// The account and address behind the page request being served, from
+/// the request the gate annotated.
+fn page_caller() -> (String, Option<IpAddr>) {
+    let parts = leptos::prelude::use_context::<axum::http::request::Parts>();
+    let get = |parts: &axum::http::request::Parts| {
+        (
+            parts.extensions.get::<Caller>().map(|c| c.name.clone()),
+            parts.extensions.get::<ClientIp>().and_then(|c| c.0),
+        )
+    };
+    let (name, ip) = parts.as_ref().map(get).unwrap_or_default();
+    (name.unwrap_or_else(|| "unknown".to_owned()), ip)
+}
+
+impl From<&AppState> for PageData {
+    fn from(state: &AppState) -> Self {
+        Self {
+            store: state.store.clone(),
+            commands: state.commands.clone(),
+            metrics: state.metrics.clone(),
+            presence: state.presence.clone(),
+            retain_raw_ms: state.retain_raw_ms,
+            audit: state.audit.clone(),
+            auth: state.auth.clone(),
+        }
+    }
+}
+
+impl PageData {
+    pub(super) async fn detail(
+        &self,
+        id: &str,
+        window_ms: i64,
+    ) -> Result<Option<DeviceDetail>, StoreError> {
+        let now = now_ms();
+        let from = now - window_ms;
+        Ok(self
+            .store
+            .device(id, from)
+            .await?
+            .map(|(mut summary, series)| {
+                summary.rejected = self.metrics.rejected_for(&summary.id);
+                summary.presence = self.presence.get(&summary.id);
+                DeviceDetail {
+                    summary,
+                    series,
+                    from,
+                    counters: self.metrics.snapshot(),
+                    generated_at: now,
+                }
+            }))
+    }
+}
+
+impl Backend for PageData {
+    fn fleet(&self) -> BoxFuture<'_, Result<Fleet, BackendError>> {
+        Box::pin(async move {
+            let mut devices = self.store.devices().await.map_err(log_for_page)?;
+            for d in &mut devices {
+                d.rejected = self.metrics.rejected_for(&d.id);
+            }
+            self.presence.annotate(&mut devices);
+            Ok(Fleet {
+                devices,
+                counters: self.metrics.snapshot(),
+                generated_at: now_ms(),
+            })
+        })
+    }
+
+    fn device(
+        &self,
+        id: String,
+        window_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<DeviceDetail>, BackendError>> {
+        Box::pin(async move { self.detail(&id, window_ms).await.map_err(log_for_page) })
+    }
+
+    fn history(
+        &self,
+        id: String,
+        window: HistoryWindow,
+        points: usize,
+        tz: String,
+    ) -> BoxFuture<'_, Result<Option<SeriesResponse>, BackendError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let (from, to) = match window {
+                HistoryWindow::Last { span } => (now.saturating_sub(span.max(1)), now),
+                HistoryWindow::Between { from, to } => (from, to),
+            };
+            // The same checks as the series API, except that the page's
+            // own width and zone never fail it: points are clamped, and a
+            // browser that reports no usable zone gets UTC buckets.
+            let query = history::SeriesQuery {
+                from: Some(from),
+                to: Some(to),
+                points: Some(points.clamp(1, history::MAX_POINTS)),
+                tz: tz.parse::<chrono_tz::Tz>().is_ok().then_some(tz),
+                ..history::SeriesQuery::default()
+            };
+            let request = history::SeriesRequest::parse(query, now, self.retain_raw_ms)
+                .map_err(|e| BackendError::Invalid(e.to_string()))?;
+            history::load(&self.store, &id, &request)
+                .await
+                .map_err(log_for_page)
+        })
+    }
+
+    fn commands(&self, id: String) -> BoxFuture<'_, Result<Vec<Command>, BackendError>> {
+        Box::pin(async move { self.page_commands(&id).await })
+    }
+
+    fn send_command(
+        &self,
+        id: String,
+        form: CommandForm,
+    ) -> BoxFuture<'_, Result<Command, BackendError>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            let c = self.page_send(&id, form).await?;
+            record_command(&self.audit, &actor, &id, &c, ip).await;
+            Ok(c)
+        })
+    }
+
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<app::model::Account>, BackendError>> {
+        self.page_accounts()
+    }
+
+    fn audit(
+        &self,
+        limit: u64,
+    ) -> BoxFuture<'_, Result<Vec<app::model::AuditEntry>, BackendError>> {
+        Box::pin(async move { self.store.audit(limit, None).await.map_err(log_for_page) })
+    }
+
+    fn add_account(
+        &self,
+        account: app::model::NewAccount,
+    ) -> BoxFuture<'_, Result<app::model::Account, BackendError>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            self.auth
+                .add_account(&account.name, &account.password, account.role)
+                .await
+                .map_err(page_auth_error)?;
+            self.audit
+                .record(
+                    &actor,
+                    action::ACCOUNT_ADD,
+                    Some(&account.name),
+                    Some(account.role.label().to_owned()),
+                    ip,
+                )
+                .await;
+            self.store
+                .account(&account.name)
+                .await
+                .map_err(log_for_page)?
+                .map(crate::store::accounts::AccountRow::into_account)
+                .ok_or_else(|| {
+                    tracing::error!(account = %account.name, "a new account vanished at once");
+                    BackendError::Unavailable
+                })
+        })
+    }
+
+    fn set_role(
+        &self,
+        name: String,
+        role: app::model::Role,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            self.auth
+                .set_role(&name, role)
+                .await
+                .map_err(page_auth_error)?;
+            self.audit
+                .record(
+                    &actor,
+                    action::ACCOUNT_ROLE,
+                    Some(&name),
+                    Some(role.label().to_owned()),
+                    ip,
+                )
+                .await;
+            Ok(())
+        })
+    }
+
+    fn remove_account(&self, name: String) -> BoxFuture<'_, Result<(), BackendError>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            self.auth
+                .remove_account(&name)
+                .await
+                .map_err(page_auth_error)?;
+            self.audit
+                .record(&actor, action::ACCOUNT_REMOVE, Some(&name), None, ip)
+                .await;
+            Ok(())
+        })
+    }
+
+    fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, BackendError>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            match self.store.add_device(&id, now_ms()).await {
+                Ok(created) => {
+                    self.audit
+                        .record(&actor, action::DEVICE_ADD, Some(&created.id), None, ip)
+                        .await;
+                    Ok(credentials(created))
+                }
+                Err(RegistryError::Store(e)) => Err(log_for_page(e)),
+                Err(e) => Err(BackendError::Invalid(e.to_string())),
+            }
+        })
+    }
+}
+
+impl PageData {
+    fn page_accounts(&self) -> BoxFuture<'_, Result<Vec<app::model::Account>, BackendError>> {
+        Box::pin(async move { self.store.accounts().await.map_err(log_for_page) })
+    }
+}
+
+/// Commands the device page lists.
+const PAGE_COMMANDS: u64 = 20;
+
+impl PageData {
+    async fn page_commands(&self, id: &str) -> Result<Vec<Command>, BackendError> {
+        self.commands
+            .recent(id, PAGE_COMMANDS)
+            .await
+            .map_err(log_for_page)
+    }
+
+    async fn page_send(&self, id: &str, form: CommandForm) -> Result<Command, BackendError> {
+        let params = app::model::parse_params(&form.params).map_err(|why| {
+            Metrics::add(&self.metrics.commands.refused, 1);
+            BackendError::Invalid(why)
+        })?;
+        let request = CommandRequest {
+            name: form.name,
+            params,
+            two_way: form.two_way,
+            persistent: form.persistent,
+            timeout_ms: None,
+            ttl_ms: None,
+        };
+        match self.commands.send(id, request).await {
+            Ok(c) => {
+                tracing::info!(device = %id, command = %c.id, name = %c.name, "command sent from the dashboard");
+                Ok(c)
+            }
+            Err(CommandError::Store(e)) => Err(log_for_page(e)),
+            Err(e) => Err(BackendError::Invalid(e.to_string())),
+        }
+    }
+}
+
+/// An account operation's error as the admin page shows it.
+fn page_auth_error(e: AuthError) -> BackendError {
+    match e {
+        AuthError::Store(e) => log_for_page(e),
+        AuthError::Hashing(why) => {
+            tracing::error!("page action failed: {why}");
+            BackendError::Unavailable
+        }
+        e => BackendError::Invalid(e.to_string()),
+    }
+}
+
+/// Logs a store error behind a page, the one place it is logged, and gives
+/// the page a neutral message.
+fn log_for_page(e: StoreError) -> BackendError {
+    tracing::error!("page data failed: {e}");
+    BackendError::Unavailable
+}
