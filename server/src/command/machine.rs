@@ -94,7 +94,8 @@ impl Machine {
 
     /// Takes a new, checked command: it is sent if a session of its device
     /// receives commands, waits if it is persistent, and fails otherwise.
-    pub fn accept(&mut self, mut c: Command, now: i64) -> Effects {
+    /// Returns the command as it is then.
+    pub fn accept(&mut self, mut c: Command, now: i64) -> (Command, Effects) {
         let mut fx = Effects::default();
         let route = self.route(&c.device);
         if route.any() {
@@ -109,13 +110,13 @@ impl Machine {
             );
             finish(&mut c, CommandState::Failed, now, why, &mut fx);
         }
+        let accepted = c.clone();
         let id = c.id.clone();
-        let done = c.is_final();
         self.active.insert(id.clone(), c);
-        if done {
+        if accepted.is_final() {
             self.retire(&id);
         }
-        fx
+        (accepted, fx)
     }
 
     /// A session of `device` subscribed to its commands on `route`: what
@@ -137,7 +138,7 @@ impl Machine {
                         || (new_session && c.persistent && c.state == CommandState::Sent))
             })
             .collect();
-        waiting.sort_by_key(|c| (c.created_at, c.id.clone()));
+        waiting.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         let mut fx = Effects::default();
         for c in waiting {
             mark_sent(c, route, now, &mut fx);
@@ -163,7 +164,7 @@ impl Machine {
             .values_mut()
             .filter(|c| c.device == device && c.state == CommandState::Sent)
             .collect();
-        sent.sort_by_key(|c| (c.created_at, c.id.clone()));
+        sent.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         for c in sent {
             if c.persistent {
                 c.state = CommandState::Queued;

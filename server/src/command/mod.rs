@@ -208,19 +208,15 @@ impl Commands {
         Metrics::add(&self.metrics.commands.accepted, 1);
         let (command, publish) = {
             let mut machine = self.lock();
-            let id = command.id.clone();
-            let fx = machine.accept(command, self.clock.now_ms());
+            let (command, fx) = machine.accept(command, self.clock.now_ms());
             self.record(&fx);
-            let command = machine.current(&id).cloned();
-            if command.as_ref().is_some_and(|c| !c.is_final()) {
+            if !command.is_final() {
                 self.timer.notify_one();
             }
             (command, fx.publish)
         };
         self.publish(publish).await;
-        // The machine keeps an accepted command, finished or not, among
-        // those it holds; it cannot be gone yet.
-        command.ok_or_else(|| CommandError::UnknownDevice(device.to_owned()))
+        Ok(command)
     }
 
     /// Publishes into the router. The command id travels as MQTT 5

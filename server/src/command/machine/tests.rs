@@ -53,7 +53,7 @@ fn check(events: &[(i64, Event, Option<CommandState>, usize)]) {
             Send {
                 persistent,
                 two_way,
-            } => m.accept(command(persistent, two_way, *at), *at),
+            } => m.accept(command(persistent, two_way, *at), *at).1,
             Subscribe(n, route) => m.subscribed("d", n, route, *at),
             Gone(n) => m.unsubscribed("d", n, *at),
             Ack => m.delivered("d", "c", *at),

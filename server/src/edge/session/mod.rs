@@ -436,11 +436,11 @@ impl Session<'_> {
 
     /// Sends every acknowledgement that may go now, in publish order.
     fn release_acks(&mut self) {
-        for Ack {
+        while let Some(Ack {
             pkid,
             exactly_once,
             stored,
-        } in self.acks.release()
+        }) = self.acks.next_ready()
         {
             if exactly_once {
                 self.say(Outbound::PubRec { pkid, stored });
