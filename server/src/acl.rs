@@ -5,8 +5,6 @@
 //! never act as it. This module is pure, which keeps the rules one table of
 //! tests.
 
-use crate::names::valid_name;
-
 /// ThingsBoard's telemetry topic; every device shares it and is told apart
 /// by its login.
 pub const THINGSBOARD_TELEMETRY: &str = "v1/devices/me/telemetry";
@@ -84,29 +82,20 @@ pub fn command_owner(filter: &str) -> Option<&str> {
 }
 
 /// Checks a SUBSCRIBE filter from `device` and returns the filter to use in
-/// the broker. A device may only receive its own commands: on
-/// `command/<id>` (and below it), or on ThingsBoard's shared RPC topic,
-/// which is mapped to one fixed per-device topic inside the broker so that
-/// devices never see each other's requests. (The request id is not part of
-/// the broker topic: rumqttd keeps every topic it has seen for good, so a
-/// topic per command would grow it forever.)
+/// the broker. A device may only receive its own commands, and only on the
+/// filters that receive them: `command/<id>`, `command/<id>/#`, or
+/// ThingsBoard's shared RPC filter, which is mapped to one fixed per-device
+/// topic inside the broker so that devices never see each other's
+/// requests. Nothing else is granted, not even other filters below the
+/// device's own level: rumqttd keeps a commit log for every filter it has
+/// seen, for good, so each filter a client may invent is memory it can pin.
+/// (For the same reason the request id is not part of the broker topic.)
 pub fn subscribe(device: &str, filter: &str) -> Option<String> {
     if let Some(rest) = filter.strip_prefix(THINGSBOARD_RPC) {
         return (rest == "+" || rest == "#").then(|| thingsboard_topic(device));
     }
-    let rest = filter.strip_prefix("command/")?;
-    let (owner, below) = match rest.split_once('/') {
-        Some((owner, below)) => (owner, Some(below)),
-        None => (rest, None),
-    };
-    let below_ok = match below {
-        None => true,
-        // Wildcards are allowed below the device's own level only.
-        Some(b) => b
-            .split('/')
-            .all(|level| level == "+" || level == "#" || valid_name(level)),
-    };
-    (owner == device && below_ok).then(|| filter.to_owned())
+    let own = filter.strip_prefix("command/")?.strip_prefix(device)?;
+    (own.is_empty() || own == "/#").then(|| filter.to_owned())
 }
 
 /// The broker topic of a device's ThingsBoard RPC requests.
@@ -217,6 +206,13 @@ mod tests {
             "tb/B/rpc/request/+",
             "v1/devices/me/rpc/request/7",
             "command/A/a b",
+            // Below the device's own level, nothing but `#`: each filter
+            // would be a commit log in the router for good.
+            "command/A/+",
+            "command/A/x",
+            "command/A/r1x2",
+            "command/A/#/x",
+            "command/AB",
         ] {
             assert_eq!(subscribe("A", refused), None, "{refused}");
         }

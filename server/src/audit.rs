@@ -58,6 +58,9 @@ impl Audit {
         Self { store, metrics }
     }
 
+    /// Records one event. Every text is cleaned with [`plain`] here, not by
+    /// callers, since some of it is chosen by whoever made the request (a
+    /// failed sign-in's name above all) and all of it is shown to admins.
     pub async fn record(
         &self,
         actor: &str,
@@ -66,6 +69,9 @@ impl Audit {
         detail: Option<String>,
         ip: Option<IpAddr>,
     ) {
+        let actor = plain(actor, 64);
+        let target = target.map(|t| plain(t, 128));
+        let detail = detail.map(|d| plain(&d, 512));
         tracing::info!(
             actor,
             action,
@@ -76,9 +82,9 @@ impl Audit {
         );
         let event = NewAuditEvent {
             at: now_ms(),
-            actor: actor.chars().take(64).collect(),
+            actor: actor.clone(),
             action,
-            target: target.map(str::to_owned),
+            target,
             detail,
             ip: ip.map(|i| i.to_string()),
         };

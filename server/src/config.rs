@@ -16,7 +16,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::store::DatabaseUrl;
+use crate::store::{DatabaseUrl, Durability};
 
 /// How often a live socket rechecks its sign-in unless a test says
 /// otherwise.
@@ -52,11 +52,53 @@ pub struct Config {
     pub open_registration: bool,
     /// Devices connected at once.
     pub max_connections: usize,
-    /// Publishes per second one device may sustain.
+    /// Publishes per second one device may sustain. A device above it is
+    /// slowed (the edge stops reading its socket), never disconnected.
     pub max_publish_rate: f64,
+    /// Connections one device may hold at once, under different client
+    /// ids; more are refused with CONNACK "quota exceeded".
+    pub max_connections_per_device: usize,
+    /// The longest keep-alive the server honours, in seconds. A device
+    /// asking for 0 (none) or more gets this one, as AWS IoT does with its
+    /// 1,200 s; MQTT 5 clients are told it (Server Keep Alive).
+    pub max_keep_alive_secs: u16,
+    /// Seconds a device has to finish sending a packet it has begun; a
+    /// partial packet left longer closes the connection, so it cannot pin
+    /// its buffer.
+    pub packet_timeout_secs: u64,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions: usize,
+    /// Filters one SUBSCRIBE may carry; more close the connection as
+    /// abuse.
+    pub max_filters_per_subscribe: usize,
+    /// SUBSCRIBE and UNSUBSCRIBE packets per second one session may send
+    /// (with one second's burst, at least 10); more close the connection.
+    pub max_subscribe_rate: f64,
+    /// Metric names one device may have; readings of new names beyond it
+    /// are rejected and counted, while existing series keep working.
+    pub max_series_per_device: usize,
+    /// HTTP and HTTPS connections open at once, live sockets included;
+    /// more are closed as soon as they are accepted. With
+    /// `max_connections`, this must stay below the process's file
+    /// descriptor limit, which both listeners share.
+    pub max_http_connections: usize,
+    /// Seconds a web client has to send a request's headers, counted from
+    /// when its connection is ready for one (so an idle kept-alive
+    /// connection is closed after this long too).
+    pub http_header_timeout_secs: u64,
+    /// The largest request body accepted, in bytes; larger ones get 413.
+    pub max_request_bytes: usize,
+    /// Live sockets (`/ws`) one account may hold open at once.
+    pub max_live_sockets_per_account: usize,
+    /// Devices one live socket may watch; names beyond it, and invalid
+    /// names, are ignored.
+    pub max_devices_per_live_socket: usize,
     /// A sea-orm database URL: `sqlite://FILE?mode=rwc` or `postgres://...`.
     /// It may hold a password, so `Debug` redacts it.
     pub database_url: DatabaseUrl,
+    /// When a SQLite commit, and so a PUBACK, is durable: `full` survives
+    /// power loss, `normal` the process being killed.
+    pub sync: Durability,
     /// The folder whose `pkg/` holds the built front end (WASM, JS glue,
     /// CSS, `echarts.min.js`).
     pub site_root: PathBuf,
@@ -118,7 +160,20 @@ impl Default for Config {
             open_registration: false,
             max_connections: 20_000,
             max_publish_rate: 1_000.0,
+            max_connections_per_device: 4,
+            max_keep_alive_secs: 1_200,
+            packet_timeout_secs: 30,
+            max_subscriptions: 8,
+            max_filters_per_subscribe: 8,
+            max_subscribe_rate: 10.0,
+            max_series_per_device: 256,
+            max_http_connections: 4_096,
+            http_header_timeout_secs: 15,
+            max_request_bytes: 1024 * 1024,
+            max_live_sockets_per_account: 32,
+            max_devices_per_live_socket: 256,
             database_url: DatabaseUrl::from("sqlite://sightline.db?mode=rwc"),
+            sync: Durability::Full,
             site_root: PathBuf::from("target/site"),
             max_payload_bytes: 64 * 1024,
             demo: false,
@@ -271,9 +326,45 @@ pub struct Overrides {
     /// Devices connected at once; more are refused with CONNACK "server unavailable" [default: 20000].
     #[arg(long, env = "SIGHTLINE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Publishes per second one device may sustain (one second's burst allowed); faster devices are disconnected [default: 1000].
+    /// Publishes per second one device may sustain (one second's burst allowed); faster devices are slowed, not disconnected [default: 1000].
     #[arg(long, env = "SIGHTLINE_MAX_PUBLISH_RATE", value_name = "PER_SEC")]
     pub max_publish_rate: Option<f64>,
+    /// Connections one device may hold at once under different client ids [default: 4].
+    #[arg(long, env = "SIGHTLINE_MAX_CONNECTIONS_PER_DEVICE", value_name = "N")]
+    pub max_connections_per_device: Option<usize>,
+    /// Longest keep-alive honoured, in seconds; 0 or longer requests get this [default: 1200].
+    #[arg(long, env = "SIGHTLINE_MAX_KEEP_ALIVE_SECS", value_name = "SECS")]
+    pub max_keep_alive_secs: Option<u16>,
+    /// Seconds a device has to finish a packet it has begun sending [default: 30].
+    #[arg(long, env = "SIGHTLINE_PACKET_TIMEOUT_SECS", value_name = "SECS")]
+    pub packet_timeout_secs: Option<u64>,
+    /// Subscriptions one MQTT session may hold [default: 8].
+    #[arg(long, env = "SIGHTLINE_MAX_SUBSCRIPTIONS", value_name = "N")]
+    pub max_subscriptions: Option<usize>,
+    /// Filters one SUBSCRIBE may carry; more close the connection [default: 8].
+    #[arg(long, env = "SIGHTLINE_MAX_FILTERS_PER_SUBSCRIBE", value_name = "N")]
+    pub max_filters_per_subscribe: Option<usize>,
+    /// SUBSCRIBE and UNSUBSCRIBE packets per second one session may send; more close the connection [default: 10].
+    #[arg(long, env = "SIGHTLINE_MAX_SUBSCRIBE_RATE", value_name = "PER_SEC")]
+    pub max_subscribe_rate: Option<f64>,
+    /// Metric names one device may have; new names beyond it are rejected and counted [default: 256].
+    #[arg(long, env = "SIGHTLINE_MAX_SERIES_PER_DEVICE", value_name = "N")]
+    pub max_series_per_device: Option<usize>,
+    /// HTTP and HTTPS connections open at once, live sockets included [default: 4096].
+    #[arg(long, env = "SIGHTLINE_MAX_HTTP_CONNECTIONS", value_name = "N")]
+    pub max_http_connections: Option<usize>,
+    /// Seconds a web client has to send a request's headers; also closes idle kept-alive connections [default: 15].
+    #[arg(long, env = "SIGHTLINE_HTTP_HEADER_TIMEOUT_SECS", value_name = "SECS")]
+    pub http_header_timeout_secs: Option<u64>,
+    /// Largest request body accepted, in bytes; larger ones get 413 [default: 1048576].
+    #[arg(long, env = "SIGHTLINE_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Live sockets (/ws) one account may hold open at once [default: 32].
+    #[arg(long, env = "SIGHTLINE_MAX_LIVE_SOCKETS_PER_ACCOUNT", value_name = "N")]
+    pub max_live_sockets_per_account: Option<usize>,
+    /// Devices one live socket may watch [default: 256].
+    #[arg(long, env = "SIGHTLINE_MAX_DEVICES_PER_LIVE_SOCKET", value_name = "N")]
+    pub max_devices_per_live_socket: Option<usize>,
     /// Database URL: sqlite://FILE?mode=rwc or postgres://USER:PASS@HOST/DB
     /// [default: sqlite://sightline.db?mode=rwc].
     #[arg(
@@ -283,6 +374,9 @@ pub struct Overrides {
         hide_env_values = true
     )]
     pub database_url: Option<DatabaseUrl>,
+    /// When a SQLite commit (and so a PUBACK) is durable: full survives power loss, normal only the process being killed [default: full].
+    #[arg(long, env = "SIGHTLINE_SYNC", value_name = "full|normal")]
+    pub sync: Option<Durability>,
     /// Folder whose pkg/ holds the built front end (WASM, JS, CSS, ECharts) [default: target/site].
     #[arg(long, env = "SIGHTLINE_SITE_ROOT", value_name = "DIR")]
     pub site_root: Option<PathBuf>,
@@ -375,6 +469,29 @@ impl Config {
             ("viewer_buffer_bytes", self.viewer_buffer_bytes),
             ("max_connections", self.max_connections),
             ("session_idle_minutes", self.session_idle_minutes as usize),
+            (
+                "max_connections_per_device",
+                self.max_connections_per_device,
+            ),
+            ("max_keep_alive_secs", usize::from(self.max_keep_alive_secs)),
+            ("packet_timeout_secs", self.packet_timeout_secs as usize),
+            ("max_subscriptions", self.max_subscriptions),
+            ("max_filters_per_subscribe", self.max_filters_per_subscribe),
+            ("max_series_per_device", self.max_series_per_device),
+            ("max_http_connections", self.max_http_connections),
+            (
+                "http_header_timeout_secs",
+                self.http_header_timeout_secs as usize,
+            ),
+            ("max_request_bytes", self.max_request_bytes),
+            (
+                "max_live_sockets_per_account",
+                self.max_live_sockets_per_account,
+            ),
+            (
+                "max_devices_per_live_socket",
+                self.max_devices_per_live_socket,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -405,11 +522,16 @@ impl Config {
                 });
             }
         }
-        if !(self.max_publish_rate.is_finite() && self.max_publish_rate > 0.0) {
-            return Err(ConfigError::Invalid {
-                name: "max_publish_rate",
-                why: "must be a positive number",
-            });
+        for (name, rate) in [
+            ("max_publish_rate", self.max_publish_rate),
+            ("max_subscribe_rate", self.max_subscribe_rate),
+        ] {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(ConfigError::Invalid {
+                    name,
+                    why: "must be a positive number",
+                });
+            }
         }
         // Rollups are what charts of pruned periods are drawn from, so they
         // must outlive the raw readings.

@@ -240,7 +240,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         )),
         _ => None,
     };
-    let store = Store::open(config.database_url.expose()).await?;
+    let store = Store::open_with(config.database_url.expose(), config.sync).await?;
+    let known_series = store.all_series().await?;
     let metrics = Arc::new(Metrics::default());
     let front_stop = CancellationToken::new();
 
@@ -328,11 +329,23 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             max_packet_bytes: (config.max_payload_bytes.saturating_mul(4)).max(1024 * 1024),
             max_connections: config.max_connections,
             max_publish_rate: config.max_publish_rate,
+            max_connections_per_device: config.max_connections_per_device,
+            max_keep_alive: config.max_keep_alive_secs,
+            packet_timeout: std::time::Duration::from_secs(config.packet_timeout_secs),
+            max_subscriptions: config.max_subscriptions,
+            max_filters_per_subscribe: config.max_filters_per_subscribe,
+            max_subscribe_rate: config.max_subscribe_rate,
             // The demo's simulated devices have no secrets.
             open_registration: config.open_registration || config.demo,
         },
         store.clone(),
-        ingest::Ingest::new(metrics.clone(), queue_tx, config.max_payload_bytes),
+        ingest::Ingest::new(
+            metrics.clone(),
+            queue_tx,
+            config.max_payload_bytes,
+            known_series,
+            config.max_series_per_device,
+        ),
         metrics.clone(),
         Services {
             broker: broker.clone(),
@@ -394,7 +407,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             metrics,
             shutdown: front_stop.clone(),
             recheck: config.live_recheck,
+            sockets: Arc::default(),
+            max_sockets_per_account: config.max_live_sockets_per_account,
+            max_devices: config.max_devices_per_live_socket,
         },
+        max_request_bytes: config.max_request_bytes,
         auth,
     };
     let http = serve_http(
@@ -402,6 +419,10 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         listeners.http,
         listeners.https,
         tls.map(|t| t.1),
+        HttpLimits {
+            max_connections: config.max_http_connections,
+            header_timeout: std::time::Duration::from_secs(config.http_header_timeout_secs),
+        },
         &front_stop,
     )?;
 
@@ -445,10 +466,12 @@ fn serve_http(
     plain: Option<TcpListener>,
     secure: Option<TcpListener>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    limits: HttpLimits,
     stop: &CancellationToken,
 ) -> Result<tokio::task::JoinSet<std::io::Result<()>>, ServeError> {
     let app = http::router(state.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     if let Some(listener) = plain {
         tracing::info!(
             "serving the dashboard on http://{}",
@@ -456,17 +479,23 @@ fn serve_http(
         );
         let app = app.clone();
         let stop = stop.clone();
+        let open = open.clone();
+        let metrics = state.metrics.clone();
         tasks.spawn(async move {
             // Live updates are small frames that must leave at once; Nagle's
             // algorithm would hold them back behind an unacknowledged one.
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(
+            http::serve::serve(
                 listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
+                app,
+                |peer: SocketAddr| peer,
+                open,
+                limits.header_timeout,
+                metrics,
+                stop,
             )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
         });
     }
@@ -478,17 +507,29 @@ fn serve_http(
         let listener =
             TlsListener::new(listener, acceptor, stop.clone()).map_err(ServeError::Http)?;
         let stop = stop.clone();
+        let metrics = state.metrics.clone();
         let app = app.layer(axum::Extension(http::guard::Https));
         tasks.spawn(async move {
-            axum::serve(
+            http::serve::serve(
                 listener,
-                app.into_make_service_with_connect_info::<http::guard::TlsPeer>(),
+                app,
+                http::guard::TlsPeer,
+                open,
+                limits.header_timeout,
+                metrics,
+                stop,
             )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
         });
     }
     Ok(tasks)
+}
+
+/// What the HTTP listeners allow, together.
+#[derive(Clone, Copy, Debug)]
+struct HttpLimits {
+    max_connections: usize,
+    header_timeout: std::time::Duration,
 }
 
 impl Running {

@@ -26,9 +26,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-
-/// The most devices one subscription may name.
-const MAX_SUBSCRIBED_DEVICES: usize = 1_000;
+use crate::names::valid_name;
 
 /// One committed batch, as the writer hands it over.
 #[derive(Debug)]
@@ -306,15 +304,20 @@ impl Subscription {
     }
 }
 
-impl From<ClientMsg> for Subscription {
-    /// The subscription a client asked for, cut to
-    /// [`MAX_SUBSCRIBED_DEVICES`].
-    fn from(msg: ClientMsg) -> Self {
+impl Subscription {
+    /// The subscription a client asked for, with at most `max` devices and
+    /// only valid device names: whatever a client sends, its subscription
+    /// costs the hub no more than `max` entries.
+    pub fn asked(msg: ClientMsg, max: usize) -> Self {
         match msg {
             ClientMsg::SubscribeAll => Self::All,
-            ClientMsg::Subscribe { devices } => {
-                Self::Devices(devices.into_iter().take(MAX_SUBSCRIBED_DEVICES).collect())
-            }
+            ClientMsg::Subscribe { devices } => Self::Devices(
+                devices
+                    .into_iter()
+                    .filter(|d| valid_name(d))
+                    .take(max)
+                    .collect(),
+            ),
         }
     }
 }
@@ -338,6 +341,22 @@ mod tests {
         let sub = Subscription::Devices(devices.iter().map(|d| d.to_string()).collect());
         hub.subscribe(id, &outbox, &Subscription::Nothing, &sub);
         (id, outbox)
+    }
+
+    #[test]
+    fn a_subscription_names_at_most_max_valid_devices() {
+        let asked = ClientMsg::Subscribe {
+            devices: ["A", "bad name", "B", "", "C"]
+                .iter()
+                .map(|d| d.to_string())
+                .collect(),
+        };
+        let Subscription::Devices(devices) = Subscription::asked(asked, 2) else {
+            panic!("a device subscription");
+        };
+        let mut devices: Vec<_> = devices.into_iter().collect();
+        devices.sort();
+        assert_eq!(devices, ["A", "B"]);
     }
 
     #[test]

@@ -67,8 +67,18 @@ pub struct EdgeCounters {
     pub logins_refused: AtomicU64,
     /// Publishes or subscriptions outside the device's own topics.
     pub denied: AtomicU64,
-    /// Devices disconnected for publishing faster than allowed.
-    pub rate_limited: AtomicU64,
+    /// Times a device publishing faster than allowed was slowed (its
+    /// socket left unread until the rate allowed more).
+    pub throttled: AtomicU64,
+    /// Filters refused because the session held its most subscriptions.
+    pub subscriptions_refused: AtomicU64,
+    /// Sessions closed for SUBSCRIBE abuse: too many filters in one
+    /// packet, or SUBSCRIBE and UNSUBSCRIBE faster than allowed.
+    pub subscribe_abuse: AtomicU64,
+    /// CONNECTs refused because the device held its most connections.
+    pub device_connections_refused: AtomicU64,
+    /// Connections closed because a begun packet was not finished in time.
+    pub packet_timeouts: AtomicU64,
     /// Packets larger than the packet limit.
     pub too_large: AtomicU64,
     /// CONNECTs refused because the connection limit was reached.
@@ -137,6 +147,11 @@ pub struct Metrics {
     pub stored: AtomicU64,
     pub rejected: AtomicU64,
     pub dropped: AtomicU64,
+    /// Readings of new metrics refused at the per-device series cap.
+    pub series_refused: AtomicU64,
+    /// 1 while the writer's last attempt to store a batch failed (the
+    /// database is full, down or locked) and it is retrying; 0 otherwise.
+    pub store_failing: AtomicU64,
     pub pruned_readings: AtomicU64,
     pub pruned_rollups: AtomicU64,
     pub pruned_commands: AtomicU64,
@@ -144,6 +159,11 @@ pub struct Metrics {
     pub commands: CommandCounters,
     pub auth: AuthCounters,
     pub viewers: AtomicU64,
+    /// Live sockets refused because the account held its most.
+    pub viewers_refused: AtomicU64,
+    /// HTTP connections closed at once because the connection cap was
+    /// reached.
+    pub http_over_capacity: AtomicU64,
     pub live_skipped: AtomicU64,
     pub live_pending_bytes: AtomicU64,
     pub write_batch: BatchHistogram,
@@ -183,12 +203,20 @@ const PLAIN: &[Plain] = &[
     Plain { name: "sightline_pruned_rollups_total", kind: Kind::Counter, help: "Rollup rows deleted by retention (--retain-rollups).", value: |m| &m.pruned_rollups },
     Plain { name: "sightline_pruned_commands_total", kind: Kind::Counter, help: "Finished commands deleted by retention (kept as long as raw readings).", value: |m| &m.pruned_commands },
     Plain { name: "sightline_viewers", kind: Kind::Gauge, help: "Live WebSocket viewers connected.", value: |m| &m.viewers },
+    Plain { name: "sightline_viewers_refused_total", kind: Kind::Counter, help: "Live sockets refused because the account held --max-live-sockets-per-account.", value: |m| &m.viewers_refused },
+    Plain { name: "sightline_http_over_capacity_total", kind: Kind::Counter, help: "HTTP connections closed at once at --max-http-connections.", value: |m| &m.http_over_capacity },
     Plain { name: "sightline_live_skipped_readings_total", kind: Kind::Counter, help: "Readings skipped for viewers that fell behind.", value: |m| &m.live_skipped },
     Plain { name: "sightline_live_pending_bytes", kind: Kind::Gauge, help: "Bytes waiting in live viewers' outboxes.", value: |m| &m.live_pending_bytes },
     Plain { name: "sightline_devices_connected", kind: Kind::Gauge, help: "Devices connected and logged in.", value: |m| &m.edge.sessions },
     Plain { name: "sightline_edge_logins_refused_total", kind: Kind::Counter, help: "CONNECTs refused for unknown, wrong or disabled credentials.", value: |m| &m.edge.logins_refused },
     Plain { name: "sightline_edge_denied_total", kind: Kind::Counter, help: "Publishes or subscriptions outside a device's own topics.", value: |m| &m.edge.denied },
-    Plain { name: "sightline_edge_rate_limited_total", kind: Kind::Counter, help: "Devices disconnected for exceeding the publish rate.", value: |m| &m.edge.rate_limited },
+    Plain { name: "sightline_edge_throttled_total", kind: Kind::Counter, help: "Times a device above the publish rate was slowed (never disconnected).", value: |m| &m.edge.throttled },
+    Plain { name: "sightline_edge_subscriptions_refused_total", kind: Kind::Counter, help: "Filters refused because the session held --max-subscriptions.", value: |m| &m.edge.subscriptions_refused },
+    Plain { name: "sightline_edge_subscribe_abuse_total", kind: Kind::Counter, help: "Sessions closed for too many filters in one SUBSCRIBE or too many SUBSCRIBEs.", value: |m| &m.edge.subscribe_abuse },
+    Plain { name: "sightline_edge_device_connections_refused_total", kind: Kind::Counter, help: "CONNECTs refused because the device held --max-connections-per-device.", value: |m| &m.edge.device_connections_refused },
+    Plain { name: "sightline_edge_packet_timeouts_total", kind: Kind::Counter, help: "Connections closed because a begun packet was not finished in --packet-timeout-secs.", value: |m| &m.edge.packet_timeouts },
+    Plain { name: "sightline_store_failing", kind: Kind::Gauge, help: "1 while the database refuses writes and the writer is retrying.", value: |m| &m.store_failing },
+    Plain { name: "sightline_series_refused_total", kind: Kind::Counter, help: "Readings refused because their device held --max-series-per-device other metrics.", value: |m| &m.series_refused },
     Plain { name: "sightline_edge_too_large_total", kind: Kind::Counter, help: "Packets larger than the packet limit.", value: |m| &m.edge.too_large },
     Plain { name: "sightline_edge_over_capacity_total", kind: Kind::Counter, help: "CONNECTs refused at the connection limit.", value: |m| &m.edge.over_capacity },
     Plain { name: "sightline_edge_handshake_timeouts_total", kind: Kind::Counter, help: "Sockets that sent no CONNECT or finished no TLS handshake in time.", value: |m| &m.edge.handshake_timeouts },
@@ -272,7 +300,8 @@ impl Metrics {
             dropped: get(&self.dropped),
             refused: get(&e.logins_refused)
                 + get(&e.denied)
-                + get(&e.rate_limited)
+                + get(&e.subscribe_abuse)
+                + get(&e.device_connections_refused)
                 + get(&e.too_large)
                 + get(&e.over_capacity),
             connected: get(&e.sessions),
@@ -292,6 +321,16 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        // Tasks alive in the runtime: a leak of sessions, sockets or timers
+        // shows here first (the soak benchmark reads its slope).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let name = "sightline_runtime_tasks";
+            let tasks = runtime.metrics().num_alive_tasks();
+            let _ = writeln!(
+                out,
+                "# HELP {name} Tasks alive in the server's async runtime.\n# TYPE {name} gauge\n{name} {tasks}"
             );
         }
         let refused = self.edge.refused_by_device.among(None);

@@ -346,15 +346,37 @@ fn browser(server: &TestServer, session: Option<&str>) -> HeaderMap {
     h
 }
 
+/// Creates an account as an admin at the dashboard would: creating
+/// accounts needs a dashboard session, not the API token `server.client()`
+/// carries.
 async fn add_account(server: &TestServer, name: &str, role: &str) {
-    let response = server
-        .client()
+    let admin = sign_in(server, "admin", common::ADMIN_PASSWORD)
+        .await
+        .expect("the admin signs in");
+    let response = client()
         .post(server.url("/api/users"))
+        .headers(browser(server, Some(&admin)))
         .json(&serde_json::json!({"name": name, "password": PASSWORD, "role": role}))
         .send()
         .await
         .expect("add account");
     assert_eq!(response.status(), 201, "create {name}");
+}
+
+/// Changes an account as an admin at the dashboard would (changing
+/// accounts needs a dashboard session) and returns the status.
+async fn admin_patch(server: &TestServer, name: &str, change: Value) -> reqwest::StatusCode {
+    let admin = sign_in(server, "admin", common::ADMIN_PASSWORD)
+        .await
+        .expect("the admin signs in");
+    client()
+        .patch(server.url(&format!("/api/users/{name}")))
+        .headers(browser(server, Some(&admin)))
+        .json(&change)
+        .send()
+        .await
+        .expect("patch")
+        .status()
 }
 
 async fn start(db: TestDb) -> (TestDb, TestServer) {
@@ -629,10 +651,13 @@ async fn sign_out_password_change_and_idleness_end_sessions(db: TestDb) {
         .await
         .expect("new password");
 
-    // An admin resetting it does the same.
-    let reset = server
-        .client()
+    // An admin resetting it (at the dashboard) does the same.
+    let admin = sign_in(&server, "admin", common::ADMIN_PASSWORD)
+        .await
+        .expect("the admin signs in");
+    let reset = client()
         .patch(server.url("/api/users/viewer"))
+        .headers(browser(&server, Some(&admin)))
         .json(&serde_json::json!({"password": PASSWORD}))
         .send()
         .await
@@ -803,14 +828,13 @@ async fn api_tokens_act_for_their_account_until_revoked(db: TestDb) {
             .status(),
         200
     );
-    let reset = server
-        .client()
-        .patch(server.url("/api/users/viewer"))
-        .json(&serde_json::json!({"password": "reset by the admin"}))
-        .send()
-        .await
-        .expect("reset");
-    assert_eq!(reset.status(), 200);
+    let reset = admin_patch(
+        &server,
+        "viewer",
+        serde_json::json!({"password": "reset by the admin"}),
+    )
+    .await;
+    assert_eq!(reset, 200);
     assert_eq!(
         second
             .get(server.url("/api/me"))
@@ -914,14 +938,8 @@ async fn the_last_admin_stays_and_roles_are_checked_on_every_request(db: TestDb)
     let session = sign_in(&server, "operator", PASSWORD)
         .await
         .expect("signs in");
-    let demote = server
-        .client()
-        .patch(server.url("/api/users/operator"))
-        .json(&serde_json::json!({"role": "viewer"}))
-        .send()
-        .await
-        .expect("demote");
-    assert_eq!(demote.status(), 200);
+    let demote = admin_patch(&server, "operator", serde_json::json!({"role": "viewer"})).await;
+    assert_eq!(demote, 200);
     let refused = client()
         .post(server.url("/api/devices"))
         .headers(browser(&server, Some(&session)))
@@ -939,23 +957,16 @@ async fn the_last_admin_stays_and_roles_are_checked_on_every_request(db: TestDb)
         .await
         .expect("delete");
     assert_eq!(gone.status(), 204);
-    let last = server
-        .client()
-        .patch(server.url("/api/users/admin"))
-        .json(&serde_json::json!({"role": "operator"}))
-        .send()
-        .await
-        .expect("demote last");
-    assert_eq!(last.status(), 409);
+    let last = admin_patch(&server, "admin", serde_json::json!({"role": "operator"})).await;
+    assert_eq!(last, 409);
     // An admin cannot reset their own password without the current one.
-    let own = server
-        .client()
-        .patch(server.url("/api/users/admin"))
-        .json(&serde_json::json!({"password": "taken over!!"}))
-        .send()
-        .await
-        .expect("own reset");
-    assert_eq!(own.status(), 403);
+    let own = admin_patch(
+        &server,
+        "admin",
+        serde_json::json!({"password": "taken over!!"}),
+    )
+    .await;
+    assert_eq!(own, 403);
     let audit: Vec<Value> = server.get_json("/api/audit").await;
     for action in [
         "account_add",

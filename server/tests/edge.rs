@@ -16,20 +16,12 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Outgoing, QoS,
     SubscribeReasonCode,
 };
-use server::config::Config;
 use server::metrics::read_value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::{next_matching, spawn_server, test_config, wait_for, Scratch, TestServer};
-
-/// Devices must log in: open registration is off, as in production.
-fn closed_config(scratch: &Scratch) -> Config {
-    Config {
-        open_registration: false,
-        ..test_config(&scratch.sqlite_url())
-    }
-}
+use common::raw::{closed_config, raw_login, read_packet, write_packet};
+use common::{next_matching, spawn_server, test_config, wait_for, Counting, Scratch, TestServer};
 
 /// What a mosquitto client printed, and whether it succeeded.
 struct Run {
@@ -613,49 +605,6 @@ async fn tls_connack(
     .unwrap_or_else(|_| Err("timed out".into()))
 }
 
-/// Writes one packet to a raw socket.
-async fn write_packet(socket: &mut TcpStream, packet: Packet) {
-    let mut buf = BytesMut::new();
-    packet.write(&mut buf, usize::MAX).expect("encodes");
-    socket.write_all(&buf).await.expect("write");
-}
-
-/// Reads one packet from a raw socket.
-async fn read_packet(socket: &mut TcpStream) -> Packet {
-    let mut buf = BytesMut::new();
-    loop {
-        match Packet::read(&mut buf, 1 << 20) {
-            Ok(p) => return p,
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
-                let n = socket.read_buf(&mut buf).await.expect("read");
-                assert!(n > 0, "closed before a whole packet");
-            }
-            Err(e) => panic!("bad packet: {e}"),
-        }
-    }
-}
-
-/// Connects a raw socket and logs in as `device`.
-async fn raw_login(
-    server: &TestServer,
-    device: &str,
-    secret: &str,
-    keep_alive: u16,
-    will: Option<LastWill>,
-) -> TcpStream {
-    let mut socket = TcpStream::connect(server.mqtt).await.expect("connect");
-    let mut connect = Connect::new(device);
-    connect.keep_alive = keep_alive;
-    connect.set_login(device, secret);
-    connect.last_will = will;
-    write_packet(&mut socket, Packet::Connect(connect)).await;
-    match read_packet(&mut socket).await {
-        Packet::ConnAck(ack) => assert_eq!(ack.code, ConnectReturnCode::Success),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
-    socket
-}
-
 /// The next presence change of `device` on a live socket.
 async fn presence_of(ws: &mut common::Ws, device: &str) -> Presence {
     next_matching(ws, |msg| match msg {
@@ -771,24 +720,25 @@ async fn limits_are_answered_counted_and_leave_other_devices_alone() {
     let scratch = Scratch::new();
     let mut config = closed_config(&scratch);
     config.max_connections = 2;
-    config.max_publish_rate = 20.0;
     let server = TestServer::start(config).await;
     let fast = server.add_device("Fast").await;
     let calm = server.add_device("Calm").await;
     let big = server.add_device("Big").await;
 
-    // Over the rate (20/s with a burst of 20): disconnected and counted.
+    // SUBSCRIBE over its rate (10/s with a burst of 10) is abuse, not a
+    // backlog: disconnected and counted. (Publishing too fast only slows a
+    // device down; see `hostile.rs`.)
     let (client, mut events) =
         AsyncClient::new(options(server.mqtt, "f", Some(("Fast", &fast))), 200);
-    for i in 0..100 {
+    for _ in 0..100 {
         client
-            .publish("sensor/Fast/n", QoS::AtMostOnce, false, i.to_string())
+            .subscribe("command/Fast", QoS::AtLeastOnce)
             .await
             .expect("queued");
     }
     assert!(
         ends_within(&mut events, 5).await,
-        "a flooding device is disconnected"
+        "a device flooding SUBSCRIBE is disconnected"
     );
     drop(events);
 
@@ -823,7 +773,7 @@ async fn limits_are_answered_counted_and_leave_other_devices_alone() {
 
     let metrics = server.metrics().await;
     assert_eq!(
-        read_value(&metrics, "sightline_edge_rate_limited_total"),
+        read_value(&metrics, "sightline_edge_subscribe_abuse_total"),
         Some(1)
     );
     assert_eq!(
@@ -833,53 +783,6 @@ async fn limits_are_answered_counted_and_leave_other_devices_alone() {
     assert!(read_value(&metrics, "sightline_edge_over_capacity_total") >= Some(1));
     assert_eq!(server.get("/api/health").await.expect("health").0, 200);
     server.stop().await.expect("clean shutdown");
-}
-
-/// A QoS 1 device that remembers which of its values were acknowledged.
-struct Counting {
-    client: AsyncClient,
-    acked: std::sync::Arc<std::sync::Mutex<BTreeSet<u64>>>,
-    /// Publishes written to the socket so far.
-    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Counting {
-    fn start(broker: SocketAddr, id: &str) -> Self {
-        let mut o = options(broker, id, None);
-        o.set_keep_alive(Duration::from_secs(5));
-        let (client, mut events) = AsyncClient::new(o, 1000);
-        let acked = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
-        let seen = acked.clone();
-        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let written = sent.clone();
-        tokio::spawn(async move {
-            // Values go out in order, so each outgoing packet id belongs to
-            // the next value; a PUBACK then names the value it confirms.
-            let mut next_value = 0u64;
-            let mut in_flight = std::collections::HashMap::new();
-            loop {
-                match events.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        in_flight.insert(pkid, next_value);
-                        next_value += 1;
-                        written.store(next_value, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Ok(Event::Incoming(rumqttc::Packet::PubAck(ack))) => {
-                        if let Some(v) = in_flight.remove(&ack.pkid) {
-                            seen.lock().expect("lock").insert(v);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-        });
-        Self {
-            client,
-            acked,
-            sent,
-        }
-    }
 }
 
 #[tokio::test]
@@ -1348,8 +1251,7 @@ async fn mqtt5_clients_hear_why_they_are_disconnected() {
     };
 
     let scratch = Scratch::new();
-    let mut config = closed_config(&scratch);
-    config.max_publish_rate = 20.0;
+    let config = closed_config(&scratch);
     let server = TestServer::start(config).await;
     let options = |client: &str, device: &str, secret: &str| {
         let mut o = Options5::new(client, server.mqtt.ip().to_string(), server.mqtt.port());
@@ -1384,12 +1286,12 @@ async fn mqtt5_clients_hear_why_they_are_disconnected() {
         "{refused:?}"
     );
 
-    // Over the publish rate: DISCONNECT 0x96.
+    // Over the SUBSCRIBE rate: DISCONNECT 0x96.
     let fast = server.add_device("Fast").await;
     let (client, mut events) = Client5::new(options("fast", "Fast", &fast), 200);
-    for i in 0..100 {
+    for _ in 0..100 {
         client
-            .publish("sensor/Fast/n", QoS5::AtMostOnce, false, i.to_string())
+            .subscribe("command/Fast", QoS5::AtLeastOnce)
             .await
             .expect("queued");
     }

@@ -1,4 +1,12 @@
-//! Failed sign-in throttling per account name and per client address.
+//! Failed sign-in throttling, keyed so that an attacker cannot lock the
+//! owner out of an account.
+//!
+//! Three keys are counted: an account from one address (tight: a guesser
+//! gets a handful of tries), an address across accounts (a sprayer), and
+//! an account from everywhere (a ceiling far above what one guesser gets,
+//! against guessing from many addresses). The ceiling does not apply from
+//! an address the account has signed in from before, so the owner gets in
+//! from their usual address even while a botnet guesses at their name.
 //!
 //! Each key keeps the times of its recent failures; once it has `max` of
 //! them within `window`, further attempts are refused without checking the
@@ -18,9 +26,16 @@ pub struct Rule {
     pub window: Duration,
 }
 
-/// Failures per account: enough for typos, far too few to guess.
-pub const PER_ACCOUNT: Rule = Rule {
+/// Failures of one account from one address: enough for typos, far too
+/// few to guess.
+pub const PER_ACCOUNT_ADDRESS: Rule = Rule {
     max: 5,
+    window: Duration::from_secs(15 * 60),
+};
+/// Failures of one account from all addresses together, except those it
+/// has signed in from: a ceiling against guessing from many addresses.
+pub const PER_ACCOUNT: Rule = Rule {
+    max: 100,
     window: Duration::from_secs(15 * 60),
 };
 /// Failures per address: higher, since a whole office may share one.
@@ -85,11 +100,24 @@ impl Failures {
     }
 }
 
-/// The throttle for both kinds of key.
+/// The throttle for the three kinds of key.
 #[derive(Debug, Default)]
 pub struct Limiter {
+    pairs: Failures,
     accounts: Failures,
     addresses: Failures,
+    /// The (account, address) keys of recent successful sign-ins, with
+    /// when: the account ceiling does not apply from these.
+    trusted: HashMap<String, Instant>,
+}
+
+/// How long a successful sign-in makes its address trusted for its account.
+const TRUSTED_FOR: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// The key of an account from an address (or from nowhere known).
+fn pair_key(account: &str, ip: Option<IpAddr>) -> String {
+    let address = ip.map_or_else(|| "-".to_owned(), address_key);
+    format!("{}\n{address}", account.to_lowercase())
 }
 
 /// The key of a client address: IPv6 clients are grouped by /64, since one
@@ -126,25 +154,38 @@ impl Limiter {
         Ok(())
     }
 
-    /// How long this attempt must wait, if its account or address failed
-    /// too often recently.
+    /// How long this attempt must wait, if the account failed too often
+    /// from this address, the address failed too often, or the account
+    /// failed too often from everywhere and this address is not one it
+    /// signed in from.
     pub fn blocked_for(
         &mut self,
         account: &str,
         ip: Option<IpAddr>,
         now: Instant,
     ) -> Option<Duration> {
-        let by_account = self
-            .accounts
-            .blocked_for(&account.to_lowercase(), PER_ACCOUNT, now);
+        let pair = pair_key(account, ip);
+        let by_pair = self.pairs.blocked_for(&pair, PER_ACCOUNT_ADDRESS, now);
         let by_address = ip.and_then(|ip| {
             self.addresses
                 .blocked_for(&address_key(ip), PER_ADDRESS, now)
         });
-        by_account.max(by_address)
+        let trusted = self
+            .trusted
+            .get(&pair)
+            .is_some_and(|at| now.duration_since(*at) < TRUSTED_FOR);
+        let by_account = if trusted {
+            None
+        } else {
+            self.accounts
+                .blocked_for(&account.to_lowercase(), PER_ACCOUNT, now)
+        };
+        by_pair.max(by_address).max(by_account)
     }
 
     pub fn failed(&mut self, account: &str, ip: Option<IpAddr>, now: Instant) {
+        self.pairs
+            .record(&pair_key(account, ip), PER_ACCOUNT_ADDRESS, now);
         self.accounts
             .record(&account.to_lowercase(), PER_ACCOUNT, now);
         if let Some(ip) = ip {
@@ -152,20 +193,45 @@ impl Limiter {
         }
     }
 
-    /// A successful sign-in clears the account's failures, and takes back
-    /// the attempt [`Limiter::admit`] counted against the address (only
-    /// that one, so one good account cannot unlock guessing at others).
-    pub fn succeeded(&mut self, account: &str, ip: Option<IpAddr>) {
-        self.accounts.by_key.remove(&account.to_lowercase());
+    /// A successful sign-in clears the account's failures from this
+    /// address, trusts the address for the account, and takes back the
+    /// attempt [`Limiter::admit`] counted against the address and the
+    /// account (only that one, so one good account cannot unlock guessing
+    /// at others, and the owner signing in does not reset the ceiling for
+    /// guessers elsewhere).
+    pub fn succeeded(&mut self, account: &str, ip: Option<IpAddr>, now: Instant) {
+        let pair = pair_key(account, ip);
+        self.pairs.by_key.remove(&pair);
+        if let Some(times) = self.accounts.by_key.get_mut(&account.to_lowercase()) {
+            times.pop_back();
+        }
         if let Some(times) = ip.and_then(|ip| self.addresses.by_key.get_mut(&address_key(ip))) {
             times.pop_back();
         }
+        if self.trusted.len() >= MAX_KEYS && !self.trusted.contains_key(&pair) {
+            self.trusted
+                .retain(|_, at| now.duration_since(*at) < TRUSTED_FOR);
+            if self.trusted.len() >= MAX_KEYS {
+                if let Some(k) = self
+                    .trusted
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.trusted.remove(&k);
+                }
+            }
+        }
+        self.trusted.insert(pair, now);
     }
 
     /// Drops keys whose failures have all aged out.
     pub fn sweep(&mut self, now: Instant) {
+        self.pairs.sweep(PER_ACCOUNT_ADDRESS, now);
         self.accounts.sweep(PER_ACCOUNT, now);
         self.addresses.sweep(PER_ADDRESS, now);
+        self.trusted
+            .retain(|_, at| now.duration_since(*at) < TRUSTED_FOR);
     }
 }
 
@@ -178,16 +244,43 @@ mod tests {
         let mut l = Limiter::default();
         let t0 = Instant::now();
         let ip: IpAddr = "10.0.0.1".parse().expect("ip");
-        for i in 0..PER_ACCOUNT.max {
+        for i in 0..PER_ACCOUNT_ADDRESS.max {
             assert_eq!(l.blocked_for("alice", Some(ip), t0), None, "attempt {i}");
             l.failed("alice", Some(ip), t0 + Duration::from_secs(i as u64));
         }
         let now = t0 + Duration::from_secs(10);
         let wait = l.blocked_for("ALICE", Some(ip), now).expect("blocked");
-        assert_eq!(wait, PER_ACCOUNT.window - Duration::from_secs(10));
+        assert_eq!(wait, PER_ACCOUNT_ADDRESS.window - Duration::from_secs(10));
         // Another account from a different address is not affected.
         assert_eq!(l.blocked_for("bob", None, now), None);
-        assert_eq!(l.blocked_for("alice", None, t0 + PER_ACCOUNT.window), None);
+        assert_eq!(
+            l.blocked_for("alice", Some(ip), t0 + PER_ACCOUNT_ADDRESS.window),
+            None
+        );
+    }
+
+    #[test]
+    fn a_guesser_cannot_lock_the_owner_out() {
+        let mut l = Limiter::default();
+        let t0 = Instant::now();
+        let attacker: IpAddr = "10.6.6.6".parse().expect("ip");
+        let owner: IpAddr = "192.168.1.20".parse().expect("ip");
+        for _ in 0..PER_ACCOUNT_ADDRESS.max {
+            l.failed("alice", Some(attacker), t0);
+        }
+        assert!(l.blocked_for("alice", Some(attacker), t0).is_some());
+        assert_eq!(l.blocked_for("alice", Some(owner), t0), None);
+
+        // Guessing from many addresses hits the account's ceiling, which
+        // holds for new addresses but not for one the owner signed in from.
+        l.succeeded("alice", Some(owner), t0);
+        for i in 0..PER_ACCOUNT.max {
+            let ip = IpAddr::from([10, 1, (i / 250) as u8, (i % 250) as u8]);
+            l.failed("alice", Some(ip), t0);
+        }
+        let stranger: IpAddr = "172.16.0.1".parse().expect("ip");
+        assert!(l.blocked_for("alice", Some(stranger), t0).is_some());
+        assert_eq!(l.blocked_for("alice", Some(owner), t0), None);
     }
 
     #[test]
@@ -207,11 +300,11 @@ mod tests {
     fn success_clears_the_account() {
         let mut l = Limiter::default();
         let t0 = Instant::now();
-        for _ in 0..PER_ACCOUNT.max {
+        for _ in 0..PER_ACCOUNT_ADDRESS.max {
             l.failed("alice", None, t0);
         }
         assert!(l.blocked_for("alice", None, t0).is_some());
-        l.succeeded("alice", None);
+        l.succeeded("alice", None, t0);
         assert!(l.blocked_for("alice", None, t0).is_none());
     }
 
@@ -224,13 +317,13 @@ mod tests {
         let admitted = (0..20)
             .filter(|_| l.admit("alice", Some(ip), t0).is_ok())
             .count();
-        assert_eq!(admitted, PER_ACCOUNT.max);
+        assert_eq!(admitted, PER_ACCOUNT_ADDRESS.max);
         // A success gives the address its attempt back.
         let mut l = Limiter::default();
         for _ in 0..PER_ADDRESS.max {
             assert!(l.admit("bob", Some(ip), t0).is_ok() || l.admit("carol", Some(ip), t0).is_ok());
-            l.succeeded("bob", Some(ip));
-            l.succeeded("carol", Some(ip));
+            l.succeeded("bob", Some(ip), t0);
+            l.succeeded("carol", Some(ip), t0);
         }
         assert!(l.admit("dave", Some(ip), t0).is_ok());
     }
@@ -243,5 +336,6 @@ mod tests {
             l.failed(&format!("n{i}"), None, t0);
         }
         assert!(l.accounts.by_key.len() <= MAX_KEYS);
+        assert!(l.pairs.by_key.len() <= MAX_KEYS);
     }
 }

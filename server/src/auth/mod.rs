@@ -254,7 +254,7 @@ impl Auth {
                 return Err(AuthError::WrongCredentials);
             }
         };
-        self.limiter().succeeded(name, ip);
+        self.limiter().succeeded(name, ip, Instant::now());
         let secret = random_secret();
         let hash = hash_secret(&secret);
         self.store.add_session(&hash, account.id, now_ms()).await?;
@@ -273,7 +273,7 @@ impl Auth {
         self.admit(name, ip)?;
         let account = self.store.account(name).await?;
         if password::verify(password.to_owned(), account.map(|a| a.password_hash)).await {
-            self.limiter().succeeded(name, ip);
+            self.limiter().succeeded(name, ip, Instant::now());
             Ok(())
         } else {
             Metrics::add(&self.metrics.auth.login_failures, 1);

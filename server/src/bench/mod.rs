@@ -15,6 +15,7 @@ pub mod commands;
 pub mod history;
 mod probe;
 mod report;
+pub mod soak;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,10 @@ pub enum Scenario {
     /// Time from the API's POST to "answered" on the device page for pings
     /// to one simulated device beside a publishing fleet (see [`commands`]).
     Commands,
+    /// 30 minutes of 5,000 connections, 500 connects and disconnects a
+    /// second, 20,000 readings/s and 200 reconnecting viewers; RSS,
+    /// descriptors and tasks each minute, and their slopes (see [`soak`]).
+    Soak,
 }
 
 /// A fully resolved benchmark run.
@@ -120,6 +125,16 @@ impl BenchOptions {
             // The default fleet (10,000 readings/s) publishes beside the
             // device that answers.
             Scenario::Commands => base,
+            // 1,000 x 20/3 messages/s x 3 readings = 20,000 readings/s,
+            // beside 4,000 idle connections: 5,000 in all.
+            Scenario::Soak => Self {
+                rate: 20.0 / 3.0,
+                idle: 4000,
+                viewers: 200,
+                watch: 10,
+                seconds: 30 * 60,
+                ..base
+            },
         }
     }
 
@@ -133,6 +148,7 @@ pub async fn report(opts: &BenchOptions) -> anyhow::Result<String> {
     Ok(match opts.scenario {
         Scenario::History => history::run(opts).await?,
         Scenario::Commands => commands::run(opts).await?,
+        Scenario::Soak => soak::run(opts).await?,
         _ => run(opts).await?.render(opts),
     })
 }
@@ -374,6 +390,12 @@ pub(crate) async fn start_server(
         .args(["--site-root", &dir.to_string_lossy()])
         // The simulated devices have no secrets.
         .arg("--open-registration")
+        // Every viewer signs in with the one bench account, which stands
+        // for many people here.
+        .args([
+            "--max-live-sockets-per-account",
+            &(opts.viewers + 16).to_string(),
+        ])
         .args(&opts.serve_args)
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -97,6 +97,8 @@ pub enum ConnectCode {
     ServerUnavailable,
     BadCredentials,
     NotAuthorized,
+    /// The device already holds its most connections.
+    QuotaExceeded,
 }
 
 /// Why the server closes a connection; MQTT 5 clients are told.
@@ -119,6 +121,9 @@ pub enum Outbound {
     ConnAck {
         code: ConnectCode,
         assigned_id: Option<String>,
+        /// The keep-alive the server uses, when it is not the one the
+        /// client asked for; MQTT 5 clients are told (Server Keep Alive).
+        keep_alive: Option<u16>,
     },
     /// `stored` is false when none of the message could be used (MQTT 5
     /// then says "payload format invalid"; 3.1.1 has no way to say it).
@@ -368,6 +373,8 @@ fn to_v4(packet: Outbound) -> Option<v4::Packet> {
                 ConnectCode::ServerUnavailable => Code::ServiceUnavailable,
                 ConnectCode::BadCredentials => Code::BadUserNamePassword,
                 ConnectCode::NotAuthorized => Code::NotAuthorized,
+                // MQTT 3.1.1 has no code for a quota.
+                ConnectCode::QuotaExceeded => Code::ServiceUnavailable,
             },
             false,
         )),
@@ -404,7 +411,11 @@ fn to_v4(packet: Outbound) -> Option<v4::Packet> {
 fn to_v5(packet: Outbound) -> v5::Packet {
     use v5::ConnectReturnCode as Code;
     match packet {
-        Outbound::ConnAck { code, assigned_id } => v5::Packet::ConnAck(v5::ConnAck {
+        Outbound::ConnAck {
+            code,
+            assigned_id,
+            keep_alive,
+        } => v5::Packet::ConnAck(v5::ConnAck {
             session_present: false,
             code: match code {
                 ConnectCode::Accepted => Code::Success,
@@ -412,6 +423,7 @@ fn to_v5(packet: Outbound) -> v5::Packet {
                 ConnectCode::ServerUnavailable => Code::ServerBusy,
                 ConnectCode::BadCredentials => Code::BadUserNamePassword,
                 ConnectCode::NotAuthorized => Code::NotAuthorized,
+                ConnectCode::QuotaExceeded => Code::QuotaExceeded,
             },
             // Say what the edge does not do, so that clients do not try:
             // no shared subscriptions, no subscription identifiers, and (by
@@ -430,7 +442,7 @@ fn to_v5(packet: Outbound) -> v5::Packet {
                 wildcard_subscription_available: None,
                 subscription_identifiers_available: Some(0),
                 shared_subscription_available: Some(0),
-                server_keep_alive: None,
+                server_keep_alive: keep_alive,
                 response_information: None,
                 server_reference: None,
                 authentication_method: None,

@@ -167,6 +167,7 @@ where
             let refusal = Outbound::ConnAck {
                 code,
                 assigned_id: None,
+                keep_alive: None,
             };
             if version.write(&mut out, refusal).is_ok() {
                 let _ = send(wr, &out).await;
@@ -280,10 +281,22 @@ pub(super) async fn send<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> std
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
-/// MQTT closes a connection after 1.5 times the keep-alive the client
-/// asked for passes without a packet; 0 turns the check off.
-pub(super) fn keep_alive_limit(seconds: u16) -> Option<Duration> {
-    (seconds > 0).then(|| Duration::from_millis(u64::from(seconds) * 1500))
+/// The keep-alive the server uses for a client that asked for `asked`
+/// seconds: its own, unless that is 0 (none at all) or above `max`, which
+/// get `max`. Without this, keep-alive 0 would let an idle connection hold
+/// its buffers for ever.
+pub(super) fn keep_alive(asked: u16, max: u16) -> u16 {
+    if asked == 0 || asked > max {
+        max
+    } else {
+        asked
+    }
+}
+
+/// MQTT closes a connection after 1.5 times the keep-alive passes without
+/// a packet.
+pub(super) fn keep_alive_limit(seconds: u16) -> Duration {
+    Duration::from_millis(u64::from(seconds) * 1500)
 }
 
 #[cfg(test)]
@@ -319,8 +332,12 @@ mod tests {
     }
 
     #[test]
-    fn keep_alive_is_enforced_at_one_and_a_half_times() {
-        assert_eq!(keep_alive_limit(0), None);
-        assert_eq!(keep_alive_limit(2), Some(Duration::from_secs(3)));
+    fn keep_alive_is_enforced_at_one_and_a_half_times_of_at_most_the_maximum() {
+        assert_eq!(keep_alive_limit(2), Duration::from_secs(3));
+        assert_eq!(keep_alive(0, 1200), 1200, "none at all gets the maximum");
+        assert_eq!(keep_alive(65_535, 1200), 1200);
+        assert_eq!(keep_alive(1201, 1200), 1200);
+        assert_eq!(keep_alive(1200, 1200), 1200);
+        assert_eq!(keep_alive(30, 1200), 30);
     }
 }

@@ -17,8 +17,8 @@
 //!    ([`crate::acl`]), decoded under the *authenticated* device id, and
 //!    queued for the writer. A QoS 1 PUBACK (QoS 2 PUBREC) is sent only
 //!    once the writer has committed the readings, in publish order
-//!    (`acks`), and at most `--max-publish-rate` publishes a second pass
-//!    (`rate`).
+//!    (`acks`). A device above `--max-publish-rate` is slowed, not cut
+//!    off: its socket is left unread until the rate allows (`rate`).
 //! 4. A SUBSCRIBE to the device's own command topics gets the device a
 //!    local link to rumqttd's router, which delivers commands to it, at
 //!    QoS 1 when the device asked for it; its PUBACK and its answer are
@@ -75,8 +75,21 @@ pub struct EdgeSettings {
     /// Devices connected at once; more get CONNACK "server unavailable".
     pub max_connections: usize,
     /// Publishes per second one device may sustain; a device that exceeds
-    /// it (beyond one second's burst) is disconnected and counted.
+    /// it (beyond one second's burst) is slowed: its socket is not read
+    /// until the rate allows, so TCP pushes back on it alone.
     pub max_publish_rate: f64,
+    /// Connections one device may hold at once.
+    pub max_connections_per_device: usize,
+    /// The longest keep-alive honoured; 0 or longer requests get it.
+    pub max_keep_alive: u16,
+    /// How long a begun packet may take to arrive in full.
+    pub packet_timeout: Duration,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions: usize,
+    /// Filters one SUBSCRIBE may carry.
+    pub max_filters_per_subscribe: usize,
+    /// SUBSCRIBE and UNSUBSCRIBE packets per second one session may send.
+    pub max_subscribe_rate: f64,
     /// Lets devices without a secret connect under the name they give,
     /// registering them on their first reading. Only for demos and trials.
     pub open_registration: bool,
@@ -164,39 +177,47 @@ struct Handle {
     disabled: Arc<AtomicBool>,
 }
 
-/// The current session of each connected client, by device and client id,
-/// so that a second connection with the same client id replaces the first
-/// (as MQTT requires), and so that disabling a device ends its sessions.
-/// One device may hold several connections under different client ids.
+/// The current session of each connected client, by device and then
+/// client id, so that a second connection with the same client id replaces
+/// the first (as MQTT requires), so that disabling a device ends its
+/// sessions, and so that a device's connections can be counted. One device
+/// may hold several connections under different client ids.
 #[derive(Debug, Default)]
-pub struct Sessions(Mutex<HashMap<(String, String), Handle>>);
+pub struct Sessions(Mutex<HashMap<String, HashMap<String, Handle>>>);
 
 impl Sessions {
-    /// Makes `session` the current session of `client` (device and client
-    /// id), ending the one it replaces.
-    fn claim(
-        &self,
-        client: (String, String),
-        session: u64,
-        end: CancellationToken,
-        disabled: Arc<AtomicBool>,
-    ) {
-        if let Ok(mut sessions) = self.0.lock() {
-            let handle = Handle {
-                session,
-                end,
-                disabled,
-            };
-            if let Some(old) = sessions.insert(client, handle) {
-                old.end.cancel();
+    /// Makes `session` the current session of `client_id` of `device`,
+    /// ending the one it replaces. Refused (false) when the device already
+    /// holds `max_per_device` sessions under other client ids: a device, or
+    /// a leaked secret, cannot open connections by the thousand, each
+    /// holding buffers.
+    fn claim(&self, device: &str, client_id: &str, handle: Handle, max_per_device: usize) -> bool {
+        let Ok(mut sessions) = self.0.lock() else {
+            return false;
+        };
+        let mine = sessions.entry(device.to_owned()).or_default();
+        if !mine.contains_key(client_id) && mine.len() >= max_per_device {
+            if mine.is_empty() {
+                sessions.remove(device);
             }
+            return false;
         }
+        if let Some(old) = mine.insert(client_id.to_owned(), handle) {
+            old.end.cancel();
+        }
+        true
     }
 
-    fn release(&self, client: &(String, String), session: u64) {
+    fn release(&self, device: &str, client_id: &str, session: u64) {
         if let Ok(mut sessions) = self.0.lock() {
-            if sessions.get(client).is_some_and(|h| h.session == session) {
-                sessions.remove(client);
+            let Some(mine) = sessions.get_mut(device) else {
+                return;
+            };
+            if mine.get(client_id).is_some_and(|h| h.session == session) {
+                mine.remove(client_id);
+            }
+            if mine.is_empty() {
+                sessions.remove(device);
             }
         }
     }
@@ -207,12 +228,10 @@ impl Sessions {
         let Ok(sessions) = self.0.lock() else {
             return 0;
         };
-        let mine: Vec<&Handle> = sessions
-            .iter()
-            .filter(|((d, _), _)| d == device)
-            .map(|(_, h)| h)
-            .collect();
-        for h in &mine {
+        let Some(mine) = sessions.get(device) else {
+            return 0;
+        };
+        for h in mine.values() {
             h.disabled.store(true, Ordering::Relaxed);
             h.end.cancel();
         }

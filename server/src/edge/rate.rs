@@ -1,6 +1,6 @@
-//! The publish rate limit: a token bucket per session.
+//! The publish and subscribe rate limits: a token bucket per session.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A token bucket of publishes: `rate` per second, with one second's worth
 /// (at least 10) of burst, so a device that wakes and flushes a backlog is
@@ -24,11 +24,28 @@ impl Bucket {
         }
     }
 
-    /// Whether one more publish may pass at `now`.
-    pub(super) fn take(&mut self, now: Instant) -> bool {
+    /// Adds the tokens earned since the last look.
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
+    /// Whether one more may pass at `now`, without taking it; if not, when
+    /// it may.
+    pub(super) fn ready(&mut self, now: Instant) -> Result<(), Instant> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            Ok(())
+        } else {
+            let wait = (1.0 - self.tokens) / self.rate;
+            Err(now + Duration::from_secs_f64(wait))
+        }
+    }
+
+    /// Whether one more may pass at `now`; if so, it is counted.
+    pub(super) fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -40,8 +57,6 @@ impl Bucket {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -56,5 +71,21 @@ mod tests {
             b.take(start + Duration::from_millis(20)),
             "refilled at the rate"
         );
+    }
+
+    #[test]
+    fn an_empty_bucket_says_when_the_next_one_may_pass() {
+        let start = Instant::now();
+        let mut b = Bucket::new(100.0);
+        b.last = start;
+        while b.take(start) {}
+        let at = b.ready(start).expect_err("empty");
+        let wait = at - start;
+        assert!(
+            wait > Duration::from_millis(9) && wait <= Duration::from_millis(10),
+            "{wait:?}"
+        );
+        assert_eq!(b.ready(at), Ok(()), "ready when it said");
+        assert!(b.take(at));
     }
 }

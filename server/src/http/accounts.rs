@@ -19,9 +19,10 @@ use crate::audit::{action, Audit};
 use crate::auth::{Auth, AuthError, Caller, Via};
 use crate::store::accounts::AccountRow;
 
-/// Refuses callers that signed in with an API token: minting tokens and
-/// changing the password need the person at the dashboard, so that a
-/// leaked token cannot make itself permanent.
+/// Refuses callers that signed in with an API token: minting tokens,
+/// creating accounts, changing roles and setting passwords need the person
+/// at the dashboard, so that a leaked token cannot make itself permanent
+/// (by minting a token, or an admin it knows the password of).
 fn session_only(caller: &Caller) -> Result<(), HttpError> {
     match caller.via {
         Via::Session(_) => Ok(()),
@@ -158,7 +159,9 @@ async fn account(auth: &Auth, name: &str) -> Result<Account, HttpError> {
     request_body = NewAccount,
     responses((status = 201, body = Account),
         (status = 400, description = "Invalid name, password or body", body = ErrorBody),
-        (status = 409, description = "The name is taken", body = ErrorBody), Refused))]
+        (status = 409, description = "The name is taken", body = ErrorBody),
+        (status = 401, description = "No valid session or token", body = ErrorBody),
+        (status = 403, description = "Not an admin, or an API token (creating accounts needs a dashboard session)", body = ErrorBody)))]
 pub async fn add_user(
     State(auth): State<Arc<Auth>>,
     State(audit): State<Audit>,
@@ -166,6 +169,7 @@ pub async fn add_user(
     Extension(ClientIp(ip)): Extension<ClientIp>,
     request: Result<Json<NewAccount>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Account>), HttpError> {
+    session_only(&caller)?;
     let request = json_body(request)?;
     auth.add_account(&request.name, &request.password, request.role)
         .await?;
@@ -193,7 +197,7 @@ pub async fn add_user(
         (status = 404, description = "No such account", body = ErrorBody),
         (status = 409, description = "The last admin cannot be demoted", body = ErrorBody),
         (status = 401, description = "No valid session or token", body = ErrorBody),
-        (status = 403, description = "Not an admin, or an admin resetting their own password here", body = ErrorBody)))]
+        (status = 403, description = "Not an admin, an API token (changing accounts needs a dashboard session), or an admin resetting their own password here", body = ErrorBody)))]
 pub async fn change_user(
     State(auth): State<Arc<Auth>>,
     State(audit): State<Audit>,
@@ -202,6 +206,7 @@ pub async fn change_user(
     Path(name): Path<String>,
     change: Result<Json<AccountChange>, JsonRejection>,
 ) -> Result<Json<Account>, HttpError> {
+    session_only(&caller)?;
     let change = json_body(change)?;
     account(&auth, &name).await?;
     if change.password.is_some() && name == caller.name {

@@ -83,12 +83,18 @@ impl From<export::BadQuery> for HttpError {
     }
 }
 
-/// A JSON body, or 400 with why it could not be read.
+/// A JSON body, or 400 with why it could not be read (413 if it was over
+/// `--max-request-bytes`).
 pub(crate) fn json_body<T>(
     body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
 ) -> Result<T, HttpError> {
-    body.map(|Json(b)| b)
-        .map_err(|e| HttpError::BadRequest(e.body_text()))
+    body.map(|Json(b)| b).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::TooLarge(e.body_text())
+        } else {
+            HttpError::BadRequest(e.body_text())
+        }
+    })
 }
 
 impl IntoResponse for HttpError {

@@ -23,6 +23,7 @@ pub mod openapi;
 mod operations;
 mod pages;
 pub mod routes;
+pub mod serve;
 pub mod socket;
 
 pub(crate) use error::json_body;
@@ -31,7 +32,7 @@ pub use error::HttpError;
 use std::sync::Arc;
 
 use app::api::SharedBackend;
-use axum::extract::FromRef;
+use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::{header, HeaderValue, Method};
 use axum::routing::get;
 use axum::Router;
@@ -39,6 +40,7 @@ use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use tower_http::compression::CompressionLayer;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -70,6 +72,8 @@ pub struct AppState {
     pub retain_raw_ms: Option<i64>,
     pub auth: Arc<Auth>,
     pub audit: Audit,
+    /// The largest request body accepted.
+    pub max_request_bytes: usize,
 }
 
 /// Every JSON route with its rule. The router and [`route_rules`] are both
@@ -232,6 +236,7 @@ pub fn router(state: AppState) -> Router {
     let leptos = state.leptos.clone();
     let pkg = ServeDir::new(std::path::Path::new(&*leptos.site_root).join("pkg"));
     let api = api_table();
+    let max_request_bytes = state.max_request_bytes;
     let gate = Gate {
         auth: state.auth.clone(),
         rules: Arc::new(routes::Rules::new(&with_pages_and_socket(api.rules))),
@@ -273,5 +278,11 @@ pub fn router(state: AppState) -> Router {
         .layer(CompressionLayer::new())
         .merge(ws)
         .route_layer(axum::middleware::from_fn_with_state(gate, guard::gate))
+        // Every body is bounded, whether a handler reads it with an
+        // extractor (which `DefaultBodyLimit` governs) or as a stream (the
+        // server functions), so no request can make the server buffer
+        // more than this.
+        .layer(DefaultBodyLimit::max(max_request_bytes))
+        .layer(RequestBodyLimitLayer::new(max_request_bytes))
         .layer(axum::middleware::from_fn(guard::security_headers))
 }

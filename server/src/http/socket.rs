@@ -3,21 +3,25 @@
 //! changes and counters as they come.
 //!
 //! A viewer that cannot take a message within [`SEND_TIMEOUT`] is
-//! disconnected, and one whose sign-in ends or is revoked is closed.
+//! disconnected, and one whose sign-in ends or is revoked is closed. An
+//! account may hold `--max-live-sockets-per-account` sockets, and each may
+//! watch `--max-devices-per-live-socket` devices.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use app::model::{ClientMsg, ServerMsg};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, Caller};
 use crate::command::Commands;
+use crate::http::error::HttpError;
 use crate::live::{readings_frame, Hub, Subscription};
 use crate::metrics::Metrics;
 use crate::presence::Tracker;
@@ -51,6 +55,46 @@ pub struct Live {
     /// How often a socket checks that its session or token still holds
     /// (and so keeps its session in use).
     pub recheck: Duration,
+    /// Live sockets open, by account id.
+    pub sockets: Arc<Mutex<HashMap<i64, usize>>>,
+    pub max_sockets_per_account: usize,
+    /// Devices one socket may watch.
+    pub max_devices: usize,
+}
+
+/// An account's place among its live sockets, given back on drop.
+struct Place {
+    sockets: Arc<Mutex<HashMap<i64, usize>>>,
+    account: i64,
+}
+
+impl Place {
+    /// Takes a place for `account`, unless it holds `max` already.
+    fn take(live: &Live, account: i64) -> Option<Self> {
+        let mut open = live.sockets.lock().ok()?;
+        let held = open.entry(account).or_default();
+        if *held >= live.max_sockets_per_account {
+            return None;
+        }
+        *held += 1;
+        Some(Self {
+            sockets: live.sockets.clone(),
+            account,
+        })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.sockets.lock() {
+            if let Some(held) = open.get_mut(&self.account) {
+                *held = held.saturating_sub(1);
+                if *held == 0 {
+                    open.remove(&self.account);
+                }
+            }
+        }
+    }
 }
 
 /// `GET /ws`: upgrades to a live connection.
@@ -61,12 +105,20 @@ pub async fn websocket(
     axum::Extension(caller): axum::Extension<Caller>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let Some(place) = Place::take(&live, caller.account_id) else {
+        Metrics::add(&live.metrics.viewers_refused, 1);
+        return HttpError::Throttled(format!(
+            "this account has {} live connections open already; close a tab or dashboard",
+            live.max_sockets_per_account
+        ))
+        .into_response();
+    };
     upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| viewer(socket, live, caller))
+        .on_upgrade(move |socket| viewer(socket, live, caller, place))
 }
 
-async fn viewer(socket: WebSocket, live: Live, caller: Caller) {
+async fn viewer(socket: WebSocket, live: Live, caller: Caller, _place: Place) {
     Metrics::add(&live.metrics.viewers, 1);
     let (id, outbox) = live.hub.join();
     let (mut sink, mut stream) = socket.split();
@@ -110,7 +162,7 @@ async fn viewer(socket: WebSocket, live: Live, caller: Caller) {
                 Some(Ok(Message::Text(text))) => {
                     match serde_json::from_str::<ClientMsg>(&text) {
                         Ok(msg) => {
-                            let new = Subscription::from(msg);
+                            let new = Subscription::asked(msg, live.max_devices);
                             live.hub.subscribe(id, &outbox, &subscription, &new);
                             subscription = new;
                             // The answer to a subscription is the current

@@ -63,6 +63,9 @@ pub enum Rejection {
     TooManyFields(usize),
     /// The message parsed but carried no reading at all.
     Empty,
+    /// Readings of new metrics that would take the device past its series
+    /// limit (`--max-series-per-device`); its existing metrics still work.
+    TooManySeries { refused: u64, max: usize },
 }
 
 impl fmt::Display for Rejection {
@@ -86,6 +89,10 @@ impl fmt::Display for Rejection {
             Self::BadTimestamp(why) => write!(f, "bad ts: {why}"),
             Self::TooManyFields(n) => write!(f, "{n} fields exceed the limit of {MAX_FIELDS}"),
             Self::Empty => write!(f, "no readings in payload"),
+            Self::TooManySeries { refused, max } => write!(
+                f,
+                "{refused} readings of new metrics refused: the device has its limit of {max} metrics"
+            ),
         }
     }
 }

@@ -5,7 +5,8 @@
 
 pub mod decode;
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use app::model::Reading;
@@ -13,7 +14,7 @@ use app::model::Reading;
 use crate::acl::Telemetry;
 use crate::metrics::{LogLimiter, Metrics};
 use crate::store::queue::{Arrival, Committed, QueueFull, QueueTx};
-use decode::{decode, decode_thingsboard, parse_topic, Decoded};
+use decode::{decode, decode_thingsboard, parse_topic, Decoded, Rejection};
 
 /// Decodes messages and hands their readings to the writer.
 pub struct Ingest {
@@ -22,16 +23,26 @@ pub struct Ingest {
     /// and counted here rather than piling up in memory.
     writer: QueueTx,
     max_payload_bytes: usize,
+    series: SeriesLimit,
     reject_log: LogLimiter,
     drop_log: LogLimiter,
 }
 
 impl Ingest {
-    pub fn new(metrics: Arc<Metrics>, writer: QueueTx, max_payload_bytes: usize) -> Self {
+    /// `series` is every `(device, metric)` already stored, and
+    /// `max_series` how many metrics one device may have.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        writer: QueueTx,
+        max_payload_bytes: usize,
+        series: Vec<(String, String)>,
+        max_series: usize,
+    ) -> Self {
         Self {
             metrics,
             writer,
             max_payload_bytes,
+            series: SeriesLimit::new(series, max_series),
             reject_log: LogLimiter::new(20, Duration::from_secs(10)),
             drop_log: LogLimiter::new(5, Duration::from_secs(10)),
         }
@@ -62,9 +73,12 @@ impl Ingest {
             },
             Telemetry::ThingsBoard => decode_thingsboard(payload, now_ms, self.max_payload_bytes),
         };
+        let mut decoded = decoded;
+        let invalid = decoded.rejections.len() as u64;
+        let refused = self.series.admit(device, &mut decoded);
+        Metrics::add(&self.metrics.series_refused, refused);
         if !decoded.rejections.is_empty() {
-            self.metrics
-                .reject(Some(device), decoded.rejections.len() as u64);
+            self.metrics.reject(Some(device), invalid + refused);
             if let Some(suppressed) = self.reject_log.allow() {
                 let topic: String = topic.chars().take(128).collect();
                 let reasons: Vec<String> =
@@ -133,5 +147,59 @@ impl Ingest {
             };
             tracing::warn!(device, readings, suppressed, "dropped readings: {why}");
         }
+    }
+}
+
+/// The metric names each device has, which hold it to at most `max`: a
+/// device that invents a metric name per message would otherwise grow
+/// every page and API answer that lists its series, for every viewer.
+/// Readings of names it already has are always admitted. A `std` mutex,
+/// held for a few hash lookups per message and never across an `.await`.
+struct SeriesLimit {
+    max: usize,
+    known: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl SeriesLimit {
+    fn new(series: Vec<(String, String)>, max: usize) -> Self {
+        let mut known: HashMap<String, HashSet<String>> = HashMap::new();
+        for (device, metric) in series {
+            known.entry(device).or_default().insert(metric);
+        }
+        Self {
+            max,
+            known: Mutex::new(known),
+        }
+    }
+
+    /// Moves the samples of `decoded` whose metric would take `device` past
+    /// the limit into its rejections, and returns how many there were.
+    fn admit(&self, device: &str, decoded: &mut Decoded) -> u64 {
+        let Ok(mut known) = self.known.lock() else {
+            return 0;
+        };
+        let mine = match known.get_mut(device) {
+            Some(mine) => mine,
+            None => known.entry(device.to_owned()).or_default(),
+        };
+        let mut refused = 0;
+        let max = self.max;
+        decoded.samples.retain(|s| {
+            if mine.contains(&s.metric) {
+                return true;
+            }
+            if mine.len() < max {
+                mine.insert(s.metric.clone());
+                return true;
+            }
+            refused += 1;
+            false
+        });
+        if refused > 0 {
+            decoded
+                .rejections
+                .push(Rejection::TooManySeries { refused, max });
+        }
+        refused
     }
 }

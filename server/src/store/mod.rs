@@ -99,7 +99,39 @@ const WAL_AUTOCHECKPOINT_PAGES: u32 = 64 * 1024;
 /// How often the background checkpoint runs; see [`Store::checkpoints`].
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
-async fn connect(url: &str, pool: Pool) -> Result<DatabaseConnection, DbErr> {
+/// When SQLite makes a commit durable, and so what a PUBACK promises.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous=FULL`: every commit is fsynced before it returns, so
+    /// an acknowledged reading survives power loss and an OS crash. With
+    /// batched commits this costs little (BENCHMARKS.md).
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: WAL commits reach the OS at once and the disk
+    /// at checkpoints, so an acknowledged reading survives the process
+    /// being killed, but the last moments before power loss or an OS crash
+    /// may be lost.
+    Normal,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(Self::Full),
+            "normal" => Ok(Self::Normal),
+            _ => Err(format!("unknown sync mode {s:?}: use full or normal")),
+        }
+    }
+}
+
+async fn connect(
+    url: &str,
+    pool: Pool,
+    durability: Durability,
+) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
     let (connections, statements) = match pool {
         Pool::Writer => (1, WRITER_STATEMENT_CACHE),
@@ -114,15 +146,18 @@ async fn connect(url: &str, pool: Pool) -> Result<DatabaseConnection, DbErr> {
         .acquire_timeout(Duration::from_secs(10))
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |o: SqliteConnectOptions| {
-            // WAL lets readers proceed during a write transaction, and
-            // NORMAL sync in WAL mode is durable against process crashes
-            // (the common case: a restart) while avoiding an fsync per
-            // commit. busy_timeout covers the moments when two connections
-            // want the write lock.
+            // WAL lets readers proceed during a write transaction; how
+            // durable a commit is, is the operator's choice (`--sync`).
+            // busy_timeout covers the moments when two connections want
+            // the write lock.
+            let synchronous = match durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            };
             let o = o
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
+                .synchronous(synchronous)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
                 // A prepared multi-row INSERT with thousands of parameters
@@ -151,8 +186,14 @@ async fn connect(url: &str, pool: Pool) -> Result<DatabaseConnection, DbErr> {
 impl Store {
     /// Connects and brings the schema up to date.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, Durability::default()).await
+    }
+
+    /// Connects with SQLite commits as durable as `durability` says (on
+    /// PostgreSQL, the server's own `synchronous_commit` decides).
+    pub async fn open_with(url: &str, durability: Durability) -> Result<Self, StoreError> {
         let shown = redact_url(url);
-        let db = connect(url, Pool::Readers)
+        let db = connect(url, Pool::Readers, durability)
             .await
             .map_err(|source| StoreError::Open {
                 url: shown.clone(),
@@ -164,7 +205,7 @@ impl Store {
                 url: shown.clone(),
                 source,
             })?;
-        let writer_db = connect(url, Pool::Writer)
+        let writer_db = connect(url, Pool::Writer, durability)
             .await
             .map_err(|source| StoreError::Open { url: shown, source })?;
         Ok(Self { db, writer_db })
@@ -409,6 +450,31 @@ impl Store {
     /// [`registry::is_secured`].
     pub async fn is_secured(&self, id: &str) -> Result<bool, StoreError> {
         registry::is_secured(&self.db, id).await
+    }
+
+    /// Every series as `(device name, metric)`, for ingest to hold each
+    /// device to its series limit from the first reading after a start.
+    pub async fn all_series(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let names: HashMap<i64, String> = device::Entity::find()
+            .select_only()
+            .column(device::Column::Id)
+            .column(device::Column::Name)
+            .into_tuple::<(i64, String)>()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .collect();
+        let series: Vec<(i64, String)> = series::Entity::find()
+            .select_only()
+            .column(series::Column::DeviceId)
+            .column(series::Column::Metric)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(series
+            .into_iter()
+            .filter_map(|(device, metric)| Some((names.get(&device)?.clone(), metric)))
+            .collect())
     }
 
     /// The series of device `name` as `(series id, metric)`, only `metric`

@@ -5,6 +5,7 @@
 //! reload shows the same data.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -340,7 +341,11 @@ pub async fn run(
         last_start = Some(started);
         heavy = batch.len() >= HEAVY_BATCH;
         let stored = loop {
-            match writer.write(&batch).await {
+            let result = writer.write(&batch).await;
+            metrics
+                .store_failing
+                .store(u64::from(result.is_err()), Ordering::Relaxed);
+            match result {
                 Ok(()) => break true,
                 Err(e) if give_up.is_cancelled() => {
                     tracing::error!("dropping {} readings at shutdown: {e}", batch.len());

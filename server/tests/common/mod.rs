@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -306,6 +308,53 @@ async fn drive(mut events: EventLoop, acked: Arc<AtomicU64>) {
     }
 }
 
+/// A QoS 1 device that remembers which of its values were acknowledged.
+pub struct Counting {
+    pub client: AsyncClient,
+    pub acked: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
+    /// Publishes written to the socket so far.
+    pub sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Counting {
+    pub fn start(broker: SocketAddr, id: &str) -> Self {
+        let mut o = MqttOptions::new(id, broker.ip().to_string(), broker.port());
+        o.set_keep_alive(Duration::from_secs(5));
+        let (client, mut events) = AsyncClient::new(o, 1000);
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let seen = acked.clone();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let written = sent.clone();
+        tokio::spawn(async move {
+            // Values go out in order, so each outgoing packet id belongs to
+            // the next value; a PUBACK then names the value it confirms.
+            let mut next_value = 0u64;
+            let mut in_flight = std::collections::HashMap::new();
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+                        in_flight.insert(pkid, next_value);
+                        next_value += 1;
+                        written.store(next_value, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(ack))) => {
+                        if let Some(v) = in_flight.remove(&ack.pkid) {
+                            seen.lock().expect("lock").insert(v);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        Self {
+            client,
+            acked,
+            sent,
+        }
+    }
+}
+
 /// Polls `check` until it holds, failing the test after 15 seconds.
 pub async fn wait_for<F, Fut>(what: &str, mut check: F)
 where
@@ -466,5 +515,205 @@ pub fn testid_text(page: &str, id: &str) -> Option<String> {
             text.push_str(&rest[..end]);
             rest = &rest[end..];
         }
+    }
+}
+
+impl Counting {
+    /// Publishes the next values to `topic` at QoS 1, `per_ms` every
+    /// millisecond, until the client is closed or the task aborted.
+    pub fn publish_steadily(&self, topic: &str, per_ms: u64) -> JoinHandle<()> {
+        let client = self.client.clone();
+        let topic = topic.to_owned();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            let mut i = 0u64;
+            loop {
+                tick.tick().await;
+                for _ in 0..per_ms {
+                    if client
+                        .publish(&topic, QoS::AtLeastOnce, false, i.to_string())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    i += 1;
+                }
+            }
+        })
+    }
+
+    /// How many values have been acknowledged.
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().expect("lock").len()
+    }
+}
+
+/// The values stored for `device`'s `metric` in the database at `url`,
+/// read straight from the store.
+pub async fn stored_values(
+    url: &str,
+    device: &str,
+    metric: &str,
+) -> std::collections::BTreeSet<u64> {
+    let store = server::store::Store::open(url).await.expect("open store");
+    let Some(series) = store.series_of(device, Some(metric)).await.expect("series") else {
+        return std::collections::BTreeSet::new();
+    };
+    let mut values = std::collections::BTreeSet::new();
+    for (series_id, _) in series {
+        let mut after = None;
+        loop {
+            let page = store
+                .readings_page(series_id, i64::MIN, i64::MAX, after, 100_000)
+                .await
+                .expect("readings");
+            let Some(&(ts, id, _)) = page.last() else {
+                break;
+            };
+            values.extend(page.iter().map(|&(_, _, v)| v as u64));
+            after = Some((ts, id));
+        }
+    }
+    values
+}
+
+/// The resident memory of process `pid` in KiB. An unreadable figure
+/// fails the test rather than pass any bound.
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
+    assert!(kib > 0, "VmRSS of {pid} reads as zero");
+    kib
+}
+
+/// A PostgreSQL server of a test's own, on a free loopback port, which the
+/// test may restart or stop without disturbing the shared one. Stopped and
+/// removed on drop.
+pub struct OwnPostgres {
+    pub url: String,
+    bin: PathBuf,
+    data: PathBuf,
+}
+
+impl OwnPostgres {
+    /// Starts one with Debian's PostgreSQL. Without it the test is skipped,
+    /// unless `SIGHTLINE_REQUIRE_POSTGRES=1`, when it fails.
+    pub fn start() -> Option<Self> {
+        let required = std::env::var("SIGHTLINE_REQUIRE_POSTGRES").as_deref() == Ok("1");
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|dirs| {
+                dirs.filter_map(Result::ok)
+                    .map(|d| d.path().join("bin"))
+                    .filter(|b| b.join("pg_ctl").exists())
+                    .max()
+            });
+        let Some(bin) = bin else {
+            assert!(
+                !required,
+                "SIGHTLINE_REQUIRE_POSTGRES=1 but no PostgreSQL is installed"
+            );
+            eprintln!("skipped: no PostgreSQL under /usr/lib/postgresql");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let data = std::env::temp_dir().join(format!(
+            "sightline-own-pg-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&data).expect("data dir");
+        let own = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            bin,
+            data,
+        };
+        own.as_postgres(&format!("chown postgres {}", own.data.display()), false);
+        own.as_postgres(
+            &format!(
+                "{}/initdb -D {} -A trust -U postgres",
+                own.bin.display(),
+                own.data.display()
+            ),
+            true,
+        );
+        own.pg_ctl(&format!(
+            "-l {}/log -w -o '-p {port} -k {} -c listen_addresses=127.0.0.1' start",
+            own.data.display(),
+            own.data.display()
+        ));
+        Some(own)
+    }
+
+    /// Restarts it the way an operator would, without waiting for clients
+    /// to leave.
+    pub fn restart(&self) {
+        // With its log named, as at start: otherwise the new server
+        // inherits the pipe this waits on, and the wait never ends.
+        self.pg_ctl(&format!(
+            "-l {}/log -m fast -w restart",
+            self.data.display()
+        ));
+    }
+
+    fn pg_ctl(&self, args: &str) {
+        self.as_postgres(
+            &format!(
+                "{}/pg_ctl -D {} {args}",
+                self.bin.display(),
+                self.data.display()
+            ),
+            true,
+        );
+    }
+
+    /// Runs `command` through `su postgres` (PostgreSQL refuses to run as
+    /// root), or as root when `as_user` is false.
+    fn as_postgres(&self, command: &str, as_user: bool) {
+        let mut run = if as_user {
+            let mut c = std::process::Command::new("su");
+            c.args(["postgres", "-c", command]);
+            c
+        } else {
+            let mut c = std::process::Command::new("sh");
+            c.args(["-c", command]);
+            c
+        };
+        let out = run
+            .current_dir("/")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {command}: {e}"));
+        assert!(
+            out.status.success(),
+            "{command} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("su")
+            .args([
+                "postgres",
+                "-c",
+                &format!(
+                    "{}/pg_ctl -D {} -m immediate -w stop",
+                    self.bin.display(),
+                    self.data.display()
+                ),
+            ])
+            .current_dir("/")
+            .output();
+        let _ = std::fs::remove_dir_all(&self.data);
     }
 }

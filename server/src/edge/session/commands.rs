@@ -13,6 +13,7 @@ use super::end::End;
 use super::{log_denied, Session};
 use crate::acl::{self, Route};
 use crate::edge::codec::{Outbound, Version};
+use crate::metrics::Metrics;
 
 impl Session<'_> {
     /// Hands a device's answer to a command to the command service. The
@@ -26,11 +27,8 @@ impl Session<'_> {
         qos: QoS,
         pkid: u16,
     ) -> Result<(), End> {
-        if !self.bucket.take(Instant::now()) {
-            let metrics = &self.edge.metrics;
-            metrics.refuse(&metrics.edge.rate_limited, Some(&self.device));
-            return Err(End::RateLimited);
-        }
+        // The serve loop waited for the rate before reading this packet.
+        self.bucket.take(Instant::now());
         let taken = self
             .edge
             .commands
@@ -40,6 +38,20 @@ impl Session<'_> {
         if qos != QoS::AtMostOnce {
             self.acks.at_once(pkid, qos == QoS::ExactlyOnce, taken);
             self.release_acks();
+        }
+        Ok(())
+    }
+
+    /// Checks a SUBSCRIBE or UNSUBSCRIBE of `filters` filters against the
+    /// subscribe rate and the filters-per-packet limit. Either is abuse, not
+    /// a mistake a device makes in the field (a device needs at most a few
+    /// filters, once per connection), so it closes the connection.
+    pub(super) fn subscribe_allowed(&mut self, filters: usize) -> Result<(), End> {
+        if !self.subscribe_bucket.take(Instant::now()) {
+            return Err(End::SubscribeFlood);
+        }
+        if filters > self.edge.settings.max_filters_per_subscribe {
+            return Err(End::TooManyFilters);
         }
         Ok(())
     }
@@ -68,7 +80,15 @@ impl Session<'_> {
             } else {
                 QoS::AtLeastOnce
             };
+            // A session holds at most `--max-subscriptions` filters, each a
+            // subscription in the router.
+            let full = !self.subscribed.contains_key(filter)
+                && self.subscribed.len() >= self.edge.settings.max_subscriptions;
             let ok = match allowed {
+                Some(_) if full => {
+                    Metrics::add(&metrics.edge.subscriptions_refused, 1);
+                    false
+                }
                 Some(broker_filter) => match self.link_tx() {
                     Some(tx) => match tx.subscribe(broker_filter) {
                         Ok(_) => {

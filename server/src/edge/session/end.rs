@@ -24,8 +24,12 @@ pub(super) enum End {
     Shutdown,
     /// The device used a topic that is not its own.
     Denied,
-    /// The device published faster than allowed.
-    RateLimited,
+    /// The device sent SUBSCRIBE or UNSUBSCRIBE faster than allowed.
+    SubscribeFlood,
+    /// The device sent a SUBSCRIBE with more filters than allowed.
+    TooManyFilters,
+    /// The device began a packet and did not finish it in time.
+    PacketTimeout,
     /// A packet exceeded the size limit.
     TooLarge,
     /// A malformed packet or a protocol violation.
@@ -45,7 +49,9 @@ impl End {
             Self::Disabled => "device disabled".into(),
             Self::Shutdown => "server stopped".into(),
             Self::Denied => "refused: topic not allowed".into(),
-            Self::RateLimited => "refused: publish rate exceeded".into(),
+            Self::SubscribeFlood => "refused: subscribe rate exceeded".into(),
+            Self::TooManyFilters => "refused: too many filters in one SUBSCRIBE".into(),
+            Self::PacketTimeout => "a packet was not finished in time".into(),
             Self::TooLarge => "refused: packet too large".into(),
             Self::Protocol(why) => format!("protocol error: {why}"),
             Self::WriteStalled => "stopped reading".into(),
@@ -67,7 +73,8 @@ impl End {
             Self::TakenOver => Some(Goodbye::SessionTakenOver),
             Self::Shutdown => Some(Goodbye::ShuttingDown),
             Self::Denied | Self::Disabled => Some(Goodbye::NotAuthorized),
-            Self::RateLimited => Some(Goodbye::RateTooHigh),
+            Self::SubscribeFlood => Some(Goodbye::RateTooHigh),
+            Self::TooManyFilters | Self::PacketTimeout => Some(Goodbye::ProtocolError),
             Self::TooLarge => Some(Goodbye::PacketTooLarge),
             Self::Protocol(_) => Some(Goodbye::ProtocolError),
             Self::Disconnect

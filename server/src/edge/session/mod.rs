@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::{Ack, Acks};
 use super::codec::{ConnectCode, Inbound, Outbound, ReadError, Version, Will};
-use super::login::{keep_alive_limit, login, Admitted, READ_CHUNK, WRITE_TIMEOUT};
+use super::login::{keep_alive, keep_alive_limit, login, Admitted, READ_CHUNK, WRITE_TIMEOUT};
 use super::rate::Bucket;
 use super::{Edge, SocketGuard};
 use crate::acl;
@@ -58,6 +58,8 @@ pub(super) async fn run<S>(
     let session_id = edge
         .next_session
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let settings = &edge.settings;
+    let keep_alive = keep_alive(connect.keep_alive, settings.max_keep_alive);
     let mut session = Session {
         edge,
         device: String::new(),
@@ -71,7 +73,7 @@ pub(super) async fn run<S>(
         disabled: std::sync::Arc::default(),
         stop: stop.clone(),
         version,
-        keep_alive: keep_alive_limit(connect.keep_alive),
+        keep_alive: keep_alive_limit(keep_alive),
         will: connect.will,
         out: BytesMut::new(),
         acks: Acks::default(),
@@ -80,11 +82,27 @@ pub(super) async fn run<S>(
         in_flight: HashMap::new(),
         last_pkid: 0,
         link_name: format!("device-{session_id}"),
-        bucket: Bucket::new(edge.settings.max_publish_rate),
+        bucket: Bucket::new(settings.max_publish_rate),
+        subscribe_bucket: Bucket::new(settings.max_subscribe_rate),
         ended_because: String::new(),
     };
     if let Some(device) = device {
-        session.bind(device);
+        if !session.bind(device.clone()) {
+            edge.metrics
+                .refuse(&edge.metrics.edge.device_connections_refused, Some(&device));
+            tracing::info!(%device, %peer, "refused a connection: the device holds its most connections");
+            session.say(Outbound::ConnAck {
+                code: ConnectCode::QuotaExceeded,
+                assigned_id: None,
+                keep_alive: None,
+            });
+            let _ = session.flush(&mut wr).await;
+            edge.metrics
+                .edge
+                .sessions
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
     }
     session.say(Outbound::ConnAck {
         code: ConnectCode::Accepted,
@@ -92,6 +110,7 @@ pub(super) async fn run<S>(
             .client_id
             .is_empty()
             .then(|| session.client_id.clone()),
+        keep_alive: (keep_alive != connect.keep_alive).then_some(keep_alive),
     });
     let end = match session.flush(&mut wr).await {
         Ok(()) => session.serve(&mut rd, &mut wr, inbuf, &stop).await,
@@ -129,7 +148,9 @@ struct Session<'a> {
     /// Fires when the server stops.
     stop: CancellationToken,
     version: Version,
-    keep_alive: Option<Duration>,
+    /// How long the device may stay silent: 1.5 times its keep-alive,
+    /// which is never 0 (none) nor above the server's maximum.
+    keep_alive: Duration,
     will: Option<Will>,
     /// Packets waiting to be written, sent after each round of reading.
     out: BytesMut,
@@ -144,23 +165,35 @@ struct Session<'a> {
     in_flight: HashMap<u16, String>,
     last_pkid: u16,
     link_name: String,
+    /// Publishes allowed by `--max-publish-rate`.
     bucket: Bucket,
+    /// SUBSCRIBEs and UNSUBSCRIBEs allowed by `--max-subscribe-rate`.
+    subscribe_bucket: Bucket,
     ended_because: String,
 }
 
 impl Session<'_> {
-    /// Makes this session the device's current one and marks it online.
-    fn bind(&mut self, device: String) {
-        self.edge.sessions.claim(
-            (device.clone(), self.client_id.clone()),
-            self.session_id,
-            self.replaced.clone(),
-            self.disabled.clone(),
-        );
+    /// Makes this session the device's current one and marks it online;
+    /// false if the device already holds its most connections.
+    fn bind(&mut self, device: String) -> bool {
+        let handle = super::Handle {
+            session: self.session_id,
+            end: self.replaced.clone(),
+            disabled: self.disabled.clone(),
+        };
+        let max = self.edge.settings.max_connections_per_device;
+        if !self
+            .edge
+            .sessions
+            .claim(&device, &self.client_id, handle, max)
+        {
+            return false;
+        }
         self.edge
             .presence
             .connected(&device, self.session_id, now_ms());
         self.device = device;
+        true
     }
 
     /// Why `replaced` fired.
@@ -177,10 +210,9 @@ impl Session<'_> {
         if self.device.is_empty() {
             return;
         }
-        self.edge.sessions.release(
-            &(self.device.clone(), self.client_id.clone()),
-            self.session_id,
-        );
+        self.edge
+            .sessions
+            .release(&self.device, &self.client_id, self.session_id);
         self.edge.presence.disconnected(
             &self.device,
             self.session_id,
@@ -203,8 +235,12 @@ impl Session<'_> {
         };
         match self.edge.store.is_secured(owner).await {
             Ok(false) => {
-                self.bind(owner.to_owned());
-                true
+                let bound = self.bind(owner.to_owned());
+                if !bound {
+                    let metrics = &self.edge.metrics;
+                    metrics.refuse(&metrics.edge.device_connections_refused, Some(owner));
+                }
+                bound
             }
             Ok(true) => false,
             Err(e) => {
@@ -227,12 +263,29 @@ impl Session<'_> {
     {
         let (committed_tx, mut committed) = mpsc::unbounded_channel::<u16>();
         let max = self.edge.settings.max_packet_bytes;
+        let packet_timeout = self.edge.settings.packet_timeout;
         let mut last_heard = Instant::now();
+        // When the device began the packet that is still partly in
+        // `inbuf`: it must finish within `packet_timeout`, or a client
+        // could pin a buffer of up to `max` bytes by never finishing one.
+        let mut packet_began: Option<Instant> = None;
+        // Set while the device is above its publish rate: until then its
+        // socket is not read, so TCP slows it down and nobody else.
+        let mut throttled: Option<Instant> = None;
         let replaced = self.replaced.clone();
         loop {
-            // Handle every whole packet already read.
+            // Handle every whole packet already read, unless the next one
+            // is a publish beyond the rate.
             let mut handled = false;
             loop {
+                if is_publish(&inbuf) {
+                    let now = Instant::now();
+                    if let Err(ready_at) = self.bucket.ready(now) {
+                        Metrics::add(&self.edge.metrics.edge.throttled, 1);
+                        throttled = Some(ready_at);
+                        break;
+                    }
+                }
                 match self.version.read(&mut inbuf, max) {
                     Ok(packet) => {
                         handled = true;
@@ -256,16 +309,28 @@ impl Session<'_> {
             }
             // Handling may have waited for the writer; the device was heard
             // from when its packets arrived, not when they were handled.
-            if handled {
+            // While throttled, its silence is ours, not its own.
+            if handled || throttled.is_some() {
                 last_heard = Instant::now();
             }
+            packet_began = match packet_began {
+                _ if inbuf.is_empty() => None,
+                _ if handled || throttled.is_some() => Some(Instant::now()),
+                Some(began) => Some(began),
+                None => Some(Instant::now()),
+            };
             if self.flush(wr).await.is_err() {
                 return End::WriteStalled;
             }
-            if inbuf.capacity() - inbuf.len() < READ_CHUNK / 2 {
+            if inbuf.is_empty() && inbuf.capacity() > 4 * READ_CHUNK {
+                // A large packet grew the buffer; an idle connection must
+                // not keep it.
+                inbuf = BytesMut::with_capacity(READ_CHUNK);
+            } else if inbuf.capacity() - inbuf.len() < READ_CHUNK / 2 {
                 inbuf.reserve(READ_CHUNK);
             }
-            let expiry = self.keep_alive.map(|k| last_heard + k);
+            let expiry = last_heard + self.keep_alive;
+            let unfinished = packet_began.map(|began| began + packet_timeout);
             tokio::select! {
                 // Bytes waiting on the socket are looked at before the
                 // keep-alive deadline, so a device is never timed out while
@@ -283,11 +348,15 @@ impl Session<'_> {
                     }
                     self.release_acks();
                 }
-                read = rd.read_buf(&mut inbuf) => match read {
+                () = sleep_until(throttled), if throttled.is_some() => throttled = None,
+                read = rd.read_buf(&mut inbuf), if throttled.is_none() => match read {
                     Ok(0) | Err(_) => return End::SocketClosed,
                     Ok(_) => last_heard = Instant::now(),
                 },
-                () = sleep_until(expiry) => return End::KeepAlive,
+                () = tokio::time::sleep_until(expiry.into()), if throttled.is_none() => {
+                    return End::KeepAlive;
+                }
+                () = sleep_until(unfinished), if throttled.is_none() => return End::PacketTimeout,
                 delivery = next_delivery(&mut self.link) => self.deliver(delivery).await,
             }
         }
@@ -322,10 +391,12 @@ impl Session<'_> {
                 Ok(())
             }
             Inbound::Subscribe { pkid, filters } => {
+                self.subscribe_allowed(filters.len())?;
                 self.subscribe(pkid, &filters).await;
                 Ok(())
             }
             Inbound::Unsubscribe { pkid, filters } => {
+                self.subscribe_allowed(filters.len())?;
                 self.unsubscribe(pkid, &filters);
                 Ok(())
             }
@@ -358,10 +429,8 @@ impl Session<'_> {
         committed: &mpsc::UnboundedSender<u16>,
     ) -> Result<(), End> {
         let metrics = &self.edge.metrics;
-        if !self.bucket.take(Instant::now()) {
-            metrics.refuse(&metrics.edge.rate_limited, Some(&self.device));
-            return Err(End::RateLimited);
-        }
+        // The serve loop waited for the rate before reading this packet.
+        self.bucket.take(Instant::now());
         if self.device.is_empty() && !self.bind_by_topic(topic).await {
             metrics.refuse(&metrics.edge.denied, None);
             log_denied("<anonymous>", "publish to", topic);
@@ -476,6 +545,11 @@ impl Session<'_> {
         match &end {
             End::KeepAlive => Metrics::add(&metrics.edge.keepalive_expired, 1),
             End::TooLarge => metrics.refuse(&metrics.edge.too_large, Some(&self.device)),
+            End::SubscribeFlood | End::TooManyFilters => {
+                metrics.refuse(&metrics.edge.subscribe_abuse, Some(&self.device));
+                tracing::info!(device = %self.device, "closing: {}", end.reason());
+            }
+            End::PacketTimeout => Metrics::add(&metrics.edge.packet_timeouts, 1),
             End::Protocol(why) => {
                 Metrics::add(&metrics.edge.protocol_errors, 1);
                 tracing::info!(device = %self.device, "closing: protocol error: {why}");
@@ -534,6 +608,12 @@ fn log_denied(device: &str, action: &str, topic: &str) {
             topic.escape_debug().to_string()
         );
     }
+}
+
+/// Whether the next packet in `inbuf` is a PUBLISH (packet type 3), the
+/// only kind the publish rate applies to.
+fn is_publish(inbuf: &[u8]) -> bool {
+    inbuf.first().is_some_and(|b| b >> 4 == 3)
 }
 
 /// Sleeps until `deadline`, or forever without one.
