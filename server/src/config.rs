@@ -173,7 +173,7 @@ impl Default for Config {
             max_live_sockets_per_account: 32,
             max_devices_per_live_socket: 256,
             database_url: DatabaseUrl::from("sqlite://sightline.db?mode=rwc"),
-            sync: Durability::Full,
+            sync: Durability::Normal,
             site_root: PathBuf::from("target/site"),
             max_payload_bytes: 64 * 1024,
             demo: false,
@@ -374,7 +374,7 @@ pub struct Overrides {
         hide_env_values = true
     )]
     pub database_url: Option<DatabaseUrl>,
-    /// When a SQLite commit (and so a PUBACK) is durable: full survives power loss, normal only the process being killed [default: full].
+    /// When a SQLite commit (and so a PUBACK) is durable: full survives power loss, normal only the process being killed [default: normal].
     #[arg(long, env = "SIGHTLINE_SYNC", value_name = "full|normal")]
     pub sync: Option<Durability>,
     /// Folder whose pkg/ holds the built front end (WASM, JS, CSS, ECharts) [default: target/site].

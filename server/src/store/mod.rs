@@ -100,18 +100,21 @@ const WAL_AUTOCHECKPOINT_PAGES: u32 = 64 * 1024;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// When SQLite makes a commit durable, and so what a PUBACK promises.
+/// `Normal` is the default because `Full` doubled the median
+/// publish-to-screen latency on the project's machines (an fsync per
+/// small commit), far over the 10 % it could cost; see BENCHMARKS.md.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// `synchronous=FULL`: every commit is fsynced before it returns, so
-    /// an acknowledged reading survives power loss and an OS crash. With
-    /// batched commits this costs little (BENCHMARKS.md).
-    #[default]
+    /// an acknowledged reading survives power loss and an OS crash.
+    /// Throughput is unchanged (commits are batched); latency is not.
     Full,
     /// `synchronous=NORMAL`: WAL commits reach the OS at once and the disk
     /// at checkpoints, so an acknowledged reading survives the process
     /// being killed, but the last moments before power loss or an OS crash
     /// may be lost.
+    #[default]
     Normal,
 }
 
