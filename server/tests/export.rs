@@ -97,24 +97,10 @@ async fn export_streams_every_row_in_order_in_both_formats() {
     server.stop().await.expect("clean shutdown");
 }
 
-/// The resident memory of process `pid`, in KiB. An unreadable figure
-/// fails the test: reading it as zero would pass any bound.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
-    assert!(kib > 0, "VmRSS of {pid} reads as zero");
-    kib
-}
-
 /// Reads a whole export of device `Exp` slowly, tracking the server's
 /// peak RSS; returns (rows, peak KiB).
 async fn slow_export(http: std::net::SocketAddr, url: &str, pid: u32) -> (u64, u64) {
-    let mut peak = rss_kib(pid);
+    let mut peak = common::rss_of(pid);
     let mut response = common::api_client(url)
         .await
         .get(format!("http://{http}/api/devices/Exp/export"))
@@ -126,7 +112,7 @@ async fn slow_export(http: std::net::SocketAddr, url: &str, pid: u32) -> (u64, u
         lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
         chunks += 1;
         if chunks % 64 == 0 {
-            peak = peak.max(rss_kib(pid));
+            peak = peak.max(common::rss_of(pid));
             // Read slowly enough that a server which buffered the body
             // instead of waiting for the client would show it.
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -149,7 +135,7 @@ async fn a_million_row_export_runs_in_flat_server_memory() {
     seed(&url, "temp", 1_000_000).await;
     let (server, http, _) = common::spawn_server(&url, &[]).await;
     let pid = server.id().expect("pid");
-    let start = rss_kib(pid);
+    let start = common::rss_of(pid);
     let mut peaks = Vec::new();
     for round in 0..3 {
         let (rows, peak) = slow_export(http, &url, pid).await;

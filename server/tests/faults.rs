@@ -293,14 +293,7 @@ async fn a_stalled_database_bounds_memory_and_loses_nothing_acknowledged() {
         grown_mib < 100,
         "memory grew by {grown_mib} MiB during a 30 s stall"
     );
-    let metrics = api
-        .get(format!("http://{http}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = common::metrics_at(&api, http).await;
     assert!(
         read_value(&metrics, "sightline_readings_dropped_total") > Some(0),
         "QoS 0 readings beyond the queue are dropped and counted"

@@ -125,14 +125,7 @@ async fn a_subscribe_flood_is_cut_off_and_pins_no_memory() {
 
     let grown_mib = common::rss_of(pid).saturating_sub(before) / 1024;
     assert!(grown_mib < 32, "the server grew by {grown_mib} MiB");
-    let metrics = api
-        .get(format!("http://{http}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = common::metrics_at(&api, http).await;
     assert_eq!(
         read_value(&metrics, "sightline_edge_subscribe_abuse_total"),
         Some(3),

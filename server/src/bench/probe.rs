@@ -156,10 +156,20 @@ pub(super) fn last_commit(samples: &[(Instant, u64)], stored: u64) -> Option<Ins
 
 /// The peak resident set of a process, from `/proc/PID/status`.
 pub(super) fn peak_rss(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// The current resident set of a process, from `/proc/PID/status`.
+pub(super) fn rss(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A size in bytes from the `field` line (in kB) of `/proc/PID/status`.
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()

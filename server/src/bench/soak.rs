@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::probe::metric;
+use super::probe::{metric, rss};
 use super::{free_addr, in_scratch, start_server, stop_server, Api, BenchOptions};
 use crate::simulate::{self, SimOptions};
 
@@ -117,7 +117,7 @@ async fn soak_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<String> {
         let minute = started.elapsed().as_secs_f64() / 60.0;
         let sample = Sample {
             minute,
-            rss_mib: rss_bytes(pid).unwrap_or(0) as f64 / (1024.0 * 1024.0),
+            rss_mib: rss(pid).unwrap_or(0) as f64 / (1024.0 * 1024.0),
             fds: open_fds(pid).unwrap_or(0) as f64,
             tasks: metric(&api.client, http, "sightline_runtime_tasks")
                 .await
@@ -179,20 +179,6 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     } else {
         cov / var
     }
-}
-
-/// A process's current resident set, from `/proc/PID/status`.
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 /// How many file descriptors a process has open.

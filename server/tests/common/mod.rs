@@ -426,6 +426,18 @@ pub fn client_with(token: &str) -> reqwest::Client {
         .expect("client")
 }
 
+/// The Prometheus text of the server (in-process or child) at `http`, read
+/// with `api`, a client that may see it.
+pub async fn metrics_at(api: &reqwest::Client, http: SocketAddr) -> String {
+    api.get(format!("http://{http}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
 /// An admin client for a server (in-process or child) on `db_url`.
 pub async fn api_client(db_url: &str) -> reqwest::Client {
     client_with(&admin_token(db_url).await)
