@@ -8,6 +8,7 @@ mod m20261129_000002_device_credentials;
 mod m20261129_000003_rollups;
 mod m20261129_000004_commands;
 mod m20261129_000005_accounts;
+mod m20261206_000006_reading_cascade;
 
 /// Applies every migration in order.
 #[derive(Debug)]
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000003_rollups::Migration),
             Box::new(m20261129_000004_commands::Migration),
             Box::new(m20261129_000005_accounts::Migration),
+            Box::new(m20261206_000006_reading_cascade::Migration),
         ]
     }
 }

@@ -239,6 +239,11 @@ struct BenchArgs {
     /// Keep the database and the server's log, and print where they are.
     #[arg(long)]
     keep: bool,
+    /// Store on this PostgreSQL server, in a fresh database made for the
+    /// run and dropped after it (throughput, latency, connections and
+    /// viewers scenarios); SQLite when absent.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
     /// Extra flags for `sightline serve`, after `--`.
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -404,6 +409,7 @@ impl BenchArgs {
         opts.watch = self.watch.unwrap_or(opts.watch);
         opts.serve_args = self.serve_args;
         opts.keep = self.keep;
+        opts.postgres = self.postgres;
         opts
     }
 }

@@ -85,6 +85,9 @@ pub struct BenchOptions {
     pub serve_args: Vec<String>,
     /// Keep the database and the server's log instead of deleting them.
     pub keep: bool,
+    /// A PostgreSQL server to store on, in a fresh database made for the
+    /// run; SQLite in the run's folder when `None`.
+    pub postgres: Option<String>,
 }
 
 impl BenchOptions {
@@ -103,6 +106,7 @@ impl BenchOptions {
             server_bin,
             serve_args: Vec::new(),
             keep: false,
+            postgres: None,
         };
         match scenario {
             // 1,000 x 60 x 3 = 180,000 readings/s offered: more than the
@@ -145,6 +149,14 @@ impl BenchOptions {
 
 /// Runs the scenario `opts` selects and returns its report as text.
 pub async fn report(opts: &BenchOptions) -> anyhow::Result<String> {
+    if opts.postgres.is_some()
+        && matches!(
+            opts.scenario,
+            Scenario::History | Scenario::Commands | Scenario::Soak
+        )
+    {
+        bail!("--postgres applies to the throughput, latency, connections and viewers scenarios");
+    }
     Ok(match opts.scenario {
         Scenario::History => history::run(opts).await?,
         Scenario::Commands => commands::run(opts).await?,
@@ -198,9 +210,33 @@ fn finish(dir: PathBuf, keep: bool) -> Option<PathBuf> {
 }
 
 async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> {
+    let scratch = match &opts.postgres {
+        Some(server) => Some(
+            crate::store::scratch::create(server)
+                .await
+                .context("cannot make a database for the run")?,
+        ),
+        None => None,
+    };
+    let db_url = match &scratch {
+        Some(s) => s.url.clone(),
+        None => format!("sqlite://{}?mode=rwc", dir.join("bench.db").display()),
+    };
+    let result = measure(opts, dir, &db_url).await;
+    if let Some(scratch) = scratch {
+        if opts.keep {
+            eprintln!("kept database {}", crate::store::redact_url(&scratch.url));
+        } else if let Err(e) = scratch.drop_database().await {
+            eprintln!("cannot drop the run's database: {e}");
+        }
+    }
+    result
+}
+
+async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Result<BenchReport> {
+    let db_url = db_url.to_owned();
     let http = free_addr()?;
     let mqtt = free_addr()?;
-    let db_url = format!("sqlite://{}?mode=rwc", dir.join("bench.db").display());
     let mut server = start_server(opts, dir, http, mqtt, &db_url).await?;
     let pid = server.id().context("server has no pid")?;
     let api = Api::for_db(&db_url).await?;

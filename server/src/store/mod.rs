@@ -9,6 +9,7 @@ pub mod queue;
 pub mod registry;
 pub mod retention;
 pub mod rollup;
+pub mod scratch;
 mod url;
 pub mod writer;
 
@@ -49,6 +50,9 @@ pub enum StoreError {
     Migrate { url: String, source: DbErr },
     #[error("database error: {0}")]
     Db(#[from] DbErr),
+    /// From the PostgreSQL paths that sea-orm has no statement for.
+    #[error("database error: {0}")]
+    Sqlx(#[from] sea_orm::sqlx::Error),
 }
 
 /// A handle to the database. Cloning it is cheap and shares the pool.

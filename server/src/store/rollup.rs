@@ -6,6 +6,7 @@
 //! The tables are created by migration `m20261129_000003_rollups`, which
 //! explains the choice of widths.
 
+use sea_orm::sqlx;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, FromQueryResult, Statement, Value};
 
 /// One rollup table.
@@ -114,12 +115,19 @@ pub fn upsert_sql(backend: DatabaseBackend, level: Level, rows: usize) -> String
         }
         sql.push(')');
     }
+    sql.push_str(&merge_clause(backend, level));
+    sql
+}
+
+/// The `ON CONFLICT` clause that merges a new summary into a stored one.
+fn merge_clause(backend: DatabaseBackend, level: Level) -> String {
+    let table = level.table;
     // SQLite's two-argument MIN/MAX are PostgreSQL's LEAST/GREATEST.
     let (least, greatest) = match backend {
         DatabaseBackend::Postgres => ("LEAST", "GREATEST"),
         _ => ("MIN", "MAX"),
     };
-    sql.push_str(&format!(
+    format!(
         " ON CONFLICT (series_id, bucket) DO UPDATE SET \
          n = {table}.n + excluded.n, \
          total = {table}.total + excluded.total, \
@@ -127,8 +135,43 @@ pub fn upsert_sql(backend: DatabaseBackend, level: Level, rows: usize) -> String
          high = {greatest}({table}.high, excluded.high), \
          first_ts = {least}({table}.first_ts, excluded.first_ts), \
          last_ts = {greatest}({table}.last_ts, excluded.last_ts)"
-    ));
-    sql
+    )
+}
+
+/// Upserts `rows` into `level` on PostgreSQL as one statement whatever
+/// their number: each column travels as one array, which `UNNEST` turns
+/// back into rows. `rows` holds each (series, bucket) once, as
+/// [`summarise`] makes it, which `ON CONFLICT` requires.
+pub async fn upsert_unnest(
+    conn: &mut sqlx::PgConnection,
+    level: Level,
+    rows: &[(i64, i64, Summary)],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO {} (series_id, bucket, n, total, low, high, first_ts, last_ts) \
+         SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::float8[], \
+         $5::float8[], $6::float8[], $7::int8[], $8::int8[]){}",
+        level.table,
+        merge_clause(DatabaseBackend::Postgres, level)
+    );
+    let column = |f: fn(&(i64, i64, Summary)) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+    let real = |f: fn(&(i64, i64, Summary)) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
+    // The only text spliced in is a table name from [`LEVELS`].
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(column(|r| r.0))
+        .bind(column(|r| r.1))
+        .bind(column(|r| r.2.count))
+        .bind(real(|r| r.2.sum))
+        .bind(real(|r| r.2.min))
+        .bind(real(|r| r.2.max))
+        .bind(column(|r| r.2.first_ts))
+        .bind(column(|r| r.2.last_ts))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// The bound values of one upsert, in [`upsert_sql`]'s column order.
