@@ -12,6 +12,8 @@ need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+# The cluster tests start their own 3-node NATS cluster.
+[[ -x /usr/sbin/nats-server ]] || need_apt+=(nats-server)
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v curl >/dev/null || need_apt+=(curl)
 if ((${#need_apt[@]})); then

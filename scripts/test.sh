@@ -30,9 +30,10 @@ trap stop_postgres EXIT
 start_postgres
 
 step "unit and integration tests"
-# Tests that need PostgreSQL fail rather than skip here: CI must never pass
+# Tests that need PostgreSQL or NATS fail rather than skip here: CI must never pass
 # by leaving them out.
 export SIGHTLINE_REQUIRE_POSTGRES=1
+export SIGHTLINE_REQUIRE_NATS=1
 # Release profile: the tests share compiled dependencies with the binary
 # that the browser tests run, so CI compiles them only once.
 cargo test --release --workspace --exclude frontend

@@ -99,6 +99,15 @@ pub struct Config {
     /// When a SQLite commit, and so a PUBACK, is durable: `full` survives
     /// power loss, `normal` the process being killed.
     pub sync: Durability,
+    /// Cluster mode: the NATS servers that carry live readings between
+    /// instances. Empty (the default) runs one instance alone.
+    pub nats_urls: Vec<String>,
+    /// The first token of every bus subject, so that several Sightline
+    /// clusters can share one NATS cluster.
+    pub bus_prefix: String,
+    /// Committed batches that may wait to be published on the bus; more
+    /// are dropped (and counted) for viewers on other instances only.
+    pub bus_queue: usize,
     /// The folder whose `pkg/` holds the built front end (WASM, JS glue,
     /// CSS, `echarts.min.js`).
     pub site_root: PathBuf,
@@ -174,6 +183,9 @@ impl Default for Config {
             max_devices_per_live_socket: 256,
             database_url: DatabaseUrl::from("sqlite://sightline.db?mode=rwc"),
             sync: Durability::Normal,
+            nats_urls: Vec::new(),
+            bus_prefix: "sightline".to_owned(),
+            bus_queue: 1024,
             site_root: PathBuf::from("target/site"),
             max_payload_bytes: 64 * 1024,
             demo: false,
@@ -377,6 +389,20 @@ pub struct Overrides {
     /// When a SQLite commit (and so a PUBACK) is durable: full survives power loss, normal only the process being killed [default: normal].
     #[arg(long, env = "SIGHTLINE_SYNC", value_name = "full|normal")]
     pub sync: Option<Durability>,
+    /// Cluster mode: NATS server URLs, comma-separated (nats://HOST:PORT,...); needs PostgreSQL [default: none, one instance alone].
+    #[arg(
+        long = "nats-url",
+        env = "SIGHTLINE_NATS_URL",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    pub nats_urls: Option<Vec<String>>,
+    /// First token of every NATS subject, so clusters can share NATS [default: sightline].
+    #[arg(long, env = "SIGHTLINE_BUS_PREFIX", value_name = "TOKEN")]
+    pub bus_prefix: Option<String>,
+    /// Committed batches that may wait for the bus before live updates to other instances are dropped and counted [default: 1024].
+    #[arg(long, env = "SIGHTLINE_BUS_QUEUE", value_name = "N")]
+    pub bus_queue: Option<usize>,
     /// Folder whose pkg/ holds the built front end (WASM, JS, CSS, ECharts) [default: target/site].
     #[arg(long, env = "SIGHTLINE_SITE_ROOT", value_name = "DIR")]
     pub site_root: Option<PathBuf>,
@@ -492,6 +518,7 @@ impl Config {
                 "max_devices_per_live_socket",
                 self.max_devices_per_live_socket,
             ),
+            ("bus_queue", self.bus_queue),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -500,6 +527,20 @@ impl Config {
                     why: "must be greater than zero",
                 });
             }
+        }
+        if !self.nats_urls.is_empty() && !self.database_url.expose().starts_with("postgres") {
+            return Err(ConfigError::Invalid {
+                name: "database_url",
+                why: "cluster mode (--nats-url) needs PostgreSQL: a SQLite file belongs to one \
+                      machine, so instances would each store and serve different data",
+            });
+        }
+        let token_ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if self.bus_prefix.is_empty() || !self.bus_prefix.chars().all(token_ok) {
+            return Err(ConfigError::Invalid {
+                name: "bus_prefix",
+                why: "must be one NATS token: letters, digits, '_' or '-'",
+            });
         }
         // A batch larger than this would stall the writer for seconds per
         // transaction, and a viewer buffer beyond 64 MiB times a thousand
@@ -638,6 +679,32 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn cluster_mode_refuses_sqlite() {
+        let args = |db: &str| ServeArgs {
+            config: None,
+            overrides: Overrides {
+                nats_urls: Some(vec!["nats://127.0.0.1:4222".into()]),
+                database_url: Some(DatabaseUrl::from(db)),
+                ..Overrides::default()
+            },
+        };
+        let refused = args("sqlite://one.db?mode=rwc").resolve();
+        assert!(
+            matches!(
+                &refused,
+                Err(ConfigError::Invalid {
+                    name: "database_url",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("needs PostgreSQL"), "{message}");
+        assert!(args("postgres://sl@db/sl").resolve().is_ok());
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod broker;
+pub mod bus;
 pub mod clock;
 pub mod command;
 pub mod config;
@@ -84,6 +85,8 @@ pub enum ServeError {
     WriterFailed(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
     #[error("HTTP server failed: {0}")]
@@ -249,6 +252,31 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
     // itself knows nothing of live viewers.
     let (queue_tx, queue_rx) = store::queue::queue(config.writer_queue);
     let hub = Arc::new(live::Hub::new(metrics.clone(), config.viewer_buffer_bytes));
+    let background_stop = CancellationToken::new();
+    let mut background = Vec::new();
+    // In cluster mode, committed batches also go to the other instances'
+    // viewers over NATS, after this instance's own.
+    let bus = if config.nats_urls.is_empty() {
+        None
+    } else {
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let (bus, tasks) = bus::start(
+            &config.nats_urls,
+            &config.bus_prefix,
+            config.bus_queue,
+            &instance,
+            hub.clone(),
+            metrics.clone(),
+            background_stop.clone(),
+        )
+        .await?;
+        tracing::info!(
+            "cluster mode: instance {instance} on NATS {}",
+            config.nats_urls.join(",")
+        );
+        background.extend(tasks);
+        Some(bus)
+    };
     let writer_give_up = CancellationToken::new();
     let writer = tokio::spawn(store::writer::run(
         store.writer(),
@@ -256,10 +284,14 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         {
             let hub = hub.clone();
             move |readings, received_at| {
-                hub.publish(&live::LiveBatch {
+                let batch = live::LiveBatch {
                     readings,
                     received_at,
-                });
+                };
+                hub.publish(&batch);
+                if let Some(bus) = &bus {
+                    bus.send(batch.readings);
+                }
             }
         },
         metrics.clone(),
@@ -270,8 +302,6 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         writer_give_up.clone(),
     ));
 
-    let background_stop = CancellationToken::new();
-    let mut background = Vec::new();
     {
         let store = store.clone();
         let stop = background_stop.clone();

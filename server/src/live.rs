@@ -165,6 +165,17 @@ pub struct Hub {
     registry: Mutex<Registry>,
     metrics: Arc<Metrics>,
     outbox_cap_bytes: usize,
+    /// Woken whenever who watches what changes, for the cluster bus.
+    interest_changed: Notify,
+}
+
+/// What this instance's viewers watch, as the cluster bus needs to know.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Interest {
+    /// Some viewer watches every device.
+    pub all: bool,
+    /// The devices watched one by one.
+    pub devices: HashSet<String>,
 }
 
 impl Hub {
@@ -174,7 +185,25 @@ impl Hub {
             registry: Mutex::default(),
             metrics,
             outbox_cap_bytes,
+            interest_changed: Notify::new(),
         }
+    }
+
+    /// What viewers watch now.
+    pub fn interest(&self) -> Interest {
+        match self.registry.lock() {
+            Ok(r) => Interest {
+                all: !r.all.is_empty(),
+                devices: r.by_device.keys().cloned().collect(),
+            },
+            Err(_) => Interest::default(),
+        }
+    }
+
+    /// Resolves after what viewers watch may have changed; changes while
+    /// nobody waits are remembered, so none is missed.
+    pub async fn interest_changed(&self) {
+        self.interest_changed.notified().await;
     }
 
     /// Hands a committed batch to every viewer that watches any of its
@@ -238,6 +267,7 @@ impl Hub {
             r.remove(id, old);
             r.add(id, outbox, new);
         }
+        self.interest_changed.notify_one();
     }
 
     /// Forgets viewer `id` and what it had waiting.
@@ -246,6 +276,7 @@ impl Hub {
             r.remove(id, subscription);
         }
         outbox.take(&self.metrics);
+        self.interest_changed.notify_one();
     }
 }
 

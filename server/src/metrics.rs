@@ -166,6 +166,14 @@ pub struct Metrics {
     pub http_over_capacity: AtomicU64,
     pub live_skipped: AtomicU64,
     pub live_pending_bytes: AtomicU64,
+    /// Cluster mode: readings sent to and received from other instances,
+    /// and readings or messages the bus could not carry.
+    pub bus_sent: AtomicU64,
+    pub bus_received: AtomicU64,
+    pub bus_dropped: AtomicU64,
+    pub bus_rejected: AtomicU64,
+    /// Devices this instance follows on the bus for its own viewers.
+    pub bus_subscriptions: AtomicU64,
     pub write_batch: BatchHistogram,
     pub write_seconds: LatencyHistogram,
     /// Measured per batch from the batch's earliest message, so it errs on
@@ -207,6 +215,11 @@ const PLAIN: &[Plain] = &[
     Plain { name: "sightline_http_over_capacity_total", kind: Kind::Counter, help: "HTTP connections closed at once at --max-http-connections.", value: |m| &m.http_over_capacity },
     Plain { name: "sightline_live_skipped_readings_total", kind: Kind::Counter, help: "Readings skipped for viewers that fell behind.", value: |m| &m.live_skipped },
     Plain { name: "sightline_live_pending_bytes", kind: Kind::Gauge, help: "Bytes waiting in live viewers' outboxes.", value: |m| &m.live_pending_bytes },
+    Plain { name: "sightline_bus_sent_readings_total", kind: Kind::Counter, help: "Committed readings published on the bus for viewers on other instances.", value: |m| &m.bus_sent },
+    Plain { name: "sightline_bus_received_readings_total", kind: Kind::Counter, help: "Readings received from other instances for this instance's viewers.", value: |m| &m.bus_received },
+    Plain { name: "sightline_bus_dropped_readings_total", kind: Kind::Counter, help: "Committed readings not published on the bus (its queue full or NATS unreachable); viewers elsewhere backfill them.", value: |m| &m.bus_dropped },
+    Plain { name: "sightline_bus_rejected_total", kind: Kind::Counter, help: "Bus messages that were not valid readings.", value: |m| &m.bus_rejected },
+    Plain { name: "sightline_bus_subscriptions", kind: Kind::Gauge, help: "Bus subscriptions held for this instance's viewers.", value: |m| &m.bus_subscriptions },
     Plain { name: "sightline_devices_connected", kind: Kind::Gauge, help: "Devices connected and logged in.", value: |m| &m.edge.sessions },
     Plain { name: "sightline_edge_logins_refused_total", kind: Kind::Counter, help: "CONNECTs refused for unknown, wrong or disabled credentials.", value: |m| &m.edge.logins_refused },
     Plain { name: "sightline_edge_denied_total", kind: Kind::Counter, help: "Publishes or subscriptions outside a device's own topics.", value: |m| &m.edge.denied },
