@@ -9,6 +9,13 @@
 //! connection is made with `no_echo`: an instance's own readings reach its
 //! viewers through the hub directly, never back through NATS.
 //!
+//! Two more subjects carry what the edge of every instance must act on:
+//! `<prefix>.disabled.<device>` (an operator disabled the device: end its
+//! sessions everywhere) and `<prefix>.connected.<device>` (it logged in
+//! here under a client id: a session with that client id elsewhere is a
+//! stale one, taken over as MQTT requires). Every instance subscribes to
+//! both for all devices; they are small and rare.
+//!
 //! Delivery is at most once, as NATS core is. Nothing here is needed for a
 //! reading to be stored or acknowledged: a bus that is down or full costs
 //! live updates on other instances (counted in `/metrics`), and pages
@@ -40,13 +47,33 @@ pub enum BusError {
         urls: String,
         source: async_nats::ConnectError,
     },
+    #[error("cannot subscribe on NATS: {0}")]
+    Subscribe(String),
 }
 
-/// A started bus: what the writer's callback hands committed batches to.
+/// Control messages waiting to be published; beyond this they are dropped
+/// and counted. Each is under 300 bytes.
+const CONTROL_QUEUE: usize = 4096;
+
+/// A started bus: what the writer's callback hands committed batches to,
+/// and what the edge and API tell other instances through.
 #[derive(Clone, Debug)]
 pub struct Bus {
     outgoing: mpsc::Sender<Vec<Reading>>,
+    control: mpsc::Sender<(String, Vec<u8>)>,
+    prefix: String,
     metrics: Arc<Metrics>,
+}
+
+/// What another instance asks of this one's edge.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Remote {
+    /// The device was disabled: end every session it holds.
+    Disabled { device: String },
+    /// The device logged in elsewhere under `client_id`: end a session
+    /// here under the same client id.
+    Connected { device: String, client_id: String },
 }
 
 impl Bus {
@@ -57,6 +84,21 @@ impl Bus {
         let n = readings.len() as u64;
         if self.outgoing.try_send(readings).is_err() {
             Metrics::add(&self.metrics.bus_dropped, n);
+        }
+    }
+
+    /// Tells every other instance to act on `event`. Never blocks.
+    pub fn tell(&self, event: &Remote) {
+        let (kind, device) = match event {
+            Remote::Disabled { device } => ("disabled", device),
+            Remote::Connected { device, .. } => ("connected", device),
+        };
+        let subject = format!("{}.{kind}.{}", self.prefix, device.replace('.', "%2E"));
+        let queued = serde_json::to_vec(event)
+            .ok()
+            .is_some_and(|json| self.control.try_send((subject, json)).is_ok());
+        if !queued {
+            Metrics::add(&self.metrics.bus_control_dropped, 1);
         }
     }
 }
@@ -72,7 +114,7 @@ pub async fn start(
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-) -> Result<(Bus, Vec<JoinHandle<()>>), BusError> {
+) -> Result<(Bus, mpsc::Receiver<Remote>, Vec<JoinHandle<()>>), BusError> {
     let client = async_nats::ConnectOptions::new()
         .name(format!("sightline {instance}"))
         .no_echo()
@@ -87,11 +129,26 @@ pub async fn start(
             source,
         })?;
     let (outgoing, rx) = mpsc::channel(queue);
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (remote_tx, remote_rx) = mpsc::channel(CONTROL_QUEUE);
+    let mut listeners = Vec::new();
+    for kind in ["disabled", "connected"] {
+        let subscriber = client
+            .subscribe(format!("{prefix}.{kind}.*"))
+            .await
+            .map_err(|e| BusError::Subscribe(e.to_string()))?;
+        listeners.push(tokio::spawn(listen(
+            subscriber,
+            remote_tx.clone(),
+            metrics.clone(),
+        )));
+    }
     let tasks = vec![
         tokio::spawn(publish(
             client.clone(),
             prefix.to_owned(),
             rx,
+            control_rx,
             metrics.clone(),
             stop.clone(),
         )),
@@ -100,10 +157,45 @@ pub async fn start(
             prefix.to_owned(),
             hub,
             metrics.clone(),
-            stop,
+            stop.clone(),
         )),
+        // The listeners would end only with the connection; stop them with
+        // the rest.
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            for l in listeners {
+                l.abort();
+            }
+        }),
     ];
-    Ok((Bus { outgoing, metrics }, tasks))
+    let bus = Bus {
+        outgoing,
+        control,
+        prefix: prefix.to_owned(),
+        metrics,
+    };
+    Ok((bus, remote_rx, tasks))
+}
+
+/// Passes each control message of `subscriber` on to the edge's handler.
+async fn listen(
+    mut subscriber: async_nats::Subscriber,
+    to_edge: mpsc::Sender<Remote>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(message) = subscriber.next().await {
+        match serde_json::from_slice::<Remote>(&message.payload) {
+            Ok(event) => {
+                if to_edge.try_send(event).is_err() {
+                    Metrics::add(&metrics.bus_control_dropped, 1);
+                }
+            }
+            Err(e) => {
+                Metrics::add(&metrics.bus_rejected, 1);
+                tracing::warn!("bus: ignoring a message on {}: {e}", message.subject);
+            }
+        }
+    }
 }
 
 /// The subject that carries `device`'s readings. Device names may hold
@@ -119,11 +211,21 @@ async fn publish(
     client: async_nats::Client,
     prefix: String,
     mut rx: mpsc::Receiver<Vec<Reading>>,
+    mut control: mpsc::Receiver<(String, Vec<u8>)>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     loop {
         let batch = tokio::select! {
+            // Control messages first: a disabled device must be cut off
+            // everywhere even while readings queue up.
+            biased;
+            Some((subject, json)) = control.recv() => {
+                if client.publish(subject, json.into()).await.is_err() {
+                    Metrics::add(&metrics.bus_control_dropped, 1);
+                }
+                continue;
+            }
             batch = rx.recv() => match batch {
                 Some(batch) => batch,
                 None => return,

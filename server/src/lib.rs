@@ -256,11 +256,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
     let mut background = Vec::new();
     // In cluster mode, committed batches also go to the other instances'
     // viewers over NATS, after this instance's own.
-    let bus = if config.nats_urls.is_empty() {
-        None
+    let (bus, remote) = if config.nats_urls.is_empty() {
+        (None, None)
     } else {
         let instance = uuid::Uuid::new_v4().simple().to_string();
-        let (bus, tasks) = bus::start(
+        let (bus, remote, tasks) = bus::start(
             &config.nats_urls,
             &config.bus_prefix,
             config.bus_queue,
@@ -275,7 +275,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             config.nats_urls.join(",")
         );
         background.extend(tasks);
-        Some(bus)
+        (Some(bus), Some(remote))
     };
     let writer_give_up = CancellationToken::new();
     let writer = tokio::spawn(store::writer::run(
@@ -283,6 +283,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         queue_rx,
         {
             let hub = hub.clone();
+            let bus = bus.clone();
             move |readings, received_at| {
                 let batch = live::LiveBatch {
                     readings,
@@ -382,8 +383,28 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             presence: presence.clone(),
             sessions: sessions.clone(),
             commands: commands.clone(),
+            bus: bus.clone(),
         },
     ));
+    // What other instances ask of this one's edge.
+    if let Some(mut remote) = remote {
+        let sessions = sessions.clone();
+        background.push(tokio::spawn(async move {
+            while let Some(event) = remote.recv().await {
+                match event {
+                    bus::Remote::Disabled { device } => {
+                        let ended = sessions.disable(&device);
+                        tracing::info!(%device, sessions_ended = ended, "disabled on another instance");
+                    }
+                    bus::Remote::Connected { device, client_id } => {
+                        if sessions.taken_over_elsewhere(&device, &client_id) {
+                            tracing::info!(%device, %client_id, "taken over by another instance");
+                        }
+                    }
+                }
+            }
+        }));
+    }
     let sessions_tasks = TaskTracker::new();
     let edge_stop = CancellationToken::new();
     let mqtt_addr = Listeners::addr(&listeners.mqtt);
@@ -426,6 +447,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         metrics: metrics.clone(),
         presence: presence.clone(),
         sessions,
+        bus,
         commands: commands.clone(),
         retain_raw_ms: config.retain_raw.as_millis(),
         audit: audit::Audit::new(store.clone(), metrics.clone()),

@@ -172,6 +172,9 @@ pub struct Metrics {
     pub bus_received: AtomicU64,
     pub bus_dropped: AtomicU64,
     pub bus_rejected: AtomicU64,
+    /// Control messages (disable, takeover) that could not be sent or
+    /// handled.
+    pub bus_control_dropped: AtomicU64,
     /// Devices this instance follows on the bus for its own viewers.
     pub bus_subscriptions: AtomicU64,
     pub write_batch: BatchHistogram,
@@ -219,6 +222,7 @@ const PLAIN: &[Plain] = &[
     Plain { name: "sightline_bus_received_readings_total", kind: Kind::Counter, help: "Readings received from other instances for this instance's viewers.", value: |m| &m.bus_received },
     Plain { name: "sightline_bus_dropped_readings_total", kind: Kind::Counter, help: "Committed readings not published on the bus (its queue full or NATS unreachable); viewers elsewhere backfill them.", value: |m| &m.bus_dropped },
     Plain { name: "sightline_bus_rejected_total", kind: Kind::Counter, help: "Bus messages that were not valid readings.", value: |m| &m.bus_rejected },
+    Plain { name: "sightline_bus_control_dropped_total", kind: Kind::Counter, help: "Disable or takeover messages between instances that could not be sent or handled.", value: |m| &m.bus_control_dropped },
     Plain { name: "sightline_bus_subscriptions", kind: Kind::Gauge, help: "Bus subscriptions held for this instance's viewers.", value: |m| &m.bus_subscriptions },
     Plain { name: "sightline_devices_connected", kind: Kind::Gauge, help: "Devices connected and logged in.", value: |m| &m.edge.sessions },
     Plain { name: "sightline_edge_logins_refused_total", kind: Kind::Counter, help: "CONNECTs refused for unknown, wrong or disabled credentials.", value: |m| &m.edge.logins_refused },

@@ -154,3 +154,81 @@ async fn live_push_across_instances_survives_a_nats_node_kill() {
         "{stats}"
     );
 }
+
+/// Connects device `id` with its `secret` to `broker` and keeps the
+/// connection until the server ends it; the task then finishes (it never
+/// reconnects).
+fn connect_once(broker: std::net::SocketAddr, id: &str, secret: &str) -> JoinHandle<()> {
+    let mut options = rumqttc::MqttOptions::new(id, broker.ip().to_string(), broker.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_credentials(id, secret);
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 10);
+    tokio::spawn(async move {
+        let _client = client;
+        while events.poll().await.is_ok() {}
+    })
+}
+
+/// The value of a plain metric line `name N`.
+async fn metric(server: &TestServer, name: &str) -> u64 {
+    let text = server.metrics().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test]
+async fn a_device_disabled_on_one_instance_is_cut_off_on_another() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Some(nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let (a, b) = two_instances(&db, &nats).await;
+    let secret = a.add_device("victim").await;
+    let on_a = connect_once(a.mqtt, "victim", &secret);
+    wait_for("victim online on A", || async {
+        metric(&a, "sightline_devices_connected").await == 1
+    })
+    .await;
+    // An operator on B disables it.
+    let response = b
+        .client()
+        .put(b.url("/api/devices/victim/enabled"))
+        .json(&false)
+        .send()
+        .await
+        .expect("disable");
+    assert_eq!(response.status().as_u16(), 204);
+    wait_for("victim cut off on A", || async { on_a.is_finished() }).await;
+    assert_eq!(metric(&a, "sightline_devices_connected").await, 0);
+}
+
+#[tokio::test]
+async fn a_client_that_reconnects_to_another_instance_takes_its_session_over() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Some(nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let (a, b) = two_instances(&db, &nats).await;
+    // The device's old connection on A went stale (say, a NAT dropped it
+    // silently); it reconnects through the load balancer and lands on B.
+    let secret = a.add_device("mover").await;
+    let stale = connect_once(a.mqtt, "mover", &secret);
+    wait_for("mover online on A", || async {
+        metric(&a, "sightline_devices_connected").await == 1
+    })
+    .await;
+    let fresh = connect_once(b.mqtt, "mover", &secret);
+    wait_for("the stale session on A ended", || async {
+        stale.is_finished()
+    })
+    .await;
+    assert_eq!(metric(&a, "sightline_devices_connected").await, 0);
+    assert_eq!(metric(&b, "sightline_devices_connected").await, 1);
+    assert!(!fresh.is_finished(), "the new session must stay");
+}

@@ -103,6 +103,8 @@ pub struct Services {
     pub sessions: Arc<Sessions>,
     /// Told when devices subscribe to commands, acknowledge and answer them.
     pub commands: Arc<Commands>,
+    /// In cluster mode, tells other instances which device logged in here.
+    pub bus: Option<crate::bus::Bus>,
 }
 
 /// Everything device sessions share.
@@ -115,6 +117,7 @@ pub struct Edge {
     metrics: Arc<Metrics>,
     sessions: Arc<Sessions>,
     commands: Arc<Commands>,
+    bus: Option<crate::bus::Bus>,
     next_session: AtomicU64,
     /// Sockets open, logged in or not.
     sockets: AtomicUsize,
@@ -149,6 +152,7 @@ impl Edge {
             presence,
             sessions,
             commands,
+            bus,
         } = services;
         Self {
             settings,
@@ -159,6 +163,7 @@ impl Edge {
             metrics,
             sessions,
             commands,
+            bus,
             next_session: AtomicU64::new(1),
             sockets: AtomicUsize::new(0),
             logging_in: AtomicUsize::new(0),
@@ -219,6 +224,21 @@ impl Sessions {
             if mine.is_empty() {
                 sessions.remove(device);
             }
+        }
+    }
+
+    /// Ends the session of `client_id` of `device` because the same client
+    /// logged in on another instance; true if there was one.
+    pub fn taken_over_elsewhere(&self, device: &str, client_id: &str) -> bool {
+        let Ok(sessions) = self.0.lock() else {
+            return false;
+        };
+        match sessions.get(device).and_then(|mine| mine.get(client_id)) {
+            Some(h) => {
+                h.end.cancel();
+                true
+            }
+            None => false,
         }
     }
 

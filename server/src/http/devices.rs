@@ -128,6 +128,9 @@ pub(super) async fn set_enabled(
     let ended = if enabled {
         0
     } else {
+        if let Some(bus) = &state.bus {
+            bus.tell(&crate::bus::Remote::Disabled { device: id.clone() });
+        }
         state.sessions.disable(&id)
     };
     tracing::info!(device = %id, enabled, sessions_ended = ended, "device enabled state changed");

@@ -65,6 +65,9 @@ pub struct AppState {
     pub presence: Arc<Tracker>,
     /// Live device sessions, so that disabling a device disconnects it.
     pub sessions: Arc<Sessions>,
+    /// In cluster mode, so that disabling a device disconnects it on every
+    /// instance.
+    pub bus: Option<crate::bus::Bus>,
     pub commands: Arc<Commands>,
     pub live: Live,
     /// How long raw readings are kept (`None`: forever), so that history

@@ -192,6 +192,14 @@ impl Session<'_> {
         self.edge
             .presence
             .connected(&device, self.session_id, now_ms());
+        // A session under this client id on another instance is a stale
+        // one (the device reconnected here through the load balancer).
+        if let Some(bus) = &self.edge.bus {
+            bus.tell(&crate::bus::Remote::Connected {
+                device: device.clone(),
+                client_id: self.client_id.clone(),
+            });
+        }
         self.device = device;
         true
     }
