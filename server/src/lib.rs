@@ -316,8 +316,15 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             rollups_ms: config.retain_rollups.as_millis(),
         };
         let metrics = metrics.clone();
+        // Instances sharing a PostgreSQL database take turns: deleting the
+        // same rows twice over would only cost both of them.
         background.push(tokio::spawn(async move {
-            store.retention(policy, metrics, stop).await;
+            let holding = &metrics.background_leader;
+            store
+                .exclusively(store::leader::RETENTION, holding, stop, |lost| {
+                    store.retention(policy, metrics.clone(), lost)
+                })
+                .await;
         }));
     }
     let auth = Arc::new(auth::Auth::new(

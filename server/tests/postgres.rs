@@ -67,6 +67,7 @@ async fn small_commits_take_no_nagle_delay() {
     }
     took.sort();
     let median = took[took.len() / 2];
+    eprintln!("median single-reading commit: {median:?}");
     // Loopback round trips take well under a millisecond each; one stalled
     // by Nagle's algorithm against a delayed ACK takes about 40 ms.
     assert!(
@@ -141,4 +142,56 @@ async fn deleting_a_device_still_deletes_its_readings() {
         .await
         .expect("delete device");
     assert_eq!(store.count_readings().await.expect("count"), 50);
+}
+
+/// `sightline_background_leader` of `server`: 1 while it runs retention.
+async fn leader(server: &common::TestServer) -> u64 {
+    let text = server.metrics().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("sightline_background_leader "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sightline_background_leader in {text}"))
+}
+
+#[tokio::test]
+async fn instances_sharing_a_database_take_turns_at_retention() {
+    let Some(db) = common::TestDb::postgres().await else {
+        return;
+    };
+    let mut config = common::test_config(&db.url);
+    config.retain_raw = "30d".parse().expect("retention");
+    let a = common::TestServer::start(config.clone()).await;
+    let b = common::TestServer::start(config).await;
+    common::wait_for("one instance to take the lock", || async {
+        leader(&a).await + leader(&b).await == 1
+    })
+    .await;
+    // Over several retry periods, still exactly one, and PostgreSQL
+    // agrees: one session holds the lock.
+    use sea_orm::ConnectionTrait;
+    let sql = sea_orm::Database::connect(&db.url).await.expect("connect");
+    for _ in 0..3 {
+        tokio::time::sleep(server::store::leader::RETRY).await;
+        assert_eq!(leader(&a).await + leader(&b).await, 1);
+        let held = sql
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            ))
+            .await
+            .expect("pg_locks")
+            .expect("a row");
+        assert_eq!(held.try_get::<i64>("", "n").expect("n"), 1);
+    }
+    let (holder, other) = if leader(&a).await == 1 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    holder.stop().await.expect("stop the holder");
+    common::wait_for("the other instance to take over", || async {
+        leader(&other).await == 1
+    })
+    .await;
 }

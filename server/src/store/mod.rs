@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod commands;
 mod entity;
+pub mod leader;
 pub mod queue;
 pub mod registry;
 pub mod retention;
