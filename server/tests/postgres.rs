@@ -195,3 +195,17 @@ async fn instances_sharing_a_database_take_turns_at_retention() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn instances_starting_together_on_a_new_database_all_start() {
+    // Without the migration lock, two instances racing to create the same
+    // tables failed with "duplicate key value violates unique constraint
+    // pg_type_typname_nsp_index" (seen with scripts/cluster.sh).
+    let Some(db) = common::TestDb::postgres().await else {
+        return;
+    };
+    let opens = (0..4).map(|_| Store::open(&db.url));
+    for opened in futures_util::future::join_all(opens).await {
+        opened.expect("every instance opens and migrates");
+    }
+}

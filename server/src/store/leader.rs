@@ -23,6 +23,35 @@ pub const RETRY: Duration = Duration::from_secs(2);
 /// The advisory lock key of retention: "SLRETAIN" in ASCII.
 pub const RETENTION: i64 = 0x534c_5245_5441_494e;
 
+/// The advisory lock key of migrations: "SLMIGRAT" in ASCII.
+const MIGRATIONS: i64 = 0x534c_4d49_4752_4154;
+
+/// The migration lock, held on a connection of its own until released.
+pub(super) struct MigrationLock(PgConnection);
+
+impl MigrationLock {
+    /// Releases the lock by closing its connection.
+    pub(super) async fn release(self) {
+        let _ = self.0.close().await;
+    }
+}
+
+/// On PostgreSQL, waits for and takes the migration lock; `None` on SQLite,
+/// where one file has one server.
+pub(super) async fn lock_for_migrations(
+    db: &sea_orm::DatabaseConnection,
+) -> Result<Option<MigrationLock>, super::StoreError> {
+    if db.get_database_backend() != DatabaseBackend::Postgres {
+        return Ok(None);
+    }
+    let mut conn = db.get_postgres_connection_pool().acquire().await?.detach();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATIONS)
+        .execute(&mut conn)
+        .await?;
+    Ok(Some(MigrationLock(conn)))
+}
+
 impl Store {
     /// Runs `job` while this process holds advisory lock `key`, restarting
     /// it whenever the lock is regained, until `stop` fires. `holding` reads

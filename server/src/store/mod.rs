@@ -207,12 +207,18 @@ impl Store {
                 url: shown.clone(),
                 source,
             })?;
-        Migrator::up(&db, None)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                url: shown.clone(),
-                source,
-            })?;
+        // Instances starting together on one PostgreSQL database would race
+        // to create the same tables; an advisory lock lets one migrate while
+        // the others wait, then find nothing left to do.
+        let lock = leader::lock_for_migrations(&db).await?;
+        let migrated = Migrator::up(&db, None).await;
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
+        migrated.map_err(|source| StoreError::Migrate {
+            url: shown.clone(),
+            source,
+        })?;
         let writer_db = connect(url, Pool::Writer, durability)
             .await
             .map_err(|source| StoreError::Open { url: shown, source })?;
