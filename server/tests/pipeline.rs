@@ -448,13 +448,6 @@ async fn postgres_stores_and_serves_readings() {
 }
 
 /// Reads one gauge or counter from `/metrics`.
-async fn metric(server: &TestServer, name: &str) -> u64 {
-    let (status, text) = server.get("/metrics").await.expect("metrics");
-    assert_eq!(status, 200);
-    server::metrics::read_value(&text, name)
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
-}
-
 #[tokio::test]
 async fn a_stalled_viewer_stays_bounded_while_a_healthy_one_gets_everything() {
     let scratch = Scratch::new();
@@ -511,7 +504,7 @@ async fn a_stalled_viewer_stays_bounded_while_a_healthy_one_gets_everything() {
     for n in 0..messages {
         device.publish("sensor/Flood", payload.clone()).await;
         if n % 100 == 0 {
-            most_pending = most_pending.max(metric(&server, "sightline_live_pending_bytes").await);
+            most_pending = most_pending.max(server.metric("sightline_live_pending_bytes").await);
         }
     }
     wait_for("every reading to be stored", || async {
@@ -519,7 +512,7 @@ async fn a_stalled_viewer_stays_bounded_while_a_healthy_one_gets_everything() {
         c.stored == expected + 1
     })
     .await;
-    most_pending = most_pending.max(metric(&server, "sightline_live_pending_bytes").await);
+    most_pending = most_pending.max(server.metric("sightline_live_pending_bytes").await);
 
     let counters: Counters = server.get_json("/api/stats").await;
     assert_eq!(
@@ -532,7 +525,7 @@ async fn a_stalled_viewer_stays_bounded_while_a_healthy_one_gets_everything() {
         most_pending <= bound,
         "viewer outboxes held {most_pending} bytes, above {bound}"
     );
-    assert!(metric(&server, "sightline_live_skipped_readings_total").await > 0);
+    assert!(server.metric("sightline_live_skipped_readings_total").await > 0);
 
     let (readings, lagged) = reader.await.expect("reader");
     assert_eq!(lagged, 0, "the healthy viewer must never be told it lagged");
@@ -558,7 +551,7 @@ async fn a_viewer_that_stops_reading_is_disconnected_after_ten_seconds() {
     config.batch_max = 2000;
     let server = TestServer::start(config).await;
     let stalled = server.live(r#"{"type":"subscribe_all"}"#).await;
-    assert_eq!(metric(&server, "sightline_viewers").await, 1);
+    assert_eq!(server.metric("sightline_viewers").await, 1);
     let device = server.device("Flood").await;
     // About 20 MB of live updates: far more than the viewer's outbox and
     // both ends' socket buffers, so a send to it blocks.
@@ -576,7 +569,7 @@ async fn a_viewer_that_stops_reading_is_disconnected_after_ten_seconds() {
     })
     .await;
     let deadline = flood_started + Duration::from_secs(40);
-    while metric(&server, "sightline_viewers").await > 0 {
+    while server.metric("sightline_viewers").await > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the stalled viewer was still connected 40 s after the flood began"
@@ -590,7 +583,7 @@ async fn a_viewer_that_stops_reading_is_disconnected_after_ten_seconds() {
     );
     let c: Counters = server.get_json("/api/stats").await;
     assert_eq!(c.dropped, 0, "a stalled viewer must not cost readings");
-    assert_eq!(metric(&server, "sightline_live_pending_bytes").await, 0);
+    assert_eq!(server.metric("sightline_live_pending_bytes").await, 0);
     drop(stalled);
     device.disconnect().await;
     server.stop().await.expect("clean shutdown");
@@ -631,7 +624,7 @@ async fn overload_is_counted_reading_for_reading() {
     );
     assert!(counters.stored > 0);
     assert_eq!(counters.received, sent);
-    let dropped = metric(&server, "sightline_readings_dropped_total").await;
+    let dropped = server.metric("sightline_readings_dropped_total").await;
     assert_eq!(dropped, counters.dropped, "/metrics agrees with the API");
     device.disconnect().await;
     server.stop().await.expect("clean shutdown");

@@ -146,11 +146,7 @@ async fn deleting_a_device_still_deletes_its_readings() {
 
 /// `sightline_background_leader` of `server`: 1 while it runs retention.
 async fn leader(server: &common::TestServer) -> u64 {
-    let text = server.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix("sightline_background_leader "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sightline_background_leader in {text}"))
+    server.metric("sightline_background_leader").await
 }
 
 #[tokio::test]

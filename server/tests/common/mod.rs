@@ -242,6 +242,13 @@ impl TestServer {
         self.get("/metrics").await.expect("metrics").1
     }
 
+    /// The value of the plain (unlabelled) series `name` on `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics().await;
+        server::metrics::read_value(&text, name)
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    }
+
     /// A connected MQTT device.
     pub async fn device(&self, client_id: &str) -> Device {
         Device::connect(self.mqtt, client_id).await
