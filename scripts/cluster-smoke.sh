@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Starts scripts/cluster.sh (README's scale-out command) with the binary
 # already built, publishes through haproxy with mosquitto_pub, and reads the
-# reading back through nginx from every instance in turn. Run by test.sh.
+# reading back through nginx from every instance in turn. Run by test.sh,
+# on a fresh database of the tests' PostgreSQL (SIGHTLINE_TEST_POSTGRES_URL).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
-export MQTT_PORT=18830 HTTP_PORT=18080 PG_PORT=55434 SKIP_BUILD=1
+: "${SIGHTLINE_TEST_POSTGRES_URL:?run by test.sh, which starts PostgreSQL}"
+export MQTT_PORT=18830 HTTP_PORT=18080 SKIP_BUILD=1
 export RUN="$(mktemp -d /tmp/sightline-cluster-smoke.XXXXXX)"
+PGOPTIONS='-c client_min_messages=warning' psql -q "$SIGHTLINE_TEST_POSTGRES_URL" -c 'DROP DATABASE IF EXISTS sightline_cluster_smoke' \
+  -c 'CREATE DATABASE sightline_cluster_smoke'
+export DB_URL="${SIGHTLINE_TEST_POSTGRES_URL%/*}/sightline_cluster_smoke"
 "$ROOT/scripts/cluster.sh" --open-registration >"$RUN/cluster.out" 2>&1 &
 cluster=$!
 cleanup() {
@@ -21,7 +26,7 @@ for _ in $(seq 1 600); do
 done
 grep -q '^Sightline cluster:' "$RUN/cluster.out" || { cat "$RUN/cluster.out"; exit 1; }
 
-db="postgres://postgres@127.0.0.1:$PG_PORT/sightline_test"
+db="$DB_URL"
 echo "smoke-password-$RANDOM$RANDOM" | "$SIGHTLINE_BIN" user add smoke --admin --database-url "$db" >/dev/null 2>>"$RUN/cli.log"
 token="$("$SIGHTLINE_BIN" user token smoke --database-url "$db" 2>>"$RUN/cli.log" | tail -n 1 | awk '{print $NF}')"
 

@@ -6,6 +6,7 @@
 #
 #   scripts/cluster.sh [serve flags]     extra arguments go to every instance
 #   SIMULATE=100 scripts/cluster.sh      also 100 simulated devices through haproxy
+#   DB_URL=postgres://… scripts/cluster.sh   an existing PostgreSQL database instead
 #
 # Devices connect to MQTT_PORT (1883), browsers to HTTP_PORT (8080). The
 # configurations come from deploy/, with this machine's ports filled in;
@@ -39,15 +40,19 @@ stop_all() {
   trap - EXIT INT TERM
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  stop_postgres
+  [[ -n "${own_postgres:-}" ]] && stop_postgres
   echo "cluster: stopped; logs and configuration are in $RUN"
 }
 trap stop_all EXIT INT TERM
 
-# 1. PostgreSQL, the only store in cluster mode.
-source "$ROOT/scripts/postgres.sh"
-start_postgres
-DB_URL="$SIGHTLINE_TEST_POSTGRES_URL"
+# 1. PostgreSQL, the only store in cluster mode: a throwaway one of its own
+# unless DB_URL names a database.
+if [[ -z "${DB_URL:-}" ]]; then
+  source "$ROOT/scripts/postgres.sh"
+  own_postgres=1
+  start_postgres
+  DB_URL="$SIGHTLINE_TEST_POSTGRES_URL"
+fi
 
 # 2. Three NATS core nodes, routed to each other.
 nats_urls=()

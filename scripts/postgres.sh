@@ -14,7 +14,12 @@ start_postgres() {
   (
     cd /
     su postgres -c "$bin/initdb -D $PG_DATA -A trust -U postgres" >/dev/null
-    su postgres -c "$bin/pg_ctl -D $PG_DATA -l $PG_DATA/log -w -o '-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1' start" >/dev/null
+    if ! su postgres -c "$bin/pg_ctl -D $PG_DATA -l $PG_DATA/log -w -o '-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1' start" >/dev/null; then
+      # Say why before anything cleans the folder up.
+      echo "PostgreSQL on port $PG_PORT did not start; its log:" >&2
+      cat "$PG_DATA/log" >&2
+      return 1
+    fi
     su postgres -c "$bin/createdb -h 127.0.0.1 -p $PG_PORT sightline_test"
   )
   export SIGHTLINE_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/sightline_test"

@@ -38,6 +38,9 @@ export SIGHTLINE_REQUIRE_NATS=1
 # that the browser tests run, so CI compiles them only once.
 cargo test --release --workspace --exclude frontend
 
+step "cluster smoke: scripts/cluster.sh, a reading through haproxy, served through nginx"
+"$ROOT/scripts/cluster-smoke.sh"
+
 step "browser tests"
 (cd end2end && npx playwright test)
 
