@@ -108,6 +108,11 @@ pub struct Config {
     /// Committed batches that may wait to be published on the bus; more
     /// are dropped (and counted) for viewers on other instances only.
     pub bus_queue: usize,
+    /// Cluster mode: how long an instance's word that a device is
+    /// connected to it holds without being renewed. An instance renews it
+    /// every third of this; when it stops (killed, cut off), its devices
+    /// show offline everywhere after at most this long.
+    pub presence_lease_secs: u64,
     /// The folder whose `pkg/` holds the built front end (WASM, JS glue,
     /// CSS, `echarts.min.js`).
     pub site_root: PathBuf,
@@ -186,6 +191,7 @@ impl Default for Config {
             nats_urls: Vec::new(),
             bus_prefix: "sightline".to_owned(),
             bus_queue: 1024,
+            presence_lease_secs: 6,
             site_root: PathBuf::from("target/site"),
             max_payload_bytes: 64 * 1024,
             demo: false,
@@ -403,6 +409,9 @@ pub struct Overrides {
     /// Committed batches that may wait for the bus before live updates to other instances are dropped and counted [default: 1024].
     #[arg(long, env = "SIGHTLINE_BUS_QUEUE", value_name = "N")]
     pub bus_queue: Option<usize>,
+    /// Cluster mode: seconds a dead instance's devices may still show online elsewhere [default: 6].
+    #[arg(long, env = "SIGHTLINE_PRESENCE_LEASE_SECS", value_name = "SECONDS")]
+    pub presence_lease_secs: Option<u64>,
     /// Folder whose pkg/ holds the built front end (WASM, JS, CSS, ECharts) [default: target/site].
     #[arg(long, env = "SIGHTLINE_SITE_ROOT", value_name = "DIR")]
     pub site_root: Option<PathBuf>,
@@ -519,6 +528,7 @@ impl Config {
                 self.max_devices_per_live_socket,
             ),
             ("bus_queue", self.bus_queue),
+            ("presence_lease_secs", self.presence_lease_secs as usize),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -254,18 +254,24 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
     let hub = Arc::new(live::Hub::new(metrics.clone(), config.viewer_buffer_bytes));
     let background_stop = CancellationToken::new();
     let mut background = Vec::new();
+    let presence = Arc::new(Tracker::default());
     // In cluster mode, committed batches also go to the other instances'
     // viewers over NATS, after this instance's own.
-    let (bus, remote) = if config.nats_urls.is_empty() {
+    let (bus, inbox) = if config.nats_urls.is_empty() {
         (None, None)
     } else {
         let instance = uuid::Uuid::new_v4().simple().to_string();
-        let (bus, remote, tasks) = bus::start(
-            &config.nats_urls,
-            &config.bus_prefix,
-            config.bus_queue,
-            &instance,
+        let settings = bus::Settings {
+            urls: &config.nats_urls,
+            prefix: &config.bus_prefix,
+            queue: config.bus_queue,
+            instance: &instance,
+            lease: std::time::Duration::from_secs(config.presence_lease_secs),
+        };
+        let (bus, inbox, tasks) = bus::start(
+            settings,
             hub.clone(),
+            presence.clone(),
             metrics.clone(),
             background_stop.clone(),
         )
@@ -275,7 +281,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             config.nats_urls.join(",")
         );
         background.extend(tasks);
-        (Some(bus), Some(remote))
+        (Some(bus), Some(inbox))
     };
     let writer_give_up = CancellationToken::new();
     let writer = tokio::spawn(store::writer::run(
@@ -336,7 +342,6 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
     if config.demo {
         demo_viewer(&auth).await;
     }
-    let presence = Arc::new(Tracker::default());
     {
         let presence = presence.clone();
         let stop = background_stop.clone();
@@ -351,14 +356,31 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         metrics.clone(),
         config.max_payload_bytes,
         config.command_clock,
+        bus.clone(),
     )
     .await?;
     let commands_stop = CancellationToken::new();
-    let command_tasks = vec![tokio::spawn(saver.run(commands_stop.clone())), {
+    let mut command_tasks = vec![tokio::spawn(saver.run(commands_stop.clone())), {
         let commands = commands.clone();
         let stop = commands_stop.clone();
         tokio::spawn(async move { commands.run_timer(stop).await })
     }];
+    if bus.is_some() {
+        // Commands that no instance holds are expired by one instance at a
+        // time.
+        let commands = commands.clone();
+        let store = store.clone();
+        let metrics = metrics.clone();
+        let stop = commands_stop.clone();
+        command_tasks.push(tokio::spawn(async move {
+            let holding = &metrics.command_sweep_leader;
+            store
+                .exclusively(store::leader::COMMAND_SWEEP, holding, stop, |lost| {
+                    commands.run_sweep(lost)
+                })
+                .await;
+        }));
+    }
 
     let edge = Arc::new(Edge::new(
         EdgeSettings {
@@ -393,9 +415,27 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             bus: bus.clone(),
         },
     ));
-    // What other instances ask of this one's edge.
-    if let Some(mut remote) = remote {
+    // What other instances ask of this one's edge and command service.
+    if let (Some(inbox), Some(bus)) = (inbox, &bus) {
+        let bus::Inbox {
+            mut remote,
+            mut asked,
+        } = inbox;
+        {
+            let commands = commands.clone();
+            let bus = bus.clone();
+            let stop = commands_stop.clone();
+            command_tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        Some(a) = asked.recv() => commands.take_asked(&bus, a).await,
+                        () = stop.cancelled() => return,
+                    }
+                }
+            }));
+        }
         let sessions = sessions.clone();
+        let commands = commands.clone();
         background.push(tokio::spawn(async move {
             while let Some(event) = remote.recv().await {
                 match event {
@@ -407,6 +447,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
                         if sessions.taken_over_elsewhere(&device, &client_id) {
                             tracing::info!(%device, %client_id, "taken over by another instance");
                         }
+                    }
+                    bus::Remote::CommandChanged { command } => {
+                        commands.changed_elsewhere(*command);
                     }
                 }
             }

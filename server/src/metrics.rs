@@ -178,6 +178,9 @@ pub struct Metrics {
     /// 1 while this instance runs the background work (retention) that
     /// only one instance per database may run.
     pub background_leader: AtomicU64,
+    /// 1 while this instance expires the commands that no instance holds
+    /// (cluster mode only).
+    pub command_sweep_leader: AtomicU64,
     /// Devices this instance follows on the bus for its own viewers.
     pub bus_subscriptions: AtomicU64,
     pub write_batch: BatchHistogram,
@@ -225,9 +228,10 @@ const PLAIN: &[Plain] = &[
     Plain { name: "sightline_bus_received_readings_total", kind: Kind::Counter, help: "Readings received from other instances for this instance's viewers.", value: |m| &m.bus_received },
     Plain { name: "sightline_bus_dropped_readings_total", kind: Kind::Counter, help: "Committed readings not published on the bus (its queue full or NATS unreachable); viewers elsewhere backfill them.", value: |m| &m.bus_dropped },
     Plain { name: "sightline_bus_rejected_total", kind: Kind::Counter, help: "Bus messages that were not valid readings.", value: |m| &m.bus_rejected },
-    Plain { name: "sightline_bus_control_dropped_total", kind: Kind::Counter, help: "Disable or takeover messages between instances that could not be sent or handled.", value: |m| &m.bus_control_dropped },
+    Plain { name: "sightline_bus_control_dropped_total", kind: Kind::Counter, help: "Disable, takeover or command messages between instances that could not be sent or handled.", value: |m| &m.bus_control_dropped },
     Plain { name: "sightline_bus_subscriptions", kind: Kind::Gauge, help: "Bus subscriptions held for this instance's viewers.", value: |m| &m.bus_subscriptions },
     Plain { name: "sightline_background_leader", kind: Kind::Gauge, help: "1 while this instance holds the database's background lock and runs retention.", value: |m| &m.background_leader },
+    Plain { name: "sightline_command_sweep_leader", kind: Kind::Gauge, help: "1 while this instance holds the lock to expire commands that no instance holds (cluster mode).", value: |m| &m.command_sweep_leader },
     Plain { name: "sightline_devices_connected", kind: Kind::Gauge, help: "Devices connected and logged in.", value: |m| &m.edge.sessions },
     Plain { name: "sightline_edge_logins_refused_total", kind: Kind::Counter, help: "CONNECTs refused for unknown, wrong or disabled credentials.", value: |m| &m.edge.logins_refused },
     Plain { name: "sightline_edge_denied_total", kind: Kind::Counter, help: "Publishes or subscriptions outside a device's own topics.", value: |m| &m.edge.denied },

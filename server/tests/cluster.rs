@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use app::model::{Reading, ServerMsg};
+use app::model::{Command, CommandState, Reading, ServerMsg};
 use common::nats::NatsCluster;
 use common::{next_matching, test_config, wait_for, TestDb, TestServer, Ws};
 use futures_util::StreamExt;
@@ -169,15 +169,6 @@ fn connect_once(broker: std::net::SocketAddr, id: &str, secret: &str) -> JoinHan
     })
 }
 
-/// The value of a plain metric line `name N`.
-async fn metric(server: &TestServer, name: &str) -> u64 {
-    let text = server.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
 #[tokio::test]
 async fn a_device_disabled_on_one_instance_is_cut_off_on_another() {
     let Some(db) = TestDb::postgres().await else {
@@ -190,7 +181,7 @@ async fn a_device_disabled_on_one_instance_is_cut_off_on_another() {
     let secret = a.add_device("victim").await;
     let on_a = connect_once(a.mqtt, "victim", &secret);
     wait_for("victim online on A", || async {
-        metric(&a, "sightline_devices_connected").await == 1
+        a.metric("sightline_devices_connected").await == 1
     })
     .await;
     // An operator on B disables it.
@@ -203,7 +194,7 @@ async fn a_device_disabled_on_one_instance_is_cut_off_on_another() {
         .expect("disable");
     assert_eq!(response.status().as_u16(), 204);
     wait_for("victim cut off on A", || async { on_a.is_finished() }).await;
-    assert_eq!(metric(&a, "sightline_devices_connected").await, 0);
+    assert_eq!(a.metric("sightline_devices_connected").await, 0);
 }
 
 #[tokio::test]
@@ -220,7 +211,7 @@ async fn a_client_that_reconnects_to_another_instance_takes_its_session_over() {
     let secret = a.add_device("mover").await;
     let stale = connect_once(a.mqtt, "mover", &secret);
     wait_for("mover online on A", || async {
-        metric(&a, "sightline_devices_connected").await == 1
+        a.metric("sightline_devices_connected").await == 1
     })
     .await;
     let fresh = connect_once(b.mqtt, "mover", &secret);
@@ -228,7 +219,296 @@ async fn a_client_that_reconnects_to_another_instance_takes_its_session_over() {
         stale.is_finished()
     })
     .await;
-    assert_eq!(metric(&a, "sightline_devices_connected").await, 0);
-    assert_eq!(metric(&b, "sightline_devices_connected").await, 1);
+    assert_eq!(a.metric("sightline_devices_connected").await, 0);
+    assert_eq!(b.metric("sightline_devices_connected").await, 1);
     assert!(!fresh.is_finished(), "the new session must stay");
+}
+
+/// A device connected to `broker` that subscribes to its commands and
+/// answers every one with `{"pong": <its params' n>}`. Returns the task,
+/// and a channel of the command ids it received.
+async fn answering_device(
+    broker: std::net::SocketAddr,
+    id: &str,
+    secret: &str,
+) -> (JoinHandle<()>, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let mut options = rumqttc::MqttOptions::new(id, broker.ip().to_string(), broker.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_credentials(id, secret);
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 100);
+    client
+        .subscribe(format!("command/{id}"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let answer_topic = format!("command/{id}/response");
+    let task = tokio::spawn(async move {
+        let mut subscribed_tx = Some(subscribed_tx);
+        while let Ok(event) = events.poll().await {
+            use rumqttc::{Event, Packet};
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(s) = subscribed_tx.take() {
+                        let _ = s.send(());
+                    }
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    let request: serde_json::Value =
+                        serde_json::from_slice(&p.payload).expect("a JSON command");
+                    let id = request["id"].as_str().expect("an id").to_owned();
+                    let answer =
+                        serde_json::json!({"id": id, "result": {"pong": request["params"]["n"]}});
+                    client
+                        .publish(
+                            &answer_topic,
+                            rumqttc::QoS::AtLeastOnce,
+                            false,
+                            answer.to_string(),
+                        )
+                        .await
+                        .expect("answer queued");
+                    let _ = seen_tx.send(id);
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed)
+        .await
+        .expect("SUBACK in time")
+        .expect("subscribed");
+    (task, seen)
+}
+
+/// POSTs a command through `server`'s API and returns it as accepted.
+async fn send_command(server: &TestServer, device: &str, body: serde_json::Value) -> Command {
+    let response = server
+        .client()
+        .post(server.url(&format!("/api/devices/{device}/commands")))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 201);
+    response.json().await.expect("a command")
+}
+
+/// Polls `server`'s API until command `id` is in `state`.
+async fn until_state(server: &TestServer, id: &str, state: CommandState) -> Command {
+    let path = format!("/api/commands/{id}");
+    wait_for(&format!("command {id} {}", state.label()), || async {
+        server.get_json::<Command>(&path).await.state == state
+    })
+    .await;
+    server.get_json(&path).await
+}
+
+#[tokio::test]
+async fn a_command_sent_through_one_instance_is_answered_by_a_device_on_another() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Some(nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let (a, b) = two_instances(&db, &nats).await;
+    let secret = a.add_device("pump").await;
+    let (_device, mut seen) = answering_device(a.mqtt, "pump", &secret).await;
+    // An operator watches the device's page on B.
+    let mut page = b.live(r#"{"type":"subscribe","devices":["pump"]}"#).await;
+
+    // Asked until A's subscription has spread to every NATS node: until
+    // then B finds nobody, and a plain command fails at once, as it does
+    // for an offline device.
+    let mut sent = None;
+    for n in 0..50 {
+        let c = send_command(
+            &b,
+            "pump",
+            serde_json::json!({"name": "ping", "params": {"n": n}}),
+        )
+        .await;
+        if c.state != CommandState::Failed {
+            sent = Some((c, n));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (sent, n) = sent.expect("B reached the instance holding the device");
+    assert_eq!(sent.state, CommandState::Sent, "{sent:?}");
+    let answered = until_state(&b, &sent.id, CommandState::Answered).await;
+    assert_eq!(answered.response, Some(serde_json::json!({"pong": n})));
+    assert_eq!(seen.recv().await.as_deref(), Some(sent.id.as_str()));
+    // B's viewer follows the command A tracks, to its answer.
+    let live = next_matching(&mut page, |m| match m {
+        ServerMsg::Command { command }
+            if command.id == sent.id && command.state == CommandState::Answered =>
+        {
+            Some(command)
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(live.response, answered.response);
+}
+
+#[tokio::test]
+async fn a_persistent_command_waits_for_its_device_on_whichever_instance_it_joins() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Some(nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let (a, b) = two_instances(&db, &nats).await;
+    let secret = a.add_device("valve").await;
+
+    // The device is offline: through B, a persistent command waits, and
+    // one with a short TTL expires, though no instance holds it.
+    let waiting = send_command(
+        &b,
+        "valve",
+        serde_json::json!({"name": "open", "params": {"n": 1}, "persistent": true, "ttl_ms": 60000}),
+    )
+    .await;
+    assert_eq!(waiting.state, CommandState::Queued);
+    let short = send_command(
+        &b,
+        "valve",
+        serde_json::json!({"name": "close", "persistent": true, "ttl_ms": 1000}),
+    )
+    .await;
+    let expired = until_state(&a, &short.id, CommandState::Expired).await;
+    assert_eq!(
+        expired.error.as_deref(),
+        Some("not delivered within its TTL of 1 s")
+    );
+    assert_eq!(
+        a.metric("sightline_command_sweep_leader").await
+            + b.metric("sightline_command_sweep_leader").await,
+        1,
+        "one instance expires the commands nobody holds"
+    );
+
+    // The device comes online on A: the waiting command reaches it, and
+    // the expired one does not.
+    let (device, mut seen) = answering_device(a.mqtt, "valve", &secret).await;
+    let answered = until_state(&b, &waiting.id, CommandState::Answered).await;
+    assert_eq!(answered.response, Some(serde_json::json!({"pong": 1})));
+    assert_eq!(seen.recv().await.as_deref(), Some(waiting.id.as_str()));
+
+    // It goes away from A before a second persistent command is answered,
+    // and comes back through B: the command follows it there.
+    device.abort();
+    wait_for("valve gone from A", || async {
+        a.metric("sightline_devices_connected").await == 0
+    })
+    .await;
+    let later = send_command(
+        &a,
+        "valve",
+        serde_json::json!({"name": "open", "params": {"n": 2}, "persistent": true, "ttl_ms": 60000}),
+    )
+    .await;
+    assert_eq!(later.state, CommandState::Queued);
+    let (_device, mut seen) = answering_device(b.mqtt, "valve", &secret).await;
+    let answered = until_state(&a, &later.id, CommandState::Answered).await;
+    assert_eq!(answered.response, Some(serde_json::json!({"pong": 2})));
+    assert_eq!(seen.recv().await.as_deref(), Some(later.id.as_str()));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), seen.recv())
+            .await
+            .is_err(),
+        "nothing else reaches the device"
+    );
+}
+
+/// What `server`'s API says of `device`'s connection: online or not, and
+/// why its last connection ended.
+async fn presence_on(server: &TestServer, device: &str) -> (bool, Option<String>) {
+    let summary: serde_json::Value = server.get_json(&format!("/api/devices/{device}")).await;
+    let presence = &summary["summary"]["presence"];
+    (
+        presence["online"].as_bool().unwrap_or(false),
+        presence["reason"].as_str().map(str::to_owned),
+    )
+}
+
+#[tokio::test]
+async fn every_instance_shows_where_devices_are_connected_and_a_lost_instance_lets_go_in_one_lease()
+{
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Some(nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let mut config = test_config(&db.url);
+    config.nats_urls = nats.urls.clone();
+    config.presence_lease_secs = 1;
+    let a = TestServer::start(config.clone()).await;
+    let b = TestServer::start(config.clone()).await;
+
+    // A device on A is online on B, and on an instance that starts later.
+    let secret = a.add_device("lamp").await;
+    let on_a = connect_once(a.mqtt, "lamp", &secret);
+    wait_for("lamp online on B", || async {
+        presence_on(&b, "lamp").await.0
+    })
+    .await;
+    let c = TestServer::start(config).await;
+    wait_for("lamp online on C, which started later", || async {
+        presence_on(&c, "lamp").await.0
+    })
+    .await;
+    // Its connection drops: B shows it offline, with A's reason.
+    on_a.abort();
+    wait_for("lamp offline on B", || async {
+        !presence_on(&b, "lamp").await.0
+    })
+    .await;
+    let (_, reason) = presence_on(&b, "lamp").await;
+    assert!(reason.is_some_and(|r| r != server::presence::INSTANCE_LOST));
+
+    // An instance that dies without a word: a NATS client that says what
+    // an instance says, once, then nothing.
+    b.add_device("far").await;
+    let ghost = async_nats::connect(nats.urls[0].as_str())
+        .await
+        .expect("NATS");
+    let now = server::clock::now_ms();
+    for word in [
+        serde_json::json!({"word": "alive", "instance": "ghost", "lease_ms": 1000, "held": 1}),
+        serde_json::json!({"word": "changed", "instance": "ghost", "devices": [
+            {"device": "far", "online": true, "connected_since": now, "last_seen": now, "reason": null}
+        ]}),
+    ] {
+        ghost
+            .publish("sightline.presence", word.to_string().into())
+            .await
+            .expect("publish");
+    }
+    ghost.flush().await.expect("flush");
+    let said = std::time::Instant::now();
+    wait_for("far online on B", || async {
+        presence_on(&b, "far").await.0
+    })
+    .await;
+    wait_for("far offline on B", || async {
+        !presence_on(&b, "far").await.0
+    })
+    .await;
+    let after = said.elapsed();
+    let (_, reason) = presence_on(&b, "far").await;
+    assert_eq!(reason.as_deref(), Some(server::presence::INSTANCE_LOST));
+    // One lease, plus the quarter second between checks and the polling.
+    assert!(
+        after < Duration::from_millis(1_600),
+        "offline after {after:?}"
+    );
+    assert!(
+        after >= Duration::from_millis(900),
+        "offline after {after:?}: too soon"
+    );
 }

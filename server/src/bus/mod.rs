@@ -16,16 +16,30 @@
 //! stale one, taken over as MQTT requires). Every instance subscribes to
 //! both for all devices; they are small and rare.
 //!
+//! Commands follow their device. The instance where a device subscribes
+//! to its commands answers requests on `<prefix>.cmd.<device>` while it
+//! holds that subscription; an operator's command accepted anywhere else
+//! is stored first, then sent there as a NATS request, and with nobody to
+//! answer it stays stored until the device subscribes again (see
+//! the command service, which sits above the bus). Each change of a command is told on
+//! `<prefix>.cmdstate.<device>`, so that viewers on every instance follow
+//! its progress live.
+//!
+//! Which devices are connected where is told on `<prefix>.presence`, under
+//! a lease (see [`presence`]).
+//!
 //! Delivery is at most once, as NATS core is. Nothing here is needed for a
 //! reading to be stored or acknowledged: a bus that is down or full costs
 //! live updates on other instances (counted in `/metrics`), and pages
 //! repair the gap from the database when they load their history.
 
+mod presence;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use app::model::Reading;
+use app::model::{Command, Reading};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -33,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::live::{Hub, LiveBatch};
 use crate::metrics::Metrics;
+use crate::presence::Tracker;
 
 /// The most readings in one bus message. A device's share of a large
 /// batch is split so that each message stays far below NATS's default
@@ -52,21 +67,47 @@ pub enum BusError {
 }
 
 /// Control messages waiting to be published; beyond this they are dropped
-/// and counted. Each is under 300 bytes.
+/// and counted. Each is under 300 bytes, or a command's size.
 const CONTROL_QUEUE: usize = 4096;
+
+/// How long a command request waits for the instance holding its device.
+/// That instance answers once it has handed the command to its broker,
+/// which takes well under a millisecond; a request still unanswered after
+/// this is treated as having found nobody.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A started bus: what the writer's callback hands committed batches to,
 /// and what the edge and API tell other instances through.
 #[derive(Clone, Debug)]
 pub struct Bus {
+    client: async_nats::Client,
     outgoing: mpsc::Sender<Vec<Reading>>,
     control: mpsc::Sender<(String, Vec<u8>)>,
+    /// The command subscription of each device this instance holds.
+    holds: Arc<std::sync::Mutex<HashMap<String, JoinHandle<()>>>>,
+    asked: mpsc::Sender<Asked>,
     prefix: String,
     metrics: Arc<Metrics>,
 }
 
+/// What the bus hands this instance: events for its edge and command
+/// service, and commands other instances ask it to deliver.
+#[derive(Debug)]
+pub struct Inbox {
+    pub remote: mpsc::Receiver<Remote>,
+    pub asked: mpsc::Receiver<Asked>,
+}
+
+/// A command another instance asks this one to deliver, because this one
+/// holds its device's command subscription.
+#[derive(Debug)]
+pub struct Asked {
+    pub command: Command,
+    reply: Option<async_nats::Subject>,
+}
+
 /// What another instance asks of this one's edge.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Remote {
     /// The device was disabled: end every session it holds.
@@ -74,7 +115,12 @@ pub enum Remote {
     /// The device logged in elsewhere under `client_id`: end a session
     /// here under the same client id.
     Connected { device: String, client_id: String },
+    /// A command changed state on the instance that holds its device.
+    CommandChanged { command: Box<Command> },
 }
+
+/// The kinds of event every instance listens to for all devices.
+const EVENT_KINDS: [&str; 3] = ["disabled", "connected", "cmdstate"];
 
 impl Bus {
     /// Queues a committed batch for other instances, or counts it as
@@ -92,8 +138,9 @@ impl Bus {
         let (kind, device) = match event {
             Remote::Disabled { device } => ("disabled", device),
             Remote::Connected { device, .. } => ("connected", device),
+            Remote::CommandChanged { command } => ("cmdstate", &command.device),
         };
-        let subject = format!("{}.{kind}.{}", self.prefix, device.replace('.', "%2E"));
+        let subject = subject(&self.prefix, kind, device);
         let queued = serde_json::to_vec(event)
             .ok()
             .is_some_and(|json| self.control.try_send((subject, json)).is_ok());
@@ -101,20 +148,117 @@ impl Bus {
             Metrics::add(&self.metrics.bus_control_dropped, 1);
         }
     }
+
+    /// Sends `command` to the instance that holds its device. Returns the
+    /// command as that instance took it, or `None` when no instance holds
+    /// the device (or none answered in time).
+    pub async fn ask(&self, command: &Command) -> Result<Option<Command>, String> {
+        let json = serde_json::to_vec(command).map_err(|e| e.to_string())?;
+        let request = async_nats::Request::new()
+            .payload(json.into())
+            .timeout(Some(ASK_TIMEOUT));
+        let subject = subject(&self.prefix, "cmd", &command.device);
+        match self.client.send_request(subject, request).await {
+            // The holder answers `null` when it let the device go a moment
+            // before the request reached it.
+            Ok(reply) => serde_json::from_slice(&reply.payload)
+                .map_err(|e| format!("unreadable answer from another instance: {e}")),
+            Err(e) => match e.kind() {
+                async_nats::RequestErrorKind::NoResponders
+                | async_nats::RequestErrorKind::TimedOut => Ok(None),
+                _ => Err(e.to_string()),
+            },
+        }
+    }
+
+    /// Answers `asked` with the command as this instance took it, or with
+    /// `None` when it does not hold the device after all.
+    pub async fn reply(&self, asked: Asked, taken: Option<&Command>) {
+        let Some(reply) = asked.reply else {
+            return;
+        };
+        let json = serde_json::to_vec(&taken).unwrap_or_else(|_| b"null".to_vec());
+        if self.client.publish(reply, json.into()).await.is_err() {
+            Metrics::add(&self.metrics.bus_control_dropped, 1);
+        }
+    }
+
+    /// Starts answering command requests for `device`, which subscribed to
+    /// its commands here. Returns once the NATS server has the
+    /// subscription, so that a command stored after this is either asked
+    /// of this instance or found in the database by it.
+    pub async fn hold(&self, device: &str) {
+        if self
+            .holds
+            .lock()
+            .is_ok_and(|h| h.get(device).is_some_and(|t| !t.is_finished()))
+        {
+            return;
+        }
+        let subject = subject(&self.prefix, "cmd", device);
+        let subscriber = match self.client.subscribe(subject.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("bus: cannot subscribe to {subject}: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!("bus: cannot confirm the subscription to {subject}: {e}");
+        }
+        let task = tokio::spawn(forward_asks(
+            subscriber,
+            self.asked.clone(),
+            self.metrics.clone(),
+        ));
+        if let Ok(mut holds) = self.holds.lock() {
+            if let Some(old) = holds.insert(device.to_owned(), task) {
+                old.abort();
+            }
+        }
+    }
+
+    /// Stops answering command requests for `device`, whose last command
+    /// subscription here ended.
+    pub fn release(&self, device: &str) {
+        if let Some(task) = self.holds.lock().ok().and_then(|mut h| h.remove(device)) {
+            // Dropping the subscriber with its task unsubscribes.
+            task.abort();
+        }
+    }
 }
 
-/// Connects to the NATS servers at `urls` and starts the bus's two tasks:
-/// one publishes committed batches, the other follows what local viewers
-/// watch. Both end when `stop` fires.
+/// Where the bus connects and how it is bounded.
+#[derive(Debug)]
+pub struct Settings<'a> {
+    pub urls: &'a [String],
+    pub prefix: &'a str,
+    /// Committed batches that may wait to be published.
+    pub queue: usize,
+    /// This instance's name on the bus, unique to the process.
+    pub instance: &'a str,
+    /// How long this instance's word on presence holds.
+    pub lease: Duration,
+}
+
+/// Connects to the NATS servers and starts the bus's tasks: one publishes
+/// committed batches, one follows what local viewers watch, one tells and
+/// follows presence, and one listener per kind of event. All end when
+/// `stop` fires.
 pub async fn start(
-    urls: &[String],
-    prefix: &str,
-    queue: usize,
-    instance: &str,
+    settings: Settings<'_>,
     hub: Arc<Hub>,
+    tracker: Arc<Tracker>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-) -> Result<(Bus, mpsc::Receiver<Remote>, Vec<JoinHandle<()>>), BusError> {
+) -> Result<(Bus, Inbox, Vec<JoinHandle<()>>), BusError> {
+    let Settings {
+        urls,
+        prefix,
+        queue,
+        instance,
+        lease,
+    } = settings;
     let client = async_nats::ConnectOptions::new()
         .name(format!("sightline {instance}"))
         .no_echo()
@@ -131,8 +275,9 @@ pub async fn start(
     let (outgoing, rx) = mpsc::channel(queue);
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let (remote_tx, remote_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (asked, asked_rx) = mpsc::channel(CONTROL_QUEUE);
     let mut listeners = Vec::new();
-    for kind in ["disabled", "connected"] {
+    for kind in EVENT_KINDS {
         let subscriber = client
             .subscribe(format!("{prefix}.{kind}.*"))
             .await
@@ -153,9 +298,18 @@ pub async fn start(
             stop.clone(),
         )),
         tokio::spawn(follow(
-            client,
+            client.clone(),
             prefix.to_owned(),
             hub,
+            metrics.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(presence::run(
+            client.clone(),
+            prefix.to_owned(),
+            instance.to_owned(),
+            tracker,
+            lease,
             metrics.clone(),
             stop.clone(),
         )),
@@ -169,12 +323,19 @@ pub async fn start(
         }),
     ];
     let bus = Bus {
+        client,
         outgoing,
         control,
+        holds: Arc::default(),
+        asked,
         prefix: prefix.to_owned(),
         metrics,
     };
-    Ok((bus, remote_rx, tasks))
+    let inbox = Inbox {
+        remote: remote_rx,
+        asked: asked_rx,
+    };
+    Ok((bus, inbox, tasks))
 }
 
 /// Passes each control message of `subscriber` on to the edge's handler.
@@ -198,11 +359,38 @@ async fn listen(
     }
 }
 
-/// The subject that carries `device`'s readings. Device names may hold
-/// `.`, NATS's token separator, and never `%`, so escaping `.` as `%2E`
-/// keeps one token per device and distinct names distinct.
-pub fn live_subject(prefix: &str, device: &str) -> String {
-    format!("{prefix}.live.{}", device.replace('.', "%2E"))
+/// Passes each command request of one held device on to the command
+/// service; a request that cannot be queued goes unanswered, and its
+/// sender treats it as having found nobody.
+async fn forward_asks(
+    mut subscriber: async_nats::Subscriber,
+    to_commands: mpsc::Sender<Asked>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(message) = subscriber.next().await {
+        match serde_json::from_slice::<Command>(&message.payload) {
+            Ok(command) => {
+                let asked = Asked {
+                    command,
+                    reply: message.reply,
+                };
+                if to_commands.try_send(asked).is_err() {
+                    Metrics::add(&metrics.bus_control_dropped, 1);
+                }
+            }
+            Err(e) => {
+                Metrics::add(&metrics.bus_rejected, 1);
+                tracing::warn!("bus: ignoring a message on {}: {e}", message.subject);
+            }
+        }
+    }
+}
+
+/// The subject of one `kind` of message about `device`. Device names may
+/// hold `.`, NATS's token separator, and never `%`, so escaping `.` as
+/// `%2E` keeps one token per device and distinct names distinct.
+pub fn subject(prefix: &str, kind: &str, device: &str) -> String {
+    format!("{prefix}.{kind}.{}", device.replace('.', "%2E"))
 }
 
 /// Publishes each committed batch, one message per device (or per
@@ -237,7 +425,7 @@ async fn publish(
             by_device.entry(&r.device).or_default().push(r);
         }
         for (device, readings) in by_device {
-            let subject = live_subject(&prefix, device);
+            let subject = subject(&prefix, "live", device);
             for chunk in readings.chunks(READINGS_PER_MESSAGE) {
                 let n = chunk.len() as u64;
                 let sent = match serde_json::to_vec(chunk) {
@@ -275,7 +463,7 @@ async fn follow(
             interest
                 .devices
                 .iter()
-                .map(|d| live_subject(&prefix, d))
+                .map(|d| subject(&prefix, "live", d))
                 .collect()
         };
         held.retain(|subject, task| {
@@ -337,8 +525,8 @@ mod tests {
 
     #[test]
     fn each_device_has_its_own_single_token_subject() {
-        assert_eq!(live_subject("sl", "dev-1"), "sl.live.dev-1");
-        assert_eq!(live_subject("sl", "a.b"), "sl.live.a%2Eb");
-        assert_ne!(live_subject("sl", "a.b"), live_subject("sl", "a_b"));
+        assert_eq!(subject("sl", "live", "dev-1"), "sl.live.dev-1");
+        assert_eq!(subject("sl", "cmd", "a.b"), "sl.cmd.a%2Eb");
+        assert_ne!(subject("sl", "live", "a.b"), subject("sl", "live", "a_b"));
     }
 }

@@ -285,6 +285,46 @@ impl Machine {
         (next, fx)
     }
 
+    /// Takes up, in cluster mode, the stored unfinished commands of a
+    /// device that has just subscribed here: persistent commands wait to be
+    /// sent, or are sent again, and delivered ones may still be answered.
+    /// A plain command already sent belongs to the session it was sent
+    /// to, wherever that is, and is left alone. Commands held already are
+    /// skipped, so a command asked of this instance while it was reading
+    /// the database is not taken twice.
+    pub fn adopt(&mut self, stored: Vec<Command>) -> Effects {
+        let mut fx = Effects::default();
+        for mut c in stored {
+            if self.active.contains_key(&c.id) {
+                continue;
+            }
+            match c.state {
+                CommandState::Sent if c.persistent => {
+                    c.state = CommandState::Queued;
+                    fx.changes.push(c.clone());
+                }
+                CommandState::Queued if c.persistent => {}
+                CommandState::Delivered => {}
+                _ => continue,
+            }
+            self.active.insert(c.id.clone(), c);
+        }
+        fx
+    }
+
+    /// Whether any session here receives `device`'s commands.
+    pub fn holds(&self, device: &str) -> bool {
+        self.routes.contains_key(device)
+    }
+
+    /// Lets go, in cluster mode, of the unfinished commands of a device
+    /// that no session here receives any more. Their newest state is
+    /// already queued for the database, where the instance the device
+    /// subscribes on next takes them up ([`Machine::adopt`]).
+    pub fn forget(&mut self, device: &str) {
+        self.active.retain(|_, c| c.device != device);
+    }
+
     /// The newest state of `id` held in memory, if any.
     pub fn current(&self, id: &str) -> Option<&Command> {
         self.active
@@ -353,6 +393,37 @@ fn finish(c: &mut Command, state: CommandState, now: i64, why: String, fx: &mut 
     c.completed_at = Some(now);
     c.error = Some(why);
     fx.changes.push(c.clone());
+}
+
+/// What the cluster's sweep does to a stored unfinished command that may
+/// have no instance holding it (its device offline, or its instance
+/// dead): at its deadline a queued one expires; a sent or delivered one is
+/// given `grace` more, since an instance that holds it expires it itself
+/// at the deadline, and then it expires too, unless it is persistent and
+/// within its TTL, when it waits again for its device. `None` while it is
+/// not due.
+pub fn sweep(c: &Command, now: i64, grace: i64) -> Option<Command> {
+    let due = match c.state {
+        CommandState::Queued => deadline(c)?,
+        _ => deadline(c)? + grace,
+    };
+    if now < due || c.is_final() {
+        return None;
+    }
+    let mut c = c.clone();
+    if c.persistent && c.state == CommandState::Sent && now < c.created_at + c.ttl_ms {
+        c.state = CommandState::Queued;
+    } else {
+        let why = expiry_reason(&c);
+        finish(
+            &mut c,
+            CommandState::Expired,
+            now,
+            why,
+            &mut Effects::default(),
+        );
+    }
+    Some(c)
 }
 
 /// When `c` stops waiting: a queued command at the end of its TTL, a sent

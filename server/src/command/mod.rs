@@ -10,6 +10,15 @@
 //! do ([`Commands::subscribed`], [`Commands::delivered`], [`Commands::answer`]);
 //! a timer task expires what waits too long. The broker only carries the
 //! messages: it never sees the database.
+//!
+//! In cluster mode a command is handled by the instance where its device
+//! subscribed to its commands. An operator's command accepted on another
+//! instance is stored first and then asked of that instance over the bus;
+//! with no instance holding the device, a persistent command stays stored
+//! as queued, and the instance the device subscribes on next takes it up
+//! from the database ([`Machine::adopt`]). One instance at a time, under a
+//! database lock, expires the stored commands that nobody holds
+//! ([`Commands::run_sweep`]).
 
 pub mod cli;
 pub mod machine;
@@ -27,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acl::{AnswerTopic, Route};
 use crate::broker::Broker;
+use crate::bus::{Asked, Bus, Remote};
 use crate::clock::Clock;
 use crate::metrics::{LogLimiter, Metrics};
 use crate::store::{Store, StoreError};
@@ -56,8 +66,17 @@ pub enum AnswerError {
 }
 
 /// How often the timer looks for commands to expire when nothing else
-/// wakes it sooner.
+/// wakes it sooner; also how often the cluster's sweep runs.
 const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
+
+/// How long past its deadline the cluster's sweep leaves a sent command to
+/// the instance that holds it, whose own timer expires it first.
+const SWEEP_GRACE_MS: i64 = 5_000;
+
+/// How long to wait before asking again when no instance held a device:
+/// NATS spreads a new subscription to its other nodes a moment after it
+/// is made, so a device that has just subscribed may not be found at once.
+const ASK_AGAIN: Duration = Duration::from_millis(200);
 
 /// Command changes kept for live viewers that read slowly; one that falls
 /// further behind is told it lagged, and reloads its list.
@@ -79,6 +98,8 @@ pub struct Commands {
     answer_log: LogLimiter,
     /// Where the service reads the time; tests use tokio's.
     clock: Clock,
+    /// The bus to other instances, in cluster mode.
+    bus: Option<Bus>,
 }
 
 impl std::fmt::Debug for Commands {
@@ -103,6 +124,7 @@ impl Commands {
         metrics: Arc<Metrics>,
         max_bytes: usize,
         clock: Clock,
+        bus: Option<Bus>,
     ) -> Result<(Arc<Self>, Saver), crate::broker::BrokerError> {
         let link = broker.link("sightline-commands")?;
         let (saves, rx) = mpsc::unbounded_channel();
@@ -118,7 +140,14 @@ impl Commands {
             max_bytes,
             answer_log: LogLimiter::new(20, Duration::from_secs(10)),
             clock,
+            bus,
         });
+        // In cluster mode the unfinished commands belong to the instances
+        // their devices are on; each is taken up where its device
+        // subscribes next, and the sweep expires what nobody takes.
+        if commands.bus.is_some() {
+            return Ok((commands, Saver { rx, store, metrics }));
+        }
         match store.unfinished_commands().await {
             Ok(unfinished) => {
                 let now = commands.clock.now_ms();
@@ -141,21 +170,32 @@ impl Commands {
     /// the database and shown to live viewers. Called with the lock held,
     /// so changes are queued in the order they were made.
     fn record(&self, fx: &Effects) {
-        let counters = &self.metrics.commands;
         for c in &fx.changes {
-            let counter = match c.state {
-                CommandState::Queued => None,
-                CommandState::Sent => Some(&counters.sent),
-                CommandState::Delivered => Some(&counters.delivered),
-                CommandState::Answered => Some(&counters.answered),
-                CommandState::Failed => Some(&counters.failed),
-                CommandState::Expired => Some(&counters.expired),
-            };
-            if let Some(counter) = counter {
-                Metrics::add(counter, 1);
-            }
             let _ = self.saves.send(c.clone());
-            let _ = self.updates.send(c.clone());
+            self.announce(c);
+        }
+    }
+
+    /// Counts a change and shows it to live viewers, here and, in cluster
+    /// mode, on every other instance.
+    fn announce(&self, c: &Command) {
+        let counters = &self.metrics.commands;
+        let counter = match c.state {
+            CommandState::Queued => None,
+            CommandState::Sent => Some(&counters.sent),
+            CommandState::Delivered => Some(&counters.delivered),
+            CommandState::Answered => Some(&counters.answered),
+            CommandState::Failed => Some(&counters.failed),
+            CommandState::Expired => Some(&counters.expired),
+        };
+        if let Some(counter) = counter {
+            Metrics::add(counter, 1);
+        }
+        let _ = self.updates.send(c.clone());
+        if let Some(bus) = &self.bus {
+            bus.tell(&Remote::CommandChanged {
+                command: Box::new(c.clone()),
+            });
         }
     }
 
@@ -206,6 +246,11 @@ impl Commands {
             return Err(refused(CommandError::UnknownDevice(device.to_owned())));
         }
         Metrics::add(&self.metrics.commands.accepted, 1);
+        if let Some(bus) = &self.bus {
+            if !self.lock().holds(device) {
+                return Ok(self.send_elsewhere(bus, command).await);
+            }
+        }
         let (command, publish) = {
             let mut machine = self.lock();
             let (command, fx) = machine.accept(command, self.clock.now_ms());
@@ -217,6 +262,64 @@ impl Commands {
         };
         self.publish(publish).await;
         Ok(command)
+    }
+
+    /// Sends a stored (or, if plain, checked) command to the instance that
+    /// holds its device. With none, a persistent command stays stored as
+    /// queued, and a plain one fails as it would on a single server.
+    async fn send_elsewhere(&self, bus: &Bus, command: Command) -> Command {
+        for attempt in 0..2 {
+            match bus.ask(&command).await {
+                Ok(Some(taken)) => return taken,
+                Ok(None) if attempt == 0 => tokio::time::sleep(ASK_AGAIN).await,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(command = %command.id, "cannot ask other instances: {e}");
+                    break;
+                }
+            }
+        }
+        if command.persistent {
+            // Stored already, and found in the database by the instance
+            // the device subscribes on next.
+            self.announce(&command);
+            return command;
+        }
+        let mut machine = self.lock();
+        let (command, fx) = machine.accept(command, self.clock.now_ms());
+        self.record(&fx);
+        command
+    }
+
+    /// Takes a command another instance asked this one to deliver, and
+    /// answers with the command as taken, or with nothing if no session
+    /// here receives its device's commands any more.
+    pub async fn take_asked(&self, bus: &Bus, asked: Asked) {
+        let (taken, publish) = {
+            let mut machine = self.lock();
+            let c = &asked.command;
+            if let Some(held) = machine.current(&c.id) {
+                // Taken up from the database while the request travelled.
+                (Some(held.clone()), Vec::new())
+            } else if machine.holds(&c.device) {
+                let (taken, fx) = machine.accept(c.clone(), self.clock.now_ms());
+                self.record(&fx);
+                if !taken.is_final() {
+                    self.timer.notify_one();
+                }
+                (Some(taken), fx.publish)
+            } else {
+                (None, Vec::new())
+            }
+        };
+        self.publish(publish).await;
+        bus.reply(asked, taken.as_ref()).await;
+    }
+
+    /// A command changed state on another instance: tells this
+    /// instance's viewers.
+    pub fn changed_elsewhere(&self, command: Command) {
+        let _ = self.updates.send(command);
     }
 
     /// Publishes into the router. The command id travels as MQTT 5
@@ -248,8 +351,24 @@ impl Commands {
     /// A session of `device` subscribed to its commands on `route`: sends
     /// everything that was waiting for it.
     pub async fn subscribed(&self, device: &str, session: u64, route: Route) {
+        if let Some(bus) = &self.bus {
+            if !self.lock().holds(device) {
+                // Subscribed before reading, so that a command stored
+                // after the read is asked of this instance.
+                bus.hold(device).await;
+                match self.store.unfinished_commands_of(device).await {
+                    Ok(stored) => {
+                        let mut machine = self.lock();
+                        let fx = machine.adopt(stored);
+                        self.record(&fx);
+                    }
+                    Err(e) => tracing::error!(%device, "cannot read waiting commands: {e}"),
+                }
+            }
+        }
         self.apply(|m, now| m.subscribed(device, session, route, now))
             .await;
+        self.timer.notify_one();
     }
 
     /// A session of `device` ended or unsubscribed from its commands.
@@ -257,6 +376,12 @@ impl Commands {
         let mut machine = self.lock();
         let fx = machine.unsubscribed(device, session, self.clock.now_ms());
         self.record(&fx);
+        if let Some(bus) = &self.bus {
+            if !machine.holds(device) {
+                machine.forget(device);
+                bus.release(device);
+            }
+        }
     }
 
     /// The device acknowledged command `id` (or, at QoS 0, it was written
@@ -345,6 +470,40 @@ impl Commands {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(sleep) => {}
                 () = self.timer.notified() => {}
+            }
+        }
+    }
+
+    /// Expires, in cluster mode, the stored commands that no instance
+    /// holds (see [`machine::sweep`]), until `stop` fires. Runs on one
+    /// instance at a time.
+    pub async fn run_sweep(&self, stop: CancellationToken) {
+        loop {
+            match self.store.unfinished_commands().await {
+                Ok(stored) => {
+                    let now = self.clock.now_ms();
+                    for c in stored {
+                        if stop.is_cancelled() {
+                            return;
+                        }
+                        let Some(swept) = machine::sweep(&c, now, SWEEP_GRACE_MS) else {
+                            continue;
+                        };
+                        // Written here under a condition, not through the
+                        // saver, which would overwrite a step an instance
+                        // took meanwhile.
+                        match self.store.replace_command_if(&swept, c.state).await {
+                            Ok(true) => self.announce(&swept),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(command = %c.id, "cannot expire: {e}"),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("cannot read unfinished commands: {e}"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(MAX_TIMER_SLEEP) => {}
             }
         }
     }

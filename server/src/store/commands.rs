@@ -148,17 +148,58 @@ pub async fn get(db: &DatabaseConnection, id: &str) -> Result<Option<Command>, S
 }
 
 /// Every command that has not reached a final state, oldest first, for the
-/// server to pick up again at start.
-pub async fn unfinished(db: &DatabaseConnection) -> Result<Vec<Command>, StoreError> {
+/// server to pick up again at start; or only `device`'s.
+pub async fn unfinished(
+    db: &DatabaseConnection,
+    device: Option<&str>,
+) -> Result<Vec<Command>, StoreError> {
     let backend = db.get_database_backend();
+    let (of_device, values): (String, Vec<Value>) = match device {
+        Some(d) => (
+            format!(" AND d.name = {}", placeholder(backend, 1)),
+            vec![d.into()],
+        ),
+        None => (String::new(), Vec::new()),
+    };
     let sql = format!(
-        "{SELECT} WHERE c.state IN ('queued', 'sent', 'delivered') ORDER BY c.created_at, c.id"
+        "{SELECT} WHERE c.state IN ('queued', 'sent', 'delivered'){of_device} \
+         ORDER BY c.created_at, c.id"
     );
-    Ok(Row::find_by_statement(Statement::from_string(backend, sql))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(Row::into_command)
-        .filter(|c| !c.is_final())
-        .collect())
+    Ok(
+        Row::find_by_statement(Statement::from_sql_and_values(backend, sql, values))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(Row::into_command)
+            .filter(|c| !c.is_final())
+            .collect(),
+    )
+}
+
+/// Writes `c`'s new state only if its stored state is still `was`, so
+/// that a sweep never overwrites a step an instance took meanwhile.
+/// Returns whether it was written.
+pub async fn replace_if(
+    db: &DatabaseConnection,
+    c: &Command,
+    was: CommandState,
+) -> Result<bool, StoreError> {
+    let backend = db.get_database_backend();
+    let p: Vec<String> = (1..=5).map(|n| placeholder(backend, n)).collect();
+    let sql = format!(
+        "UPDATE command SET state = {}, completed_at = {}, error = {} \
+         WHERE id = {} AND state = {}",
+        p[0], p[1], p[2], p[3], p[4]
+    );
+    let values: Vec<Value> = vec![
+        c.state.label().into(),
+        c.completed_at.into(),
+        c.error.clone().into(),
+        c.id.clone().into(),
+        was.label().into(),
+    ];
+    let done = db
+        .execute_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?;
+    Ok(done.rows_affected() == 1)
 }

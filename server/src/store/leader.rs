@@ -23,6 +23,9 @@ pub const RETRY: Duration = Duration::from_secs(2);
 /// The advisory lock key of retention: "SLRETAIN" in ASCII.
 pub const RETENTION: i64 = 0x534c_5245_5441_494e;
 
+/// The advisory lock key of the cluster's command sweep: "SLCMDSWP".
+pub const COMMAND_SWEEP: i64 = 0x534c_434d_4453_5750;
+
 /// The advisory lock key of migrations: "SLMIGRAT" in ASCII.
 const MIGRATIONS: i64 = 0x534c_4d49_4752_4154;
 

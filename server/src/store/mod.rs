@@ -417,7 +417,25 @@ impl Store {
 
     /// Commands that were not finished when the server last stopped.
     pub async fn unfinished_commands(&self) -> Result<Vec<app::model::Command>, StoreError> {
-        commands::unfinished(&self.db).await
+        commands::unfinished(&self.db, None).await
+    }
+
+    /// One device's unfinished commands, oldest first.
+    pub async fn unfinished_commands_of(
+        &self,
+        device: &str,
+    ) -> Result<Vec<app::model::Command>, StoreError> {
+        commands::unfinished(&self.db, Some(device)).await
+    }
+
+    /// Writes a command's new state if its stored state is still `was`;
+    /// see [`commands::replace_if`].
+    pub async fn replace_command_if(
+        &self,
+        command: &app::model::Command,
+        was: app::model::CommandState,
+    ) -> Result<bool, StoreError> {
+        commands::replace_if(&self.db, command, was).await
     }
 
     /// Whether a device of this name exists.

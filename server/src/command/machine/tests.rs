@@ -32,6 +32,9 @@ enum Event {
     Tick,
     /// The server restarts: the command comes back as last stored.
     Restart,
+    /// In cluster mode, `d` subscribes on another instance, which takes
+    /// up the command as last stored.
+    Adopt,
 }
 use Event::*;
 
@@ -68,6 +71,10 @@ fn check(events: &[(i64, Event, Option<CommandState>, usize)]) {
             Restart => {
                 m = Machine::default();
                 m.resume(stored.clone().into_iter().collect(), *at)
+            }
+            Adopt => {
+                m = Machine::default();
+                m.adopt(stored.clone().into_iter().collect())
             }
         };
         if let Some(c) = fx.changes.iter().rev().find(|c| c.id == "c") {
@@ -225,6 +232,64 @@ fn a_restart_keeps_what_can_still_complete() {
         (5, Restart, Some(Delivered), 0),
         (6, Answer(Ok(2)), Some(Answered), 0),
     ]);
+}
+
+#[test]
+fn another_instance_takes_up_what_can_still_complete() {
+    // A persistent command whose session ended is sent again where the
+    // device subscribes next.
+    check(&[
+        (0, Subscribe(1, NATIVE), None, 0),
+        (0, send(true, true), Some(Sent), 1),
+        (1, Gone(1), Some(Queued), 0),
+        (2, Adopt, Some(Queued), 0),
+        (3, Subscribe(2, NATIVE), Some(Sent), 1),
+        (4, Answer(Ok(1)), Some(Answered), 0),
+    ]);
+    // A delivered command may be answered on the new instance.
+    check(&[
+        (0, Subscribe(1, NATIVE), None, 0),
+        (0, send(false, true), Some(Sent), 1),
+        (1, Ack, Some(Delivered), 0),
+        (2, Adopt, Some(Delivered), 0),
+        (3, Answer(Ok(2)), Some(Answered), 0),
+    ]);
+    // A plain command already sent stays with the session it went to.
+    check(&[
+        (0, Subscribe(1, NATIVE), None, 0),
+        (0, send(false, true), Some(Sent), 1),
+        (2, Adopt, None, 0),
+    ]);
+}
+
+#[test]
+fn the_sweep_expires_what_nobody_holds_after_a_holders_own_deadline() {
+    const GRACE: i64 = 500;
+    let mut c = command(true, true, 0);
+    assert!(sweep(&c, TTL - 1, GRACE).is_none());
+    let expired = sweep(&c, TTL, GRACE).expect("due");
+    assert_eq!(expired.state, Expired);
+    assert_eq!(
+        expired.error.as_deref(),
+        Some("not delivered within its TTL of 10 s")
+    );
+    c.state = Sent;
+    c.sent_at = Some(100);
+    assert!(
+        sweep(&c, 100 + TIMEOUT, GRACE).is_none(),
+        "an instance that holds it expires it first"
+    );
+    let again = sweep(&c, 100 + TIMEOUT + GRACE, GRACE).expect("due");
+    assert_eq!(again.state, Queued, "persistent and within its TTL");
+    c.persistent = false;
+    let expired = sweep(&c, 100 + TIMEOUT + GRACE, GRACE).expect("due");
+    assert_eq!(expired.state, Expired);
+    assert_eq!(
+        expired.error.as_deref(),
+        Some("not acknowledged within 1 s")
+    );
+    c.state = Answered;
+    assert!(sweep(&c, i64::MAX / 2, GRACE).is_none(), "finished");
 }
 
 #[test]

@@ -1,0 +1,386 @@
+//! Cluster mode with real processes: an instance is killed with SIGKILL
+//! under load. Its devices reconnect to the other instance (as haproxy
+//! sends them), every reading that got a PUBACK is in PostgreSQL, a
+//! command it was tracking is answered through the survivor, and a device
+//! that does not come back shows offline everywhere within one lease.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use app::model::{Command, CommandState};
+use common::nats::NatsCluster;
+use common::{admin_token, client_with, spawn_server, wait_for, TestDb};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Request};
+
+/// The lease the instances are started with.
+const LEASE_SECS: u64 = 2;
+
+/// One `sightline serve` child process in cluster mode.
+struct Instance {
+    child: tokio::process::Child,
+    http: SocketAddr,
+    mqtt: SocketAddr,
+}
+
+async fn instance(db: &TestDb, nats: &NatsCluster) -> Instance {
+    let urls = nats.urls.join(",");
+    let lease = LEASE_SECS.to_string();
+    let (child, http, mqtt) = spawn_server(
+        &db.url,
+        &["--nats-url", &urls, "--presence-lease-secs", &lease],
+    )
+    .await;
+    Instance { child, http, mqtt }
+}
+
+fn options(id: &str, at: SocketAddr) -> MqttOptions {
+    let mut o = MqttOptions::new(id, at.ip().to_string(), at.port());
+    o.set_keep_alive(Duration::from_secs(5));
+    o
+}
+
+/// A QoS 1 device that publishes the values 0, 1, 2, … and, when its
+/// connection fails, reconnects to the other instance (as haproxy would
+/// send it), sending again what was not acknowledged. It records every
+/// value that got a PUBACK.
+struct Roaming {
+    acked: Arc<Mutex<BTreeSet<u64>>>,
+    publisher: tokio::task::JoinHandle<()>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Roaming {
+    fn start(id: &str, instances: [SocketAddr; 2], first: usize) -> Self {
+        let (client, mut events) = AsyncClient::new(options(id, instances[first]), 1000);
+        let acked = Arc::new(Mutex::new(BTreeSet::new()));
+        let seen = acked.clone();
+        let topic = format!("sensor/{id}/n");
+        let id = id.to_owned();
+        let driver = tokio::spawn(async move {
+            // Values go out in order, so a new packet id belongs to the
+            // next value. A packet id still in flight that goes out again
+            // is a retransmission after a reconnect, of the same value.
+            let mut next_value = 0u64;
+            let mut in_flight: HashMap<u16, u64> = HashMap::new();
+            let mut carried: VecDeque<Request> = VecDeque::new();
+            let mut at = first;
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        // rumqttc drops what was not acknowledged when the
+                        // new session is not the old one; a device that
+                        // must not lose readings sends them again, first.
+                        carried.extend(events.pending.drain(..));
+                        events.pending = std::mem::take(&mut carried);
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        in_flight.entry(pkid).or_insert_with(|| {
+                            next_value += 1;
+                            next_value - 1
+                        });
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(v) = in_flight.remove(&ack.pkid) {
+                            seen.lock().expect("lock").insert(v);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        carried.extend(events.pending.drain(..));
+                        at = 1 - at;
+                        events.mqtt_options = options(&id, instances[at]);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        let publisher = tokio::spawn(async move {
+            let mut i = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            loop {
+                tick.tick().await;
+                if client
+                    .publish(&topic, QoS::AtLeastOnce, false, i.to_string())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                i += 1;
+            }
+        });
+        Self {
+            acked,
+            publisher,
+            driver,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().expect("lock").len()
+    }
+}
+
+/// Every stored value of `device`'s metric `n`, with repeats.
+async fn stored(url: &str, device: &str) -> Vec<u64> {
+    let store = server::store::Store::open(url).await.expect("open store");
+    let Some(series) = store.series_of(device, Some("n")).await.expect("series") else {
+        return Vec::new();
+    };
+    let mut values = Vec::new();
+    for (series_id, _) in series {
+        let mut after = None;
+        loop {
+            let page = store
+                .readings_page(series_id, i64::MIN, i64::MAX, after, 100_000)
+                .await
+                .expect("readings");
+            let Some(&(ts, id, _)) = page.last() else {
+                break;
+            };
+            values.extend(page.iter().map(|&(_, _, v)| v as u64));
+            after = Some((ts, id));
+        }
+    }
+    values
+}
+
+/// `device`'s connection as `http`'s API shows it: online, and why its
+/// last connection ended.
+async fn presence(api: &reqwest::Client, http: SocketAddr, device: &str) -> (bool, Option<String>) {
+    let summary: serde_json::Value = api
+        .get(format!("http://{http}/api/devices/{device}"))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    (
+        summary["summary"]["presence"]["online"]
+            .as_bool()
+            .unwrap_or(false),
+        summary["summary"]["presence"]["reason"]
+            .as_str()
+            .map(str::to_owned),
+    )
+}
+
+#[tokio::test]
+async fn killing_an_instance_under_load_loses_nothing_acknowledged() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Some(nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let mut a = instance(&db, &nats).await;
+    let b = instance(&db, &nats).await;
+    let api = client_with(&admin_token(&db.url).await);
+    let both = [a.mqtt, b.mqtt];
+
+    // Ten devices publish 500 readings/s each, half of them on A.
+    let devices: Vec<(String, Roaming)> = (0..10)
+        .map(|i| {
+            let id = format!("roam-{i}");
+            let device = Roaming::start(&id, both, i % 2);
+            (id, device)
+        })
+        .collect();
+    // A device that tracks a command on A, and one that will not come
+    // back when A dies.
+    let (commanded, mut commands) = commanded_device(both).await;
+    let silent = {
+        let (client, mut events) = AsyncClient::new(options("silent", a.mqtt), 10);
+        // One reading, so that its page exists.
+        client
+            .publish("sensor/silent/n", QoS::AtLeastOnce, false, "1")
+            .await
+            .expect("queued");
+        tokio::spawn(async move {
+            let _client = client;
+            while events.poll().await.is_ok() {}
+        })
+    };
+    wait_for("every device acknowledged on both instances", || async {
+        devices.iter().all(|(_, d)| d.acked() >= 200)
+    })
+    .await;
+    wait_for("the silent device online on B", || async {
+        presence(&api, b.http, "silent").await.0
+    })
+    .await;
+
+    // An operator on B sends a persistent two-way command; the device on
+    // A receives it and has not answered when A dies.
+    let response = api
+        .post(format!("http://{}/api/devices/commanded/commands", b.http))
+        .json(
+            &serde_json::json!({"name": "ping", "persistent": true, "two_way": true,
+            "timeout_ms": 60000, "ttl_ms": 60000}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 201);
+    let command: Command = response.json().await.expect("a command");
+    let received = tokio::time::timeout(Duration::from_secs(10), commands.recv())
+        .await
+        .expect("the command reached the device on A")
+        .expect("device running");
+    assert_eq!(received, command.id);
+
+    let before: usize = devices.iter().map(|(_, d)| d.acked()).sum();
+    a.child.start_kill().expect("SIGKILL");
+    let killed = Instant::now();
+    let _ = a.child.wait().await;
+
+    // Every device goes on through B, and acknowledgements keep coming.
+    wait_for("acknowledgements through B", || async {
+        devices.iter().map(|(_, d)| d.acked()).sum::<usize>() > before + 5_000
+    })
+    .await;
+    // The device that did not come back is offline on B within a lease
+    // (plus B's quarter-second check and the polling here).
+    wait_for("the silent device offline on B", || async {
+        !presence(&api, b.http, "silent").await.0
+    })
+    .await;
+    let offline_after = killed.elapsed();
+    let (_, reason) = presence(&api, b.http, "silent").await;
+    assert_eq!(reason.as_deref(), Some(server::presence::INSTANCE_LOST));
+    assert!(
+        offline_after < Duration::from_millis(LEASE_SECS * 1000 + 1_000),
+        "offline after {offline_after:?}"
+    );
+    println!("the silent device showed offline on B {offline_after:?} after A died");
+    // Those that came back are online on B.
+    for (id, _) in &devices {
+        assert!(presence(&api, b.http, id).await.0, "{id} online on B");
+    }
+    // The command follows its device to B and is answered there.
+    let answered = {
+        let path = format!("http://{}/api/commands/{}", b.http, command.id);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let c: Command = api
+                .get(&path)
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("JSON");
+            if c.state == CommandState::Answered || Instant::now() > deadline {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(answered.state, CommandState::Answered, "{answered:?}");
+    assert_eq!(answered.response, Some(serde_json::json!({"pong": true})));
+
+    // Stop publishing, let the last acknowledgements arrive, and check.
+    for (_, d) in &devices {
+        d.publisher.abort();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut acked_total, mut duplicates) = (0, 0);
+    for (id, d) in &devices {
+        d.driver.abort();
+        let acked = d.acked.lock().expect("lock").clone();
+        let values = stored(&db.url, id).await;
+        let distinct: BTreeSet<u64> = values.iter().copied().collect();
+        let missing: Vec<&u64> = acked.difference(&distinct).take(10).collect();
+        assert!(
+            missing.is_empty(),
+            "{id}: acknowledged but not stored: {missing:?} (of {})",
+            acked.len()
+        );
+        acked_total += acked.len();
+        duplicates += values.len() - distinct.len();
+    }
+    println!(
+        "{acked_total} readings acknowledged, none missing; {duplicates} stored twice \
+         (committed on A, PUBACK lost with it, retransmitted to B)"
+    );
+    commanded.abort();
+    silent.abort();
+}
+
+/// A device that subscribes to its commands, reports each command id it
+/// receives, and answers only after its connection has moved to the other
+/// instance: it was busy when the first instance died.
+async fn commanded_device(
+    instances: [SocketAddr; 2],
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (client, mut events) = AsyncClient::new(options("commanded", instances[0]), 100);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut ready_tx = Some(ready_tx);
+        let mut unanswered: Vec<String> = Vec::new();
+        let mut moved = false;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client
+                        .subscribe("command/commanded", QoS::AtLeastOnce)
+                        .await;
+                    // A reading, so that open registration keeps the device.
+                    let _ = client
+                        .publish("sensor/commanded/n", QoS::AtLeastOnce, false, "1")
+                        .await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready_tx.take() {
+                        let _ = r.send(());
+                    }
+                    // Subscribed on the new instance, which has taken up
+                    // the command from the database: answer it now.
+                    if moved {
+                        for id in unanswered.drain(..) {
+                            let answer = serde_json::json!({"id": id, "result": {"pong": true}});
+                            let _ = client
+                                .publish(
+                                    "command/commanded/response",
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    answer.to_string(),
+                                )
+                                .await;
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let request: serde_json::Value =
+                        serde_json::from_slice(&p.payload).unwrap_or_default();
+                    if let Some(id) = request["id"].as_str() {
+                        if !moved {
+                            unanswered.push(id.to_owned());
+                        }
+                        let _ = tx.send(id.to_owned());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    moved = true;
+                    events.mqtt_options = options("commanded", instances[1]);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready)
+        .await
+        .expect("subscribed in time")
+        .expect("subscribed");
+    (task, rx)
+}
