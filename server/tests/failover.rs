@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use app::model::{Command, CommandState};
 use common::nats::NatsCluster;
-use common::{admin_token, client_with, spawn_server, wait_for, TestDb};
+use common::{admin_token, client_with, spawn_server, wait_for, OwnPostgres, TestDb};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Request};
 
 /// The lease the instances are started with.
@@ -26,11 +26,11 @@ struct Instance {
     mqtt: SocketAddr,
 }
 
-async fn instance(db: &TestDb, nats: &NatsCluster) -> Instance {
+async fn instance(db_url: &str, nats: &NatsCluster) -> Instance {
     let urls = nats.urls.join(",");
     let lease = LEASE_SECS.to_string();
     let (child, http, mqtt) = spawn_server(
-        &db.url,
+        db_url,
         &["--nats-url", &urls, "--presence-lease-secs", &lease],
     )
     .await;
@@ -54,6 +54,18 @@ struct Roaming {
 }
 
 impl Roaming {
+    /// Ten devices publishing 500 readings/s each, half of them first on
+    /// each instance.
+    fn fleet(instances: [SocketAddr; 2]) -> Vec<(String, Self)> {
+        (0..10)
+            .map(|i| {
+                let id = format!("roam-{i}");
+                let device = Self::start(&id, instances, i % 2);
+                (id, device)
+            })
+            .collect()
+    }
+
     fn start(id: &str, instances: [SocketAddr; 2], first: usize) -> Self {
         let (client, mut events) = AsyncClient::new(options(id, instances[first]), 1000);
         let acked = Arc::new(Mutex::new(BTreeSet::new()));
@@ -178,19 +190,12 @@ async fn killing_an_instance_under_load_loses_nothing_acknowledged() {
     let Some(nats) = NatsCluster::start(3) else {
         return;
     };
-    let mut a = instance(&db, &nats).await;
-    let b = instance(&db, &nats).await;
+    let mut a = instance(&db.url, &nats).await;
+    let b = instance(&db.url, &nats).await;
     let api = client_with(&admin_token(&db.url).await);
     let both = [a.mqtt, b.mqtt];
 
-    // Ten devices publish 500 readings/s each, half of them on A.
-    let devices: Vec<(String, Roaming)> = (0..10)
-        .map(|i| {
-            let id = format!("roam-{i}");
-            let device = Roaming::start(&id, both, i % 2);
-            (id, device)
-        })
-        .collect();
+    let devices = Roaming::fleet(both);
     // A device that tracks a command on A, and one that will not come
     // back when A dies.
     let (commanded, mut commands) = commanded_device(both).await;
@@ -284,16 +289,31 @@ async fn killing_an_instance_under_load_loses_nothing_acknowledged() {
     assert_eq!(answered.state, CommandState::Answered, "{answered:?}");
     assert_eq!(answered.response, Some(serde_json::json!({"pong": true})));
 
-    // Stop publishing, let the last acknowledgements arrive, and check.
-    for (_, d) in &devices {
+    let (acked, duplicates) = nothing_acknowledged_is_missing(&db.url, &devices).await;
+    println!(
+        "{acked} readings acknowledged, none missing; {duplicates} stored twice \
+         (committed on A, PUBACK lost with it, retransmitted to B)"
+    );
+    commanded.abort();
+    silent.abort();
+}
+
+/// Stops `devices`, lets their last acknowledgements arrive, and checks
+/// that every acknowledged value is stored. Returns how many were
+/// acknowledged and how many stored values are repeats.
+async fn nothing_acknowledged_is_missing(
+    url: &str,
+    devices: &[(String, Roaming)],
+) -> (usize, usize) {
+    for (_, d) in devices {
         d.publisher.abort();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (mut acked_total, mut duplicates) = (0, 0);
-    for (id, d) in &devices {
+    for (id, d) in devices {
         d.driver.abort();
         let acked = d.acked.lock().expect("lock").clone();
-        let values = stored(&db.url, id).await;
+        let values = stored(url, id).await;
         let distinct: BTreeSet<u64> = values.iter().copied().collect();
         let missing: Vec<&u64> = acked.difference(&distinct).take(10).collect();
         assert!(
@@ -304,12 +324,98 @@ async fn killing_an_instance_under_load_loses_nothing_acknowledged() {
         acked_total += acked.len();
         duplicates += values.len() - distinct.len();
     }
-    println!(
-        "{acked_total} readings acknowledged, none missing; {duplicates} stored twice \
-         (committed on A, PUBACK lost with it, retransmitted to B)"
+    (acked_total, duplicates)
+}
+
+fn total_acked(devices: &[(String, Roaming)]) -> usize {
+    devices.iter().map(|(_, d)| d.acked()).sum()
+}
+
+#[tokio::test]
+async fn postgres_restarted_then_killed_loses_nothing_acknowledged_and_instances_recover() {
+    let Some(pg) = OwnPostgres::start() else {
+        return;
+    };
+    let Some(nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let a = instance(&pg.url, &nats).await;
+    let b = instance(&pg.url, &nats).await;
+    let devices = Roaming::fleet([a.mqtt, b.mqtt]);
+    wait_for("every device acknowledged", || async {
+        devices.iter().all(|(_, d)| d.acked() >= 200)
+    })
+    .await;
+
+    // A restart, as an operator does it.
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.restart();
+        pg
+    })
+    .await
+    .expect("restart");
+    let before = total_acked(&devices);
+    wait_for("acknowledgements after the restart", || async {
+        total_acked(&devices) > before + 2_000
+    })
+    .await;
+
+    // A crash: no PUBACK while it is down.
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.crash();
+        pg
+    })
+    .await
+    .expect("crash");
+    // Commits that were under way when it died may still answer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let down = total_acked(&devices);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        total_acked(&devices),
+        down,
+        "a PUBACK while PostgreSQL was down"
     );
-    commanded.abort();
-    silent.abort();
+
+    // Both instances reconnect by themselves once it is back.
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.start_again();
+        pg
+    })
+    .await
+    .expect("start again");
+    let at_down: Vec<usize> = devices.iter().map(|(_, d)| d.acked()).collect();
+    wait_for("every device acknowledged again", || async {
+        devices
+            .iter()
+            .zip(&at_down)
+            .all(|((_, d), &then)| d.acked() > then + 200)
+    })
+    .await;
+    let api = client_with(&admin_token(&pg.url).await);
+    for (name, at) in [("A", a.http), ("B", b.http)] {
+        let stored: u64 = {
+            let text = api
+                .get(format!("http://{at}/metrics"))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            server::metrics::read_value(&text, "sightline_readings_stored_total").unwrap_or(0)
+        };
+        assert!(stored > 0, "instance {name} stores again");
+        let health = api
+            .get(format!("http://{at}/api/health"))
+            .send()
+            .await
+            .expect("health");
+        assert_eq!(health.status().as_u16(), 200, "instance {name} healthy");
+    }
+    let (acked, duplicates) = nothing_acknowledged_is_missing(&pg.url, &devices).await;
+    println!("{acked} readings acknowledged across a restart and a crash, none missing; {duplicates} stored twice");
+    drop((a, b));
 }
 
 /// A device that subscribes to its commands, reports each command id it

@@ -684,6 +684,53 @@ impl OwnPostgres {
         ));
     }
 
+    /// Kills the postmaster with SIGKILL, as a crash or the OOM killer
+    /// would, and returns once its port refuses connections.
+    pub fn crash(&self) {
+        let pid_file = self.data.join("postmaster.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.lines().next().map(str::to_owned))
+            .expect("postmaster.pid");
+        self.as_postgres(&format!("kill -9 {pid}"), false);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port())).is_ok() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts it again after [`OwnPostgres::crash`]; it recovers from its
+    /// write-ahead log. Retried while the killed server's backends are
+    /// still leaving.
+    pub fn start_again(&self) {
+        let data = self.data.display();
+        let start = format!(
+            "{}/pg_ctl -D {data} -l {data}/log -w -o '-p {} -k {data} -c listen_addresses=127.0.0.1' start",
+            self.bin.display(),
+            self.port(),
+        );
+        for _ in 0..50 {
+            let ok = std::process::Command::new("su")
+                .args(["postgres", "-c", &start])
+                .current_dir("/")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("PostgreSQL did not start again after the crash");
+    }
+
+    fn port(&self) -> u16 {
+        let after_host = self.url.rsplit(':').next().unwrap_or_default();
+        after_host
+            .split('/')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the URL")
+    }
+
     fn pg_ctl(&self, args: &str) {
         self.as_postgres(
             &format!(
