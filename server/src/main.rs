@@ -244,6 +244,14 @@ struct BenchArgs {
     /// viewers scenarios); SQLite when absent.
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// Run this many instances in cluster mode on the --postgres database
+    /// and the --nats-url servers: devices spread over them, and each
+    /// viewer watches from another instance than its devices'.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    instances: u64,
+    /// The NATS servers of a cluster run (--instances above 1).
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    nats_url: Vec<String>,
     /// Extra flags for `sightline serve`, after `--`.
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -410,6 +418,8 @@ impl BenchArgs {
         opts.serve_args = self.serve_args;
         opts.keep = self.keep;
         opts.postgres = self.postgres;
+        opts.instances = usize::try_from(self.instances).unwrap_or(1);
+        opts.nats = self.nats_url;
         opts
     }
 }
@@ -441,6 +451,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let report = simulate::run(
         SimOptions {
             broker: args.broker,
+            spread: Vec::new(),
             devices: args.devices,
             rate: args.rate,
             prefix: args.prefix,

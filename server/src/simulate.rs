@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Debug)]
 pub struct SimOptions {
     pub broker: SocketAddr,
+    /// When not empty, device `i` connects to `spread[i % len]` instead of
+    /// `broker`, the way a load balancer would spread a fleet over
+    /// instances.
+    pub spread: Vec<SocketAddr>,
     pub devices: usize,
     /// Messages per second per device.
     pub rate: f64,
@@ -44,6 +48,7 @@ impl SimOptions {
     pub fn demo(broker: SocketAddr, devices: usize) -> Self {
         Self {
             broker,
+            spread: Vec::new(),
             devices,
             rate: 1.0,
             prefix: "demo-".into(),
@@ -156,12 +161,12 @@ pub async fn run(opts: SimOptions, cancel: CancellationToken) -> SimReport {
     let mut devices = Vec::with_capacity(opts.devices);
     for i in 0..opts.devices {
         let id = format!("{}{:04}", opts.prefix, i + 1);
-        devices.push(connect(
-            id,
-            opts.broker,
-            fleet.clone(),
-            opts.answer_commands,
-        ));
+        let broker = if opts.spread.is_empty() {
+            opts.broker
+        } else {
+            opts.spread[i % opts.spread.len()]
+        };
+        devices.push(connect(id, broker, fleet.clone(), opts.answer_commands));
     }
     let all = opts.devices as u64;
     let _ = tokio::time::timeout(CONNECT_WAIT, async {

@@ -44,6 +44,7 @@ fn fleet(
 ) -> SimOptions {
     SimOptions {
         broker,
+        spread: Vec::new(),
         devices,
         rate,
         prefix: prefix.into(),
@@ -59,7 +60,7 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<String> {
     let http = free_addr()?;
     let mqtt = free_addr()?;
     let db_url = format!("sqlite://{}?mode=rwc", dir.join("bench.db").display());
-    let mut server = start_server(opts, dir, http, mqtt, &db_url).await?;
+    let mut server = start_server(opts, dir, http, mqtt, &db_url, &[]).await?;
     let stop = CancellationToken::new();
     let load = tokio::spawn(simulate::run(
         fleet(mqtt, opts.devices, opts.rate, "load-", false),

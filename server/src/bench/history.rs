@@ -82,7 +82,7 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<String> {
     let seeding = seed(&db_url, end).await?;
     let http = free_addr()?;
     let mqtt = free_addr()?;
-    let mut server = start_server(opts, dir, http, mqtt, &db_url).await?;
+    let mut server = start_server(opts, dir, http, mqtt, &db_url, &[]).await?;
     let client = super::Api::for_db(&db_url).await?.client;
     let mut out = String::new();
     let _ = writeln!(

@@ -88,6 +88,10 @@ pub struct BenchOptions {
     /// A PostgreSQL server to store on, in a fresh database made for the
     /// run; SQLite in the run's folder when `None`.
     pub postgres: Option<String>,
+    /// Instances to run in cluster mode (one runs alone).
+    pub instances: usize,
+    /// The NATS servers of a cluster run.
+    pub nats: Vec<String>,
 }
 
 impl BenchOptions {
@@ -107,6 +111,8 @@ impl BenchOptions {
             serve_args: Vec::new(),
             keep: false,
             postgres: None,
+            instances: 1,
+            nats: Vec::new(),
         };
         match scenario {
             // 1,000 x 60 x 3 = 180,000 readings/s offered: more than the
@@ -156,6 +162,17 @@ pub async fn report(opts: &BenchOptions) -> anyhow::Result<String> {
         )
     {
         bail!("--postgres applies to the throughput, latency, connections and viewers scenarios");
+    }
+    if opts.instances > 1 && (opts.postgres.is_none() || opts.nats.is_empty()) {
+        bail!("--instances above 1 runs a cluster: it needs --postgres and --nats-url");
+    }
+    if opts.instances > 1
+        && matches!(
+            opts.scenario,
+            Scenario::History | Scenario::Commands | Scenario::Soak
+        )
+    {
+        bail!("--instances applies to the throughput, latency, connections and viewers scenarios");
     }
     Ok(match opts.scenario {
         Scenario::History => history::run(opts).await?,
@@ -235,10 +252,26 @@ async fn run_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> 
 
 async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Result<BenchReport> {
     let db_url = db_url.to_owned();
-    let http = free_addr()?;
-    let mqtt = free_addr()?;
-    let mut server = start_server(opts, dir, http, mqtt, &db_url).await?;
-    let pid = server.id().context("server has no pid")?;
+    // One server, or the instances of a cluster, each with its own ports
+    // and log; the first one's API serves the bench's own requests.
+    let mut servers = Vec::new();
+    for i in 0..opts.instances.max(1) {
+        let http = free_addr()?;
+        let mqtt = free_addr()?;
+        let (log_dir, extra) = if opts.instances > 1 {
+            let sub = dir.join(format!("instance-{i}"));
+            std::fs::create_dir_all(&sub)?;
+            (sub, vec!["--nats-url".to_owned(), opts.nats.join(",")])
+        } else {
+            (dir.to_owned(), Vec::new())
+        };
+        let child = start_server(opts, &log_dir, http, mqtt, &db_url, &extra).await?;
+        servers.push((child, http, mqtt));
+    }
+    let https: Vec<SocketAddr> = servers.iter().map(|s| s.1).collect();
+    let mqtts: Vec<SocketAddr> = servers.iter().map(|s| s.2).collect();
+    let (http, mqtt) = (https[0], mqtts[0]);
+    let pids: Vec<u32> = servers.iter().filter_map(|s| s.0.id()).collect();
     let api = Api::for_db(&db_url).await?;
     let client = api.client.clone();
     let stop = CancellationToken::new();
@@ -269,10 +302,19 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
                 .collect();
             serde_json::json!({"type": "subscribe", "devices": devices}).to_string()
         };
-        viewers.push(tokio::spawn(viewer(
-            http,
-            api.clone(),
+        // In a cluster each viewer watches from the instance after the
+        // first of its devices', and counts only readings that crossed
+        // from another instance.
+        let at = (i * opts.watch.max(1) + 1) % https.len();
+        let cross = (https.len() > 1).then_some((https.len(), at));
+        let seat = Seat {
+            http: https[at],
             subscription,
+            cross,
+        };
+        viewers.push(tokio::spawn(viewer(
+            seat,
+            api.clone(),
             epoch,
             samples.clone(),
             lag.clone(),
@@ -283,11 +325,16 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
     // The server's counters, sampled every `SAMPLE_EVERY` while the fleet
     // publishes.
     let sampler_stop = CancellationToken::new();
-    let sampler = tokio::spawn(sample(client.clone(), http, sampler_stop.clone()));
+    let sampler = tokio::spawn(sample(client.clone(), https.clone(), sampler_stop.clone()));
 
     let sim = simulate::run(
         SimOptions {
             broker: mqtt,
+            spread: if mqtts.len() > 1 {
+                mqtts.clone()
+            } else {
+                Vec::new()
+            },
             devices: opts.devices,
             rate: opts.rate,
             prefix: "b-".into(),
@@ -307,11 +354,21 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
     // writer has committed everything.
     sampler_stop.cancel();
     let mut sampled = sampler.await.unwrap_or_default();
-    let final_stored = settle(&client, http, &mut sampled.stored).await;
+    let final_stored = settle(&client, &https, &mut sampled.stored).await;
     let last_commit = last_commit(&sampled.stored, final_stored).unwrap_or_else(Instant::now);
     let started = sim.started.unwrap_or(epoch);
     let per_second = steady_rates(&sampled.stored, started, started + sim.elapsed);
-    let counters: Counters = get_json(&client, http, "/api/stats").await?;
+    let mut counters: Counters = get_json(&client, http, "/api/stats").await?;
+    for &other in &https[1..] {
+        let c: Counters = get_json(&client, other, "/api/stats").await?;
+        counters.messages += c.messages;
+        counters.received += c.received;
+        counters.stored += c.stored;
+        counters.rejected += c.rejected;
+        counters.dropped += c.dropped;
+        counters.refused += c.refused;
+        counters.connected += c.connected;
+    }
     let server_connections = sampled.most_connections;
     let server_push = push_quantiles(&client, http).await;
     stop.cancel();
@@ -323,8 +380,10 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
         let _ = v.await;
     }
     let lag_notices = lag.load(std::sync::atomic::Ordering::Relaxed);
-    let peak_rss_bytes = peak_rss(pid).unwrap_or(0);
-    stop_server(&mut server).await?;
+    let peak_rss_bytes = pids.iter().filter_map(|&pid| peak_rss(pid)).sum();
+    for (server, _, _) in &mut servers {
+        stop_server(server).await?;
+    }
 
     let store = Store::open(&db_url)
         .await
@@ -416,6 +475,7 @@ pub(crate) async fn start_server(
     http: SocketAddr,
     mqtt: SocketAddr,
     db_url: &str,
+    extra: &[String],
 ) -> anyhow::Result<Child> {
     let log = std::fs::File::create(dir.join("server.log"))?;
     let mut server = Command::new(&opts.server_bin)
@@ -432,6 +492,7 @@ pub(crate) async fn start_server(
             "--max-live-sockets-per-account",
             &(opts.viewers + 16).to_string(),
         ])
+        .args(extra)
         .args(&opts.serve_args)
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -486,10 +547,29 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 /// The server's `/metrics` page.
 /// A real WebSocket viewer that records, for every stamped reading, the
 /// time from its publish to its arrival here.
-async fn viewer(
+/// Which of `n` instances the bench's device `b-NNNN` connects to: the
+/// simulator spreads device `i` (numbered from 1) to instance `(i-1) % n`.
+fn instance_of(device: &str, n: usize) -> Option<usize> {
+    let number: usize = device.strip_prefix("b-")?.parse().ok()?;
+    Some((number.checked_sub(1)?) % n)
+}
+
+/// Where a bench viewer watches from and what it watches.
+struct Seat {
     http: SocketAddr,
-    api: Api,
     subscription: String,
+    /// In a cluster, the number of instances and the viewer's own: only
+    /// readings of devices on other instances are counted.
+    cross: Option<(usize, usize)>,
+}
+
+async fn viewer(
+    Seat {
+        http,
+        subscription,
+        cross,
+    }: Seat,
+    api: Api,
     epoch: Instant,
     samples: Arc<Mutex<Vec<u64>>>,
     lag: Arc<std::sync::atomic::AtomicU64>,
@@ -520,6 +600,9 @@ async fn viewer(
         match serde_json::from_str::<ServerMsg>(&text) {
             Ok(ServerMsg::Readings { readings }) => {
                 for r in readings.iter().filter(|r| r.metric == STAMP_METRIC) {
+                    if cross.is_some_and(|(n, me)| instance_of(&r.device, n) == Some(me)) {
+                        continue;
+                    }
                     mine.push(now.saturating_sub(r.value as u64));
                 }
             }

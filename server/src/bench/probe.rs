@@ -74,9 +74,11 @@ pub(super) struct Samples {
 }
 
 /// Samples the server's counters every 100 ms.
+/// In a cluster the stored counters and connections of every instance
+/// are added up.
 pub(super) async fn sample(
     client: reqwest::Client,
-    http: SocketAddr,
+    https: Vec<SocketAddr>,
     stop: CancellationToken,
 ) -> Samples {
     let mut samples = Samples::default();
@@ -87,14 +89,20 @@ pub(super) async fn sample(
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if let Ok(c) = get_json::<Counters>(&client, http, "/api/stats").await {
-            samples.stored.push((Instant::now(), c.stored));
+        if let Some(stored) = stored_everywhere(&client, &https).await {
+            samples.stored.push((Instant::now(), stored));
         }
         // Counting connections reads the kernel's socket table; once a
         // second is enough, and keeps the sampler from loading the server.
         ticks += 1;
         if ticks % 10 == 1 {
-            if let Some(n) = metric(&client, http, "sightline_devices_connected").await {
+            let mut total = None;
+            for &http in &https {
+                if let Some(n) = metric(&client, http, "sightline_devices_connected").await {
+                    total = Some(total.unwrap_or(0) + n);
+                }
+            }
+            if let Some(n) = total {
                 samples.most_connections = Some(samples.most_connections.unwrap_or(0).max(n));
             }
         }
@@ -130,22 +138,35 @@ pub(super) fn steady_rates(samples: &[(Instant, u64)], from: Instant, to: Instan
 /// each reading to `samples`, and returns its final value.
 pub(super) async fn settle(
     client: &reqwest::Client,
-    http: SocketAddr,
+    https: &[SocketAddr],
     samples: &mut Vec<(Instant, u64)>,
 ) -> u64 {
     let mut last = Instant::now();
     let mut prev = 0;
     while last.elapsed() < Duration::from_secs(1) {
-        if let Ok(c) = get_json::<Counters>(client, http, "/api/stats").await {
-            samples.push((Instant::now(), c.stored));
-            if c.stored != prev {
-                prev = c.stored;
+        if let Some(stored) = stored_everywhere(client, https).await {
+            samples.push((Instant::now(), stored));
+            if stored != prev {
+                prev = stored;
                 last = Instant::now();
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     prev
+}
+
+/// The stored counters of every instance, added up; `None` if one did
+/// not answer.
+async fn stored_everywhere(client: &reqwest::Client, https: &[SocketAddr]) -> Option<u64> {
+    let mut total = 0;
+    for &http in https {
+        total += get_json::<Counters>(client, http, "/api/stats")
+            .await
+            .ok()?
+            .stored;
+    }
+    Some(total)
 }
 
 /// When the stored counter first reached `stored`: the last commit, to

@@ -48,7 +48,7 @@ async fn soak_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<String> {
     let http = free_addr()?;
     let mqtt = free_addr()?;
     let db_url = format!("sqlite://{}?mode=rwc", dir.join("bench.db").display());
-    let mut server = start_server(opts, dir, http, mqtt, &db_url).await?;
+    let mut server = start_server(opts, dir, http, mqtt, &db_url, &[]).await?;
     let pid = server.id().context("server has no pid")?;
     let api = Api::for_db(&db_url).await?;
     let stop = CancellationToken::new();
@@ -62,6 +62,7 @@ async fn soak_in(opts: &BenchOptions, dir: &Path) -> anyhow::Result<String> {
     let publishers = tokio::spawn(simulate::run(
         SimOptions {
             broker: mqtt,
+            spread: Vec::new(),
             devices: opts.devices,
             rate: opts.rate,
             prefix: "soak-".into(),
