@@ -443,8 +443,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
                         let ended = sessions.disable(&device);
                         tracing::info!(%device, sessions_ended = ended, "disabled on another instance");
                     }
-                    bus::Remote::Connected { device, client_id } => {
-                        if sessions.taken_over_elsewhere(&device, &client_id) {
+                    bus::Remote::Connected {
+                        device,
+                        client_id,
+                        at,
+                    } => {
+                        if sessions.taken_over_elsewhere(&device, &client_id, at) {
                             tracing::info!(%device, %client_id, "taken over by another instance");
                         }
                     }

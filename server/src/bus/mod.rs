@@ -112,9 +112,15 @@ pub struct Asked {
 pub enum Remote {
     /// The device was disabled: end every session it holds.
     Disabled { device: String },
-    /// The device logged in elsewhere under `client_id`: end a session
-    /// here under the same client id.
-    Connected { device: String, client_id: String },
+    /// The device logged in elsewhere under `client_id` at `at` (ms since
+    /// the epoch): end a session here under the same client id that logged
+    /// in before then. Instances' clocks are assumed to agree to well
+    /// within the time a device takes to reconnect.
+    Connected {
+        device: String,
+        client_id: String,
+        at: i64,
+    },
     /// A command changed state on the instance that holds its device.
     CommandChanged { command: Box<Command> },
 }

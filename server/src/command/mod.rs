@@ -237,7 +237,10 @@ impl Commands {
         // operator's slowest pings wait up to a second before they were
         // even sent (BENCHMARKS.md). Such a command could not outlive a
         // restart anyway.
-        let known = if command.persistent {
+        // In cluster mode every command is stored first: the instance
+        // that holds the device saves its later steps, and a page on this
+        // one reads the command back from the database meanwhile.
+        let known = if command.persistent || self.bus.is_some() {
             self.store.save_command(&command).await?
         } else {
             self.store.device_exists(device).await?

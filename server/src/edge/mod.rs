@@ -175,6 +175,9 @@ impl Edge {
 #[derive(Debug)]
 struct Handle {
     session: u64,
+    /// When the session logged in (ms since the epoch), so that word of an
+    /// older login elsewhere, arriving late, never ends a newer one here.
+    since: i64,
     /// Fires to end the session.
     end: CancellationToken,
     /// Set before `end` fires when the device was disabled, rather than
@@ -228,17 +231,18 @@ impl Sessions {
     }
 
     /// Ends the session of `client_id` of `device` because the same client
-    /// logged in on another instance; true if there was one.
-    pub fn taken_over_elsewhere(&self, device: &str, client_id: &str) -> bool {
+    /// logged in on another instance at `at`; true if there was one that
+    /// logged in here before then.
+    pub fn taken_over_elsewhere(&self, device: &str, client_id: &str, at: i64) -> bool {
         let Ok(sessions) = self.0.lock() else {
             return false;
         };
         match sessions.get(device).and_then(|mine| mine.get(client_id)) {
-            Some(h) => {
+            Some(h) if h.since <= at => {
                 h.end.cancel();
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 

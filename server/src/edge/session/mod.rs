@@ -176,8 +176,10 @@ impl Session<'_> {
     /// Makes this session the device's current one and marks it online;
     /// false if the device already holds its most connections.
     fn bind(&mut self, device: String) -> bool {
+        let since = now_ms();
         let handle = super::Handle {
             session: self.session_id,
+            since,
             end: self.replaced.clone(),
             disabled: self.disabled.clone(),
         };
@@ -191,13 +193,14 @@ impl Session<'_> {
         }
         self.edge
             .presence
-            .connected(&device, self.session_id, now_ms());
+            .connected(&device, self.session_id, since);
         // A session under this client id on another instance is a stale
         // one (the device reconnected here through the load balancer).
         if let Some(bus) = &self.edge.bus {
             bus.tell(&crate::bus::Remote::Connected {
                 device: device.clone(),
                 client_id: self.client_id.clone(),
+                at: since,
             });
         }
         self.device = device;
