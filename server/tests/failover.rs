@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use app::model::{Command, CommandState};
 use common::nats::NatsCluster;
-use common::{admin_token, client_with, spawn_server, wait_for, OwnPostgres, TestDb};
+use common::{
+    admin_token, client_with, spawn_server, stored_values_with_repeats, wait_for, OwnPostgres,
+    TestDb,
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Request};
 
 /// The lease the instances are started with.
@@ -135,30 +138,6 @@ impl Roaming {
     fn acked(&self) -> usize {
         self.acked.lock().expect("lock").len()
     }
-}
-
-/// Every stored value of `device`'s metric `n`, with repeats.
-async fn stored(url: &str, device: &str) -> Vec<u64> {
-    let store = server::store::Store::open(url).await.expect("open store");
-    let Some(series) = store.series_of(device, Some("n")).await.expect("series") else {
-        return Vec::new();
-    };
-    let mut values = Vec::new();
-    for (series_id, _) in series {
-        let mut after = None;
-        loop {
-            let page = store
-                .readings_page(series_id, i64::MIN, i64::MAX, after, 100_000)
-                .await
-                .expect("readings");
-            let Some(&(ts, id, _)) = page.last() else {
-                break;
-            };
-            values.extend(page.iter().map(|&(_, _, v)| v as u64));
-            after = Some((ts, id));
-        }
-    }
-    values
 }
 
 /// `device`'s connection as `http`'s API shows it: online, and why its
@@ -313,7 +292,7 @@ async fn nothing_acknowledged_is_missing(
     for (id, d) in devices {
         d.driver.abort();
         let acked = d.acked.lock().expect("lock").clone();
-        let values = stored(url, id).await;
+        let values = stored_values_with_repeats(url, id, "n").await;
         let distinct: BTreeSet<u64> = values.iter().copied().collect();
         let missing: Vec<&u64> = acked.difference(&distinct).take(10).collect();
         assert!(

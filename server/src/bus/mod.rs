@@ -212,10 +212,11 @@ impl Bus {
         if let Err(e) = self.client.flush().await {
             tracing::warn!("bus: cannot confirm the subscription to {subject}: {e}");
         }
-        let task = tokio::spawn(forward_asks(
+        let task = tokio::spawn(relay(
             subscriber,
             self.asked.clone(),
             self.metrics.clone(),
+            |command, reply| Asked { command, reply },
         ));
         if let Ok(mut holds) = self.holds.lock() {
             if let Some(old) = holds.insert(device.to_owned(), task) {
@@ -288,10 +289,11 @@ pub async fn start(
             .subscribe(format!("{prefix}.{kind}.*"))
             .await
             .map_err(|e| BusError::Subscribe(e.to_string()))?;
-        listeners.push(tokio::spawn(listen(
+        listeners.push(tokio::spawn(relay(
             subscriber,
             remote_tx.clone(),
             metrics.clone(),
+            |event: Remote, _| event,
         )));
     }
     let tasks = vec![
@@ -344,43 +346,23 @@ pub async fn start(
     Ok((bus, inbox, tasks))
 }
 
-/// Passes each control message of `subscriber` on to the edge's handler.
-async fn listen(
+/// Passes each message of `subscriber` that reads as a `T` on to a
+/// handler's queue, as `wrap` makes it with the message's reply subject.
+/// A message the queue has no room for is dropped and counted (a request
+/// then goes unanswered, and its sender treats it as having found nobody);
+/// one that does not read as a `T` is counted and logged.
+async fn relay<T, U>(
     mut subscriber: async_nats::Subscriber,
-    to_edge: mpsc::Sender<Remote>,
+    to: mpsc::Sender<U>,
     metrics: Arc<Metrics>,
-) {
+    wrap: impl Fn(T, Option<async_nats::Subject>) -> U,
+) where
+    T: serde::de::DeserializeOwned,
+{
     while let Some(message) = subscriber.next().await {
-        match serde_json::from_slice::<Remote>(&message.payload) {
-            Ok(event) => {
-                if to_edge.try_send(event).is_err() {
-                    Metrics::add(&metrics.bus_control_dropped, 1);
-                }
-            }
-            Err(e) => {
-                Metrics::add(&metrics.bus_rejected, 1);
-                tracing::warn!("bus: ignoring a message on {}: {e}", message.subject);
-            }
-        }
-    }
-}
-
-/// Passes each command request of one held device on to the command
-/// service; a request that cannot be queued goes unanswered, and its
-/// sender treats it as having found nobody.
-async fn forward_asks(
-    mut subscriber: async_nats::Subscriber,
-    to_commands: mpsc::Sender<Asked>,
-    metrics: Arc<Metrics>,
-) {
-    while let Some(message) = subscriber.next().await {
-        match serde_json::from_slice::<Command>(&message.payload) {
-            Ok(command) => {
-                let asked = Asked {
-                    command,
-                    reply: message.reply,
-                };
-                if to_commands.try_send(asked).is_err() {
+        match serde_json::from_slice::<T>(&message.payload) {
+            Ok(value) => {
+                if to.try_send(wrap(value, message.reply)).is_err() {
                     Metrics::add(&metrics.bus_control_dropped, 1);
                 }
             }

@@ -67,6 +67,17 @@ struct Peer {
     snapshot: Option<Vec<Status>>,
 }
 
+impl Peer {
+    /// An instance first heard of, believed until `deadline`.
+    fn new(deadline: Instant) -> Self {
+        Self {
+            deadline,
+            disagreements: 0,
+            snapshot: None,
+        }
+    }
+}
+
 /// Tells other instances of this one's devices and follows theirs, until
 /// `stop` fires.
 pub async fn run(
@@ -165,11 +176,7 @@ pub async fn run(
                             tracker.elsewhere(&peer, s);
                         }
                         // Its word lasts one lease unless it renews it.
-                        peers.entry(peer).or_insert_with(|| Peer {
-                            deadline: Instant::now() + lease,
-                            disagreements: 0,
-                            snapshot: None,
-                        });
+                        peers.entry(peer).or_insert_with(|| Peer::new(Instant::now() + lease));
                     }
                     Word::Alive { instance: peer, lease_ms, held } => {
                         let deadline = Instant::now() + Duration::from_millis(lease_ms);
@@ -181,11 +188,7 @@ pub async fn run(
                                 p.disagreements == 2
                             }
                             None => {
-                                peers.insert(peer.clone(), Peer {
-                                    deadline,
-                                    disagreements: 0,
-                                    snapshot: None,
-                                });
+                                peers.insert(peer.clone(), Peer::new(deadline));
                                 !agrees
                             }
                         };
@@ -194,11 +197,9 @@ pub async fn run(
                         }
                     }
                     Word::Snapshot { instance: peer, devices, last } => {
-                        let p = peers.entry(peer.clone()).or_insert_with(|| Peer {
-                            deadline: Instant::now() + lease,
-                            disagreements: 0,
-                            snapshot: None,
-                        });
+                        let p = peers
+                            .entry(peer.clone())
+                            .or_insert_with(|| Peer::new(Instant::now() + lease));
                         p.snapshot.get_or_insert_with(Vec::new).extend(devices);
                         if last {
                             let list = p.snapshot.take().unwrap_or_default();

@@ -67,27 +67,18 @@ impl Machine {
     pub fn resume(&mut self, unfinished: Vec<Command>, now: i64) -> Effects {
         let mut fx = Effects::default();
         for mut c in unfinished {
-            match c.state {
-                CommandState::Sent if c.persistent => {
-                    c.state = CommandState::Queued;
-                    fx.changes.push(c.clone());
-                }
-                // Kept as they are stored: nothing to write again.
-                CommandState::Queued if c.persistent => {}
-                CommandState::Delivered => {}
-                _ => {
-                    finish(
-                        &mut c,
-                        CommandState::Failed,
-                        now,
-                        "the server restarted before the device acknowledged it".into(),
-                        &mut fx,
-                    );
-                    self.remember(c);
-                    continue;
-                }
+            if take_up(&mut c, &mut fx) {
+                self.active.insert(c.id.clone(), c);
+            } else {
+                finish(
+                    &mut c,
+                    CommandState::Failed,
+                    now,
+                    "the server restarted before the device acknowledged it".into(),
+                    &mut fx,
+                );
+                self.remember(c);
             }
-            self.active.insert(c.id.clone(), c);
         }
         fx
     }
@@ -295,19 +286,9 @@ impl Machine {
     pub fn adopt(&mut self, stored: Vec<Command>) -> Effects {
         let mut fx = Effects::default();
         for mut c in stored {
-            if self.active.contains_key(&c.id) {
-                continue;
+            if !self.active.contains_key(&c.id) && take_up(&mut c, &mut fx) {
+                self.active.insert(c.id.clone(), c);
             }
-            match c.state {
-                CommandState::Sent if c.persistent => {
-                    c.state = CommandState::Queued;
-                    fx.changes.push(c.clone());
-                }
-                CommandState::Queued if c.persistent => {}
-                CommandState::Delivered => {}
-                _ => continue,
-            }
-            self.active.insert(c.id.clone(), c);
         }
         fx
     }
@@ -362,6 +343,24 @@ impl Machine {
             self.finished.pop_front();
         }
         self.finished.push_back(c);
+    }
+}
+
+/// Whether a stored unfinished command can still complete once taken up
+/// away from the session it was sent to: a persistent one waits again
+/// (queued, which is written), a delivered one may still be answered, and
+/// nothing else can.
+fn take_up(c: &mut Command, fx: &mut Effects) -> bool {
+    match c.state {
+        CommandState::Sent if c.persistent => {
+            c.state = CommandState::Queued;
+            fx.changes.push(c.clone());
+            true
+        }
+        // Kept as they are stored: nothing to write again.
+        CommandState::Queued if c.persistent => true,
+        CommandState::Delivered => true,
+        _ => false,
     }
 }
 

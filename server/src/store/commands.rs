@@ -125,6 +125,16 @@ pub async fn recent(
         placeholder(backend, 2),
     );
     let values: Vec<Value> = vec![device.into(), (limit as i64).into()];
+    all(db, sql, values).await
+}
+
+/// The commands a query built on [`SELECT`] finds.
+async fn all(
+    db: &DatabaseConnection,
+    sql: String,
+    values: Vec<Value>,
+) -> Result<Vec<Command>, StoreError> {
+    let backend = db.get_database_backend();
     Ok(
         Row::find_by_statement(Statement::from_sql_and_values(backend, sql, values))
             .all(db)
@@ -165,15 +175,9 @@ pub async fn unfinished(
         "{SELECT} WHERE c.state IN ('queued', 'sent', 'delivered'){of_device} \
          ORDER BY c.created_at, c.id"
     );
-    Ok(
-        Row::find_by_statement(Statement::from_sql_and_values(backend, sql, values))
-            .all(db)
-            .await?
-            .into_iter()
-            .map(Row::into_command)
-            .filter(|c| !c.is_final())
-            .collect(),
-    )
+    let mut list = all(db, sql, values).await?;
+    list.retain(|c| !c.is_final());
+    Ok(list)
 }
 
 /// Writes `c`'s new state only if its stored state is still `was`, so

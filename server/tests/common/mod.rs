@@ -576,11 +576,20 @@ pub async fn stored_values(
     device: &str,
     metric: &str,
 ) -> std::collections::BTreeSet<u64> {
+    stored_values_with_repeats(url, device, metric)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Every value stored for `device`'s `metric`, a value stored twice
+/// appearing twice, read straight from the store.
+pub async fn stored_values_with_repeats(url: &str, device: &str, metric: &str) -> Vec<u64> {
     let store = server::store::Store::open(url).await.expect("open store");
     let Some(series) = store.series_of(device, Some(metric)).await.expect("series") else {
-        return std::collections::BTreeSet::new();
+        return Vec::new();
     };
-    let mut values = std::collections::BTreeSet::new();
+    let mut values = Vec::new();
     for (series_id, _) in series {
         let mut after = None;
         loop {
