@@ -1,14 +1,15 @@
 //! Cluster mode: instances on one PostgreSQL, joined by a real 3-node NATS
 //! cluster. A browser on one instance sees readings that devices publish to
-//! another, exactly once, and keeps seeing them when a NATS node dies.
+//! another, exactly once, and keeps seeing them when a NATS node dies;
+//! commands, presence, takeover and invalidation cross instances too.
 
 mod common;
 
 use std::time::Duration;
 
-use app::model::{Command, CommandState, Reading, ServerMsg};
+use app::model::{Command, CommandState, DeviceSummary, Reading, ServerMsg};
 use common::nats::NatsCluster;
-use common::{next_matching, test_config, wait_for, TestDb, TestServer, Ws};
+use common::{next_matching, test_config, wait_for, Counting, TestDb, TestServer, Ws};
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
@@ -118,7 +119,7 @@ async fn a_viewer_on_one_instance_sees_readings_stored_by_another() {
 }
 
 #[tokio::test]
-async fn live_push_across_instances_survives_a_nats_node_kill() {
+async fn a_nats_node_kill_leaves_ingest_alone_and_live_push_and_commands_recover() {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
@@ -130,13 +131,24 @@ async fn live_push_across_instances_survives_a_nats_node_kill() {
         .live(r#"{"type":"subscribe","devices":["survivor"]}"#)
         .await;
     wait_subscriptions(&b, 1).await;
-    let publisher = keep_publishing(a.device("survivor").await, "sensor/survivor".into());
+    // A QoS 1 device on A that remembers every value A acknowledged, and a
+    // device on A that answers commands sent through B.
+    let device = Counting::start(a.mqtt, "survivor");
+    let publisher = device.publish_steadily("sensor/survivor/n", 1);
     next_matching(&mut on_b, readings_of("survivor")).await;
+    let secret = a.add_device("valve").await;
+    let (_valve, mut seen) = answering_device(a.mqtt, "valve", &secret).await;
+    let (sent, _) = send_until_held(&b, "valve", 0).await;
+    until_state(&b, &sent.id, CommandState::Answered).await;
+    assert_eq!(seen.recv().await.as_deref(), Some(sent.id.as_str()));
 
     // Every node in turn but the last: whichever node A or B was on, each
     // reconnects to a survivor and resubscribes by itself.
     for node in 0..2 {
+        let before = device.acked_count();
         nats.kill(node);
+        // Ingest never waits for the bus: acknowledgements keep flowing.
+        device.acknowledged_more(before, 1_000).await;
         // Drain what was already on its way, then expect new readings.
         let _ = tokio::time::timeout(Duration::from_millis(300), async {
             loop {
@@ -145,9 +157,18 @@ async fn live_push_across_instances_survives_a_nats_node_kill() {
         })
         .await;
         next_matching(&mut on_b, readings_of("survivor")).await;
+        // A command through B reaches the device on A again, once A's
+        // subscription is back on a node B can reach.
+        let (sent, _) = send_until_held(&b, "valve", 100 * (node as u64 + 1)).await;
+        let answered = until_state(&b, &sent.id, CommandState::Answered).await;
+        assert!(answered.response.is_some(), "{answered:?}");
+        assert_eq!(seen.recv().await.as_deref(), Some(sent.id.as_str()));
     }
     publisher.abort();
-    // Ingest never depended on the bus: the device's readings are stored.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    device
+        .nothing_acknowledged_is_lost(&db.url, "survivor")
+        .await;
     let stats = a.metrics().await;
     assert!(
         stats.contains("sightline_readings_dropped_total 0\n"),
@@ -294,6 +315,28 @@ async fn send_command(server: &TestServer, device: &str, body: serde_json::Value
     response.json().await.expect("a command")
 }
 
+/// Sends plain `ping` commands with `n` counting up from `first` through
+/// `server` until one is not failed at once, and returns it with its `n`.
+/// Until the holding instance's subscription has spread to every NATS
+/// node, `server` finds nobody, and a plain command fails at once, as it
+/// does for an offline device.
+async fn send_until_held(server: &TestServer, device: &str, first: u64) -> (Command, u64) {
+    for n in first..first + 50 {
+        let c = send_command(
+            server,
+            device,
+            serde_json::json!({"name": "ping", "params": {"n": n}}),
+        )
+        .await;
+        if c.state != CommandState::Failed {
+            assert_eq!(c.state, CommandState::Sent, "{c:?}");
+            return (c, n);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no instance held {device} within 5 s");
+}
+
 /// Polls `server`'s API until command `id` is in `state`.
 async fn until_state(server: &TestServer, id: &str, state: CommandState) -> Command {
     let path = format!("/api/commands/{id}");
@@ -318,25 +361,7 @@ async fn a_command_sent_through_one_instance_is_answered_by_a_device_on_another(
     // An operator watches the device's page on B.
     let mut page = b.live(r#"{"type":"subscribe","devices":["pump"]}"#).await;
 
-    // Asked until A's subscription has spread to every NATS node: until
-    // then B finds nobody, and a plain command fails at once, as it does
-    // for an offline device.
-    let mut sent = None;
-    for n in 0..50 {
-        let c = send_command(
-            &b,
-            "pump",
-            serde_json::json!({"name": "ping", "params": {"n": n}}),
-        )
-        .await;
-        if c.state != CommandState::Failed {
-            sent = Some((c, n));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (sent, n) = sent.expect("B reached the instance holding the device");
-    assert_eq!(sent.state, CommandState::Sent, "{sent:?}");
+    let (sent, n) = send_until_held(&b, "pump", 0).await;
     let answered = until_state(&b, &sent.id, CommandState::Answered).await;
     assert_eq!(answered.response, Some(serde_json::json!({"pong": n})));
     assert_eq!(seen.recv().await.as_deref(), Some(sent.id.as_str()));
@@ -511,4 +536,51 @@ async fn every_instance_shows_where_devices_are_connected_and_a_lost_instance_le
         after >= Duration::from_millis(900),
         "offline after {after:?}: too soon"
     );
+}
+
+#[tokio::test]
+async fn every_instance_counts_what_the_whole_cluster_rejected() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Some(nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let (a, b) = two_instances(&db, &nats).await;
+    // One device's bad payloads reach the cluster through both instances,
+    // as its reconnects through a load balancer would.
+    for (server, bad) in [(&a, "{not json"), (&b, r#"{"temp":"warm"}"#)] {
+        let device = server.device("noisy").await;
+        device.publish("sensor/noisy", bad).await;
+        device.publish("sensor/noisy", r#"{"temp":1}"#).await;
+        device.disconnect().await;
+    }
+    // Each instance's API and live socket show both rejections, whichever
+    // instance the page happens to be served by.
+    for server in [&a, &b] {
+        wait_for("the fleet to count both rejections", || async {
+            let fleet: Vec<DeviceSummary> = server.get_json("/api/devices").await;
+            fleet.iter().any(|d| d.id == "noisy" && d.rejected == 2)
+        })
+        .await;
+        let mut page = server
+            .live(r#"{"type":"subscribe","devices":["noisy"]}"#)
+            .await;
+        let counters = next_matching(&mut page, |m| match m {
+            ServerMsg::Stats { counters, rejected }
+                if rejected == vec![("noisy".to_owned(), 2)] =>
+            {
+                Some(counters)
+            }
+            _ => None,
+        })
+        .await;
+        assert!(counters.rejected >= 2, "{counters:?}");
+        assert!(counters.stored >= 2, "{counters:?}");
+    }
+    // Each instance's own API still answers for itself alone, so that
+    // monitoring can add instances up without counting twice.
+    let own_a: app::model::Counters = a.get_json("/api/stats").await;
+    let own_b: app::model::Counters = b.get_json("/api/stats").await;
+    assert_eq!(own_a.rejected + own_b.rejected, 2);
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use rumqttc::QoS;
 use server::metrics::read_value;
 
-use common::{stored_values, test_config, wait_for, Counting, OwnPostgres, TestServer};
+use common::{test_config, wait_for, Counting, OwnPostgres, TestServer};
 
 /// A tmpfs of `mib` MiB mounted on a fresh folder, unmounted on drop.
 struct SmallDisk {
@@ -100,33 +100,6 @@ fn qos0_stream(client: rumqttc::AsyncClient) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Waits until `device` has `more` values acknowledged beyond `since`.
-async fn acknowledged_more(device: &Counting, since: usize, more: usize) {
-    wait_for("acknowledgements to flow", || async {
-        device.acked_count() >= since + more
-    })
-    .await;
-}
-
-/// Checks that every acknowledged value of `device` is stored.
-async fn nothing_acknowledged_is_lost(url: &str, device: &Counting, name: &str) {
-    let acked = device.acked.lock().expect("lock").clone();
-    let stored = stored_values(url, name, "n").await;
-    let missing: Vec<&u64> = acked.difference(&stored).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged readings missing: {:?}",
-        missing.len(),
-        acked.len(),
-        missing.iter().take(10).collect::<Vec<_>>()
-    );
-    println!(
-        "{name}: {} acknowledged, {} stored, none missing",
-        acked.len(),
-        stored.len()
-    );
-}
-
 #[tokio::test]
 async fn a_full_disk_holds_acknowledgements_back_and_loses_nothing() {
     let disk = SmallDisk::mount(32);
@@ -168,13 +141,13 @@ async fn a_full_disk_holds_acknowledgements_back_and_loses_nothing() {
         health(&server).await == 200
     })
     .await;
-    acknowledged_more(&device, at_full, 2_000).await;
+    device.acknowledged_more(at_full, 2_000).await;
     publisher.abort();
     zero_publisher.abort();
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.stop().await.expect("clean shutdown");
 
-    nothing_acknowledged_is_lost(&url, &device, "Full").await;
+    device.nothing_acknowledged_is_lost(&url, "Full").await;
     use sea_orm::ConnectionTrait;
     let db = sea_orm::Database::connect(&url).await.expect("open");
     let check = db
@@ -197,7 +170,7 @@ async fn postgres_restarting_mid_ingest_loses_no_acknowledged_reading() {
     let server = TestServer::start(test_config(&pg.url)).await;
     let device = Counting::start(server.mqtt, "Pg");
     let publisher = device.publish_steadily("sensor/Pg/n", 5);
-    acknowledged_more(&device, 0, 2_000).await;
+    device.acknowledged_more(0, 2_000).await;
 
     let before = device.acked_count();
     let restart = tokio::task::spawn_blocking(move || {
@@ -206,7 +179,7 @@ async fn postgres_restarting_mid_ingest_loses_no_acknowledged_reading() {
     });
     let pg = restart.await.expect("restart");
     // The writer reconnects by itself, and the dashboard answers again.
-    acknowledged_more(&device, before, 2_000).await;
+    device.acknowledged_more(before, 2_000).await;
     wait_for("the dashboard's data to answer", || async {
         server
             .get("/api/devices/Pg")
@@ -218,7 +191,7 @@ async fn postgres_restarting_mid_ingest_loses_no_acknowledged_reading() {
     publisher.abort();
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.stop().await.expect("clean shutdown");
-    nothing_acknowledged_is_lost(&pg.url, &device, "Pg").await;
+    device.nothing_acknowledged_is_lost(&pg.url, "Pg").await;
 }
 
 #[tokio::test]
@@ -243,7 +216,7 @@ async fn a_stalled_database_bounds_memory_and_loses_nothing_acknowledged() {
     let publisher = device.publish_steadily("sensor/Stall/n", 10);
     let zero = common::Device::connect(mqtt, "Zero").await;
     let zero_publisher = qos0_stream(zero.client.clone());
-    acknowledged_more(&device, 0, 2_000).await;
+    device.acknowledged_more(0, 2_000).await;
     let before_kib = common::rss_of(pid);
 
     // Another connection holds SQLite's write lock for 30 s, as a long
@@ -283,7 +256,7 @@ async fn a_stalled_database_bounds_memory_and_loses_nothing_acknowledged() {
     lock.execute_unprepared("ROLLBACK").await.expect("unlock");
     drop(lock);
 
-    acknowledged_more(&device, stalled_at, 2_000).await;
+    device.acknowledged_more(stalled_at, 2_000).await;
     wait_for("health to recover", || async {
         status("/api/health").await == 200
     })
@@ -306,7 +279,7 @@ async fn a_stalled_database_bounds_memory_and_loses_nothing_acknowledged() {
         .arg(pid.to_string())
         .status();
     let _ = child.wait().await;
-    nothing_acknowledged_is_lost(&url, &device, "Stall").await;
+    device.nothing_acknowledged_is_lost(&url, "Stall").await;
     println!(
         "30 s stall: server memory grew by {grown_mib} MiB at most, {late_mib} MiB of it in the last 20 s"
     );

@@ -567,6 +567,34 @@ impl Counting {
     pub fn acked_count(&self) -> usize {
         self.acked.lock().expect("lock").len()
     }
+
+    /// Waits until `more` values beyond `since` have been acknowledged.
+    pub async fn acknowledged_more(&self, since: usize, more: usize) {
+        wait_for("acknowledgements to flow", || async {
+            self.acked_count() >= since + more
+        })
+        .await;
+    }
+
+    /// Checks that every acknowledged value of this device, named `name`
+    /// and publishing to its metric `n`, is stored in the database at `url`.
+    pub async fn nothing_acknowledged_is_lost(&self, url: &str, name: &str) {
+        let acked = self.acked.lock().expect("lock").clone();
+        let stored = stored_values(url, name, "n").await;
+        let missing: Vec<&u64> = acked.difference(&stored).collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} acknowledged readings missing: {:?}",
+            missing.len(),
+            acked.len(),
+            missing.iter().take(10).collect::<Vec<_>>()
+        );
+        println!(
+            "{name}: {} acknowledged, {} stored, none missing",
+            acked.len(),
+            stored.len()
+        );
+    }
 }
 
 /// The values stored for `device`'s `metric` in the database at `url`,
