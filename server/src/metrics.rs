@@ -189,6 +189,32 @@ pub struct Metrics {
     /// the slow side.
     pub push_seconds: LatencyHistogram,
     rejected_by_device: DeviceCounts,
+    /// Cluster mode: what other instances last said of their own counters.
+    elsewhere: Mutex<HashMap<String, Elsewhere>>,
+}
+
+/// The most other instances whose counters are kept; a word from any
+/// further one is ignored (and logged by the bus).
+pub const MAX_PEERS: usize = 256;
+
+/// Another instance's counters, as it last told them, believed until
+/// `until`.
+#[derive(Debug)]
+struct Elsewhere {
+    until: Instant,
+    counters: Counters,
+    rejected: HashMap<String, u64>,
+}
+
+/// Adds `more` to `sum`, field by field.
+fn add_counters(sum: &mut Counters, more: &Counters) {
+    sum.messages += more.messages;
+    sum.received += more.received;
+    sum.stored += more.stored;
+    sum.rejected += more.rejected;
+    sum.dropped += more.dropped;
+    sum.refused += more.refused;
+    sum.connected += more.connected;
 }
 
 /// Whether a series only grows or goes up and down.
@@ -306,6 +332,81 @@ impl Metrics {
     /// Rejections attributed to `device` since start.
     pub fn rejected_for(&self, device: &str) -> u64 {
         self.rejected_by_device.get(device)
+    }
+
+    /// Records what instance `peer` says of its own counters, believed
+    /// until `until`. Returns false (and records nothing) when
+    /// [`MAX_PEERS`] other instances are already known.
+    pub fn set_elsewhere(
+        &self,
+        peer: &str,
+        until: Instant,
+        counters: Counters,
+        rejected: impl IntoIterator<Item = (String, u64)>,
+    ) -> bool {
+        let Ok(mut peers) = self.elsewhere.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        peers.retain(|_, e| e.until > now);
+        if peers.len() >= MAX_PEERS && !peers.contains_key(peer) {
+            return false;
+        }
+        let rejected = rejected.into_iter().take(MAX_TRACKED_DEVICES).collect();
+        peers.insert(
+            peer.to_owned(),
+            Elsewhere {
+                until,
+                counters,
+                rejected,
+            },
+        );
+        true
+    }
+
+    /// Runs `f` over every other instance whose word still holds.
+    fn each_elsewhere(&self, mut f: impl FnMut(&Elsewhere)) {
+        let now = Instant::now();
+        if let Ok(peers) = self.elsewhere.lock() {
+            peers.values().filter(|e| e.until > now).for_each(&mut f);
+        }
+    }
+
+    /// The counters of the whole cluster: this instance's, plus what every
+    /// other live instance last said of its own. On one instance alone,
+    /// the same as [`Metrics::snapshot`].
+    pub fn everywhere(&self) -> Counters {
+        let mut sum = self.snapshot();
+        self.each_elsewhere(|e| add_counters(&mut sum, &e.counters));
+        sum
+    }
+
+    /// Rejections attributed to `device` on every instance.
+    pub fn rejected_everywhere(&self, device: &str) -> u64 {
+        let mut n = self.rejected_for(device);
+        self.each_elsewhere(|e| n += e.rejected.get(device).copied().unwrap_or(0));
+        n
+    }
+
+    /// [`Metrics::rejected_among`] for the whole cluster.
+    pub fn rejected_among_everywhere(&self, devices: Option<&[String]>) -> Vec<(String, u64)> {
+        let mut sum: std::collections::BTreeMap<String, u64> =
+            self.rejected_among(devices).into_iter().collect();
+        self.each_elsewhere(|e| match devices {
+            Some(list) => {
+                for d in list {
+                    if let Some(n) = e.rejected.get(d) {
+                        *sum.entry(d.clone()).or_default() += n;
+                    }
+                }
+            }
+            None => {
+                for (d, n) in &e.rejected {
+                    *sum.entry(d.clone()).or_default() += n;
+                }
+            }
+        });
+        sum.into_iter().collect()
     }
 
     /// Per-device rejection counts for the given devices (or all of them),

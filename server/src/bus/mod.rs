@@ -26,7 +26,8 @@
 //! its progress live.
 //!
 //! Which devices are connected where is told on `<prefix>.presence`, under
-//! a lease (see [`presence`]).
+//! a lease (see [`presence`]), and each instance's counters on
+//! `<prefix>.tally`, under the same lease (see [`tally`]).
 //!
 //! Delivery is at most once, as NATS core is. Nothing here is needed for a
 //! reading to be stored or acknowledged: a bus that is down or full costs
@@ -34,6 +35,7 @@
 //! repair the gap from the database when they load their history.
 
 mod presence;
+mod tally;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -317,6 +319,14 @@ pub async fn start(
             prefix.to_owned(),
             instance.to_owned(),
             tracker,
+            lease,
+            metrics.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(tally::run(
+            client.clone(),
+            prefix.to_owned(),
+            instance.to_owned(),
             lease,
             metrics.clone(),
             stop.clone(),

@@ -26,7 +26,7 @@ pub(super) async fn devices(
 ) -> Result<Json<Vec<DeviceSummary>>, HttpError> {
     let mut list = state.store.devices().await?;
     for d in &mut list {
-        d.rejected = state.metrics.rejected_for(&d.id);
+        d.rejected = state.metrics.rejected_everywhere(&d.id);
     }
     state.presence.annotate(&mut list);
     Ok(Json(list))

@@ -45,7 +45,10 @@ pub(super) async fn prometheus(State(state): State<AppState>) -> impl IntoRespon
     )
 }
 
-/// Global counters.
+/// This instance's counters since it started. In cluster mode each
+/// instance answers for itself, as `/metrics` does, so that monitoring can
+/// add them up without counting twice; the dashboard's pages and live
+/// socket show the whole cluster's.
 #[utoipa::path(get, path = "/api/stats", tag = "operations",
     security(("session" = []), ("token" = [])),
     extensions(("x-required-role" = json!("viewer"))),

@@ -74,13 +74,13 @@ impl PageData {
             .device(id, from)
             .await?
             .map(|(mut summary, series)| {
-                summary.rejected = self.metrics.rejected_for(&summary.id);
+                summary.rejected = self.metrics.rejected_everywhere(&summary.id);
                 summary.presence = self.presence.get(&summary.id);
                 DeviceDetail {
                     summary,
                     series,
                     from,
-                    counters: self.metrics.snapshot(),
+                    counters: self.metrics.everywhere(),
                     generated_at: now,
                 }
             }))
@@ -92,12 +92,12 @@ impl Backend for PageData {
         Box::pin(async move {
             let mut devices = self.store.devices().await.map_err(log_for_page)?;
             for d in &mut devices {
-                d.rejected = self.metrics.rejected_for(&d.id);
+                d.rejected = self.metrics.rejected_everywhere(&d.id);
             }
             self.presence.annotate(&mut devices);
             Ok(Fleet {
                 devices,
-                counters: self.metrics.snapshot(),
+                counters: self.metrics.everywhere(),
                 generated_at: now_ms(),
             })
         })

@@ -238,8 +238,8 @@ async fn viewer(socket: WebSocket, live: Live, caller: Caller, _place: Place) {
                     _ => None,
                 };
                 frames.push(encode(&ServerMsg::Stats {
-                    counters: live.metrics.snapshot(),
-                    rejected: live.metrics.rejected_among(devices.as_deref()),
+                    counters: live.metrics.everywhere(),
+                    rejected: live.metrics.rejected_among_everywhere(devices.as_deref()),
                 }));
             }
         };
