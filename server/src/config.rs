@@ -26,6 +26,40 @@ fn live_recheck() -> Duration {
     LIVE_RECHECK
 }
 
+/// A reverse proxy, by address or network, whose `X-Forwarded-For`
+/// header is believed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TrustedProxy(pub ipnet::IpNet);
+
+impl FromStr for TrustedProxy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        text.parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(Self)
+            .map_err(|_| {
+                format!("{text:?} is neither an IP address nor a network such as 10.0.0.0/8")
+            })
+    }
+}
+
+impl TryFrom<String> for TrustedProxy {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<TrustedProxy> for String {
+    fn from(proxy: TrustedProxy) -> Self {
+        proxy.0.to_string()
+    }
+}
+
 /// Everything `sightline serve` needs to run.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 pub struct Config {
@@ -113,6 +147,11 @@ pub struct Config {
     /// every third of this; when it stops (killed, cut off), its devices
     /// show offline everywhere after at most this long.
     pub presence_lease_secs: u64,
+    /// Reverse proxies (nginx in front of the instances, say) whose
+    /// `X-Forwarded-For` header names the browser's address. Without them
+    /// every browser behind a proxy shares its address, and so its
+    /// sign-in limits.
+    pub trusted_proxies: Vec<TrustedProxy>,
     /// The folder whose `pkg/` holds the built front end (WASM, JS glue,
     /// CSS, `echarts.min.js`).
     pub site_root: PathBuf,
@@ -192,6 +231,7 @@ impl Default for Config {
             bus_prefix: "sightline".to_owned(),
             bus_queue: 1024,
             presence_lease_secs: 6,
+            trusted_proxies: Vec::new(),
             site_root: PathBuf::from("target/site"),
             max_payload_bytes: 64 * 1024,
             demo: false,
@@ -412,6 +452,14 @@ pub struct Overrides {
     /// Cluster mode: seconds a dead instance's devices may still show online elsewhere [default: 6].
     #[arg(long, env = "SIGHTLINE_PRESENCE_LEASE_SECS", value_name = "SECONDS")]
     pub presence_lease_secs: Option<u64>,
+    /// Reverse proxy whose X-Forwarded-For is believed: an address or a network (10.0.0.0/8), comma-separated [default: none].
+    #[arg(
+        long = "trusted-proxy",
+        env = "SIGHTLINE_TRUSTED_PROXIES",
+        value_name = "ADDR|NET",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Option<Vec<TrustedProxy>>,
     /// Folder whose pkg/ holds the built front end (WASM, JS, CSS, ECharts) [default: target/site].
     #[arg(long, env = "SIGHTLINE_SITE_ROOT", value_name = "DIR")]
     pub site_root: Option<PathBuf>,

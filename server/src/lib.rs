@@ -518,6 +518,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             max_devices: config.max_devices_per_live_socket,
         },
         max_request_bytes: config.max_request_bytes,
+        trusted_proxies: config.trusted_proxies.iter().map(|p| p.0).collect(),
         auth,
     };
     let http = serve_http(

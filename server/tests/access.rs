@@ -303,13 +303,25 @@ fn client() -> reqwest::Client {
 
 /// Signs in through the form and returns the session cookie's value.
 async fn sign_in(server: &TestServer, name: &str, password: &str) -> Result<String, String> {
-    let response = client()
+    sign_in_forwarded(server, None, name, password).await
+}
+
+/// Signs in as [`sign_in`] does, with `forwarded` as `X-Forwarded-For`, as
+/// a reverse proxy (or a client pretending) would send it.
+async fn sign_in_forwarded(
+    server: &TestServer,
+    forwarded: Option<&str>,
+    name: &str,
+    password: &str,
+) -> Result<String, String> {
+    let mut request = client()
         .post(server.url("/login"))
         .header(ORIGIN, server.url(""))
-        .form(&[("name", name), ("password", password), ("next", "/")])
-        .send()
-        .await
-        .expect("sign in");
+        .form(&[("name", name), ("password", password), ("next", "/")]);
+    if let Some(hops) = forwarded {
+        request = request.header("x-forwarded-for", hops);
+    }
+    let response = request.send().await.expect("sign in");
     let location = response
         .headers()
         .get(LOCATION)
@@ -706,6 +718,12 @@ async fn failed_sign_ins_are_throttled_per_account_and_per_address(db: TestDb) {
         sign_in(&server, "viewer", PASSWORD).await,
         Err("/login?error=throttled&next=/".to_owned())
     );
+    // With no trusted proxy configured, a client cannot step around the
+    // limit by naming another address.
+    assert_eq!(
+        sign_in_forwarded(&server, Some("203.0.113.9"), "viewer", PASSWORD).await,
+        Err("/login?error=throttled&next=/".to_owned())
+    );
     let metrics = server.metrics().await;
     let read = |name| server::metrics::read_value(&metrics, name);
     assert_eq!(
@@ -715,7 +733,7 @@ async fn failed_sign_ins_are_throttled_per_account_and_per_address(db: TestDb) {
     );
     assert_eq!(
         read("sightline_login_throttled_total"),
-        Some(2),
+        Some(3),
         "{metrics}"
     );
     // Failures are in the audit log with the name tried.
@@ -723,6 +741,66 @@ async fn failed_sign_ins_are_throttled_per_account_and_per_address(db: TestDb) {
     assert!(audit.iter().any(|e| e["action"] == "login_failed"
         && e["actor"] == "operator"
         && e["ip"] == "127.0.0.1"));
+}
+
+async fn behind_a_trusted_proxy_each_browser_has_its_own_sign_in_limit(db: TestDb) {
+    // nginx on this machine, as scripts/cluster.sh runs it.
+    let (_db, server) = start_with(db, |c| {
+        c.trusted_proxies = vec!["127.0.0.0/8".parse().expect("a network")];
+    })
+    .await;
+    // One browser behind the proxy fails 20 times, over many accounts.
+    for i in 0..20 {
+        let _ = sign_in_forwarded(
+            &server,
+            Some("203.0.113.5"),
+            &format!("guess{i}"),
+            "not the password",
+        )
+        .await;
+    }
+    let throttled = Err("/login?error=throttled&next=/".to_owned());
+    assert_eq!(
+        sign_in_forwarded(&server, Some("203.0.113.5"), "viewer", PASSWORD).await,
+        throttled
+    );
+    // Other browsers behind the same proxy are not locked out with it.
+    assert!(
+        sign_in_forwarded(&server, Some("203.0.113.6"), "viewer", PASSWORD)
+            .await
+            .is_ok()
+    );
+    // The blocked browser cannot escape by writing another address first:
+    // the proxy appends the one it saw, and that is the one believed.
+    assert_eq!(
+        sign_in_forwarded(
+            &server,
+            Some("203.0.113.6, 203.0.113.5"),
+            "viewer",
+            PASSWORD
+        )
+        .await,
+        throttled
+    );
+    // Hops that are trusted proxies themselves are skipped; an entry that is
+    // not an address leaves the proxy's own address, which is not blocked.
+    assert_eq!(
+        sign_in_forwarded(&server, Some("203.0.113.5, 127.0.0.2"), "viewer", PASSWORD).await,
+        throttled
+    );
+    assert!(sign_in_forwarded(
+        &server,
+        Some("203.0.113.5, not-an-address"),
+        "viewer",
+        PASSWORD
+    )
+    .await
+    .is_ok());
+    // The audit log names the browser, not the proxy.
+    let audit: Vec<Value> = server.get_json("/api/audit?limit=100").await;
+    assert!(audit
+        .iter()
+        .any(|e| e["action"] == "login_failed" && e["ip"] == "203.0.113.5"));
 }
 
 async fn api_tokens_act_for_their_account_until_revoked(db: TestDb) {
@@ -1269,6 +1347,7 @@ on_both_databases!(
     cross_origin_state_changes_are_refused,
     sign_out_password_change_and_idleness_end_sessions,
     failed_sign_ins_are_throttled_per_account_and_per_address,
+    behind_a_trusted_proxy_each_browser_has_its_own_sign_in_limit,
     api_tokens_act_for_their_account_until_revoked,
     responses_carry_security_headers_and_the_page_nonce,
     the_last_admin_stays_and_roles_are_checked_on_every_request,

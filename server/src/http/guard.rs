@@ -22,6 +22,8 @@ pub struct Gate {
     pub auth: Arc<Auth>,
     pub rules: Arc<Rules>,
     pub metrics: Arc<Metrics>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 /// Marks requests that arrived over HTTPS, so that cookies get `Secure`
@@ -29,9 +31,8 @@ pub struct Gate {
 #[derive(Clone, Copy, Debug)]
 pub struct Https;
 
-/// The client's address as the socket saw it. A reverse proxy's own
-/// address appears here; `X-Forwarded-For` is not trusted, since any client
-/// can send it.
+/// The client's address: the socket's peer, or, when that peer is a
+/// trusted proxy, the address that proxy saw (see [`client_ip`]).
 #[derive(Clone, Copy, Debug)]
 pub struct ClientIp(pub Option<IpAddr>);
 
@@ -52,16 +53,42 @@ impl
     }
 }
 
-fn client_ip(request: &Request) -> Option<IpAddr> {
+/// The address the request came from. When the socket's peer is a trusted
+/// proxy, `X-Forwarded-For` is read from the right: each proxy appends the
+/// address it saw, so the nearest entry that is not itself a trusted proxy
+/// is the client. Entries further left were written by the client, which
+/// can write anything, so they are never believed; neither is an entry
+/// that does not parse, which leaves the last trusted hop as the address.
+fn client_ip(request: &Request, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
     let extensions = request.extensions();
-    extensions
+    let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .or_else(|| {
             extensions
                 .get::<ConnectInfo<TlsPeer>>()
                 .map(|c| c.0 .0.ip())
-        })
+        })?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let hops: Vec<&str> = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => client = ip,
+            Ok(ip) => return Some(ip),
+            Err(_) => break,
+        }
+    }
+    Some(client)
 }
 
 /// The value of one cookie.
@@ -162,7 +189,7 @@ pub async fn gate(
         tracing::error!(method = %request.method(), path = ?matched.as_ref().map(MatchedPath::as_str), "route has no access rule");
         return json_refusal(StatusCode::FORBIDDEN, "this route has no access rule");
     };
-    let ip = client_ip(&request);
+    let ip = client_ip(&request, &gate.trusted_proxies);
 
     let headers = request.headers();
     let (caller, bad_token) = match bearer(headers) {

@@ -77,6 +77,8 @@ pub struct AppState {
     pub audit: Audit,
     /// The largest request body accepted.
     pub max_request_bytes: usize,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 /// Every JSON route with its rule. The router and [`route_rules`] are both
@@ -244,6 +246,7 @@ pub fn router(state: AppState) -> Router {
         auth: state.auth.clone(),
         rules: Arc::new(routes::Rules::new(&with_pages_and_socket(api.rules))),
         metrics: state.metrics.clone(),
+        trusted_proxies: state.trusted_proxies.clone(),
     };
     let ws = Router::new()
         .route(SOCKET_PATH, get(socket::websocket))
