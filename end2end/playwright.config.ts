@@ -1,5 +1,6 @@
-// Browser tests: the built `sightline` binary, Debian's Chromium, and two
-// projects (desktop and phone), each against its own server with an empty
+// Browser tests: the built `sightline` binary, Debian's Chromium, and three
+// projects (desktop and phone, each against its own server, and cluster,
+// against two instances behind nginx and haproxy), each with an empty
 // database so that every run starts from nothing.
 import { defineConfig } from '@playwright/test';
 import * as os from 'os';
@@ -34,6 +35,34 @@ function server(name: string, http: number, mqtt: number) {
   };
 }
 
+/**
+ * The cluster (scripts/cluster.sh through scripts/e2e-cluster.sh): two
+ * instances on PostgreSQL and NATS, devices through haproxy on `mqtt`,
+ * browsers through nginx on `http`. Its proxies write their pids to `run`.
+ */
+const cluster = { http: 3912, mqtt: 18912, run: path.join(scratch, 'cluster') };
+const clusterServer = {
+  command: path.resolve(__dirname, '../scripts/e2e-cluster.sh'),
+  env: {
+    HTTP_PORT: String(cluster.http),
+    MQTT_PORT: String(cluster.mqtt),
+    RUN: cluster.run,
+    ACCOUNTS: Object.entries(PASSWORDS)
+      .map(([role, pw]) => `${role}=${pw}`)
+      .join(' '),
+  },
+  url: `http://127.0.0.1:${cluster.http}/api/health`,
+  reuseExistingServer: false,
+  timeout: 60_000,
+  // SIGTERM lets the script stop every part it started.
+  gracefulShutdown: { signal: 'SIGTERM' as const, timeout: 10_000 },
+  stdout: 'ignore' as const,
+  stderr: 'pipe' as const,
+};
+
+/** Only the cluster project kills its proxies. */
+const clusterOnly = 'survives-proxy-restarts.spec.ts';
+
 const chromium = {
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   args: [
@@ -55,7 +84,7 @@ export default defineConfig({
   workers: 1,
   retries: 0,
   reporter: [['list']],
-  webServer: [server('desktop', 3910, 18910), server('phone', 3911, 18911)],
+  webServer: [server('desktop', 3910, 18910), server('phone', 3911, 18911), clusterServer],
   use: {
     launchOptions: chromium,
     trace: 'retain-on-failure',
@@ -66,6 +95,7 @@ export default defineConfig({
       // The browsers run in zones with DST, away from the server's UTC, so
       // time zone handling is exercised on every run.
       use: { baseURL: 'http://127.0.0.1:3910', viewport: { width: 1280, height: 800 }, timezoneId: 'Europe/Berlin' },
+      testIgnore: clusterOnly,
       metadata: { mqttPort: 18910 },
     },
     {
@@ -78,7 +108,16 @@ export default defineConfig({
         isMobile: true,
         hasTouch: true,
       },
+      testIgnore: clusterOnly,
       metadata: { mqttPort: 18911 },
+    },
+    {
+      // The core device-page test through nginx and haproxy, where the
+      // page's instance is often not the device's, then the proxies dying.
+      name: 'cluster',
+      testMatch: ['seed.spec.ts', clusterOnly],
+      use: { baseURL: `http://127.0.0.1:${cluster.http}`, viewport: { width: 1280, height: 800 }, timezoneId: 'Asia/Kolkata' },
+      metadata: { mqttPort: cluster.mqtt, run: cluster.run },
     },
   ],
 });

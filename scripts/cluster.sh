@@ -91,20 +91,37 @@ for ((i = 0; i < INSTANCES; i++)); do
   "$SIGHTLINE_BIN" serve \
     --database-url "$DB_URL" --nats-url "$NATS" \
     --mqtt-addr "127.0.0.1:$mqtt" --http-addr "127.0.0.1:$http" \
-    --site-root "$ROOT/target/site" "${serve_args[@]}" >"$RUN/sightline-$i.log" 2>&1 &
+    --site-root "$ROOT/target/site" --trusted-proxy 127.0.0.1 "${serve_args[@]}" >"$RUN/sightline-$i.log" 2>&1 &
   pids+=($!)
 done
 
 # 4. haproxy for devices, nginx for browsers.
 awk -v servers="$mqtt_servers" '{ if ($0 == "@MQTT_SERVERS@") printf "%s", servers; else print }' \
   "$ROOT/deploy/haproxy.cfg" | sed "s/@MQTT_BIND@/127.0.0.1:$MQTT_PORT/" >"$RUN/haproxy.cfg"
-haproxy -W -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy.log" 2>&1 &
-pids+=($!)
+# Each proxy runs under a loop that starts it again when it exits, as
+# systemd's Restart=always would: tests kill them to prove that devices and
+# browsers reconnect by themselves. Each writes its pid to $RUN.
+keep_running() {
+  local name="$1"
+  shift
+  (
+    child=""
+    trap '[[ -n "$child" ]] && kill "$child" 2>/dev/null; wait; exit 0' TERM INT
+    while true; do
+      "$@" >>"$RUN/$name.log" 2>&1 &
+      child=$!
+      wait "$child" || true
+      echo "cluster: $name exited; starting it again" >>"$RUN/$name.log"
+      sleep 0.2
+    done
+  ) &
+  pids+=($!)
+}
+keep_running haproxy haproxy -W -db -p "$RUN/haproxy.pid" -f "$RUN/haproxy.cfg"
 awk -v servers="$http_servers" '{ if ($0 == "@HTTP_SERVERS@") printf "%s", servers; else print }' \
   "$ROOT/deploy/nginx.conf" |
   sed -e "s|@RUN@|$RUN|g" -e "s/@HTTP_BIND@/127.0.0.1:$HTTP_PORT/" >"$RUN/nginx.conf"
-nginx -p "$RUN" -c "$RUN/nginx.conf" -g 'daemon off;' >"$RUN/nginx.log" 2>&1 &
-pids+=($!)
+keep_running nginx nginx -p "$RUN" -c "$RUN/nginx.conf" -g 'daemon off;'
 
 # Ready when every instance answers through nginx and MQTT through haproxy.
 for _ in $(seq 1 300); do
