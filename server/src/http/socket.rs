@@ -29,6 +29,15 @@ use crate::presence::Tracker;
 /// Client messages larger than this are refused; a subscription is small.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
+/// How much the socket reads from a viewer at a time. tungstenite zeroes
+/// this much of its read buffer on every read attempt, including each
+/// one that finds nothing, and the viewer's task tries one every time it
+/// wakes to send: at its default (128 KiB) that zeroing was a quarter of
+/// the server's CPU with 1,000 viewers (`perf`, BENCHMARKS.md). Viewers
+/// send a few small messages; a larger one still arrives over several
+/// reads.
+const READ_CHUNK: usize = 4 * 1024;
+
 /// How often each viewer receives the server's counters.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
@@ -115,6 +124,7 @@ pub async fn websocket(
     };
     upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(READ_CHUNK)
         .on_upgrade(move |socket| viewer(socket, live, caller, place))
 }
 
