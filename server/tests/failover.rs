@@ -3,6 +3,8 @@
 //! sends them), every reading that got a PUBACK is in PostgreSQL, a
 //! command it was tracking is answered through the survivor, and a device
 //! that does not come back shows offline everywhere within one lease.
+//! PostgreSQL restarting and crashing loses nothing acknowledged, and with
+//! a synchronous standby neither does losing the primary's disk.
 
 mod common;
 
@@ -14,8 +16,8 @@ use std::time::{Duration, Instant};
 use app::model::{Command, CommandState};
 use common::nats::NatsCluster;
 use common::{
-    admin_token, client_with, spawn_server, stored_values_with_repeats, wait_for, OwnPostgres,
-    TestDb,
+    admin_token, client_with, spawn_server, stored_values_with_repeats, test_config, wait_for,
+    Counting, OwnPostgres, TestDb, TestServer,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Request};
 
@@ -468,4 +470,55 @@ async fn commanded_device(
         .expect("subscribed in time")
         .expect("subscribed");
     (task, rx)
+}
+
+#[tokio::test]
+async fn a_synchronous_standby_holds_every_acknowledged_reading_when_the_primary_disk_is_lost() {
+    let Some(primary) = OwnPostgres::start() else {
+        return;
+    };
+    // README's recipe: a streaming standby, and commits that wait for it.
+    let standby = OwnPostgres::standby_of(&primary, "standby1");
+    primary.sql("ALTER SYSTEM SET synchronous_standby_names = 'standby1'");
+    primary.sql("SELECT pg_reload_conf()");
+    wait_for("the standby to be synchronous", || async {
+        primary.sql("SELECT sync_state FROM pg_stat_replication") == "sync"
+    })
+    .await;
+
+    let server = TestServer::start(test_config(&primary.url)).await;
+    let device = Counting::start(server.mqtt, "Sync");
+    let publisher = device.publish_steadily("sensor/Sync/n", 2);
+    device.acknowledged_more(0, 2_000).await;
+
+    // The standby stops taking WAL (its receiver frozen, as a slow or cut
+    // link would). Commits wait for it, so PUBACKs stop: with an
+    // asynchronous standby they would go on, for readings only the
+    // primary's disk holds.
+    let receiver = standby.sql("SELECT pid FROM pg_stat_wal_receiver");
+    signal(&receiver, "STOP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frozen_at = device.acked_count();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = device.acked_count() - frozen_at;
+    assert_eq!(during, 0, "{during} PUBACKs while the standby held nothing");
+
+    // The primary's machine dies with its disk, mid-stream.
+    primary.lose_disk();
+    publisher.abort();
+    drop(server);
+    signal(&receiver, "CONT");
+
+    // Every reading that got a PUBACK is on the standby once promoted.
+    standby.promote();
+    device.nothing_acknowledged_is_lost(&standby.url, "Sync").await;
+}
+
+/// Sends `signal` (STOP, CONT) to process `pid`.
+fn signal(pid: &str, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), pid])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid}");
 }

@@ -759,6 +759,69 @@ impl OwnPostgres {
         panic!("PostgreSQL did not start again after the crash");
     }
 
+    /// Starts a streaming standby of `primary` on a port of its own,
+    /// named `name` in `primary`'s `pg_stat_replication`, from a base
+    /// backup (initdb's `pg_hba.conf` already lets loopback replicate).
+    pub fn standby_of(primary: &OwnPostgres, name: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let data = std::env::temp_dir().join(format!(
+            "sightline-own-pg-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let standby = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            bin: primary.bin.clone(),
+            data,
+        };
+        let data = standby.data.display();
+        standby.as_postgres(
+            &format!("mkdir -m 700 {data} && chown postgres {data}"),
+            false,
+        );
+        standby.as_postgres(
+            &format!(
+                "{}/pg_basebackup -h 127.0.0.1 -p {} -U postgres -D {data} -X stream -R -d application_name={name}",
+                standby.bin.display(),
+                primary.port(),
+            ),
+            true,
+        );
+        standby.pg_ctl(&format!(
+            "-l {data}/log -w -o '-p {port} -k {data} -c listen_addresses=127.0.0.1' start"
+        ));
+        standby
+    }
+
+    /// Runs one SQL statement as the superuser and returns what it printed
+    /// (unaligned, tuples only).
+    pub fn sql(&self, statement: &str) -> String {
+        let out = std::process::Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", &self.url, "-c", statement])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "{statement}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Promotes a standby to primary and waits until it accepts writes.
+    pub fn promote(&self) {
+        self.pg_ctl("-w promote");
+    }
+
+    /// Kills the postmaster with SIGKILL and deletes its data folder: the
+    /// machine and its disk are gone.
+    pub fn lose_disk(&self) {
+        self.crash();
+        self.as_postgres(&format!("rm -rf {}", self.data.display()), false);
+    }
+
     fn port(&self) -> u16 {
         let after_host = self.url.rsplit(':').next().unwrap_or_default();
         after_host
