@@ -511,7 +511,9 @@ async fn a_synchronous_standby_holds_every_acknowledged_reading_when_the_primary
 
     // Every reading that got a PUBACK is on the standby once promoted.
     standby.promote();
-    device.nothing_acknowledged_is_lost(&standby.url, "Sync").await;
+    device
+        .nothing_acknowledged_is_lost(&standby.url, "Sync")
+        .await;
 }
 
 /// Sends `signal` (STOP, CONT) to process `pid`.
