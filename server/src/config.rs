@@ -142,6 +142,10 @@ pub struct Config {
     /// Committed batches that may wait to be published on the bus; more
     /// are dropped (and counted) for viewers on other instances only.
     pub bus_queue: usize,
+    /// Messages between instances (disables, takeovers, command requests
+    /// and changes) that may wait in each direction; more are dropped and
+    /// counted.
+    pub bus_control_queue: usize,
     /// Cluster mode: how long an instance's word that a device is
     /// connected to it holds without being renewed. An instance renews it
     /// every third of this; when it stops (killed, cut off), its devices
@@ -230,6 +234,7 @@ impl Default for Config {
             nats_urls: Vec::new(),
             bus_prefix: "sightline".to_owned(),
             bus_queue: 1024,
+            bus_control_queue: 4096,
             presence_lease_secs: 6,
             trusted_proxies: Vec::new(),
             site_root: PathBuf::from("target/site"),
@@ -449,6 +454,9 @@ pub struct Overrides {
     /// Committed batches that may wait for the bus before live updates to other instances are dropped and counted [default: 1024].
     #[arg(long, env = "SIGHTLINE_BUS_QUEUE", value_name = "N")]
     pub bus_queue: Option<usize>,
+    /// Control messages between instances (disables, takeovers, commands) that may wait in each direction before more are dropped and counted [default: 4096].
+    #[arg(long, env = "SIGHTLINE_BUS_CONTROL_QUEUE", value_name = "N")]
+    pub bus_control_queue: Option<usize>,
     /// Cluster mode: seconds a dead instance's devices may still show online elsewhere [default: 6].
     #[arg(long, env = "SIGHTLINE_PRESENCE_LEASE_SECS", value_name = "SECONDS")]
     pub presence_lease_secs: Option<u64>,
@@ -576,6 +584,7 @@ impl Config {
                 self.max_devices_per_live_socket,
             ),
             ("bus_queue", self.bus_queue),
+            ("bus_control_queue", self.bus_control_queue),
             ("presence_lease_secs", self.presence_lease_secs as usize),
         ];
         for (name, value) in positive {

@@ -265,6 +265,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             urls: &config.nats_urls,
             prefix: &config.bus_prefix,
             queue: config.bus_queue,
+            control_queue: config.bus_control_queue,
             instance: &instance,
             lease: std::time::Duration::from_secs(config.presence_lease_secs),
         };

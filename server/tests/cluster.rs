@@ -584,3 +584,38 @@ async fn every_instance_counts_what_the_whole_cluster_rejected() {
     let own_b: app::model::Counters = b.get_json("/api/stats").await;
     assert_eq!(own_a.rejected + own_b.rejected, 2);
 }
+
+#[tokio::test]
+async fn with_every_nats_node_gone_ingest_goes_on_and_the_bus_queue_stays_bounded() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Some(mut nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let mut config = test_config(&db.url);
+    config.nats_urls = nats.urls.clone();
+    config.bus_queue = 4;
+    let a = TestServer::start(config).await;
+    let device = Counting::start(a.mqtt, "islanded");
+    let publisher = device.publish_steadily("sensor/islanded/n", 2);
+    device.acknowledged_more(0, 1_000).await;
+    for node in 0..3 {
+        nats.kill(node);
+    }
+    // The NATS client's own buffer fills, then the bus's queue of four
+    // batches; what does not fit is dropped and counted, and PUBACKs,
+    // which wait for the database alone, keep flowing.
+    let before = device.acked_count();
+    device.acknowledged_more(before, 10_000).await;
+    wait_for("bus drops to be counted", || async {
+        a.metric("sightline_bus_dropped_readings_total").await > 0
+    })
+    .await;
+    publisher.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    device
+        .nothing_acknowledged_is_lost(&db.url, "islanded")
+        .await;
+    assert_eq!(a.metric("sightline_readings_dropped_total").await, 0);
+}

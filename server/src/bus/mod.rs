@@ -68,10 +68,6 @@ pub enum BusError {
     Subscribe(String),
 }
 
-/// Control messages waiting to be published; beyond this they are dropped
-/// and counted. Each is under 300 bytes, or a command's size.
-const CONTROL_QUEUE: usize = 4096;
-
 /// How long a command request waits for the instance holding its device.
 /// That instance answers once it has handed the command to its broker,
 /// which takes well under a millisecond; a request still unanswered after
@@ -244,6 +240,10 @@ pub struct Settings<'a> {
     pub prefix: &'a str,
     /// Committed batches that may wait to be published.
     pub queue: usize,
+    /// Control messages that may wait in each direction; beyond this they
+    /// are dropped and counted. Each is under 300 bytes, or a command's
+    /// size.
+    pub control_queue: usize,
     /// This instance's name on the bus, unique to the process.
     pub instance: &'a str,
     /// How long this instance's word on presence holds.
@@ -265,6 +265,7 @@ pub async fn start(
         urls,
         prefix,
         queue,
+        control_queue,
         instance,
         lease,
     } = settings;
@@ -282,9 +283,9 @@ pub async fn start(
             source,
         })?;
     let (outgoing, rx) = mpsc::channel(queue);
-    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let (remote_tx, remote_rx) = mpsc::channel(CONTROL_QUEUE);
-    let (asked, asked_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (control, control_rx) = mpsc::channel(control_queue);
+    let (remote_tx, remote_rx) = mpsc::channel(control_queue);
+    let (asked, asked_rx) = mpsc::channel(control_queue);
     let mut listeners = Vec::new();
     for kind in EVENT_KINDS {
         let subscriber = client
