@@ -206,8 +206,9 @@ struct Elsewhere {
     rejected: HashMap<String, u64>,
 }
 
-/// Adds `more` to `sum`, field by field.
-fn add_counters(sum: &mut Counters, more: &Counters) {
+/// Adds `more` to `sum`, field by field: counters of several instances
+/// make the cluster's.
+pub fn add_counters(sum: &mut Counters, more: &Counters) {
     sum.messages += more.messages;
     sum.received += more.received;
     sum.stored += more.stored;

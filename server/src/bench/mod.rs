@@ -361,13 +361,7 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
     let mut counters: Counters = get_json(&client, http, "/api/stats").await?;
     for &other in &https[1..] {
         let c: Counters = get_json(&client, other, "/api/stats").await?;
-        counters.messages += c.messages;
-        counters.received += c.received;
-        counters.stored += c.stored;
-        counters.rejected += c.rejected;
-        counters.dropped += c.dropped;
-        counters.refused += c.refused;
-        counters.connected += c.connected;
+        crate::metrics::add_counters(&mut counters, &c);
     }
     let server_connections = sampled.most_connections;
     let server_push = push_quantiles(&client, http).await;

@@ -357,6 +357,37 @@ pub async fn start(
     Ok((bus, inbox, tasks))
 }
 
+/// Subscribes to `subject` for a task that follows `what`, or logs why it
+/// cannot (the task then has nothing to follow and ends).
+async fn listen(
+    client: &async_nats::Client,
+    subject: &str,
+    what: &str,
+) -> Option<async_nats::Subscriber> {
+    match client.subscribe(subject.to_owned()).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!("bus: cannot follow {what} on {subject}: {e}");
+            None
+        }
+    }
+}
+
+/// Reads `message` as a `T`, or counts and logs it as not one.
+fn read<T: serde::de::DeserializeOwned>(
+    message: &async_nats::Message,
+    metrics: &Metrics,
+) -> Option<T> {
+    match serde_json::from_slice(&message.payload) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            Metrics::add(&metrics.bus_rejected, 1);
+            tracing::warn!("bus: ignoring a message on {}: {e}", message.subject);
+            None
+        }
+    }
+}
+
 /// Passes each message of `subscriber` that reads as a `T` on to a
 /// handler's queue, as `wrap` makes it with the message's reply subject.
 /// A message the queue has no room for is dropped and counted (a request
@@ -371,15 +402,9 @@ async fn relay<T, U>(
     T: serde::de::DeserializeOwned,
 {
     while let Some(message) = subscriber.next().await {
-        match serde_json::from_slice::<T>(&message.payload) {
-            Ok(value) => {
-                if to.try_send(wrap(value, message.reply)).is_err() {
-                    Metrics::add(&metrics.bus_control_dropped, 1);
-                }
-            }
-            Err(e) => {
-                Metrics::add(&metrics.bus_rejected, 1);
-                tracing::warn!("bus: ignoring a message on {}: {e}", message.subject);
+        if let Some(value) = read::<T>(&message, &metrics) {
+            if to.try_send(wrap(value, message.reply)).is_err() {
+                Metrics::add(&metrics.bus_control_dropped, 1);
             }
         }
     }

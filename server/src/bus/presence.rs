@@ -90,12 +90,8 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let subject = format!("{prefix}.presence");
-    let mut words = match client.subscribe(subject.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("bus: cannot follow presence on {subject}: {e}");
-            return;
-        }
+    let Some(mut words) = super::listen(&client, &subject, "presence").await else {
+        return;
     };
     let say = |word: Word| {
         let client = client.clone();
@@ -157,13 +153,8 @@ pub async fn run(
             }
             word = words.next() => {
                 let Some(message) = word else { return };
-                let word = match serde_json::from_slice::<Word>(&message.payload) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        Metrics::add(&metrics.bus_rejected, 1);
-                        tracing::warn!("bus: ignoring a message on {}: {e}", message.subject);
-                        continue;
-                    }
+                let Some(word) = super::read::<Word>(&message, &metrics) else {
+                    continue;
                 };
                 match word {
                     Word::Want { instance: wanted } => {

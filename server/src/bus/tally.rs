@@ -58,12 +58,8 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let subject = format!("{prefix}.tally");
-    let mut words = match client.subscribe(subject.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("bus: cannot follow counters on {subject}: {e}");
-            return;
-        }
+    let Some(mut words) = super::listen(&client, &subject, "counters").await else {
+        return;
     };
     let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
     let mut tick = tokio::time::interval(lease / 3);
@@ -101,13 +97,8 @@ pub async fn run(
             }
             word = words.next() => {
                 let Some(message) = word else { return };
-                let word = match serde_json::from_slice::<Word>(&message.payload) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        Metrics::add(&metrics.bus_rejected, 1);
-                        tracing::warn!("bus: ignoring a message on {}: {e}", message.subject);
-                        continue;
-                    }
+                let Some(word) = super::read::<Word>(&message, &metrics) else {
+                    continue;
                 };
                 take(&mut rounds, word, &metrics);
             }

@@ -679,14 +679,7 @@ impl OwnPostgres {
             eprintln!("skipped: no PostgreSQL under /usr/lib/postgresql");
             return None;
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let data = std::env::temp_dir().join(format!(
-            "sightline-own-pg-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let (port, data) = fresh_place();
         std::fs::create_dir_all(&data).expect("data dir");
         let own = Self {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
@@ -763,14 +756,7 @@ impl OwnPostgres {
     /// named `name` in `primary`'s `pg_stat_replication`, from a base
     /// backup (initdb's `pg_hba.conf` already lets loopback replicate).
     pub fn standby_of(primary: &OwnPostgres, name: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let data = std::env::temp_dir().join(format!(
-            "sightline-own-pg-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let (port, data) = fresh_place();
         let standby = Self {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             bin: primary.bin.clone(),
@@ -865,6 +851,20 @@ impl OwnPostgres {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// A free loopback port and a new folder name for a PostgreSQL of a
+/// test's own.
+fn fresh_place() -> (u16, PathBuf) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let data = std::env::temp_dir().join(format!(
+        "sightline-own-pg-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    (port, data)
 }
 
 impl Drop for OwnPostgres {
