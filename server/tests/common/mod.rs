@@ -695,12 +695,40 @@ impl OwnPostgres {
             ),
             true,
         );
-        own.pg_ctl(&format!(
-            "-l {}/log -w -o '-p {port} -k {} -c listen_addresses=127.0.0.1' start",
-            own.data.display(),
-            own.data.display()
-        ));
+        let mut own = own;
+        own.launch();
         Some(own)
+    }
+
+    /// Starts the server on the port in its URL. A port found free is free
+    /// only until something else binds it, and the tests around open many
+    /// connections, each on a port of that range: when the port was taken
+    /// meanwhile, this tries another. Any other failure shows the log.
+    fn launch(&mut self) {
+        let data = self.data.display().to_string();
+        for _ in 0..5 {
+            let port = self.port();
+            let start = format!(
+                "{}/pg_ctl -D {data} -l {data}/log -w -o '-p {port} -k {data} -c listen_addresses=127.0.0.1' start",
+                self.bin.display()
+            );
+            let started = std::process::Command::new("su")
+                .args(["postgres", "-c", &start])
+                .current_dir("/")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if started {
+                return;
+            }
+            let log = std::fs::read_to_string(self.data.join("log")).unwrap_or_default();
+            assert!(
+                log.contains("Address already in use"),
+                "PostgreSQL did not start on port {port}; its log:\n{log}"
+            );
+            let (fresh, _) = fresh_place();
+            self.url = format!("postgres://postgres@127.0.0.1:{fresh}/postgres");
+        }
+        panic!("PostgreSQL found no free port in five tries");
     }
 
     /// Restarts it the way an operator would, without waiting for clients
@@ -775,9 +803,8 @@ impl OwnPostgres {
             ),
             true,
         );
-        standby.pg_ctl(&format!(
-            "-l {data}/log -w -o '-p {port} -k {data} -c listen_addresses=127.0.0.1' start"
-        ));
+        let mut standby = standby;
+        standby.launch();
         standby
     }
 
