@@ -11,9 +11,13 @@ import * as path from 'path';
 
 const bin = process.env.SIGHTLINE_BIN ?? path.resolve(__dirname, '../../target/release/sightline');
 
-/** SIGKILL to a proxy's master process and its workers. */
+/**
+ * SIGKILL to a proxy's master process and its workers. The master is stopped
+ * first: a live nginx master forks new workers the moment its old ones die,
+ * and those orphans would keep the port and the new nginx out.
+ */
 function crash(run: string, proxy: 'haproxy' | 'nginx') {
-  execFileSync('bash', ['-c', `p="$(cat "${run}/${proxy}.pid")"; pkill -KILL -P "$p"; kill -KILL "$p"`]);
+  execFileSync('bash', ['-c', `p="$(cat "${run}/${proxy}.pid")"; kill -STOP "$p"; pkill -KILL -P "$p"; kill -KILL "$p"`]);
 }
 
 /** The pid a proxy wrote for itself. */
