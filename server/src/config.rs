@@ -111,6 +111,13 @@ pub struct Config {
     /// Metric names one device may have; readings of new names beyond it
     /// are rejected and counted, while existing series keep working.
     pub max_series_per_device: usize,
+    /// QoS 1 and 2 publishes at the start of each MQTT connection whose
+    /// readings are first looked up in the store. A device resends what
+    /// was not acknowledged as the first thing on its next connection
+    /// (often without the DUP flag), so an exact repeat of a stored
+    /// reading there is a redelivery, acknowledged and not stored again.
+    /// Set it to at least the devices' in-flight limit; 0 stores repeats.
+    pub redelivery_window: usize,
     /// HTTP and HTTPS connections open at once, live sockets included;
     /// more are closed as soon as they are accepted. With
     /// `max_connections`, this must stay below the process's file
@@ -224,6 +231,7 @@ impl Default for Config {
             max_filters_per_subscribe: 8,
             max_subscribe_rate: 10.0,
             max_series_per_device: 256,
+            redelivery_window: 100,
             max_http_connections: 4_096,
             http_header_timeout_secs: 15,
             max_request_bytes: 1024 * 1024,
@@ -413,6 +421,9 @@ pub struct Overrides {
     /// Metric names one device may have; new names beyond it are rejected and counted [default: 256].
     #[arg(long, env = "SIGHTLINE_MAX_SERIES_PER_DEVICE", value_name = "N")]
     pub max_series_per_device: Option<usize>,
+    /// QoS 1/2 publishes at the start of each connection checked against the store, so a redelivered reading is not stored twice; 0 turns it off [default: 100].
+    #[arg(long, env = "SIGHTLINE_REDELIVERY_WINDOW", value_name = "N")]
+    pub redelivery_window: Option<usize>,
     /// HTTP and HTTPS connections open at once, live sockets included [default: 4096].
     #[arg(long, env = "SIGHTLINE_MAX_HTTP_CONNECTIONS", value_name = "N")]
     pub max_http_connections: Option<usize>,
@@ -621,6 +632,9 @@ impl Config {
             ("batch_max", self.batch_max, 1_000_000),
             ("writer_queue", self.writer_queue, 10_000_000),
             ("max_connections", self.max_connections, 1_000_000),
+            // A device cannot have more messages in flight than there are
+            // packet ids.
+            ("redelivery_window", self.redelivery_window, 65_535),
         ];
         for (name, value, max) in ceilings {
             if value > max {

@@ -396,6 +396,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             max_subscriptions: config.max_subscriptions,
             max_filters_per_subscribe: config.max_filters_per_subscribe,
             max_subscribe_rate: config.max_subscribe_rate,
+            redelivery_window: config.redelivery_window,
             // The demo's simulated devices have no secrets.
             open_registration: config.open_registration || config.demo,
         },

@@ -147,6 +147,9 @@ pub struct Metrics {
     pub stored: AtomicU64,
     pub rejected: AtomicU64,
     pub dropped: AtomicU64,
+    /// Readings a device sent again after a lost acknowledgement that were
+    /// already stored, so acknowledged without being stored twice.
+    pub redelivered: AtomicU64,
     /// Readings of new metrics refused at the per-device series cap.
     pub series_refused: AtomicU64,
     /// 1 while the writer's last attempt to store a batch failed (the
@@ -243,6 +246,7 @@ const PLAIN: &[Plain] = &[
     Plain { name: "sightline_readings_stored_total", kind: Kind::Counter, help: "Readings committed to the database.", value: |m| &m.stored },
     Plain { name: "sightline_rejected_total", kind: Kind::Counter, help: "Messages or fields refused as invalid.", value: |m| &m.rejected },
     Plain { name: "sightline_readings_dropped_total", kind: Kind::Counter, help: "Valid readings dropped because the writer was saturated.", value: |m| &m.dropped },
+    Plain { name: "sightline_readings_redelivered_total", kind: Kind::Counter, help: "Readings sent again after a lost PUBACK that were already stored, acknowledged without storing them twice (--redelivery-window).", value: |m| &m.redelivered },
     Plain { name: "sightline_pruned_readings_total", kind: Kind::Counter, help: "Raw readings deleted by retention (--retain-raw).", value: |m| &m.pruned_readings },
     Plain { name: "sightline_pruned_rollups_total", kind: Kind::Counter, help: "Rollup rows deleted by retention (--retain-rollups).", value: |m| &m.pruned_rollups },
     Plain { name: "sightline_pruned_commands_total", kind: Kind::Counter, help: "Finished commands deleted by retention (kept as long as raw readings).", value: |m| &m.pruned_commands },

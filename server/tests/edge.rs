@@ -884,6 +884,133 @@ async fn every_acknowledged_reading_survives_kill_9() {
     );
 }
 
+/// A device whose connection died before a PUBACK reached it sends the
+/// message again on its next connection, with the same packet id and
+/// often without the DUP flag (rumqttc never sets it). Within the first
+/// `--redelivery-window` publishes of a connection, a reading already
+/// stored exactly (same series, `ts` and value) is acknowledged but not
+/// stored twice, whether it was stored before or earlier in the same
+/// batch; anything that differs is a new reading and is stored.
+async fn a_message_sent_again_after_a_lost_puback_is_stored_once(db: common::TestDb) {
+    let config = server::config::Config {
+        redelivery_window: 8,
+        ..test_config(&db.url)
+    };
+    let server = TestServer::start(config).await;
+    let ts = chrono::Utc::now().timestamp_millis() - 60_000;
+    let message = |pkid: u16, body: String| {
+        let mut p = rumqttc::Publish::new("sensor/Again", QoS::AtLeastOnce, body);
+        p.pkid = pkid;
+        Packet::Publish(p)
+    };
+    let stamped = |t: u64, at: i64| format!(r#"{{"t":{t},"ts":{at}}}"#);
+
+    // The first connection: both messages are stored and acknowledged,
+    // but the device never hears it (the socket just goes away).
+    let mut first = connect_as(server.mqtt, "Again").await;
+    send_and_await_acks(
+        &mut first,
+        vec![message(1, stamped(1, ts)), message(2, r#"{"t":2}"#.into())],
+    )
+    .await;
+    drop(first);
+
+    let mut second = connect_as(server.mqtt, "Again").await;
+    send_and_await_acks(
+        &mut second,
+        vec![
+            // Sent again, exactly: not stored again.
+            message(1, stamped(1, ts)),
+            // Stamped by the server on arrival, so a new reading each time.
+            message(2, r#"{"t":2}"#.into()),
+            // The same time with another value is another reading.
+            message(3, stamped(3, ts)),
+            // A repeat within one connection, likely in one batch.
+            message(4, stamped(4, ts + 1)),
+            message(5, stamped(4, ts + 1)),
+        ],
+    )
+    .await;
+    send_and_await_acks(
+        &mut second,
+        vec![
+            message(6, stamped(6, ts + 6)),
+            message(7, stamped(7, ts + 7)),
+            message(8, stamped(8, ts + 8)),
+            // The ninth publish is past the window: nothing is looked up.
+            message(9, stamped(1, ts)),
+        ],
+    )
+    .await;
+
+    let mut stored = common::stored_values_with_repeats(&db.url, "Again", "t").await;
+    stored.sort_unstable();
+    assert_eq!(stored, [1, 1, 2, 2, 3, 4, 6, 7, 8]);
+    let metrics = server.metrics().await;
+    assert_eq!(
+        read_value(&metrics, "sightline_readings_redelivered_total"),
+        Some(2),
+        "{metrics}"
+    );
+    let c: app::model::Counters = server.get_json("/api/stats").await;
+    assert_eq!((c.received, c.stored), (11, 9), "{c:?}");
+    server.stop().await.expect("clean shutdown");
+}
+
+/// Logs in under open registration as `device`, on a raw socket.
+async fn connect_as(mqtt: SocketAddr, device: &str) -> TcpStream {
+    let mut socket = TcpStream::connect(mqtt).await.expect("connect");
+    write_packet(&mut socket, Packet::Connect(Connect::new(device))).await;
+    match read_packet(&mut socket).await {
+        Packet::ConnAck(ack) => assert_eq!(ack.code, ConnectReturnCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    socket
+}
+
+/// Writes `packets` (QoS 1 publishes) in one go and reads a PUBACK for
+/// each, in order.
+async fn send_and_await_acks(socket: &mut TcpStream, packets: Vec<Packet>) {
+    let mut out = BytesMut::new();
+    let mut want = Vec::new();
+    for packet in packets {
+        if let Packet::Publish(p) = &packet {
+            want.push(p.pkid);
+        }
+        packet.write(&mut out, usize::MAX).expect("encodes");
+    }
+    socket.write_all(&out).await.expect("write");
+    let mut buf = BytesMut::new();
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        match Packet::read(&mut buf, 1 << 20) {
+            Ok(Packet::PubAck(ack)) => got.push(ack.pkid),
+            Ok(other) => panic!("expected PUBACK, got {other:?}"),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
+                let n = tokio::time::timeout(Duration::from_secs(10), socket.read_buf(&mut buf))
+                    .await
+                    .expect("PUBACKs within 10 s")
+                    .expect("read");
+                assert!(n > 0, "closed before every PUBACK");
+            }
+            Err(e) => panic!("bad packet: {e}"),
+        }
+    }
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn redeliveries_are_stored_once_on_sqlite() {
+    a_message_sent_again_after_a_lost_puback_is_stored_once(common::TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn redeliveries_are_stored_once_on_postgres() {
+    if let Some(db) = common::TestDb::postgres().await {
+        a_message_sent_again_after_a_lost_puback_is_stored_once(db).await;
+    }
+}
+
 /// QoS 2: the PUBREC is the acknowledgement, so it too waits for the
 /// commit. While SQLite's write lock is held elsewhere nothing can be
 /// committed, and no PUBREC may arrive; once the lock is released the

@@ -90,6 +90,9 @@ pub struct EdgeSettings {
     pub max_filters_per_subscribe: usize,
     /// SUBSCRIBE and UNSUBSCRIBE packets per second one session may send.
     pub max_subscribe_rate: f64,
+    /// QoS 1 and 2 publishes at the start of each connection that may be
+    /// redeliveries, and so are checked against the store.
+    pub redelivery_window: usize,
     /// Lets devices without a secret connect under the name they give,
     /// registering them on their first reading. Only for demos and trials.
     pub open_registration: bool,

@@ -109,6 +109,7 @@ impl Ingest {
             at,
             readings,
             ack: None,
+            maybe_again: false,
         };
         if let Err(e) = self.writer.try_send(arrival) {
             self.dropped(device.as_deref().unwrap_or_default(), n, &e);
@@ -116,22 +117,25 @@ impl Ingest {
     }
 
     /// Queues readings of a QoS 1 or 2 message, waiting for room if the
-    /// writer is behind; `committed` hears `pkid` once they are stored. If
-    /// the writer has stopped (shutdown) the readings are not acknowledged
-    /// and are counted as dropped; the device will send them again.
+    /// writer is behind; the session's `Committed` channel hears the packet
+    /// id in `ack` once they are stored. If the writer has stopped
+    /// (shutdown) the readings are not acknowledged and are counted as
+    /// dropped; the device will send them again. `maybe_again` marks a
+    /// message that may be such a redelivery.
     pub async fn queue_acked(
         &self,
         readings: Vec<Reading>,
         at: Instant,
-        committed: Committed,
-        pkid: u16,
+        ack: (Committed, u16),
+        maybe_again: bool,
     ) {
         let n = readings.len() as u64;
         let device = readings.first().map(|r| r.device.clone());
         let arrival = Arrival {
             at,
             readings,
-            ack: Some((committed, pkid)),
+            ack: Some(ack),
+            maybe_again,
         };
         if let Err(e) = self.writer.send(arrival).await {
             self.dropped(device.as_deref().unwrap_or_default(), n, &e);

@@ -17,6 +17,11 @@ pub struct Arrival {
     /// Who to tell once the readings are committed: a QoS 1 publish's
     /// session, with the packet id it must acknowledge then.
     pub ack: Option<(Committed, u16)>,
+    /// Whether the message may be one the device sent before and whose
+    /// acknowledgement it never got: the writer then stores only those
+    /// readings that are not already stored exactly (same series,
+    /// timestamp and value).
+    pub maybe_again: bool,
 }
 
 /// A device session's end of the commit notifications. The writer sends

@@ -5,6 +5,7 @@
 //! reload shows the same data.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,13 +91,27 @@ impl Writer {
     /// Writes `batch` in one transaction. Nothing is cached until the commit
     /// succeeds, so a failed batch can simply be retried.
     pub async fn write(&mut self, batch: &[Reading]) -> Result<(), StoreError> {
+        self.write_skipping_repeats(batch, &[]).await.map(drop)
+    }
+
+    /// Writes `batch` like [`Self::write`], except the readings in `again`
+    /// (messages that may be redeliveries) that are already stored, whose
+    /// indices it returns in order.
+    pub async fn write_skipping_repeats(
+        &mut self,
+        batch: &[Reading],
+        again: &[Range<usize>],
+    ) -> Result<Vec<usize>, StoreError> {
         if let Some(pool) = self.pg.clone() {
-            return self.write_postgres(&pool, batch).await;
+            return self.write_postgres(&pool, batch, again).await;
         }
         let txn = self.db.begin().await?;
         let new_devices = self.register_devices(&txn, batch).await?;
         let new_series = self.register_series(&txn, batch, &new_devices).await?;
-        let rows = self.rows(batch, &new_devices, &new_series)?;
+        let repeats = self
+            .repeats(&txn, batch, again, &new_devices, &new_series)
+            .await?;
+        let rows = self.rows(batch, &repeats, &new_devices, &new_series)?;
 
         let backend = self.db.get_database_backend();
         let mut rest = rows.as_slice();
@@ -135,7 +150,7 @@ impl Writer {
         }
         txn.commit().await?;
         self.remember(new_devices, new_series);
-        Ok(())
+        Ok(repeats)
     }
 
     /// Writes `batch` on PostgreSQL: the readings by one binary `COPY` and
@@ -147,10 +162,21 @@ impl Writer {
     /// transaction, because sea-orm cannot join a transaction that sqlx
     /// holds. Registering is idempotent, so a batch that then fails leaves
     /// at most a device or series without readings, which its retry uses.
-    async fn write_postgres(&mut self, pool: &PgPool, batch: &[Reading]) -> Result<(), StoreError> {
+    ///
+    /// Redeliveries are looked for before the transaction: only committed
+    /// readings can match, and the transaction would see no more.
+    async fn write_postgres(
+        &mut self,
+        pool: &PgPool,
+        batch: &[Reading],
+        again: &[Range<usize>],
+    ) -> Result<Vec<usize>, StoreError> {
         let new_devices = self.register_devices(&self.db, batch).await?;
         let new_series = self.register_series(&self.db, batch, &new_devices).await?;
-        let rows = self.rows(batch, &new_devices, &new_series)?;
+        let repeats = self
+            .repeats(&self.db, batch, again, &new_devices, &new_series)
+            .await?;
+        let rows = self.rows(batch, &repeats, &new_devices, &new_series)?;
 
         let mut txn = pool.begin().await?;
         let mut copy = txn
@@ -164,34 +190,145 @@ impl Writer {
         }
         txn.commit().await?;
         self.remember(new_devices, new_series);
-        Ok(())
+        Ok(repeats)
     }
 
-    /// The batch as `(series_id, ts, value)` rows, sorted for insertion.
+    /// Which readings in `again` are redeliveries: exactly the same reading
+    /// (series, timestamp and value) is already stored, or comes earlier in
+    /// the batch. Returns their indices into `batch`, in order.
+    ///
+    /// A device that lost its connection before a PUBACK arrived sends the
+    /// message again on its next connection, first thing, and often
+    /// without the DUP flag (rumqttc never sets it), so no flag tells a
+    /// redelivery from a new message. The readings do: a device that sends
+    /// its own `ts` sends the same readings again, and skipping a reading
+    /// already stored exactly loses nothing. Readings stamped by the server
+    /// get a new time on each delivery and cannot match, so they are
+    /// stored again, as before.
+    async fn repeats<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        batch: &[Reading],
+        again: &[Range<usize>],
+        new_devices: &HashMap<String, i64>,
+        new_series: &HashMap<(i64, String), i64>,
+    ) -> Result<Vec<usize>, StoreError> {
+        if again.is_empty() {
+            return Ok(Vec::new());
+        }
+        let in_again = |i: usize| {
+            let at = again.partition_point(|range| range.end <= i);
+            again.get(at).is_some_and(|range| range.contains(&i))
+        };
+        // Each candidate's exact reading, and whether it has been met
+        // earlier in the batch.
+        let mut met: HashMap<(i64, i64, u64), bool> = HashMap::new();
+        for i in again.iter().flat_map(Clone::clone) {
+            let r = &batch[i];
+            let series = self.series_id(r, new_devices, new_series)?;
+            met.insert((series, r.ts, r.value.to_bits()), false);
+        }
+        let mut repeats = Vec::new();
+        let mut unseen = Vec::new();
+        for (i, r) in batch.iter().enumerate() {
+            let series = self.series_id(r, new_devices, new_series)?;
+            let Some(earlier) = met.get_mut(&(series, r.ts, r.value.to_bits())) else {
+                continue;
+            };
+            if *earlier && in_again(i) {
+                repeats.push(i);
+            } else if !*earlier {
+                *earlier = true;
+                if in_again(i) {
+                    unseen.push((i, series));
+                }
+            }
+        }
+        // The rest are looked up in the store, by the `(series_id, ts)`
+        // index, a chunk at a time.
+        let backend = self.db.get_database_backend();
+        let mut stored: HashSet<(i64, i64, u64)> = HashSet::new();
+        for chunk in unseen.chunks(LOOKUP_CHUNK) {
+            let mut values = Vec::with_capacity(chunk.len() * 2);
+            let mut tuples = Vec::with_capacity(chunk.len());
+            for (n, &(i, series)) in chunk.iter().enumerate() {
+                let (a, b) = match backend {
+                    DatabaseBackend::Postgres => {
+                        (format!("${}", 2 * n + 1), format!("${}", 2 * n + 2))
+                    }
+                    _ => ("?".to_owned(), "?".to_owned()),
+                };
+                tuples.push(format!("(CAST({a} AS BIGINT), CAST({b} AS BIGINT))"));
+                values.push(Value::BigInt(Some(series)));
+                values.push(Value::BigInt(Some(batch[i].ts)));
+            }
+            let sql = format!(
+                "WITH c (series_id, ts) AS (VALUES {}) \
+                 SELECT r.series_id, r.ts, r.value FROM c \
+                 JOIN reading r ON r.series_id = c.series_id AND r.ts = c.ts",
+                tuples.join(", ")
+            );
+            for row in db
+                .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+                .await?
+            {
+                let series: i64 = row.try_get("", "series_id")?;
+                let ts: i64 = row.try_get("", "ts")?;
+                let value: f64 = row.try_get("", "value")?;
+                stored.insert((series, ts, value.to_bits()));
+            }
+        }
+        for (i, series) in unseen {
+            let r = &batch[i];
+            if stored.contains(&(series, r.ts, r.value.to_bits())) {
+                repeats.push(i);
+            }
+        }
+        repeats.sort_unstable();
+        Ok(repeats)
+    }
+
+    /// The series id of `r`'s device and metric, from the cache or from
+    /// this batch's registrations.
+    fn series_id(
+        &self,
+        r: &Reading,
+        new_devices: &HashMap<String, i64>,
+        new_series: &HashMap<(i64, String), i64>,
+    ) -> Result<i64, StoreError> {
+        let series_id = self.device_id(new_devices, &r.device).and_then(|d| {
+            self.series
+                .get(&d)
+                .and_then(|m| m.get(&r.metric))
+                .or_else(|| new_series.get(&(d, r.metric.clone())))
+                .copied()
+        });
+        // Registration covers every reading of the batch, so a miss would
+        // be a bug; failing the batch keeps it for retry.
+        series_id.ok_or_else(|| {
+            StoreError::Db(DbErr::RecordNotFound(format!(
+                "series {}/{}",
+                r.device, r.metric
+            )))
+        })
+    }
+
+    /// The batch, less `repeats` (sorted indices), as `(series_id, ts,
+    /// value)` rows sorted for insertion.
     fn rows(
         &self,
         batch: &[Reading],
+        repeats: &[usize],
         new_devices: &HashMap<String, i64>,
         new_series: &HashMap<(i64, String), i64>,
     ) -> Result<Vec<(i64, i64, f64)>, StoreError> {
         let mut rows = Vec::with_capacity(batch.len());
-        for r in batch {
-            let series_id = self.device_id(new_devices, &r.device).and_then(|d| {
-                self.series
-                    .get(&d)
-                    .and_then(|m| m.get(&r.metric))
-                    .or_else(|| new_series.get(&(d, r.metric.clone())))
-                    .copied()
-            });
-            let Some(series_id) = series_id else {
-                // Registration covers every reading of the batch, so this
-                // would be a bug; failing the batch keeps it for retry.
-                return Err(StoreError::Db(DbErr::RecordNotFound(format!(
-                    "series {}/{}",
-                    r.device, r.metric
-                ))));
-            };
-            rows.push((series_id, r.ts, r.value));
+        let mut skip = repeats.iter().peekable();
+        for (i, r) in batch.iter().enumerate() {
+            if skip.next_if_eq(&&i).is_some() {
+                continue;
+            }
+            rows.push((self.series_id(r, new_devices, new_series)?, r.ts, r.value));
         }
         // Insert in index order. Each series appends to its own leaf of the
         // `(series_id, ts)` index, so an unsorted batch hops between
@@ -354,6 +491,9 @@ fn copy_binary(rows: &[(i64, i64, f64)]) -> Vec<u8> {
 /// Devices or series registered per statement; far below the bind limits.
 const REGISTER_CHUNK: usize = 500;
 
+/// Possible redeliveries looked up per statement: two bound values each.
+const LOOKUP_CHUNK: usize = 500;
+
 /// A batch at least this large means the writer is under heavy load.
 const HEAVY_BATCH: usize = 20_000;
 
@@ -405,31 +545,35 @@ pub async fn run(
         // themselves, which is what keeps the per-reading cost low, while a
         // lone message is written at once, which keeps latency low.
         let received_at = first.at;
-        let mut acks: Vec<(Committed, u16)> = first.ack.into_iter().collect();
-        let mut batch = first.readings;
-        while batch.len() < pace.batch_max {
-            match queue.try_recv() {
-                Some(mut more) => {
-                    batch.append(&mut more.readings);
-                    acks.extend(more.ack);
-                }
-                None => break,
+        let mut acks: Vec<(Committed, u16)> = Vec::new();
+        let mut again: Vec<Range<usize>> = Vec::new();
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(mut arrival) = next.take() {
+            let start = batch.len();
+            batch.append(&mut arrival.readings);
+            if arrival.maybe_again {
+                again.push(start..batch.len());
+            }
+            acks.extend(arrival.ack);
+            if batch.len() < pace.batch_max {
+                next = queue.try_recv();
             }
         }
         let mut delay = Duration::from_millis(50);
         let started = Instant::now();
         last_start = Some(started);
         heavy = batch.len() >= HEAVY_BATCH;
-        let stored = loop {
-            let result = writer.write(&batch).await;
+        let repeats = loop {
+            let result = writer.write_skipping_repeats(&batch, &again).await;
             metrics
                 .store_failing
                 .store(u64::from(result.is_err()), Ordering::Relaxed);
             match result {
-                Ok(()) => break true,
+                Ok(repeats) => break Some(repeats),
                 Err(e) if give_up.is_cancelled() => {
                     tracing::error!("dropping {} readings at shutdown: {e}", batch.len());
-                    break false;
+                    break None;
                 }
                 Err(e) => {
                     tracing::error!(
@@ -444,9 +588,21 @@ pub async fn run(
                 }
             }
         };
-        if !stored {
+        let Some(repeats) = repeats else {
             Metrics::add(&metrics.dropped, batch.len() as u64);
             continue;
+        };
+        if !repeats.is_empty() {
+            // Viewers saw these the first time; they are not news.
+            Metrics::add(&metrics.redelivered, repeats.len() as u64);
+            tracing::debug!("{} redelivered readings were already stored", repeats.len());
+            let mut skip = repeats.iter().peekable();
+            let mut i = 0;
+            batch.retain(|_| {
+                let keep = skip.next_if_eq(&&i).is_none();
+                i += 1;
+                keep
+            });
         }
         metrics.write_seconds.observe_duration(started.elapsed(), 1);
         metrics.write_batch.observe(batch.len() as u64);

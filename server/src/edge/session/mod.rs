@@ -84,6 +84,7 @@ pub(super) async fn run<S>(
         link_name: format!("device-{session_id}"),
         bucket: Bucket::new(settings.max_publish_rate),
         subscribe_bucket: Bucket::new(settings.max_subscribe_rate),
+        acked_publishes: 0,
         ended_because: String::new(),
     };
     if let Some(device) = device {
@@ -169,6 +170,11 @@ struct Session<'a> {
     bucket: Bucket,
     /// SUBSCRIBEs and UNSUBSCRIBEs allowed by `--max-subscribe-rate`.
     subscribe_bucket: Bucket,
+    /// QoS 1 and 2 publishes with readings received on this connection.
+    /// The first `--redelivery-window` of them may be messages the device
+    /// sends again because their acknowledgement was lost with its last
+    /// connection.
+    acked_publishes: usize,
     ended_because: String,
 }
 
@@ -473,8 +479,11 @@ impl Session<'_> {
             // session: a stalled database must not hold up shutdown or a
             // takeover. Readings not queued are not acknowledged, so the
             // device sends them again.
+            let maybe_again = self.acked_publishes < self.edge.settings.redelivery_window;
+            self.acked_publishes += 1;
+            let ack = (committed.clone(), pkid);
             let queued = tokio::select! {
-                () = self.edge.ingest.queue_acked(readings, at, committed.clone(), pkid) => true,
+                () = self.edge.ingest.queue_acked(readings, at, ack, maybe_again) => true,
                 () = self.stop.cancelled() => false,
                 () = self.replaced.cancelled() => false,
             };
