@@ -112,7 +112,8 @@ pub struct Config {
     /// are rejected and counted, while existing series keep working.
     pub max_series_per_device: usize,
     /// QoS 1 and 2 publishes at the start of each MQTT connection whose
-    /// readings are first looked up in the store. A device resends what
+    /// readings (when they carry the device's own `ts`) are first looked up
+    /// in the store. A device resends what
     /// was not acknowledged as the first thing on its next connection
     /// (often without the DUP flag), so an exact repeat of a stored
     /// reading there is a redelivery, acknowledged and not stored again.

@@ -18,9 +18,9 @@ pub struct Arrival {
     /// session, with the packet id it must acknowledge then.
     pub ack: Option<(Committed, u16)>,
     /// Whether the message may be one the device sent before and whose
-    /// acknowledgement it never got: the writer then stores only those
-    /// readings that are not already stored exactly (same series,
-    /// timestamp and value).
+    /// acknowledgement it never got (its readings all carry the device's
+    /// own `ts`): the writer then stores only those readings that are not
+    /// already stored exactly (same series, timestamp and value).
     pub maybe_again: bool,
 }
 

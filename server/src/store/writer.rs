@@ -203,8 +203,8 @@ impl Writer {
     /// redelivery from a new message. The readings do: a device that sends
     /// its own `ts` sends the same readings again, and skipping a reading
     /// already stored exactly loses nothing. Readings stamped by the server
-    /// get a new time on each delivery and cannot match, so they are
-    /// stored again, as before.
+    /// get a new time on each delivery and cannot match, so the edge never
+    /// marks them.
     async fn repeats<C: ConnectionTrait>(
         &self,
         db: &C,

@@ -459,10 +459,11 @@ impl Session<'_> {
             return Err(End::Denied);
         };
         let at = Instant::now();
-        let readings = self
-            .edge
-            .ingest
-            .decode(&self.device, topic, telemetry, payload, now_ms());
+        let received_ms = now_ms();
+        let readings =
+            self.edge
+                .ingest
+                .decode(&self.device, topic, telemetry, payload, received_ms);
         let exactly_once = match qos {
             QoS::AtMostOnce => {
                 if !readings.is_empty() {
@@ -479,7 +480,12 @@ impl Session<'_> {
             // session: a stalled database must not hold up shutdown or a
             // takeover. Readings not queued are not acknowledged, so the
             // device sends them again.
-            let maybe_again = self.acked_publishes < self.edge.settings.redelivery_window;
+            // Only readings with the device's own `ts` can be recognised
+            // when sent again: those stamped here get a new time each
+            // time, and two of them stamped in the same millisecond with
+            // the same value are two readings, not one sent twice.
+            let maybe_again = self.acked_publishes < self.edge.settings.redelivery_window
+                && readings.iter().all(|r| r.ts != received_ms);
             self.acked_publishes += 1;
             let ack = (committed.clone(), pkid);
             let queued = tokio::select! {
