@@ -252,6 +252,10 @@ struct BenchArgs {
     /// The NATS servers of a cluster run (--instances above 1).
     #[arg(long, value_name = "URLS", value_delimiter = ',')]
     nats_url: Vec<String>,
+    /// Viewers connect through nginx, configured from this template
+    /// (deploy/nginx.conf) with the instances as its servers.
+    #[arg(long, value_name = "TEMPLATE")]
+    through_nginx: Option<std::path::PathBuf>,
     /// Extra flags for `sightline serve`, after `--`.
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -420,6 +424,7 @@ impl BenchArgs {
         opts.postgres = self.postgres;
         opts.instances = usize::try_from(self.instances).unwrap_or(1);
         opts.nats = self.nats_url;
+        opts.nginx = self.through_nginx;
         opts
     }
 }

@@ -14,6 +14,7 @@
 pub mod commands;
 pub mod history;
 mod probe;
+mod proxy;
 mod report;
 pub mod soak;
 
@@ -92,6 +93,9 @@ pub struct BenchOptions {
     pub instances: usize,
     /// The NATS servers of a cluster run.
     pub nats: Vec<String>,
+    /// An nginx configuration template (`deploy/nginx.conf`): viewers then
+    /// reach the instances through nginx, as browsers of a cluster do.
+    pub nginx: Option<PathBuf>,
 }
 
 impl BenchOptions {
@@ -113,6 +117,7 @@ impl BenchOptions {
             postgres: None,
             instances: 1,
             nats: Vec::new(),
+            nginx: None,
         };
         match scenario {
             // 1,000 x 60 x 3 = 180,000 readings/s offered: more than the
@@ -272,6 +277,10 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
     let mqtts: Vec<SocketAddr> = servers.iter().map(|s| s.2).collect();
     let (http, mqtt) = (https[0], mqtts[0]);
     let pids: Vec<u32> = servers.iter().filter_map(|s| s.0.id()).collect();
+    let nginx = match &opts.nginx {
+        Some(template) => Some(proxy::start(template, dir, &https).await?),
+        None => None,
+    };
     let api = Api::for_db(&db_url).await?;
     let client = api.client.clone();
     let stop = CancellationToken::new();
@@ -292,6 +301,7 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
     let epoch = Instant::now();
     let samples = Arc::new(Mutex::new(Vec::<u64>::new()));
     let lag = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let connected = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut viewers = Vec::new();
     for i in 0..opts.viewers {
         let subscription = if opts.watch == 0 {
@@ -307,10 +317,19 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
         // from another instance.
         let at = (i * opts.watch.max(1) + 1) % https.len();
         let cross = (https.len() > 1).then_some((https.len(), at));
-        let seat = Seat {
-            http: https[at],
-            subscription,
-            cross,
+        // Through nginx, a viewer's instance is nginx's choice, so every
+        // reading counts, from whichever instance it came.
+        let seat = match &nginx {
+            Some(n) => Seat {
+                http: n.addr,
+                subscription,
+                cross: None,
+            },
+            None => Seat {
+                http: https[at],
+                subscription,
+                cross,
+            },
         };
         viewers.push(tokio::spawn(viewer(
             seat,
@@ -318,6 +337,7 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
             epoch,
             samples.clone(),
             lag.clone(),
+            connected.clone(),
             stop.child_token(),
         )));
     }
@@ -374,6 +394,10 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
         let _ = v.await;
     }
     let lag_notices = lag.load(std::sync::atomic::Ordering::Relaxed);
+    let viewers_connected = connected.load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(nginx) = nginx {
+        nginx.stop().await;
+    }
     let peak_rss_bytes = pids.iter().filter_map(|&pid| peak_rss(pid)).sum();
     for (server, _, _) in &mut servers {
         stop_server(server).await?;
@@ -399,6 +423,7 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
         counters,
         latencies_us,
         lag_notices,
+        viewers_connected,
         peak_rss_bytes,
         idle_held,
         server_connections,
@@ -567,6 +592,7 @@ async fn viewer(
     epoch: Instant,
     samples: Arc<Mutex<Vec<u64>>>,
     lag: Arc<std::sync::atomic::AtomicU64>,
+    connected: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
 ) {
     let Ok(request) = api.socket(http) else {
@@ -579,6 +605,7 @@ async fn viewer(
     if ws.send(Message::Text(subscription.into())).await.is_err() {
         return;
     }
+    connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut mine = Vec::new();
     loop {
         let frame = tokio::select! {

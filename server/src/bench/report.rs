@@ -26,6 +26,8 @@ pub struct BenchReport {
     /// Publish-to-WebSocket latencies in microseconds, sorted.
     pub latencies_us: Vec<u64>,
     pub lag_notices: u64,
+    /// Viewers whose socket opened and took their subscription.
+    pub viewers_connected: u64,
     pub peak_rss_bytes: u64,
     pub idle_held: u64,
     pub server_connections: Option<u64>,
@@ -114,9 +116,12 @@ impl BenchReport {
             self.percentile(1.0),
         ) {
             (Some(p50), Some(p90), Some(p99), Some(max)) => line(format!(
-                "publish->websocket  {} samples: p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; lag notices {}",
+                "publish->websocket  {} samples: p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; lag notices {}; {} of {} viewers connected{}",
                 self.latencies_us.len(),
-                self.lag_notices
+                self.lag_notices,
+                self.viewers_connected,
+                opts.viewers,
+                if opts.nginx.is_some() { " through nginx" } else { "" }
             )),
             _ => line("publish->websocket  no viewers in this scenario".into()),
         }
