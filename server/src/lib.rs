@@ -419,6 +419,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
     ));
     // What other instances ask of this one's edge and command service.
     if let (Some(inbox), Some(bus)) = (inbox, &bus) {
+        {
+            let bus = bus.clone();
+            auth.announce_with(move |what| {
+                bus.tell(&bus::Remote::Revoked { what: what.clone() });
+            });
+        }
         let bus::Inbox {
             mut remote,
             mut asked,
@@ -438,6 +444,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         }
         let sessions = sessions.clone();
         let commands = commands.clone();
+        let auth = auth.clone();
         background.push(tokio::spawn(async move {
             while let Some(event) = remote.recv().await {
                 match event {
@@ -456,6 +463,10 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
                     }
                     bus::Remote::CommandChanged { command } => {
                         commands.changed_elsewhere(*command);
+                    }
+                    bus::Remote::Revoked { what } => {
+                        tracing::info!(?what, "revoked on another instance");
+                        auth.revoked_elsewhere(what);
                     }
                 }
             }

@@ -1061,7 +1061,6 @@ async fn the_last_admin_stays_and_roles_are_checked_on_every_request(db: TestDb)
 }
 
 async fn revoking_a_sign_in_closes_its_live_socket(db: TestDb) {
-    use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let (_db, server) = start(db).await;
     let open = |cookie: String| {
@@ -1076,19 +1075,7 @@ async fn revoking_a_sign_in_closes_its_live_socket(db: TestDb) {
             .insert("origin", server.url("").parse().expect("origin"));
         tokio_tungstenite::connect_async(request)
     };
-    let closes = |mut ws: common::Ws| async move {
-        tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            loop {
-                match ws.next().await {
-                    None | Some(Err(_)) => return true,
-                    Some(Ok(m)) if m.is_close() => return true,
-                    Some(Ok(_)) => {}
-                }
-            }
-        })
-        .await
-        .unwrap_or(false)
-    };
+    let closes = |ws: common::Ws| common::closed_within(ws, std::time::Duration::from_secs(5));
     // Sign-out closes the socket of that session.
     let session = sign_in(&server, "viewer", PASSWORD)
         .await

@@ -218,6 +218,82 @@ async fn a_device_disabled_on_one_instance_is_cut_off_on_another() {
     assert_eq!(a.metric("sightline_devices_connected").await, 0);
 }
 
+/// Live sockets recheck their sign-in only once a minute, so a token
+/// revoked or an account removed on one instance must close the sockets
+/// it opened on another through the bus, at once.
+#[tokio::test]
+async fn a_token_revoked_or_an_account_removed_on_one_instance_closes_sockets_on_another() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Some(nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let (a, b) = two_instances(&db, &nats).await;
+    let store = server::store::Store::open(&db.url).await.expect("store");
+    let auth = server::auth::Auth::new(store.clone(), std::sync::Arc::default(), 60);
+    let admin = store
+        .account("admin")
+        .await
+        .expect("account")
+        .expect("admin")
+        .id;
+    let open_on_b = |token: String| {
+        let b = b.http;
+        async move {
+            let (ws, _) = tokio_tungstenite::connect_async(common::socket_request(b, &token))
+                .await
+                .expect("socket opens");
+            ws
+        }
+    };
+
+    // An admin's token, revoked through A, closes its socket on B.
+    let token = auth.add_token(admin, "wall screen").await.expect("token");
+    let ws = open_on_b(token.token.clone()).await;
+    let revoked = a
+        .client()
+        .delete(a.url(&format!("/api/tokens/{}", token.id)))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.status().as_u16(), 204);
+    assert!(
+        common::closed_within(ws, Duration::from_secs(5)).await,
+        "the socket on B outlived its token"
+    );
+
+    // A viewer removed through A loses its socket on B.
+    auth.add_account("kiosk", common::ADMIN_PASSWORD, app::model::Role::Viewer)
+        .await
+        .expect("account");
+    let kiosk = store
+        .account("kiosk")
+        .await
+        .expect("account")
+        .expect("kiosk")
+        .id;
+    let token = auth.add_token(kiosk, "kiosk").await.expect("token");
+    let ws = open_on_b(token.token).await;
+    let removed = a
+        .client()
+        .delete(a.url("/api/users/kiosk"))
+        .send()
+        .await
+        .expect("remove");
+    assert_eq!(removed.status().as_u16(), 204);
+    assert!(
+        common::closed_within(ws, Duration::from_secs(5)).await,
+        "the socket on B outlived its account"
+    );
+    let metrics = b.metrics().await;
+    assert_eq!(
+        server::metrics::read_value(&metrics, "sightline_bus_rejected_total"),
+        Some(0),
+        "B could not read what A said"
+    );
+}
+
 #[tokio::test]
 async fn a_client_that_reconnects_to_another_instance_takes_its_session_over() {
     let Some(db) = TestDb::postgres().await else {

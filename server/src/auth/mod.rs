@@ -79,8 +79,10 @@ pub enum Via {
 }
 
 /// A credential that just stopped working, so that live sockets opened
-/// with it close at once rather than at their next reconnect.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// with it close at once rather than at their next reconnect. In cluster
+/// mode it also crosses the bus, for sockets held by other instances.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "revoked", content = "id", rename_all = "snake_case")]
 pub enum Revoked {
     /// One session ended (sign-out).
     Session(String),
@@ -149,6 +151,15 @@ fn random_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How revocations reach other instances.
+struct Announce(Box<dyn Fn(&Revoked) + Send + Sync>);
+
+impl std::fmt::Debug for Announce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Announce")
+    }
+}
+
 /// The account service.
 #[derive(Debug)]
 pub struct Auth {
@@ -159,6 +170,9 @@ pub struct Auth {
     /// How stale "last seen" may get before a use writes it again.
     touch_every_ms: i64,
     revoked: tokio::sync::broadcast::Sender<Revoked>,
+    /// In cluster mode, tells the other instances of each revocation made
+    /// here.
+    announce: std::sync::OnceLock<Announce>,
     /// Password checks running at once. Each Argon2 check holds about
     /// 19 MiB and a core for tens of milliseconds, so a burst of sign-ins
     /// must queue nowhere: beyond this, attempts are refused at once.
@@ -179,6 +193,7 @@ impl Auth {
                 .unwrap_or(i64::MAX)
                 .min(TOUCH_EVERY_MS),
             revoked: tokio::sync::broadcast::channel(64).0,
+            announce: std::sync::OnceLock::new(),
             hashing: tokio::sync::Semaphore::new(MAX_HASHING),
         }
     }
@@ -189,8 +204,23 @@ impl Auth {
     }
 
     fn revoke(&self, what: Revoked) {
+        if let Some(announce) = self.announce.get() {
+            (announce.0)(&what);
+        }
+        self.revoked_elsewhere(what);
+    }
+
+    /// Closes this instance's live sockets that `what` ends, without
+    /// announcing it further: another instance revoked it.
+    pub fn revoked_elsewhere(&self, what: Revoked) {
         // No live socket listening is fine.
         let _ = self.revoked.send(what);
+    }
+
+    /// Has every revocation made here also told to the other instances
+    /// (cluster mode); set once, at start.
+    pub fn announce_with(&self, tell: impl Fn(&Revoked) + Send + Sync + 'static) {
+        let _ = self.announce.set(Announce(Box::new(tell)));
     }
 
     pub fn store(&self) -> &Store {

@@ -121,10 +121,13 @@ pub enum Remote {
     },
     /// A command changed state on the instance that holds its device.
     CommandChanged { command: Box<Command> },
+    /// A sign-in or API token was revoked: close the live sockets here
+    /// that it opened.
+    Revoked { what: crate::auth::Revoked },
 }
 
 /// The kinds of event every instance listens to for all devices.
-const EVENT_KINDS: [&str; 3] = ["disabled", "connected", "cmdstate"];
+const EVENT_KINDS: [&str; 4] = ["disabled", "connected", "cmdstate", "revoked"];
 
 impl Bus {
     /// Queues a committed batch for other instances, or counts it as
@@ -140,9 +143,11 @@ impl Bus {
     /// Tells every other instance to act on `event`. Never blocks.
     pub fn tell(&self, event: &Remote) {
         let (kind, device) = match event {
-            Remote::Disabled { device } => ("disabled", device),
-            Remote::Connected { device, .. } => ("connected", device),
-            Remote::CommandChanged { command } => ("cmdstate", &command.device),
+            Remote::Disabled { device } => ("disabled", device.as_str()),
+            Remote::Connected { device, .. } => ("connected", device.as_str()),
+            Remote::CommandChanged { command } => ("cmdstate", command.device.as_str()),
+            // Not about a device; one subject carries them all.
+            Remote::Revoked { .. } => ("revoked", "any"),
         };
         let subject = subject(&self.prefix, kind, device);
         let queued = serde_json::to_vec(event)

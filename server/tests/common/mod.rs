@@ -397,6 +397,22 @@ pub async fn next_matching<T>(ws: &mut Ws, mut pick: impl FnMut(ServerMsg) -> Op
     .expect("expected live message in time")
 }
 
+/// Whether the server closes `ws` within `limit`.
+pub async fn closed_within(mut ws: Ws, limit: std::time::Duration) -> bool {
+    use futures_util::StreamExt;
+    tokio::time::timeout(limit, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return true,
+                Some(Ok(m)) if m.is_close() => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// Creates the account `admin` (once) in the database at `db_url` and
 /// returns a new API token of it.
 pub async fn admin_token(db_url: &str) -> String {
