@@ -803,6 +803,58 @@ async fn behind_a_trusted_proxy_each_browser_has_its_own_sign_in_limit(db: TestD
         .any(|e| e["action"] == "login_failed" && e["ip"] == "203.0.113.5"));
 }
 
+async fn behind_a_trusted_proxy_that_terminates_tls_cookies_are_secure_with_hsts(db: TestDb) {
+    // nginx terminating TLS tells the instance so in X-Forwarded-Proto.
+    let (_db, server) = start_with(db, |c| {
+        c.trusted_proxies = vec!["127.0.0.0/8".parse().expect("a network")];
+    })
+    .await;
+    let sign_in = |proto: Option<&'static str>| {
+        let mut request = client()
+            .post(server.url("/login"))
+            .header(ORIGIN, server.url(""))
+            .form(&[("name", "viewer"), ("password", PASSWORD), ("next", "/")]);
+        if let Some(proto) = proto {
+            request = request.header("x-forwarded-proto", proto);
+        }
+        async move {
+            let response = request.send().await.expect("sign in");
+            let cookie = response
+                .headers()
+                .get(SET_COOKIE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert!(cookie.starts_with("sightline_session="), "{cookie}");
+            let hsts = response.headers().contains_key("strict-transport-security");
+            (cookie.ends_with("; Secure"), hsts)
+        }
+    };
+    assert_eq!(sign_in(Some("https")).await, (true, true));
+    assert_eq!(sign_in(Some("http")).await, (false, false));
+    assert_eq!(sign_in(None).await, (false, false));
+    // A client's own "https" before the proxy's appended "http" is not
+    // believed.
+    assert_eq!(sign_in(Some("https, http")).await, (false, false));
+
+    // Without --trusted-proxy the header means nothing: anyone could send it.
+    let (_db, open) = start_with(TestDb::sqlite(), |_| {}).await;
+    let response = client()
+        .post(open.url("/login"))
+        .header(ORIGIN, open.url(""))
+        .header("x-forwarded-proto", "https")
+        .form(&[("name", "viewer"), ("password", PASSWORD), ("next", "/")])
+        .send()
+        .await
+        .expect("sign in");
+    let cookie = response.headers().get(SET_COOKIE).expect("a cookie");
+    assert!(
+        !cookie.to_str().expect("text").contains("Secure"),
+        "{cookie:?}"
+    );
+    assert!(!response.headers().contains_key("strict-transport-security"));
+}
+
 async fn api_tokens_act_for_their_account_until_revoked(db: TestDb) {
     let (_db, server) = start(db).await;
     let session = sign_in(&server, "viewer", PASSWORD)
@@ -1335,6 +1387,7 @@ on_both_databases!(
     sign_out_password_change_and_idleness_end_sessions,
     failed_sign_ins_are_throttled_per_account_and_per_address,
     behind_a_trusted_proxy_each_browser_has_its_own_sign_in_limit,
+    behind_a_trusted_proxy_that_terminates_tls_cookies_are_secure_with_hsts,
     api_tokens_act_for_their_account_until_revoked,
     responses_carry_security_headers_and_the_page_nonce,
     the_last_admin_stays_and_roles_are_checked_on_every_request,

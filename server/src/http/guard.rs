@@ -60,15 +60,7 @@ impl
 /// can write anything, so they are never believed; neither is an entry
 /// that does not parse, which leaves the last trusted hop as the address.
 fn client_ip(request: &Request, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
-    let extensions = request.extensions();
-    let peer = extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .or_else(|| {
-            extensions
-                .get::<ConnectInfo<TlsPeer>>()
-                .map(|c| c.0 .0.ip())
-        })?;
+    let peer = peer_ip(request)?;
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
@@ -89,6 +81,37 @@ fn client_ip(request: &Request, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
         }
     }
     Some(client)
+}
+
+/// The address of the socket's peer, plain or TLS.
+fn peer_ip(request: &Request) -> Option<IpAddr> {
+    let extensions = request.extensions();
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .or_else(|| {
+            extensions
+                .get::<ConnectInfo<TlsPeer>>()
+                .map(|c| c.0 .0.ip())
+        })
+}
+
+/// Whether a trusted proxy says the browser reached it over HTTPS (it
+/// terminated TLS). Every `X-Forwarded-Proto` entry must say `https`: a
+/// client can write its own entry before a proxy that appends, and then
+/// the proxy's own `http` keeps the request plain.
+fn forwarded_https(request: &Request, trusted: &[ipnet::IpNet]) -> bool {
+    if !peer_ip(request).is_some_and(|peer| trusted.iter().any(|net| net.contains(&peer))) {
+        return false;
+    }
+    let mut protos = request
+        .headers()
+        .get_all("x-forwarded-proto")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+        .peekable();
+    protos.peek().is_some() && protos.all(|p| p.eq_ignore_ascii_case("https"))
 }
 
 /// The value of one cookie.
@@ -155,6 +178,27 @@ pub fn encode_component(text: &str) -> String {
 /// The middleware: applies the matched route's rule.
 pub async fn gate(
     State(gate): State<Gate>,
+    matched: Option<MatchedPath>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    // Behind a proxy that terminated TLS, the request counts as HTTPS for
+    // the handlers (Secure cookies) and, marked on the response, for
+    // `security_headers` (HSTS), which runs outside this gate.
+    let forwarded = forwarded_https(&request, &gate.trusted_proxies);
+    if forwarded {
+        request.extensions_mut().insert(Https);
+    }
+    let mut response = admit(gate, matched, request, next).await;
+    if forwarded {
+        response.extensions_mut().insert(Https);
+    }
+    response
+}
+
+/// The gate's work: identify, check origin and role, then run the route.
+async fn admit(
+    gate: Gate,
     matched: Option<MatchedPath>,
     mut request: Request,
     next: Next,
@@ -349,6 +393,7 @@ pub async fn security_headers(mut request: Request, next: Next) -> Response {
     request.extensions_mut().insert(nonce.clone());
     let https = request.extensions().get::<Https>().is_some();
     let mut response = next.run(request).await;
+    let https = https || response.extensions().get::<Https>().is_some();
     let headers = response.headers_mut();
     if let Ok(csp) = HeaderValue::from_str(&content_security_policy(&nonce)) {
         headers.insert(header::CONTENT_SECURITY_POLICY, csp);
