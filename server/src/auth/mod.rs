@@ -78,21 +78,9 @@ pub enum Via {
     Token(String),
 }
 
-/// A credential that just stopped working, so that live sockets opened
-/// with it close at once rather than at their next reconnect. In cluster
-/// mode it also crosses the bus, for sockets held by other instances.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(tag = "revoked", content = "id", rename_all = "snake_case")]
-pub enum Revoked {
-    /// One session ended (sign-out).
-    Session(String),
-    /// Every session of an account ended (password change).
-    SessionsOf(i64),
-    /// The account is gone, with its sessions and tokens.
-    Account(i64),
-    /// One API token was revoked.
-    Token(String),
-}
+/// Defined with the accounts it is about, below the bus that carries it
+/// between instances.
+pub use crate::store::accounts::Revoked;
 
 impl Revoked {
     /// Whether this ends what `caller` signed in with.

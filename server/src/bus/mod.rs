@@ -123,7 +123,9 @@ pub enum Remote {
     CommandChanged { command: Box<Command> },
     /// A sign-in or API token was revoked: close the live sockets here
     /// that it opened.
-    Revoked { what: crate::auth::Revoked },
+    Revoked {
+        what: crate::store::accounts::Revoked,
+    },
 }
 
 /// The kinds of event every instance listens to for all devices.

@@ -7,6 +7,23 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Statement, V
 
 use super::{placeholder, Store, StoreError};
 
+/// A credential that just stopped working, so that live sockets opened
+/// with it close at once rather than at their next reconnect. In cluster
+/// mode it also crosses the bus, for sockets held by other instances.
+/// (`auth` says which callers it ends.)
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "revoked", content = "id", rename_all = "snake_case")]
+pub enum Revoked {
+    /// One session ended (sign-out).
+    Session(String),
+    /// Every session of an account ended (password change).
+    SessionsOf(i64),
+    /// The account is gone, with its sessions and tokens.
+    Account(i64),
+    /// One API token was revoked.
+    Token(String),
+}
+
 /// An account as the server needs it to sign someone in.
 #[derive(Clone, Debug, FromQueryResult)]
 pub struct AccountRow {
