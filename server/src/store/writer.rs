@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::entity::{device, reading, series};
 use super::queue::{Committed, QueueRx};
-use super::{rollup, StoreError};
+use super::{placeholder, rollup, StoreError};
 use crate::metrics::Metrics;
 
 /// Rows per INSERT statement, largest first. A batch is split into
@@ -108,10 +108,9 @@ impl Writer {
         let txn = self.db.begin().await?;
         let new_devices = self.register_devices(&txn, batch).await?;
         let new_series = self.register_series(&txn, batch, &new_devices).await?;
-        let repeats = self
-            .repeats(&txn, batch, again, &new_devices, &new_series)
-            .await?;
-        let rows = self.rows(batch, &repeats, &new_devices, &new_series)?;
+        let ids = self.series_ids(batch, &new_devices, &new_series)?;
+        let repeats = self.repeats(&txn, batch, &ids, again).await?;
+        let rows = rows(batch, &ids, &repeats);
 
         let backend = self.db.get_database_backend();
         let mut rest = rows.as_slice();
@@ -173,10 +172,9 @@ impl Writer {
     ) -> Result<Vec<usize>, StoreError> {
         let new_devices = self.register_devices(&self.db, batch).await?;
         let new_series = self.register_series(&self.db, batch, &new_devices).await?;
-        let repeats = self
-            .repeats(&self.db, batch, again, &new_devices, &new_series)
-            .await?;
-        let rows = self.rows(batch, &repeats, &new_devices, &new_series)?;
+        let ids = self.series_ids(batch, &new_devices, &new_series)?;
+        let repeats = self.repeats(&self.db, batch, &ids, again).await?;
+        let rows = rows(batch, &ids, &repeats);
 
         let mut txn = pool.begin().await?;
         let mut copy = txn
@@ -195,7 +193,8 @@ impl Writer {
 
     /// Which readings in `again` are redeliveries: exactly the same reading
     /// (series, timestamp and value) is already stored, or comes earlier in
-    /// the batch. Returns their indices into `batch`, in order.
+    /// the batch. `ids` are the readings' series ids. Returns their indices
+    /// into `batch`, in order.
     ///
     /// A device that lost its connection before a PUBACK arrived sends the
     /// message again on its next connection, first thing, and often
@@ -209,9 +208,8 @@ impl Writer {
         &self,
         db: &C,
         batch: &[Reading],
+        ids: &[i64],
         again: &[Range<usize>],
-        new_devices: &HashMap<String, i64>,
-        new_series: &HashMap<(i64, String), i64>,
     ) -> Result<Vec<usize>, StoreError> {
         if again.is_empty() {
             return Ok(Vec::new());
@@ -224,14 +222,11 @@ impl Writer {
         // earlier in the batch.
         let mut met: HashMap<(i64, i64, u64), bool> = HashMap::new();
         for i in again.iter().flat_map(Clone::clone) {
-            let r = &batch[i];
-            let series = self.series_id(r, new_devices, new_series)?;
-            met.insert((series, r.ts, r.value.to_bits()), false);
+            met.insert((ids[i], batch[i].ts, batch[i].value.to_bits()), false);
         }
         let mut repeats = Vec::new();
         let mut unseen = Vec::new();
-        for (i, r) in batch.iter().enumerate() {
-            let series = self.series_id(r, new_devices, new_series)?;
+        for ((i, r), &series) in batch.iter().enumerate().zip(ids) {
             let Some(earlier) = met.get_mut(&(series, r.ts, r.value.to_bits())) else {
                 continue;
             };
@@ -252,12 +247,8 @@ impl Writer {
             let mut values = Vec::with_capacity(chunk.len() * 2);
             let mut tuples = Vec::with_capacity(chunk.len());
             for (n, &(i, series)) in chunk.iter().enumerate() {
-                let (a, b) = match backend {
-                    DatabaseBackend::Postgres => {
-                        (format!("${}", 2 * n + 1), format!("${}", 2 * n + 2))
-                    }
-                    _ => ("?".to_owned(), "?".to_owned()),
-                };
+                let a = placeholder(backend, 2 * n + 1);
+                let b = placeholder(backend, 2 * n + 2);
                 tuples.push(format!("(CAST({a} AS BIGINT), CAST({b} AS BIGINT))"));
                 values.push(Value::BigInt(Some(series)));
                 values.push(Value::BigInt(Some(batch[i].ts)));
@@ -288,54 +279,34 @@ impl Writer {
         Ok(repeats)
     }
 
-    /// The series id of `r`'s device and metric, from the cache or from
+    /// The series id of each reading of `batch`, from the cache or from
     /// this batch's registrations.
-    fn series_id(
-        &self,
-        r: &Reading,
-        new_devices: &HashMap<String, i64>,
-        new_series: &HashMap<(i64, String), i64>,
-    ) -> Result<i64, StoreError> {
-        let series_id = self.device_id(new_devices, &r.device).and_then(|d| {
-            self.series
-                .get(&d)
-                .and_then(|m| m.get(&r.metric))
-                .or_else(|| new_series.get(&(d, r.metric.clone())))
-                .copied()
-        });
-        // Registration covers every reading of the batch, so a miss would
-        // be a bug; failing the batch keeps it for retry.
-        series_id.ok_or_else(|| {
-            StoreError::Db(DbErr::RecordNotFound(format!(
-                "series {}/{}",
-                r.device, r.metric
-            )))
-        })
-    }
-
-    /// The batch, less `repeats` (sorted indices), as `(series_id, ts,
-    /// value)` rows sorted for insertion.
-    fn rows(
+    fn series_ids(
         &self,
         batch: &[Reading],
-        repeats: &[usize],
         new_devices: &HashMap<String, i64>,
         new_series: &HashMap<(i64, String), i64>,
-    ) -> Result<Vec<(i64, i64, f64)>, StoreError> {
-        let mut rows = Vec::with_capacity(batch.len());
-        let mut skip = repeats.iter().peekable();
-        for (i, r) in batch.iter().enumerate() {
-            if skip.next_if_eq(&&i).is_some() {
-                continue;
-            }
-            rows.push((self.series_id(r, new_devices, new_series)?, r.ts, r.value));
-        }
-        // Insert in index order. Each series appends to its own leaf of the
-        // `(series_id, ts)` index, so an unsorted batch hops between
-        // thousands of pages; sorted, consecutive rows land on the same
-        // page while it is hot in the CPU cache.
-        rows.sort_unstable_by_key(|&(series, ts, _)| (series, ts));
-        Ok(rows)
+    ) -> Result<Vec<i64>, StoreError> {
+        batch
+            .iter()
+            .map(|r| {
+                let series_id = self.device_id(new_devices, &r.device).and_then(|d| {
+                    self.series
+                        .get(&d)
+                        .and_then(|m| m.get(&r.metric))
+                        .or_else(|| new_series.get(&(d, r.metric.clone())))
+                        .copied()
+                });
+                // Registration covers every reading of the batch, so a miss
+                // would be a bug; failing the batch keeps it for retry.
+                series_id.ok_or_else(|| {
+                    StoreError::Db(DbErr::RecordNotFound(format!(
+                        "series {}/{}",
+                        r.device, r.metric
+                    )))
+                })
+            })
+            .collect()
     }
 
     /// Caches what a committed batch registered.
@@ -464,6 +435,33 @@ impl Writer {
         }
         Ok(ids)
     }
+}
+
+/// The batch less `repeats`, as `(series_id, ts, value)` rows sorted for
+/// insertion. `ids` are the readings' series ids.
+fn rows(batch: &[Reading], ids: &[i64], repeats: &[usize]) -> Vec<(i64, i64, f64)> {
+    let mut rows: Vec<_> = skipping(batch.iter().zip(ids), repeats)
+        .map(|(r, &series)| (series, r.ts, r.value))
+        .collect();
+    // Insert in index order. Each series appends to its own leaf of the
+    // `(series_id, ts)` index, so an unsorted batch hops between thousands
+    // of pages; sorted, consecutive rows land on the same page while it is
+    // hot in the CPU cache.
+    rows.sort_unstable_by_key(|&(series, ts, _)| (series, ts));
+    rows
+}
+
+/// `items` without those at the positions in `skip`, which are sorted.
+fn skipping<'a, T>(
+    items: impl IntoIterator<Item = T> + 'a,
+    skip: &'a [usize],
+) -> impl Iterator<Item = T> + 'a {
+    let mut skip = skip.iter().peekable();
+    items
+        .into_iter()
+        .enumerate()
+        .filter(move |(i, _)| skip.next_if_eq(&i).is_none())
+        .map(|(_, item)| item)
 }
 
 /// `rows` in PostgreSQL's binary COPY format: a signature and header, then
@@ -596,13 +594,7 @@ pub async fn run(
             // Viewers saw these the first time; they are not news.
             Metrics::add(&metrics.redelivered, repeats.len() as u64);
             tracing::debug!("{} redelivered readings were already stored", repeats.len());
-            let mut skip = repeats.iter().peekable();
-            let mut i = 0;
-            batch.retain(|_| {
-                let keep = skip.next_if_eq(&&i).is_none();
-                i += 1;
-                keep
-            });
+            batch = skipping(batch, &repeats).collect();
         }
         metrics.write_seconds.observe_duration(started.elapsed(), 1);
         metrics.write_batch.observe(batch.len() as u64);
