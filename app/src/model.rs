@@ -185,6 +185,20 @@ pub struct SeriesResponse {
     pub series: Vec<BucketSeries>,
 }
 
+/// Why the broker last refused a device, and how often it has since the
+/// server started: a device that lost its secret shows as offline, and
+/// its page must say why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct Refusal {
+    /// Refusals of this device at the edge since start, of every kind.
+    pub count: u64,
+    /// The last refusal's reason, such as "wrong or missing secret".
+    pub why: String,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
+    pub at: EpochMs,
+}
+
 /// Everything the device page needs to render before live updates arrive.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
@@ -201,6 +215,9 @@ pub struct DeviceDetail {
     /// and the first client render agree.
     #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub generated_at: EpochMs,
+    /// Why the broker last refused this device, if it has since start.
+    #[serde(default)]
+    pub refused: Option<Refusal>,
 }
 
 /// The fleet overview's data.
@@ -296,6 +313,10 @@ pub enum ServerMsg {
     Stats {
         counters: Counters,
         rejected: Vec<(String, u64)>,
+        /// Why subscribed devices were last refused at the edge, for the
+        /// device page.
+        #[serde(default)]
+        refused: Vec<(String, Refusal)>,
     },
     /// A command to a subscribed device changed state.
     Command { command: Box<Command> },

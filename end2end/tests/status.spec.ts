@@ -41,5 +41,5 @@ test('a device created on the dashboard connects with its secret and shows onlin
   // The name is taken now.
   await page.getByTestId('new-device-id').fill(id);
   await page.getByTestId('add-device').click();
-  await expect(page.getByTestId('add-error')).toContainText('already has a secret');
+  await expect(page.getByTestId('add-error')).toContainText('already exists');
 });

@@ -93,6 +93,8 @@ pub struct EdgeCounters {
     pub wills: AtomicU64,
     /// Refusals of every kind, per device, where the device is known.
     pub refused_by_device: DeviceCounts,
+    /// The last refused login of each device: why, and when.
+    last_refusal: Mutex<HashMap<String, (&'static str, i64)>>,
 }
 
 /// What happens to commands to devices, by outcome, and what was refused.
@@ -332,6 +334,33 @@ impl Metrics {
         if let Some(device) = device {
             self.edge.refused_by_device.add(device, 1);
         }
+    }
+
+    /// Counts a refused login under `kind` and remembers `why` (at time
+    /// `at`) as the device's last refusal, for its page.
+    pub fn refuse_login(&self, kind: &AtomicU64, device: Option<&str>, why: &'static str, at: i64) {
+        self.refuse(kind, device);
+        let Some(device) = device else {
+            return;
+        };
+        let Ok(mut last) = self.edge.last_refusal.lock() else {
+            return;
+        };
+        // Bounded like the counts: only names that got a count of their own.
+        if last.len() < MAX_TRACKED_DEVICES || last.contains_key(device) {
+            last.insert(device.to_owned(), (why, at));
+        }
+    }
+
+    /// Why `device`'s login was last refused, and how often it was refused
+    /// since start.
+    pub fn refusal(&self, device: &str) -> Option<app::model::Refusal> {
+        let (why, at) = *self.edge.last_refusal.lock().ok()?.get(device)?;
+        Some(app::model::Refusal {
+            count: self.edge.refused_by_device.get(device),
+            why: why.to_owned(),
+            at,
+        })
     }
 
     /// Rejections attributed to `device` since start.

@@ -643,11 +643,9 @@ async fn every_instance_counts_what_the_whole_cluster_rejected() {
             .live(r#"{"type":"subscribe","devices":["noisy"]}"#)
             .await;
         let counters = next_matching(&mut page, |m| match m {
-            ServerMsg::Stats { counters, rejected }
-                if rejected == vec![("noisy".to_owned(), 2)] =>
-            {
-                Some(counters)
-            }
+            ServerMsg::Stats {
+                counters, rejected, ..
+            } if rejected == vec![("noisy".to_owned(), 2)] => Some(counters),
             _ => None,
         })
         .await;

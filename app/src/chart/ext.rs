@@ -31,9 +31,11 @@ pub fn dispose(ec: &charming::Echarts) {
     ext(ec).dispose();
 }
 
-/// Replaces the whole option, so series that went away go away.
-pub fn set_option(ec: &charming::Echarts, option: &JsValue) {
-    ext(ec).set_option_not_merge(option, true);
+/// Draws `option`. With `replace`, the whole option is replaced, so series
+/// that went away go away; otherwise it is merged into the chart's, which
+/// keeps an open tooltip open while live readings redraw the lines.
+pub fn set_option(ec: &charming::Echarts, option: &JsValue, replace: bool) {
+    ext(ec).set_option_not_merge(option, replace);
 }
 
 /// The time under pixel `x` of the chart.

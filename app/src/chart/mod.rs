@@ -68,7 +68,7 @@ pub fn HistoryChart(
         move || {
             lines
                 .iter()
-                .map(|l| l.buckets.with(Vec::len))
+                .map(|l| l.buckets.try_with(Vec::len).unwrap_or(0))
                 .sum::<usize>()
         }
     };

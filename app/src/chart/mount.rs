@@ -34,6 +34,8 @@ pub(super) fn mount_echarts(
     let dark = ext::prefers_dark();
     let lines = StoredValue::new(lines);
     let retry = RwSignal::new(0u32);
+    // How many lines the canvas last drew; see `ext::set_option`.
+    let drawn = StoredValue::new(usize::MAX);
 
     // A redraw may be scheduled just before the page navigates away, so
     // every access tolerates signals that have been disposed.
@@ -87,18 +89,29 @@ pub(super) fn mount_echarts(
                 }
             }
             if let Some(ec) = slot {
-                ext::set_option(ec, &value);
+                let same_lines = drawn.try_get_value() == Some(data.len());
+                ext::set_option(ec, &value, !same_lines);
+                drawn.try_set_value(data.len());
             }
         });
     };
 
     Effect::new(move |_| {
-        lines.with_value(|lines| lines.iter().for_each(|l| l.buckets.track()));
+        // The page's window outlives this chart: while a transition keeps
+        // a replaced chart on screen, a change of window still reaches it
+        // after its own values are gone, and it then does nothing.
         window.track();
+        let alive = lines.try_with_value(|lines| {
+            lines.iter().for_each(|l| {
+                let _ = l.buckets.try_with(|_| ());
+            })
+        });
         // A chart built inside a pending transition is not in the document
         // yet (ECharts needs it there to measure it), so look again shortly.
-        retry.track();
-        if !node.get().is_some_and(|el| el.is_connected()) {
+        if alive.is_none() || retry.try_get().is_none() {
+            return;
+        }
+        if !node.try_get().flatten().is_some_and(|el| el.is_connected()) {
             set_timeout(
                 move || {
                     let _ = retry.try_update(|n| *n += 1);
@@ -107,7 +120,7 @@ pub(super) fn mount_echarts(
             );
             return;
         }
-        if instance.with_value(Option::is_none) {
+        if instance.try_with_value(Option::is_none).unwrap_or(false) {
             draw();
             return;
         }

@@ -155,10 +155,28 @@ fn DeviceView(
     let now = RwSignal::new(detail.generated_at);
     let summary = RwSignal::new(detail.summary);
     let counters = RwSignal::new(detail.counters);
-    let lines: Lines = RwSignal::new(Vec::new());
+    let refused = RwSignal::new(detail.refused);
+    // The lines of the history answer on screen, where live readings go,
+    // with the owner that disposes them when the next answer replaces
+    // them. Each answer has its own, so the charts of an answer being
+    // replaced never see the next one's lines.
+    let current = StoredValue::new_local(None::<(Lines, Option<Owner>)>);
     let commands = RwSignal::new(Vec::<Command>::new());
     // The window of the history on screen, for the custom range form.
     let shown = RwSignal::new((0, 0));
+    // How live readings join the loaded history: as points of their own,
+    // or folded into buckets of the history's step.
+    let joining = StoredValue::new(Buckets::Points);
+    // The newest time on a "last N days" chart: the end of its history,
+    // pushed on by live readings, so they are on the axis.
+    let extent = RwSignal::new(0);
+    // Live ranges slide with the clock, "last N" ranges reach the newest
+    // reading, and custom ranges show exactly what was asked for.
+    let window = Signal::derive(move || match range.get() {
+        r if r.is_live() => r.window(now.get()),
+        Range::Custom { from, to } => (from, to),
+        Range::Preset(_) => (shown.get().0, extent.get()),
+    });
 
     #[cfg(not(feature = "hydrate"))]
     let _ = reload;
@@ -180,21 +198,47 @@ fn DeviceView(
                         readings.iter().filter(|r| r.device == device).collect();
                     if !mine.is_empty() {
                         summary.update(|s| mine.iter().for_each(|r| s.apply(r)));
-                        if range.get_untracked().is_live() {
-                            append_live(
-                                lines,
-                                &mine,
-                                range.get_untracked(),
-                                js_sys::Date::now() as i64,
-                            );
+                        let range = range.get_untracked();
+                        let now = js_sys::Date::now() as i64;
+                        let (from, to) = match range {
+                            Range::Custom { from, to } => (from, to),
+                            ref r if r.is_live() => (r.window(now).0, EpochMs::MAX),
+                            _ => (shown.get_untracked().0, EpochMs::MAX),
+                        };
+                        let newest = current.with_value(|c| {
+                            let (lines, owner) = c.as_ref()?;
+                            let add = |line: Line| {
+                                // The new line lives as long as its answer.
+                                let _ = lines.try_update(|all| all.push(line));
+                            };
+                            let made = |metric: &str, colour| {
+                                let make = || Line {
+                                    metric: StoredValue::new(metric.to_owned()),
+                                    buckets: RwSignal::new(Vec::new()),
+                                    colour,
+                                };
+                                owner.as_ref().map_or_else(make, |o| o.with(make))
+                            };
+                            join_live(*lines, &mine, (from, to), joining.get_value(), made, add)
+                        });
+                        if let Some(newest) = newest {
+                            if newest > extent.get_untracked() {
+                                extent.set(newest);
+                            }
                         }
                     }
                 }
                 LiveEvent::Message(ServerMsg::Stats {
                     counters: c,
                     rejected,
+                    refused: refusals,
                 }) => {
                     counters.set(c);
+                    if let Some((_, r)) = refusals.into_iter().find(|(d, _)| *d == device) {
+                        if refused.with_untracked(|old| old.as_ref() != Some(&r)) {
+                            refused.set(Some(r));
+                        }
+                    }
                     if let Some((_, n)) = rejected.iter().find(|(d, _)| *d == device) {
                         summary.update(|s| s.rejected = *n);
                     }
@@ -264,6 +308,18 @@ fn DeviceView(
             <span data-testid="device-rejected">{move || summary.with(|s| s.rejected)}</span>
             " rejected"
         </p>
+        {move || {
+            // A refusal matters until the device logs in again after it.
+            let r = refused.get()?;
+            let since = since().unwrap_or(0);
+            (!online() || r.at > since).then(|| view! {
+                <p class="notice" role="status" data-testid="device-refused">
+                    "The broker refuses this device: " <strong>{r.why.clone()}</strong>
+                    {format!(" ({} refusals since the server started, the last ", r.count)}
+                    {move || format::ago(r.at, now.get())} ")."
+                </p>
+            })
+        }}
         <RangePicker range combined go shown/>
         <div class="history" class:pending=move || pending.get()>
             <Transition
@@ -273,26 +329,23 @@ fn DeviceView(
                 {move || Suspend::new(async move {
                     match history.await {
                         Ok(Some(h)) => {
-                            let new_lines = lines_of(&h);
-                            lines.set(new_lines.clone());
+                            let lines: Lines = RwSignal::new(lines_of(&h));
+                            current.set_value(Some((lines, Owner::current())));
                             shown.set((h.from, h.to));
-                            // Live ranges slide with the clock; others show
-                            // exactly the window that was loaded.
-                            let fixed = (h.from, h.to);
-                            let live = range.get_untracked();
-                            let window = Signal::derive(move || {
-                                if live.is_live() { live.window(now.get()) } else { fixed }
-                            });
-                            let export = format!(
-                                "/api/devices/{}/export?from={}&to={}&format=csv",
-                                h.device, h.from, h.to
-                            );
+                            extent.set(h.to);
+                            joining.set_value(Buckets::of(&h, range.get_untracked().is_live()));
+                            let device = h.device.clone();
+                            let export = move || {
+                                let (from, to) = window.get();
+                                format!("/api/devices/{device}/export?from={from}&to={to}&format=csv")
+                            };
+                            let seconds = range.get_untracked().is_live();
                             view! {
                                 <div class="chart-actions">
                                     <a class="button" data-testid="export" href=export download="">"Export CSV"</a>
-                                    <RangeLabel window=fixed/>
+                                    <RangeLabel window seconds/>
                                 </div>
-                                <Charts lines=new_lines response=h summary window combined on_zoom/>
+                                <Charts lines response=h summary window combined on_zoom/>
                             }.into_any()
                         }
                         Ok(None) => view! { <p class="empty">"No history for this device."</p> }.into_any(),
@@ -308,41 +361,42 @@ fn DeviceView(
     }
 }
 
-/// The loaded window as text. The server renders it in UTC, since it does
-/// not know the viewer's zone; once hydrated, the browser rewrites it in
-/// local time with the zone's name, as the chart's axis is drawn.
+/// The window on screen as text, kept current as a live window slides.
+/// The server renders it in UTC, since it does not know the viewer's zone;
+/// once hydrated, the browser writes it in local time with the zone's
+/// name, as the chart's axis is drawn, to the second for a live window.
 #[component]
-fn RangeLabel(window: (EpochMs, EpochMs)) -> impl IntoView {
-    let (from, to) = window;
-    let text = RwSignal::new(format!(
-        "{} – {}",
-        format::utc_minute(from),
-        format::utc_minute(to)
-    ));
+fn RangeLabel(window: Signal<(EpochMs, EpochMs)>, seconds: bool) -> impl IntoView {
+    let hydrated = RwSignal::new(false);
     #[cfg(feature = "hydrate")]
-    Effect::new(move |_| {
-        let local = |t: EpochMs| {
-            js_sys::Date::new(&(t as f64).into())
-                .to_locale_string("default", &local_format())
-                .as_string()
-                .unwrap_or_default()
-        };
-        text.set(format!(
-            "{} – {} ({})",
-            local(from),
-            local(to),
-            browser_zone()
-        ));
-    });
-    view! { <span class="range-label" data-testid="range-label">{move || text.get()}</span> }
+    Effect::new(move |_| hydrated.set(true));
+    let text = move || {
+        let (from, to) = window.get();
+        // `window` outlives this label (see `Charts`), `hydrated` not.
+        #[cfg(feature = "hydrate")]
+        if hydrated.try_get().unwrap_or(false) {
+            let local = |t: EpochMs| {
+                js_sys::Date::new(&(t as f64).into())
+                    .to_locale_string("default", &local_format(seconds))
+                    .as_string()
+                    .unwrap_or_default()
+            };
+            return format!("{} – {} ({})", local(from), local(to), browser_zone());
+        }
+        let _ = (hydrated, seconds);
+        format!("{} – {}", format::utc_minute(from), format::utc_minute(to))
+    };
+    view! { <span class="range-label" data-testid="range-label">{text}</span> }
 }
 
-/// `{dateStyle: "medium", timeStyle: "short"}` for `toLocaleString`.
+/// `{dateStyle: "medium", timeStyle: "short"}` for `toLocaleString`, or
+/// `timeStyle: "medium"` (with seconds) when `seconds`.
 #[cfg(feature = "hydrate")]
-fn local_format() -> wasm_bindgen::JsValue {
+fn local_format(seconds: bool) -> wasm_bindgen::JsValue {
     let options = js_sys::Object::new();
+    let time = if seconds { "medium" } else { "short" };
     let _ = js_sys::Reflect::set(&options, &"dateStyle".into(), &"medium".into());
-    let _ = js_sys::Reflect::set(&options, &"timeStyle".into(), &"short".into());
+    let _ = js_sys::Reflect::set(&options, &"timeStyle".into(), &time.into());
     options.into()
 }
 
@@ -358,77 +412,111 @@ fn lines_of(h: &SeriesResponse) -> Vec<Line> {
         .collect()
 }
 
-/// The charts of one history answer: one panel per metric, or one panel
-/// with every metric.
+/// The charts of one history answer, with the metrics that appeared live
+/// since: one panel per metric, or one panel with every metric. Both
+/// follow `lines` and `combined`, so a new metric or the layout switch
+/// shows at once.
 #[component]
 fn Charts(
-    lines: Vec<Line>,
+    lines: Lines,
     response: SeriesResponse,
     summary: RwSignal<DeviceSummary>,
     window: Signal<(EpochMs, EpochMs)>,
     combined: Memo<bool>,
     on_zoom: Callback<(EpochMs, EpochMs)>,
 ) -> impl IntoView {
-    if lines.is_empty() {
-        return view! { <p class="empty" data-testid="no-history">"No readings yet."</p> }
-            .into_any();
-    }
     let step = response.step_ms;
-    let resolution = |i: usize| {
+    // Where each loaded metric's buckets came from; a metric that appeared
+    // live has its raw readings.
+    let resolutions = StoredValue::new(
         response
             .series
-            .get(i)
-            .and_then(|s| serde_json::to_value(s.resolution).ok())
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
-    };
-    if combined.get_untracked() {
-        let names = lines
             .iter()
-            .map(|l| l.metric.get_value())
-            .collect::<Vec<_>>()
-            .join(", ");
-        return view! {
+            .map(|s| {
+                let name = serde_json::to_value(s.resolution)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                (s.metric.clone(), name)
+            })
+            .collect::<Vec<_>>(),
+    );
+    let resolution = move |metric: &str| {
+        resolutions
+            .try_with_value(|all| {
+                all.iter()
+                    .find(|(m, _)| m == metric)
+                    .map(|(_, r)| r.clone())
+            })
+            .flatten()
+            .unwrap_or_else(|| "raw".to_owned())
+    };
+    let empty = Memo::new(move |_| lines.with(Vec::is_empty));
+    let panel = move |line: Line| {
+        // Lines of a history answer that has just been replaced are
+        // disposed while the old charts are still on screen.
+        let metric = line.metric.try_get_value().unwrap_or_default();
+        let latest = {
+            let metric = metric.clone();
+            move || {
+                summary.with(|s| {
+                    s.latest
+                        .iter()
+                        .find(|l| l.metric == metric)
+                        .map_or_else(|| "–".to_owned(), |l| format::value(l.value))
+                })
+            }
+        };
+        view! {
+            <section class="panel" data-metric=metric.clone()>
+                <header class="panel-head">
+                    <h2><span class="swatch" style=format!("background:{}", line.colour)></span>{metric.clone()}</h2>
+                    <span class="latest" data-testid="latest">{latest}</span>
+                </header>
+                <HistoryChart key=metric.clone() lines=vec![line] window step_ms=step resolution=resolution(&metric) on_zoom/>
+            </section>
+        }
+    };
+    // `combined` outlives these charts: while a transition keeps replaced
+    // charts on screen, the switch still reaches them after their own
+    // values are gone, and they then show nothing new.
+    move || {
+        let Some(empty) = empty.try_get() else {
+            return ().into_any();
+        };
+        if empty {
+            return view! { <p class="empty" data-testid="no-history">"No readings yet."</p> }
+                .into_any();
+        }
+        if combined.get() {
+            return (move || {
+                let all = lines.try_get().unwrap_or_default();
+                let names = all
+                    .iter()
+                    .filter_map(|l| l.metric.try_get_value())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let first = names.split(", ").next().unwrap_or_default().to_owned();
+                view! {
+                    <div class="panels">
+                        <section class="panel wide" data-metric="all">
+                            <header class="panel-head"><h2>{names}</h2></header>
+                            <HistoryChart key="all".to_owned() lines=all window step_ms=step resolution=resolution(&first) on_zoom/>
+                        </section>
+                    </div>
+                }
+            })
+            .into_any();
+        }
+        view! {
             <div class="panels">
-                <section class="panel wide" data-metric="all">
-                    <header class="panel-head"><h2>{names}</h2></header>
-                    <HistoryChart key="all".to_owned() lines window step_ms=step resolution=resolution(0) on_zoom/>
-                </section>
+                <For each=move || lines.try_get().unwrap_or_default() key=|line| line.metric.try_get_value().unwrap_or_default() let:line>
+                    {panel(line)}
+                </For>
             </div>
         }
-        .into_any();
+        .into_any()
     }
-    let panels = lines
-        .into_iter()
-        .enumerate()
-        .map(|(i, line)| {
-            let metric = line.metric.get_value();
-            let key = metric.clone();
-            let label = metric.clone();
-            let attr = metric.clone();
-            let latest = {
-                let metric = metric.clone();
-                move || {
-                    summary.with(|s| {
-                        s.latest
-                            .iter()
-                            .find(|l| l.metric == metric)
-                            .map_or_else(|| "–".to_owned(), |l| format::value(l.value))
-                    })
-                }
-            };
-            view! {
-                <section class="panel" data-metric=attr>
-                    <header class="panel-head">
-                        <h2><span class="swatch" style=format!("background:{}", line.colour)></span>{label}</h2>
-                        <span class="latest" data-testid="latest">{latest}</span>
-                    </header>
-                    <HistoryChart key lines=vec![line] window step_ms=step resolution=resolution(i) on_zoom/>
-                </section>
-            }
-        })
-        .collect_view();
-    view! { <div class="panels">{panels}</div> }.into_any()
 }
 
 /// The range buttons, the custom range form and the layout switch.
@@ -511,41 +599,165 @@ fn RangePicker(
     }
 }
 
-/// Appends live readings to their metric's line, dropping what has slid
-/// out of the live window, and adding a line for a new metric.
+/// How live readings join a loaded history.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Buckets {
+    /// Each reading is a point of its own, as in a raw history.
+    Points,
+    /// Readings fold into buckets of this many milliseconds, as the
+    /// history's were aggregated.
+    Step(i64),
+}
+
+impl Buckets {
+    /// How readings join `h`: as points where its first metric is raw (or,
+    /// with no metric yet, on a live range), else into its step.
+    fn of(h: &SeriesResponse, live: bool) -> Self {
+        let raw = h
+            .series
+            .first()
+            .map_or(live, |s| s.resolution == crate::model::Resolution::Raw);
+        if raw || h.step_ms <= 1 {
+            Self::Points
+        } else {
+            Self::Step(h.step_ms)
+        }
+    }
+}
+
+/// Adds live readings inside `[from, to]` to their metric's line, making
+/// a line with `make(metric, colour)` and adding it with `add` for a
+/// metric seen for the first time, and drops what has slid out before
+/// `from`. Returns the newest reading's time, if any joined.
 #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
-fn append_live(lines: Lines, readings: &[&Reading], range: Range, now: EpochMs) {
-    let horizon = range.window(now).0;
-    for r in readings {
-        // Lines from a history answer that has just been replaced may be
-        // disposed already; they simply match nothing.
-        let target = lines.with_untracked(|all| {
+fn join_live(
+    lines: Lines,
+    readings: &[&Reading],
+    (from, to): (EpochMs, EpochMs),
+    joining: Buckets,
+    make: impl Fn(&str, &'static str) -> Line,
+    add: impl Fn(Line),
+) -> Option<EpochMs> {
+    let mut newest = None;
+    for r in readings.iter().filter(|r| (from..=to).contains(&r.ts)) {
+        // The lines of an answer that has just been replaced are disposed;
+        // they take nothing more.
+        let Some(target) = lines.try_with_untracked(|all| {
             all.iter()
                 .find(|l| l.metric.try_with_value(|m| *m == r.metric).unwrap_or(false))
                 .copied()
-        });
-        let Some(target) = target else {
-            // A metric that appeared after the page loaded shows after the
-            // next reload; live ranges reload on reconnect.
-            continue;
+        }) else {
+            return newest;
         };
+        let target = target.unwrap_or_else(|| {
+            let count = lines.try_with_untracked(Vec::len).unwrap_or(0);
+            let line = make(&r.metric, COLOURS[count % COLOURS.len()]);
+            add(line);
+            line
+        });
         let _ = target.buckets.try_update(|buckets| {
-            let point = Bucket {
-                start: r.ts,
-                end: r.ts + 1,
-                first: r.ts,
-                last: r.ts,
-                count: 1,
-                min: r.value,
-                max: r.value,
-                avg: r.value,
-            };
-            // Devices may send their own, slightly out-of-order timestamps.
-            let at = buckets.partition_point(|b| b.start <= r.ts);
-            buckets.insert(at, point);
-            let stale = buckets.partition_point(|b| b.end <= horizon);
+            join(buckets, r, joining);
+            let stale = buckets.partition_point(|b| b.end <= from);
             let excess = buckets.len().saturating_sub(MAX_SERIES_POINTS);
             buckets.drain(..stale.max(excess));
         });
+        newest = newest.max(Some(r.ts));
+    }
+    newest
+}
+
+/// Adds one reading to a line's buckets, which stay in time order.
+fn join(buckets: &mut Vec<Bucket>, r: &Reading, joining: Buckets) {
+    let point = Bucket {
+        start: r.ts,
+        end: r.ts + 1,
+        first: r.ts,
+        last: r.ts,
+        count: 1,
+        min: r.value,
+        max: r.value,
+        avg: r.value,
+    };
+    let Buckets::Step(step) = joining else {
+        // Devices may send their own, slightly out-of-order timestamps.
+        let at = buckets.partition_point(|b| b.start <= r.ts);
+        buckets.insert(at, point);
+        return;
+    };
+    let at = buckets.partition_point(|b| b.end <= r.ts);
+    match buckets.get_mut(at).filter(|b| b.start <= r.ts) {
+        Some(b) => {
+            b.avg += (r.value - b.avg) / (b.count + 1) as f64;
+            b.count += 1;
+            b.min = b.min.min(r.value);
+            b.max = b.max.max(r.value);
+            b.first = b.first.min(r.ts);
+            b.last = b.last.max(r.ts);
+        }
+        None => {
+            // A new bucket on the grid of its neighbours (the reload that
+            // follows has the time zone's exact boundaries).
+            let anchor = buckets.get(at.saturating_sub(1)).map_or(r.ts, |b| b.start);
+            let start = anchor + (r.ts - anchor).div_euclid(step) * step;
+            let end = buckets
+                .get(at)
+                .map_or(start + step, |next| (start + step).min(next.start));
+            buckets.insert(
+                at,
+                Bucket {
+                    start,
+                    end,
+                    ..point
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(ts: EpochMs, value: f64) -> Reading {
+        Reading {
+            device: "d".into(),
+            metric: "m".into(),
+            ts,
+            value,
+        }
+    }
+
+    #[test]
+    fn readings_fold_into_the_step_of_the_history() {
+        let mut buckets = Vec::new();
+        for (ts, v) in [(1_000, 1.0), (1_500, 3.0), (2_100, 5.0), (4_000, 7.0)] {
+            join(&mut buckets, &reading(ts, v), Buckets::Step(1_000));
+        }
+        let shape: Vec<_> = buckets
+            .iter()
+            .map(|b| (b.start, b.end, b.count, b.avg))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (1_000, 2_000, 2, 2.0),
+                (2_000, 3_000, 1, 5.0),
+                (4_000, 5_000, 1, 7.0)
+            ]
+        );
+        // A late reading lands in its own bucket, between the others.
+        join(&mut buckets, &reading(3_200, 9.0), Buckets::Step(1_000));
+        assert_eq!(buckets[2].start, 3_000);
+        assert_eq!(buckets[2].max, 9.0);
+    }
+
+    #[test]
+    fn raw_readings_stay_points_in_time_order() {
+        let mut buckets = Vec::new();
+        for ts in [5, 3, 9] {
+            join(&mut buckets, &reading(ts, 0.0), Buckets::Points);
+        }
+        let times: Vec<_> = buckets.iter().map(|b| b.start).collect();
+        assert_eq!(times, [3, 5, 9]);
     }
 }

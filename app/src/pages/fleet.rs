@@ -27,6 +27,10 @@ const ROW_PX: f64 = 172.0;
 const CARD_MIN_PX: f64 = 260.0;
 const GAP_PX: f64 = 12.0;
 
+/// The most metrics a card shows; the rest are counted ("+2 more"), since
+/// a card has one row for them.
+const CARD_METRICS: usize = 3;
+
 /// Cards rendered before the page has measured itself (and by the server):
 /// enough to fill a large screen.
 const FIRST_CARDS: usize = 48;
@@ -148,6 +152,7 @@ fn FleetView(
             LiveEvent::Message(ServerMsg::Stats {
                 counters: c,
                 rejected,
+                ..
             }) => {
                 counters.set(c);
                 apply_rejected(cards, &rejected);
@@ -488,18 +493,28 @@ fn DeviceCard(card: Card, now: RwSignal<i64>) -> impl IntoView {
                 </span>
                 <span class="metrics">
                     {move || {
-                        summary
-                            .with(|s| s.latest.clone())
+                        let latest = summary.with(|s| s.latest.clone());
+                        let more = latest.len().saturating_sub(CARD_METRICS);
+                        let shown = latest
                             .into_iter()
+                            .take(CARD_METRICS)
                             .map(|l| {
+                                let value = format::value(l.value);
+                                let title = value.clone();
                                 view! {
                                     <span class="metric" data-metric=l.metric.clone()>
-                                        <span class="metric-name">{l.metric.clone()}</span>
-                                        <span class="metric-value">{format::value(l.value)}</span>
+                                        <span class="metric-name" title=l.metric.clone()>{l.metric.clone()}</span>
+                                        <span class="metric-value" title=title>{value}</span>
                                     </span>
                                 }
                             })
-                            .collect_view()
+                            .collect_view();
+                        view! {
+                            {shown}
+                            {(more > 0).then(|| view! {
+                                <span class="metric-more" data-testid="more-metrics">{format!("+{more} more")}</span>
+                            })}
+                        }
                     }}
                 </span>
                 {move || summary.with(|s| s.sparkline.clone()).map(|spark| {

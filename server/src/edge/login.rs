@@ -149,19 +149,24 @@ where
     let admitted = if connect.client_id.is_empty() && !connect.clean {
         // MQTT 3.1.1 [MQTT-3.1.3-8]: an empty client id needs a clean
         // session, since there is nothing to resume a session by.
-        Err((ConnectCode::BadClientId, None))
+        Err((
+            ConnectCode::BadClientId,
+            None,
+            "an empty client id needs a clean session",
+        ))
     } else {
         admit(edge, &connect).await
     };
     drop(logging_in);
     let device = match admitted {
         Ok(device) => device,
-        Err((code, device)) => {
+        Err((code, device, why)) => {
             let kind = match code {
                 ConnectCode::ServerUnavailable => &counters.over_capacity,
                 _ => &counters.logins_refused,
             };
-            edge.metrics.refuse(kind, device.as_deref());
+            edge.metrics
+                .refuse_login(kind, device.as_deref(), why, crate::clock::now_ms());
             log_refusal(&peer, &connect, code);
             let mut out = BytesMut::new();
             let refusal = Outbound::ConnAck {
@@ -183,26 +188,37 @@ where
     })
 }
 
-/// Decides who a CONNECT is, or which CONNACK code refuses it (and the
-/// device to charge the refusal to, when one is named). `None` is an
+/// A refused CONNECT: the CONNACK code, the device to charge it to, and
+/// why, in words for the device's page.
+type Refused = (ConnectCode, Option<String>, &'static str);
+
+/// The reasons a device's page is most likely to show.
+const BAD_SECRET: &str = "wrong or missing secret";
+const DISABLED: &str = "disabled by an operator";
+const NO_SECRET_YET: &str = "it has no secret, and open registration is off";
+
+/// Decides who a CONNECT is, or which CONNACK code refuses it, the device
+/// to charge the refusal to (when one is named) and why, in words for the
+/// device's page. `None` is an
 /// anonymous client under open registration: it becomes the device its
 /// first publish names, as long as nobody has claimed that name.
-async fn admit(
-    edge: &Edge,
-    connect: &ConnectInfo,
-) -> Result<Option<String>, (ConnectCode, Option<String>)> {
+async fn admit(edge: &Edge, connect: &ConnectInfo) -> Result<Option<String>, Refused> {
     let open = edge.settings.open_registration;
     let user = connect.user.as_str();
     let password = connect.password.as_deref();
     let unavailable = |e: crate::store::StoreError| {
         tracing::error!("cannot check a device login: {e}");
-        (ConnectCode::ServerUnavailable, None)
+        (
+            ConnectCode::ServerUnavailable,
+            None,
+            "the database was unavailable",
+        )
     };
     let named = |name: &str| valid_name(name).then(|| name.to_owned());
     let device = if user.is_empty() {
         // No credentials at all: only open registration admits these.
         if !open {
-            return Err((ConnectCode::NotAuthorized, None));
+            return Err((ConnectCode::NotAuthorized, None, "no credentials"));
         }
         return admit_capacity(edge, None);
     } else {
@@ -214,19 +230,21 @@ async fn admit(
         {
             Login::Device(id) => id,
             Login::Unsecured(id) if open => id,
-            Login::Unsecured(id) => return Err((ConnectCode::NotAuthorized, Some(id))),
-            Login::Disabled => return Err((ConnectCode::NotAuthorized, named(user))),
-            Login::BadSecret => return Err((ConnectCode::BadCredentials, named(user))),
+            Login::Unsecured(id) => {
+                return Err((ConnectCode::NotAuthorized, Some(id), NO_SECRET_YET))
+            }
+            Login::Disabled => return Err((ConnectCode::NotAuthorized, named(user), DISABLED)),
+            Login::BadSecret => return Err((ConnectCode::BadCredentials, named(user), BAD_SECRET)),
             // Open registration hands out only names nobody has claimed: a
             // user name that is a secured device's id (sent without its
             // secret, so it was looked up as a token) is refused.
             Login::Unknown if open && valid_name(user) => {
                 if edge.store.is_secured(user).await.map_err(unavailable)? {
-                    return Err((ConnectCode::BadCredentials, named(user)));
+                    return Err((ConnectCode::BadCredentials, named(user), BAD_SECRET));
                 }
                 user.to_owned()
             }
-            Login::Unknown => return Err((ConnectCode::BadCredentials, None)),
+            Login::Unknown => return Err((ConnectCode::BadCredentials, None, "unknown device")),
         }
     };
     // A Last Will is a publish made on the device's behalf later, so it
@@ -234,24 +252,29 @@ async fn admit(
     if let Some(will) = &connect.will {
         if acl::publish(&device, &will.topic).is_none() {
             Metrics::add(&edge.metrics.edge.denied, 1);
-            return Err((ConnectCode::NotAuthorized, Some(device)));
+            return Err((
+                ConnectCode::NotAuthorized,
+                Some(device),
+                "its Last Will names a topic outside its own",
+            ));
         }
     }
     admit_capacity(edge, Some(device))
 }
 
 /// Admits a client if the connection limit allows.
-fn admit_capacity(
-    edge: &Edge,
-    device: Option<String>,
-) -> Result<Option<String>, (ConnectCode, Option<String>)> {
+fn admit_capacity(edge: &Edge, device: Option<String>) -> Result<Option<String>, Refused> {
     let sessions = edge
         .metrics
         .edge
         .sessions
         .load(std::sync::atomic::Ordering::Relaxed);
     if sessions >= edge.settings.max_connections as u64 {
-        return Err((ConnectCode::ServerUnavailable, device));
+        return Err((
+            ConnectCode::ServerUnavailable,
+            device,
+            "the server was at its connection limit",
+        ));
     }
     Ok(device)
 }

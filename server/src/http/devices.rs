@@ -52,7 +52,7 @@ pub(super) fn credentials(d: NewDevice) -> DeviceCredentials {
     request_body = AddDevice,
     responses((status = 201, description = "Created; the secret is shown only here", body = DeviceCredentials),
         (status = 400, description = "Invalid id or body", body = openapi::ErrorBody),
-        (status = 409, description = "The device already has a secret", body = openapi::ErrorBody),
+        (status = 409, description = "A device with this id already exists", body = openapi::ErrorBody),
         openapi::Refused))]
 pub(super) async fn add_device(
     State(state): State<AppState>,

@@ -76,12 +76,14 @@ impl PageData {
             .map(|(mut summary, series)| {
                 summary.rejected = self.metrics.rejected_everywhere(&summary.id);
                 summary.presence = self.presence.get(&summary.id);
+                let refused = self.metrics.refusal(&summary.id);
                 DeviceDetail {
                     summary,
                     series,
                     from,
                     counters: self.metrics.everywhere(),
                     generated_at: now,
+                    refused,
                 }
             }))
     }

@@ -247,9 +247,17 @@ async fn viewer(socket: WebSocket, live: Live, caller: Caller, _place: Place) {
                     Subscription::Devices(d) => Some(d.iter().cloned().collect::<Vec<_>>()),
                     _ => None,
                 };
+                // Refusals are the device page's, so only listed devices
+                // get them.
+                let refused = devices
+                    .iter()
+                    .flatten()
+                    .filter_map(|d| Some((d.clone(), live.metrics.refusal(d)?)))
+                    .collect();
                 frames.push(encode(&ServerMsg::Stats {
                     counters: live.metrics.everywhere(),
                     rejected: live.metrics.rejected_among_everywhere(devices.as_deref()),
+                    refused,
                 }));
             }
         };

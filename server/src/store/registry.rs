@@ -44,7 +44,7 @@ impl std::fmt::Debug for NewDevice {
 pub enum RegistryError {
     #[error("invalid device id {0:?}: use 1-64 characters from A-Z a-z 0-9 _ - . :")]
     InvalidId(String),
-    #[error("device {0} already has a secret")]
+    #[error("device {0} already exists")]
     Exists(String),
     #[error("no device {0}")]
     NotFound(String),
@@ -82,9 +82,9 @@ pub fn hash_secret(secret: &str) -> String {
         .collect()
 }
 
-/// Creates device `id` with a new secret, or gives a secret to a device
-/// that registered itself without one. A device that already has a secret
-/// keeps it: use [`rotate`] to replace it.
+/// Creates device `id` with a new secret. An id that exists already, with
+/// a secret or without, is refused: [`rotate`] gives an existing device a
+/// (new) secret.
 pub async fn add(
     db: &DatabaseConnection,
     id: &str,
@@ -95,25 +95,30 @@ pub async fn add(
     }
     let secret = Alphanumeric.sample_string(&mut rand::rng(), SECRET_LEN);
     let hash = hash_secret(&secret);
-    match find(db, id).await? {
-        Some(d) if d.secret_hash.is_some() => return Err(RegistryError::Exists(id.to_owned())),
-        Some(d) => {
-            let mut d = d.into_active_model();
-            d.secret_hash = Set(Some(hash));
-            d.update(db).await?;
+    // An existing device is never claimed by adding it again: one that
+    // registered itself openly would be refused at its next login, for
+    // good, by an operator who only meant to add a new one. Giving it a
+    // secret is a rotation, asked for by name.
+    if find(db, id).await?.is_some() {
+        return Err(RegistryError::Exists(id.to_owned()));
+    }
+    let inserted = device::ActiveModel {
+        id: NotSet,
+        name: Set(id.to_owned()),
+        first_seen: Set(now_ms),
+        secret_hash: Set(Some(hash)),
+        disabled: Set(false),
+        label: NotSet,
+    }
+    .insert(db)
+    .await;
+    if let Err(e) = inserted {
+        // Two adds of one name at once: the unique index refused the
+        // second.
+        if find(db, id).await?.is_some() {
+            return Err(RegistryError::Exists(id.to_owned()));
         }
-        None => {
-            device::ActiveModel {
-                id: NotSet,
-                name: Set(id.to_owned()),
-                first_seen: Set(now_ms),
-                secret_hash: Set(Some(hash)),
-                disabled: Set(false),
-                label: NotSet,
-            }
-            .insert(db)
-            .await?;
-        }
+        return Err(e.into());
     }
     Ok(NewDevice {
         id: id.to_owned(),
