@@ -96,6 +96,26 @@ mod backend {
         fn set_role(&self, name: String, role: Role) -> BoxFuture<'_, Result<(), BackendError>>;
         /// Removes an account from the admin page.
         fn remove_account(&self, name: String) -> BoxFuture<'_, Result<(), BackendError>>;
+        /// Enables or disables a device; disabling ends its sessions.
+        fn set_enabled(&self, id: String, enabled: bool)
+            -> BoxFuture<'_, Result<(), BackendError>>;
+        /// Labels a device; `None` removes the label.
+        fn set_label(
+            &self,
+            id: String,
+            label: Option<String>,
+        ) -> BoxFuture<'_, Result<(), BackendError>>;
+        /// Gives a device a new secret and returns it, once.
+        fn rotate_secret(
+            &self,
+            id: String,
+        ) -> BoxFuture<'_, Result<DeviceCredentials, BackendError>>;
+        /// Deletes a device, with its readings or keeping them.
+        fn delete_device(
+            &self,
+            id: String,
+            keep_data: bool,
+        ) -> BoxFuture<'_, Result<(), BackendError>>;
     }
 
     pub use super::HistoryWindow;
@@ -192,6 +212,45 @@ pub async fn get_history(
 pub async fn add_device(id: String) -> Result<DeviceCredentials, ServerFnError> {
     backend()?
         .add_device(id.trim().to_owned())
+        .await
+        .map_err(failed)
+}
+
+/// Enables or disables a device from its page (operators).
+#[server(prefix = "/_app", endpoint = "set_enabled")]
+pub async fn set_enabled(id: String, enabled: bool) -> Result<(), ServerFnError> {
+    backend()?.set_enabled(id, enabled).await.map_err(failed)
+}
+
+/// Labels a device from its page (operators); blank removes the label.
+#[server(prefix = "/_app", endpoint = "set_label")]
+pub async fn set_label(id: String, label: String) -> Result<(), ServerFnError> {
+    let label =
+        crate::model::clean_label(&label).map_err(|why| failed(BackendError::Invalid(why)))?;
+    backend()?.set_label(id, label).await.map_err(failed)
+}
+
+/// Gives a device a new secret from its page (operators), shown once.
+#[server(prefix = "/_app", endpoint = "rotate_secret")]
+pub async fn rotate_secret(id: String) -> Result<DeviceCredentials, ServerFnError> {
+    backend()?.rotate_secret(id).await.map_err(failed)
+}
+
+/// Deletes a device from its page (operators). `confirm` must repeat the
+/// id, as the operator typed it, so that a stray click deletes nothing.
+#[server(prefix = "/_app", endpoint = "delete_device")]
+pub async fn delete_device(
+    id: String,
+    confirm: String,
+    keep_data: bool,
+) -> Result<(), ServerFnError> {
+    if confirm.trim() != id {
+        return Err(failed(BackendError::Invalid(
+            "type the device id exactly to confirm".into(),
+        )));
+    }
+    backend()?
+        .delete_device(id, keep_data)
         .await
         .map_err(failed)
 }

@@ -46,8 +46,20 @@ pub fn last_seen(summary: &DeviceSummary, now: EpochMs) -> EpochMs {
     }
 }
 
+/// Whether nothing has been heard of the device: no reading stored and
+/// no connection since the server started.
+pub fn never_heard(summary: &DeviceSummary) -> bool {
+    summary.presence.is_none() && summary.latest.is_empty()
+}
+
 /// "online" or "offline", with the reason the last connection ended.
 pub fn status(summary: &DeviceSummary) -> String {
+    if summary.disabled {
+        return "disabled".into();
+    }
+    if never_heard(summary) {
+        return "never connected — waiting for its first message".into();
+    }
     match &summary.presence {
         Some(p) if p.online => "online".into(),
         Some(Presence {

@@ -70,6 +70,13 @@ pub struct DeviceSummary {
     /// It may contain anything printable, so it is always shown as text.
     #[serde(default)]
     pub label: Option<String>,
+    /// An operator disabled the device: the broker refuses it.
+    #[serde(default)]
+    pub disabled: bool,
+    /// The device logs in with a secret (made by an operator), rather
+    /// than having registered itself.
+    #[serde(default)]
+    pub secured: bool,
 }
 
 /// How long a fleet card's sparkline reaches back.
@@ -280,6 +287,13 @@ pub struct DeviceCredentials {
     /// Log in with user name = id and password = secret, or with the
     /// secret alone as the user name (ThingsBoard's access token).
     pub secret: String,
+    /// Where devices reach this server's broker: its MQTT port, and
+    /// whether that port speaks TLS. The host is the one the dashboard is
+    /// served from.
+    #[serde(default)]
+    pub mqtt_port: Option<u16>,
+    #[serde(default)]
+    pub mqtt_tls: bool,
 }
 
 /// A message from the browser to the live WebSocket.
@@ -358,6 +372,23 @@ pub fn clean_label(text: &str) -> Result<Option<String>, String> {
 pub fn is_disguising(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// The longest device id or metric name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Whether `name` may be a device id or a metric name: 1 to
+/// [`MAX_NAME_LEN`] characters from `A-Z a-z 0-9 _ - . :`, the one alphabet
+/// that is safe in MQTT topics, URLs, file names, Prometheus labels and
+/// HTML alike. Names made only of dots are refused because browsers
+/// collapse `.` and `..` in URLs.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.bytes().all(|b| b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
 #[cfg(test)]

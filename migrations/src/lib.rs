@@ -9,6 +9,7 @@ mod m20261129_000003_rollups;
 mod m20261129_000004_commands;
 mod m20261129_000005_accounts;
 mod m20261206_000006_reading_cascade;
+mod m20261207_000007_device_removed;
 
 /// Applies every migration in order.
 #[derive(Debug)]
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000004_commands::Migration),
             Box::new(m20261129_000005_accounts::Migration),
             Box::new(m20261206_000006_reading_cascade::Migration),
+            Box::new(m20261207_000007_device_removed::Migration),
         ]
     }
 }

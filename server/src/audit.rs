@@ -25,6 +25,8 @@ pub mod action {
     pub const DEVICE_ENABLE: &str = "device_enable";
     pub const DEVICE_DISABLE: &str = "device_disable";
     pub const DEVICE_LABEL: &str = "device_label";
+    pub const DEVICE_ROTATE: &str = "device_rotate";
+    pub const DEVICE_DELETE: &str = "device_delete";
     pub const COMMAND_SEND: &str = "command_send";
 }
 

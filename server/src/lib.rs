@@ -445,12 +445,16 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         let sessions = sessions.clone();
         let commands = commands.clone();
         let auth = auth.clone();
+        let store = store.clone();
         background.push(tokio::spawn(async move {
             while let Some(event) = remote.recv().await {
                 match event {
-                    bus::Remote::Disabled { device } => {
+                    bus::Remote::Disabled { device, deleted } => {
+                        if deleted {
+                            store.forget_devices();
+                        }
                         let ended = sessions.disable(&device);
-                        tracing::info!(%device, sessions_ended = ended, "disabled on another instance");
+                        tracing::info!(%device, deleted, sessions_ended = ended, "disabled on another instance");
                     }
                     bus::Remote::Connected {
                         device,
@@ -475,6 +479,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
     let sessions_tasks = TaskTracker::new();
     let edge_stop = CancellationToken::new();
     let mqtt_addr = Listeners::addr(&listeners.mqtt);
+    let broker_port = mqtt_addr
+        .map(|a| (a.port(), false))
+        .or_else(|| Listeners::addr(&listeners.mqtts).map(|a| (a.port(), true)));
     let mut edge_listeners = Vec::new();
     for (listener, acceptor, what) in [
         (listeners.mqtt, None, "MQTT"),
@@ -514,6 +521,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         metrics: metrics.clone(),
         presence: presence.clone(),
         sessions,
+        broker: broker_port,
         bus,
         commands: commands.clone(),
         retain_raw_ms: config.retain_raw.as_millis(),

@@ -2,21 +2,11 @@
 //! MQTT topics, URLs, file names, Prometheus labels and HTML alike.
 //!
 //! A leaf: it imports nothing of the crate, and every layer may use it.
+//! The rule itself is `app::model::valid_name`, shared with the dashboard.
 
-/// The longest device id or metric name.
-pub const MAX_NAME_LEN: usize = 64;
-
-/// Whether `name` may be a device id or a metric name: 1 to
-/// [`MAX_NAME_LEN`] characters from `A-Z a-z 0-9 _ - . :`. Names made only
-/// of dots are refused because browsers collapse `.` and `..` in URLs.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && !name.bytes().all(|b| b == b'.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
-}
+// The rule lives with the shared types, so the dashboard checks a device
+// id in its URL exactly as the server does.
+pub use app::model::{valid_name, MAX_NAME_LEN};
 
 #[cfg(test)]
 mod tests {

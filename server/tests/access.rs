@@ -69,6 +69,20 @@ const ROUTES: &[Row] = &[
         [401, 200, 200, 200],
     ),
     (
+        "DELETE",
+        "/api/devices/{id}",
+        "/api/devices/Unknown99",
+        None,
+        [401, 403, 404, 404],
+    ),
+    (
+        "POST",
+        "/api/devices/{id}/secret",
+        "/api/devices/Unknown99/secret",
+        None,
+        [401, 403, 404, 404],
+    ),
+    (
         "PUT",
         "/api/devices/{id}/enabled",
         "/api/devices/Known01/enabled",
@@ -244,6 +258,34 @@ const ROUTES: &[Row] = &[
         "/_app/add_device",
         "/_app/add_device",
         Some("id=bad%20id"),
+        [401, 403, 400, 400],
+    ),
+    (
+        "POST",
+        "/_app/set_enabled",
+        "/_app/set_enabled",
+        Some("id=Unknown99&enabled=false"),
+        [401, 403, 400, 400],
+    ),
+    (
+        "POST",
+        "/_app/set_label",
+        "/_app/set_label",
+        Some("id=Known01&label=bad%07label"),
+        [401, 403, 400, 400],
+    ),
+    (
+        "POST",
+        "/_app/rotate_secret",
+        "/_app/rotate_secret",
+        Some("id=Unknown99"),
+        [401, 403, 400, 400],
+    ),
+    (
+        "POST",
+        "/_app/delete_device",
+        "/_app/delete_device",
+        Some("id=Known01&confirm=nope&keep_data=true"),
         [401, 403, 400, 400],
     ),
     (
@@ -700,13 +742,13 @@ async fn failed_sign_ins_are_throttled_per_account_and_per_address(db: TestDb) {
     for _ in 0..5 {
         assert_eq!(
             sign_in(&server, "operator", "not the password").await,
-            Err("/login?error=invalid&next=/".to_owned())
+            Err("/login?error=invalid&name=operator&next=/".to_owned())
         );
     }
     // Now even the right password is refused unchecked.
     assert_eq!(
         sign_in(&server, "operator", PASSWORD).await,
-        Err("/login?error=throttled&next=/".to_owned())
+        Err("/login?error=throttled&name=operator&next=/".to_owned())
     );
     // Other accounts are unaffected...
     assert!(sign_in(&server, "viewer", PASSWORD).await.is_ok());
@@ -716,13 +758,13 @@ async fn failed_sign_ins_are_throttled_per_account_and_per_address(db: TestDb) {
     }
     assert_eq!(
         sign_in(&server, "viewer", PASSWORD).await,
-        Err("/login?error=throttled&next=/".to_owned())
+        Err("/login?error=throttled&name=viewer&next=/".to_owned())
     );
     // With no trusted proxy configured, a client cannot step around the
     // limit by naming another address.
     assert_eq!(
         sign_in_forwarded(&server, Some("203.0.113.9"), "viewer", PASSWORD).await,
-        Err("/login?error=throttled&next=/".to_owned())
+        Err("/login?error=throttled&name=viewer&next=/".to_owned())
     );
     let metrics = server.metrics().await;
     let read = |name| server::metrics::read_value(&metrics, name);
@@ -759,7 +801,7 @@ async fn behind_a_trusted_proxy_each_browser_has_its_own_sign_in_limit(db: TestD
         )
         .await;
     }
-    let throttled = Err("/login?error=throttled&next=/".to_owned());
+    let throttled = Err("/login?error=throttled&name=viewer&next=/".to_owned());
     assert_eq!(
         sign_in_forwarded(&server, Some("203.0.113.5"), "viewer", PASSWORD).await,
         throttled

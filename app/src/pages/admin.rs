@@ -66,12 +66,7 @@ pub fn AdminPage() -> impl IntoView {
                                                 </td>
                                                 <td>{format_time(a.created_at)}</td>
                                                 <td>{format_time(a.password_changed_at)}</td>
-                                                <td>
-                                                    <ActionForm action=remove attr:class="inline-form">
-                                                        <input type="hidden" name="name" value=for_removal/>
-                                                        <button type="submit" class="link danger">"Remove"</button>
-                                                    </ActionForm>
-                                                </td>
+                                                <td><RemoveButton name=for_removal remove/></td>
                                             </tr>
                                         }
                                     }).collect_view()}
@@ -130,5 +125,30 @@ fn RoleSelect(selected: Role) -> impl IntoView {
                 <option value=r.label() selected=r == selected>{r.label()}</option>
             }).collect_view()}
         </select>
+    }
+}
+
+/// "Remove…", then the question and the button that removes: removing an
+/// account signs it out everywhere and cannot be undone, so one stray
+/// click must not do it.
+#[component]
+fn RemoveButton(name: String, remove: ServerAction<RemoveAccount>) -> impl IntoView {
+    let asking = RwSignal::new(false);
+    let question = StoredValue::new(format!("Remove {name} and sign it out everywhere?"));
+    let name = StoredValue::new(name);
+    view! {
+        <Show
+            when=move || asking.get()
+            fallback=move || view! {
+                <button type="button" class="link danger" on:click=move |_| asking.set(true)>"Remove…"</button>
+            }
+        >
+            <ActionForm action=remove attr:class="inline-form">
+                <input type="hidden" name="name" value=name.get_value()/>
+                <span role="alert">{question.get_value()}</span>
+                <button type="submit" class="link danger">"Yes, remove"</button>
+                <button type="button" class="link" on:click=move |_| asking.set(false)>"Cancel"</button>
+            </ActionForm>
+        </Show>
     }
 }

@@ -96,6 +96,14 @@ pub fn CommandPanel(
             });
         }
     };
+    // The example that fits the command being typed: none for `ping`.
+    let placeholder = move || {
+        name.with(|n| match SUGGESTED.iter().find(|(s, _)| *s == n.trim()) {
+            Some((_, "")) => "no params".to_owned(),
+            Some((_, example)) => (*example).to_owned(),
+            None => "{\"key\": \"value\"}".to_owned(),
+        })
+    };
     let suggestions = SUGGESTED
         .iter()
         .map(|(n, _)| view! { <option value=*n></option> })
@@ -123,7 +131,7 @@ pub fn CommandPanel(
                 </label>
                 <label class="field wide">
                     "Params (JSON)"
-                    <textarea rows="2" spellcheck="false" placeholder="{\"ms\": 250}" data-testid="command-params"
+                    <textarea rows="2" spellcheck="false" placeholder=placeholder data-testid="command-params"
                         prop:value=move || params.get()
                         on:input=move |ev| params.set(event_target_value(&ev))></textarea>
                 </label>

@@ -96,12 +96,25 @@ pub fn DevicePage() -> impl IntoView {
         <Title text=move || format!("{} · Sightline", id.get())/>
         <Transition fallback=|| view! { <p class="loading">"Loading device…"</p> }>
             {move || Suspend::new(async move {
+                let wanted = id.get_untracked();
+                if !crate::model::valid_name(&wanted) {
+                    super::set_status(400);
+                    return view! {
+                        <p class="empty" data-testid="invalid-device">
+                            "“" {wanted} "” is not a device id: an id is 1 to 64 characters from A–Z a–z 0–9 _ - . and :. "
+                            <a href="/">"Back to the fleet"</a>
+                        </p>
+                    }
+                        .into_any();
+                }
                 match detail.await {
                     Ok(Some(d)) => view! { <DeviceView detail=d history range combined reload link skipped/> }.into_any(),
                     Ok(None) => {
+                        super::set_status(404);
                         view! {
                             <p class="empty" data-testid="unknown-device">
-                                "This device has not reported yet. "
+                                "There is no device " <strong>{wanted}</strong>
+                                ". It was never added and has never published, or it was deleted. "
                                 <a href="/">"Back to the fleet"</a>
                             </p>
                         }
@@ -160,7 +173,7 @@ fn DeviceView(
     // with the owner that disposes them when the next answer replaces
     // them. Each answer has its own, so the charts of an answer being
     // replaced never see the next one's lines.
-    let current = StoredValue::new_local(None::<(Lines, Option<Owner>)>);
+    let current = StoredValue::new(None::<(Lines, Option<Owner>)>);
     let commands = RwSignal::new(Vec::<Command>::new());
     // The window of the history on screen, for the custom range form.
     let shown = RwSignal::new((0, 0));
@@ -294,7 +307,7 @@ fn DeviceView(
                 <bdi class="device-label" data-testid="device-label">{label}</bdi>
             })}
             <span class=move || if online() { "dot on" } else { "dot off" }></span>
-            <LiveBadge state=link skipped/>
+            <LiveBadge state=link skipped fixed=Signal::derive(move || matches!(range.get(), Range::Custom { .. }))/>
         </section>
         <p class="device-meta">
             <span data-testid="presence">{move || summary.with(format::status)}</span>
@@ -303,10 +316,10 @@ fn DeviceView(
                 <span data-testid="connected-since">{move || format::ago(t, now.get())}</span>
             })}
             " · last seen "
-            <span data-testid="last-seen">{move || format::ago(summary.with(|s| format::last_seen(s, now.get())), now.get())}</span>
+            <span data-testid="last-seen">{move || super::fleet::last_seen(summary, now)}</span>
             " · "
             <span data-testid="device-rejected">{move || summary.with(|s| s.rejected)}</span>
-            " rejected"
+            " rejected since restart"
         </p>
         {move || {
             // A refusal matters until the device logs in again after it.
@@ -356,6 +369,7 @@ fn DeviceView(
         </div>
         <super::WhenRole least=crate::model::Role::Operator>
             <CommandPanel device=id.clone() commands now/>
+            <super::manage::ManagePanel id=id.clone() summary/>
         </super::WhenRole>
         <CountersBar counters/>
     }
@@ -528,6 +542,7 @@ fn RangePicker(
     shown: RwSignal<(EpochMs, EpochMs)>,
 ) -> impl IntoView {
     let custom_open = RwSignal::new(false);
+    let custom_error = RwSignal::new(None::<&'static str>);
     let from_input = NodeRef::<leptos::html::Input>::new();
     let to_input = NodeRef::<leptos::html::Input>::new();
     let buttons = PRESETS
@@ -537,6 +552,7 @@ fn RangePicker(
             view! {
                 <button type="button" class="range" class:live=live aria-pressed=move || selected().to_string()
                     data-testid=format!("range-{name}")
+                    title=live.then_some("Follows live readings (the dot)")
                     on:click=move |_| { custom_open.set(false); go.run((Range::Preset(name), combined.get_untracked())); }>
                     {name}
                 </button>
@@ -552,11 +568,14 @@ fn RangePicker(
                 let t = js_sys::Date::new(&value.into()).get_time();
                 t.is_finite().then_some(t as i64)
             };
-            if let (Some(from), Some(to)) = (parse(from_input), parse(to_input)) {
-                if from < to {
+            match (parse(from_input), parse(to_input)) {
+                (Some(from), Some(to)) if from < to => {
+                    custom_error.set(None);
                     custom_open.set(false);
                     go.run((Range::Custom { from, to }, combined.get_untracked()));
                 }
+                (Some(_), Some(_)) => custom_error.set(Some("“From” must be before “To”.")),
+                _ => custom_error.set(Some("Enter both a start and an end.")),
             }
         }
     };
@@ -578,6 +597,7 @@ fn RangePicker(
     view! {
         <nav class="range-picker" aria-label="Time range">
             <div class="range-group" role="group">{buttons}
+                <span class="range-legend" aria-hidden="true"><span class="live-dot"></span>" live"</span>
                 <button type="button" class="range" data-testid="range-custom"
                     aria-pressed=move || matches!(range.get(), Range::Custom { .. }).to_string()
                     on:click=move |_| custom_open.update(|o| *o = !*o)>"Custom"</button>
@@ -594,6 +614,7 @@ fn RangePicker(
                 <label>"From" <input type="datetime-local" node_ref=from_input required prop:value=move || local(shown.get_untracked().0)/></label>
                 <label>"To" <input type="datetime-local" node_ref=to_input required prop:value=move || local(shown.get_untracked().1)/></label>
                 <button type="submit" data-testid="custom-apply">"Show"</button>
+                <p class="error field-error" role="alert" data-testid="custom-error">{move || custom_error.get()}</p>
             </form>
         </Show>
     }

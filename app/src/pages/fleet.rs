@@ -19,7 +19,7 @@ use crate::model::{Counters, DeviceSummary, EpochMs, Fleet, Sparkline, SPARKLINE
 
 /// The height of a card plus the gap below it, in CSS pixels; the
 /// stylesheet gives cards exactly this (`.card` and `.cards`).
-const ROW_PX: f64 = 172.0;
+const ROW_PX: f64 = 192.0;
 
 /// The narrowest card and the gap between cards, as in the stylesheet's
 /// `grid-template-columns: repeat(auto-fill, minmax(260px, 1fr))`.
@@ -91,16 +91,7 @@ fn AddDeviceForm(added: Callback<()>) -> impl IntoView {
                 <button type="submit" data-testid="add-device">"Create"</button>
             </ActionForm>
             {move || match result.get() {
-                Some(Ok(c)) => view! {
-                    <div class="notice" role="status" data-testid="new-device">
-                        <p>"Device " <strong>{c.id.clone()}</strong> " created. Copy its secret now; it is not shown again:"</p>
-                        <code class="secret" data-testid="new-secret">{c.secret.clone()}</code>
-                        <p class="hint">
-                            "Connect with user name " <code>{c.id.clone()}</code>
-                            " and the secret as password, or with the secret alone as user name (ThingsBoard style)."
-                        </p>
-                    </div>
-                }.into_any(),
+                Some(Ok(c)) => view! { <super::manage::SecretPanel credentials=c what="created"/> }.into_any(),
                 Some(Err(e)) => {
                     let message = super::error_message(e);
                     view! { <p class="error" role="alert" data-testid="add-error">{message}</p> }.into_any()
@@ -227,7 +218,13 @@ fn FleetList(cards: RwSignal<Vec<Card>>, now: RwSignal<i64>) -> impl IntoView {
             .get()
             .into_iter()
             .filter(|c| {
-                needle.is_empty() || c.id.with_value(|id| id.to_lowercase().contains(&needle))
+                needle.is_empty()
+                    || c.id.with_value(|id| id.to_lowercase().contains(&needle))
+                    || c.summary.with(|s| {
+                        s.label
+                            .as_ref()
+                            .is_some_and(|l| l.to_lowercase().contains(&needle))
+                    })
             })
             .filter(|c| match status.as_str() {
                 "online" => c.summary.with(format::is_online),
@@ -334,7 +331,7 @@ fn FleetList(cards: RwSignal<Vec<Card>>, now: RwSignal<i64>) -> impl IntoView {
     };
     view! {
         <div class="fleet-controls">
-            <input type="search" class="search" placeholder="Search devices" aria-label="Search devices"
+            <input type="search" class="search" placeholder="Search ids and labels" aria-label="Search devices by id or label"
                 data-testid="search" prop:value=move || search.get()
                 on:input=move |ev| search.set(event_target_value(&ev))/>
             <select aria-label="Status" data-testid="status-filter" on:change=move |ev| status.set(event_target_value(&ev))>
@@ -408,6 +405,8 @@ fn apply_readings(cards: RwSignal<Vec<Card>>, readings: &[crate::model::Reading]
                         presence: None,
                         sparkline: None,
                         label: None,
+                        disabled: false,
+                        secured: false,
                     }),
                 };
                 cards.update(|c| {
@@ -470,6 +469,7 @@ pub fn CountersBar(counters: RwSignal<Counters>) -> impl IntoView {
             <div><dt>"dropped"</dt><dd data-testid="dropped">{move || counters.with(|c| c.dropped)}</dd></div>
             <div><dt>"refused at edge"</dt><dd data-testid="refused">{move || counters.with(|c| c.refused)}</dd></div>
         </dl>
+        <p class="counters-note" data-testid="counters-note">"Counted since the server (each server, in a cluster) last started."</p>
     }
 }
 
@@ -528,7 +528,7 @@ fn DeviceCard(card: Card, now: RwSignal<i64>) -> impl IntoView {
                 })}
                 <span class="card-foot">
                     "last seen "
-                    <span data-testid="last-seen">{move || format::ago(summary.with(|s| format::last_seen(s, now.get())), now.get())}</span>
+                    <span data-testid="last-seen">{move || last_seen(summary, now)}</span>
                     {move || {
                         let n = summary.with(|s| s.rejected);
                         (n > 0).then(|| view! { <span class="rejected">{format!(" · {n} rejected")}</span> })
@@ -537,6 +537,17 @@ fn DeviceCard(card: Card, now: RwSignal<i64>) -> impl IntoView {
             </a>
         </li>
     }
+}
+
+/// "5 s ago", or "never" for a device never heard of.
+pub(super) fn last_seen(summary: RwSignal<DeviceSummary>, now: RwSignal<i64>) -> String {
+    summary.with(|s| {
+        if format::never_heard(s) {
+            "never".to_owned()
+        } else {
+            format::ago(format::last_seen(s, now.get()), now.get())
+        }
+    })
 }
 
 /// Scales a sparkline's points over the hour before `now` into a 100 × 24

@@ -21,6 +21,9 @@ pub fn LoginPage() -> impl IntoView {
     let error = move || query.read().get("error").map(|code| explain(&code));
     let bye = move || query.read().get("bye").is_some();
     let next = move || query.read().get("next").unwrap_or_else(|| "/".to_owned());
+    // After a failed attempt the server sends the name back, so only the
+    // password is typed again.
+    let name = move || query.read().get("name").unwrap_or_default();
     view! {
         <Title text="Sign in · Sightline"/>
         <section class="panel login">
@@ -32,11 +35,13 @@ pub fn LoginPage() -> impl IntoView {
             <form method="post" action="/login" class="login-form">
                 <label>
                     "Name"
-                    <input name="name" autocomplete="username" required=true autofocus=true/>
+                    <input name="name" autocomplete="username" required=true maxlength="64" value=name
+                        data-testid="login-name" autofocus=move || name().is_empty()/>
                 </label>
                 <label>
                     "Password"
-                    <input name="password" type="password" autocomplete="current-password" required=true/>
+                    <input name="password" type="password" autocomplete="current-password" required=true
+                        data-testid="login-password" autofocus=move || !name().is_empty()/>
                 </label>
                 <input type="hidden" name="next" value=next/>
                 <button type="submit">"Sign in"</button>

@@ -5,6 +5,7 @@ pub mod commands;
 pub mod device;
 pub mod fleet;
 pub mod login;
+pub mod manage;
 
 use leptos::prelude::*;
 
@@ -69,6 +70,21 @@ pub fn AccountMenu() -> impl IntoView {
     })
 }
 
+/// Sets the HTTP status of the page being rendered on the server (pages
+/// render asynchronously, so the status is still unsent). A no-op in the
+/// browser.
+pub fn set_status(code: u16) {
+    #[cfg(feature = "ssr")]
+    if let (Some(response), Ok(code)) = (
+        use_context::<leptos_axum::ResponseOptions>(),
+        http::StatusCode::from_u16(code),
+    ) {
+        response.set_status(code);
+    }
+    #[cfg(not(feature = "ssr"))]
+    let _ = code;
+}
+
 /// A server function's error as a person should read it: the server's own
 /// message when it sent one.
 pub fn error_message(e: ServerFnError) -> String {
@@ -113,11 +129,22 @@ pub fn debounced_reload(reload: impl Fn() + Send + Sync + 'static) -> Callback<(
 }
 
 /// The live-connection badge and the "fell behind" notice shared by pages.
+/// With `fixed` true (a custom or zoomed range, which does not follow the
+/// clock) a working link says "connected · fixed range" rather than "live",
+/// which would promise a moving chart.
 #[component]
-pub fn LiveBadge(state: RwSignal<LinkState>, skipped: RwSignal<u64>) -> impl IntoView {
+pub fn LiveBadge(
+    state: RwSignal<LinkState>,
+    skipped: RwSignal<u64>,
+    #[prop(optional, into)] fixed: Option<Signal<bool>>,
+) -> impl IntoView {
+    let label = move || match state.get() {
+        LinkState::Live if fixed.is_some_and(|f| f.get()) => "connected · fixed range",
+        other => other.label(),
+    };
     view! {
         <span class=move || state.get().class() data-testid="link-state">
-            {move || state.get().label()}
+            {label}
         </span>
         <Show when=move || { skipped.get() > 0 }>
             <p class="notice" role="status" data-testid="lagged">

@@ -108,8 +108,13 @@ pub struct Asked {
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Remote {
-    /// The device was disabled: end every session it holds.
-    Disabled { device: String },
+    /// The device was disabled, or deleted: end every session it holds,
+    /// and after a deletion, let the writer look ids up again.
+    Disabled {
+        device: String,
+        #[serde(default)]
+        deleted: bool,
+    },
     /// The device logged in elsewhere under `client_id` at `at` (ms since
     /// the epoch): end a session here under the same client id that logged
     /// in before then. Instances' clocks are assumed to agree to well
@@ -145,7 +150,7 @@ impl Bus {
     /// Tells every other instance to act on `event`. Never blocks.
     pub fn tell(&self, event: &Remote) {
         let (kind, device) = match event {
-            Remote::Disabled { device } => ("disabled", device.as_str()),
+            Remote::Disabled { device, .. } => ("disabled", device.as_str()),
             Remote::Connected { device, .. } => ("connected", device.as_str()),
             Remote::CommandChanged { command } => ("cmdstate", command.device.as_str()),
             // Not about a device; one subject carries them all.

@@ -96,7 +96,8 @@ impl Machine {
         } else {
             let why = format!(
                 "{} is not connected and subscribed to its commands; \
-                 send it as persistent to wait for the device",
+                 send it again with \"Wait if the device is offline\" \
+                 (persistent) to wait for the device",
                 c.device
             );
             finish(&mut c, CommandState::Failed, now, why, &mut fx);

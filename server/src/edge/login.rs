@@ -234,6 +234,13 @@ async fn admit(edge: &Edge, connect: &ConnectInfo) -> Result<Option<String>, Ref
                 return Err((ConnectCode::NotAuthorized, Some(id), NO_SECRET_YET))
             }
             Login::Disabled => return Err((ConnectCode::NotAuthorized, named(user), DISABLED)),
+            Login::Removed => {
+                return Err((
+                    ConnectCode::NotAuthorized,
+                    named(user),
+                    "deleted by an operator",
+                ))
+            }
             Login::BadSecret => return Err((ConnectCode::BadCredentials, named(user), BAD_SECRET)),
             // Open registration hands out only names nobody has claimed: a
             // user name that is a secured device's id (sent without its

@@ -59,9 +59,13 @@ pub async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let next = safe_next(&form.next).to_owned();
+    // The name goes back into the form, so a mistyped password costs only
+    // the password. It is capped, as the form's own field is.
+    let name: String = form.name.trim().chars().take(64).collect();
     let back = |error: &str| {
         Redirect::to(&format!(
-            "/login?error={error}&next={}",
+            "/login?error={error}&name={}&next={}",
+            encode_component(&name),
             encode_component(&next)
         ))
         .into_response()

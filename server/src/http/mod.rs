@@ -65,6 +65,9 @@ pub struct AppState {
     pub presence: Arc<Tracker>,
     /// Live device sessions, so that disabling a device disconnects it.
     pub sessions: Arc<Sessions>,
+    /// The broker's port and whether it is TLS, as shown to operators who
+    /// connect a new device: plain MQTT if it listens, else MQTT over TLS.
+    pub broker: Option<(u16, bool)>,
     /// In cluster mode, so that disabling a device disconnects it on every
     /// instance.
     pub bus: Option<crate::bus::Bus>,
@@ -99,6 +102,18 @@ fn api_table() -> Table {
             devices::add_device,
         )
         .at(M::GET, "/api/devices/{id}", Least(Viewer), devices::device)
+        .at(
+            M::DELETE,
+            "/api/devices/{id}",
+            Least(Operator),
+            devices::delete_device,
+        )
+        .at(
+            M::POST,
+            "/api/devices/{id}/secret",
+            Least(Operator),
+            devices::rotate_secret,
+        )
         .at(
             M::PUT,
             "/api/devices/{id}/enabled",

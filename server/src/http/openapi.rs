@@ -84,6 +84,8 @@ impl Modify for Security {
         super::devices::device,
         super::devices::set_enabled,
         super::devices::set_label,
+        super::devices::rotate_secret,
+        super::devices::delete_device,
         super::export::export,
         super::history::series,
         super::commands::device_commands,

@@ -31,6 +31,8 @@ pub(super) struct PageData {
     retain_raw_ms: Option<i64>,
     audit: Audit,
     auth: Arc<Auth>,
+    manage: super::devices::Manage,
+    broker: Option<(u16, bool)>,
 }
 
 /// The account and address behind the page request being served, from
@@ -57,6 +59,8 @@ impl From<&AppState> for PageData {
             retain_raw_ms: state.retain_raw_ms,
             audit: state.audit.clone(),
             auth: state.auth.clone(),
+            manage: super::devices::Manage::from(state),
+            broker: state.broker,
         }
     }
 }
@@ -241,6 +245,54 @@ impl Backend for PageData {
         })
     }
 
+    fn set_enabled(&self, id: String, enabled: bool) -> BoxFuture<'_, Result<(), BackendError>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            self.manage
+                .set_enabled(&id, enabled, &actor, ip)
+                .await
+                .map_err(page_registry_error)
+        })
+    }
+
+    fn set_label(
+        &self,
+        id: String,
+        label: Option<String>,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            self.manage
+                .set_label(&id, label, &actor, ip)
+                .await
+                .map_err(page_registry_error)
+        })
+    }
+
+    fn rotate_secret(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, BackendError>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            self.manage
+                .rotate(&id, &actor, ip)
+                .await
+                .map_err(page_registry_error)
+        })
+    }
+
+    fn delete_device(
+        &self,
+        id: String,
+        keep_data: bool,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            self.manage
+                .delete(&id, keep_data, &actor, ip)
+                .await
+                .map_err(page_registry_error)
+        })
+    }
+
     fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, BackendError>> {
         let (actor, ip) = page_caller();
         Box::pin(async move {
@@ -249,12 +301,20 @@ impl Backend for PageData {
                     self.audit
                         .record(&actor, action::DEVICE_ADD, Some(&created.id), None, ip)
                         .await;
-                    Ok(credentials(created))
+                    Ok(credentials(created, self.broker))
                 }
                 Err(RegistryError::Store(e)) => Err(log_for_page(e)),
                 Err(e) => Err(BackendError::Invalid(e.to_string())),
             }
         })
+    }
+}
+
+/// A device operation's error as the device page shows it.
+fn page_registry_error(e: RegistryError) -> BackendError {
+    match e {
+        RegistryError::Store(e) => log_for_page(e),
+        e => BackendError::Invalid(e.to_string()),
     }
 }
 

@@ -97,9 +97,12 @@ pub fn server_fn_access(path: &str) -> Access {
         "/_app/fleet" | "/_app/device" | "/_app/history" | "/_app/commands" | "/_app/tokens" => {
             Access::Least(Role::Viewer)
         }
-        "/_app/add_device" | "/_app/send_command" | "/_app/set_label" => {
-            Access::Least(Role::Operator)
-        }
+        "/_app/add_device"
+        | "/_app/send_command"
+        | "/_app/set_label"
+        | "/_app/set_enabled"
+        | "/_app/rotate_secret"
+        | "/_app/delete_device" => Access::Least(Role::Operator),
         "/_app/accounts"
         | "/_app/audit"
         | "/_app/add_account"

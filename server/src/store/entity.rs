@@ -19,6 +19,9 @@ pub mod device {
         pub disabled: bool,
         /// A free-text name an operator gave the device.
         pub label: Option<String>,
+        /// When an operator deleted the device but kept its readings; it
+        /// is then gone from the fleet and the broker until added again.
+        pub removed_at: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

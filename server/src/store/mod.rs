@@ -15,6 +15,8 @@ mod url;
 pub mod writer;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use app::model::{DeviceSummary, LatestValue, MetricSeries, Sparkline, SPARKLINE_MS};
@@ -65,6 +67,9 @@ pub struct Store {
     /// wait behind a large transaction for a pool slot, and so only the
     /// writer pays for a large page cache.
     writer_db: DatabaseConnection,
+    /// Devices deleted since start, here or (in cluster mode) elsewhere;
+    /// the writer empties its id caches when it changes.
+    deletions: Arc<AtomicU64>,
 }
 
 /// Which of the two connection pools a connection is for; SQLite tuning
@@ -222,13 +227,17 @@ impl Store {
         let writer_db = connect(url, Pool::Writer, durability)
             .await
             .map_err(|source| StoreError::Open { url: shown, source })?;
-        Ok(Self { db, writer_db })
+        Ok(Self {
+            db,
+            writer_db,
+            deletions: Arc::default(),
+        })
     }
 
     /// The writer, on its own connection and with its own id caches. There
     /// must be only one at a time.
     pub fn writer(&self) -> writer::Writer {
-        writer::Writer::new(self.writer_db.clone())
+        writer::Writer::new(self.writer_db.clone(), self.deletions.clone())
     }
 
     /// Copies SQLite's write-ahead log back into the database every
@@ -265,6 +274,7 @@ impl Store {
     /// Rejection counts are left at zero for the caller to fill in.
     pub async fn devices(&self) -> Result<Vec<DeviceSummary>, StoreError> {
         let devices = device::Entity::find()
+            .filter(device::Column::RemovedAt.is_null())
             .order_by_asc(device::Column::Name)
             .all(&self.db)
             .await?;
@@ -345,7 +355,10 @@ impl Store {
         name: &str,
         from: i64,
     ) -> Result<Option<(DeviceSummary, Vec<MetricSeries>)>, StoreError> {
-        let Some(d) = registry::find(&self.db, name).await? else {
+        let Some(d) = registry::find(&self.db, name)
+            .await?
+            .filter(|d| d.removed_at.is_none())
+        else {
             return Ok(None);
         };
         let all_series = series::Entity::find()
@@ -458,6 +471,26 @@ impl Store {
         id: &str,
     ) -> Result<registry::NewDevice, registry::RegistryError> {
         registry::rotate(&self.db, id).await
+    }
+
+    /// Deletes a device, with its readings or keeping them; see
+    /// [`registry::delete`].
+    pub async fn delete_device(
+        &self,
+        id: &str,
+        keep_data: bool,
+        now_ms: i64,
+    ) -> Result<(), registry::RegistryError> {
+        registry::delete(&self.db, id, keep_data, now_ms).await?;
+        self.forget_devices();
+        Ok(())
+    }
+
+    /// Tells the writer that a device was deleted (here, or by another
+    /// instance), so it looks ids up again.
+    pub fn forget_devices(&self) {
+        self.deletions
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Enables or disables a device; see [`registry::set_disabled`].
@@ -677,5 +710,7 @@ fn summary(d: device::Model, latest: Vec<LatestValue>) -> DeviceSummary {
         presence: None,
         sparkline: None,
         label: d.label,
+        disabled: d.disabled,
+        secured: d.secret_hash.is_some(),
     }
 }

@@ -11,7 +11,8 @@
 use rand::distr::{Alphanumeric, SampleString};
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    IntoActiveModel, QueryFilter, Statement, TransactionTrait,
 };
 use sha2::{Digest, Sha256};
 
@@ -72,6 +73,9 @@ pub enum Login {
     BadSecret,
     /// The device exists and the secret is right, but it is disabled.
     Disabled,
+    /// The device was deleted (its readings kept); it is refused until an
+    /// operator adds it again.
+    Removed,
 }
 
 /// The SHA-256 of a secret, in lower-case hex.
@@ -99,8 +103,22 @@ pub async fn add(
     // registered itself openly would be refused at its next login, for
     // good, by an operator who only meant to add a new one. Giving it a
     // secret is a rotation, asked for by name.
-    if find(db, id).await?.is_some() {
-        return Err(RegistryError::Exists(id.to_owned()));
+    match find(db, id).await? {
+        // A device deleted with its readings kept comes back with them.
+        Some(d) if d.removed_at.is_some() => {
+            let mut d = d.into_active_model();
+            d.secret_hash = Set(Some(hash));
+            d.disabled = Set(false);
+            d.removed_at = Set(None);
+            d.label = Set(None);
+            d.update(db).await?;
+            return Ok(NewDevice {
+                id: id.to_owned(),
+                secret,
+            });
+        }
+        Some(_) => return Err(RegistryError::Exists(id.to_owned())),
+        None => {}
     }
     let inserted = device::ActiveModel {
         id: NotSet,
@@ -109,6 +127,7 @@ pub async fn add(
         secret_hash: Set(Some(hash)),
         disabled: Set(false),
         label: NotSet,
+        removed_at: NotSet,
     }
     .insert(db)
     .await;
@@ -129,9 +148,7 @@ pub async fn add(
 /// Replaces the secret of an existing device. Its connected sessions keep
 /// running; the old secret stops working at the next CONNECT.
 pub async fn rotate(db: &DatabaseConnection, id: &str) -> Result<NewDevice, RegistryError> {
-    let d = find(db, id)
-        .await?
-        .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+    let d = find_present(db, id).await?;
     let secret = Alphanumeric.sample_string(&mut rand::rng(), SECRET_LEN);
     let mut d = d.into_active_model();
     d.secret_hash = Set(Some(hash_secret(&secret)));
@@ -149,9 +166,7 @@ pub async fn set_disabled(
     id: &str,
     disabled: bool,
 ) -> Result<(), RegistryError> {
-    let d = find(db, id)
-        .await?
-        .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+    let d = find_present(db, id).await?;
     let mut d = d.into_active_model();
     d.disabled = Set(disabled);
     d.update(db).await?;
@@ -181,6 +196,7 @@ pub async fn login(
         return Ok(Login::Unknown);
     };
     Ok(match d.secret_hash {
+        _ if d.removed_at.is_some() => Login::Removed,
         Some(stored) if stored != presented => Login::BadSecret,
         _ if d.disabled => Login::Disabled,
         None => Login::Unsecured(d.name),
@@ -193,7 +209,61 @@ pub async fn login(
 pub async fn is_secured(db: &DatabaseConnection, id: &str) -> Result<bool, StoreError> {
     Ok(find(db, id)
         .await?
-        .is_some_and(|d| d.secret_hash.is_some() || d.disabled))
+        .is_some_and(|d| d.secret_hash.is_some() || d.disabled || d.removed_at.is_some()))
+}
+
+/// The device named `id`, unless it is unknown or deleted.
+async fn find_present(db: &DatabaseConnection, id: &str) -> Result<device::Model, RegistryError> {
+    find(db, id)
+        .await?
+        .filter(|d| d.removed_at.is_none())
+        .ok_or_else(|| RegistryError::NotFound(id.to_owned()))
+}
+
+/// Deletes device `id`. With `keep_data`, its readings, rollups and
+/// series stay (exportable, and back on its page if the id is added
+/// again) while its secret, label and commands go; otherwise everything
+/// of it goes, in one transaction. Either way the broker refuses it from
+/// now on; ending its open sessions is the caller's part.
+pub async fn delete(
+    db: &DatabaseConnection,
+    id: &str,
+    keep_data: bool,
+    now_ms: i64,
+) -> Result<(), RegistryError> {
+    let d = find_present(db, id).await?;
+    let txn = db.begin().await?;
+    let backend = db.get_database_backend();
+    let by_device = |sql: String| Statement::from_sql_and_values(backend, sql, [d.id.into()]);
+    let p = super::placeholder(backend, 1);
+    txn.execute_raw(by_device(format!(
+        "DELETE FROM command WHERE device_id = {p}"
+    )))
+    .await?;
+    if keep_data {
+        let mut kept = d.into_active_model();
+        kept.secret_hash = Set(None);
+        kept.label = Set(None);
+        kept.disabled = Set(true);
+        kept.removed_at = Set(Some(now_ms));
+        kept.update(&txn).await?;
+    } else {
+        let series = format!("SELECT id FROM series WHERE device_id = {p}");
+        for table in ["reading", "rollup_1m", "rollup_15m"] {
+            txn.execute_raw(by_device(format!(
+                "DELETE FROM {table} WHERE series_id IN ({series})"
+            )))
+            .await?;
+        }
+        txn.execute_raw(by_device(format!(
+            "DELETE FROM series WHERE device_id = {p}"
+        )))
+        .await?;
+        txn.execute_raw(by_device(format!("DELETE FROM device WHERE id = {p}")))
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(())
 }
 
 /// The device named `id`, if any.

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,10 +49,14 @@ pub struct Writer {
     /// For each rollup level, the upsert text for each of
     /// [`rollup::UPSERT_SIZES`].
     upsert_sql: Vec<(rollup::Level, Vec<(usize, String)>)>,
+    /// The store's count of deleted devices, and its value when the caches
+    /// were last known good: a deleted device's ids must not be reused.
+    deletions: Arc<AtomicU64>,
+    seen_deletions: u64,
 }
 
 impl Writer {
-    pub(super) fn new(db: DatabaseConnection) -> Self {
+    pub(super) fn new(db: DatabaseConnection, deletions: Arc<AtomicU64>) -> Self {
         let backend = db.get_database_backend();
         let insert_sql = INSERT_SIZES
             .iter()
@@ -85,6 +89,20 @@ impl Writer {
             series: HashMap::new(),
             insert_sql,
             upsert_sql,
+            seen_deletions: deletions.load(Ordering::Acquire),
+            deletions,
+        }
+    }
+
+    /// Empties the id caches if a device was deleted since they were
+    /// filled: its readings still in flight must find (or make) rows that
+    /// exist, not land under series that are gone.
+    fn check_deletions(&mut self) {
+        let now = self.deletions.load(Ordering::Acquire);
+        if now != self.seen_deletions {
+            self.devices.clear();
+            self.series.clear();
+            self.seen_deletions = now;
         }
     }
 
@@ -102,9 +120,25 @@ impl Writer {
         batch: &[Reading],
         again: &[Range<usize>],
     ) -> Result<Vec<usize>, StoreError> {
-        if let Some(pool) = self.pg.clone() {
-            return self.write_postgres(&pool, batch, again).await;
+        self.check_deletions();
+        let written = match self.pg.clone() {
+            Some(pool) => self.write_postgres(&pool, batch, again).await,
+            None => self.write_sqlite(batch, again).await,
+        };
+        if written.is_err() {
+            // The batch may have failed on an id that is gone; the retry
+            // looks every id up again.
+            self.devices.clear();
+            self.series.clear();
         }
+        written
+    }
+
+    async fn write_sqlite(
+        &mut self,
+        batch: &[Reading],
+        again: &[Range<usize>],
+    ) -> Result<Vec<usize>, StoreError> {
         let txn = self.db.begin().await?;
         let new_devices = self.register_devices(&txn, batch).await?;
         let new_series = self.register_series(&txn, batch, &new_devices).await?;
@@ -358,6 +392,7 @@ impl Writer {
                 secret_hash: NotSet,
                 disabled: NotSet,
                 label: NotSet,
+                removed_at: NotSet,
             }))
             .on_conflict(
                 OnConflict::column(device::Column::Name)

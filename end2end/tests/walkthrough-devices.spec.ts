@@ -1,0 +1,209 @@
+// Managing a device from the dashboard, as README's walk-through does it:
+// add a device and connect it with the lines the page gives, label it,
+// disable and enable it, give it a new secret, and delete it, keeping its
+// readings or not. Every step is checked against the real broker with
+// mosquitto_pub, and the honest states (never connected, unknown or
+// invalid ids) on the way.
+import { Page } from '@playwright/test';
+import { test, expect } from './fixtures';
+import { spawnSync } from 'child_process';
+
+test.use({ role: 'operator' });
+
+/** Runs a mosquitto_pub line as the page shows it; returns its exit code. */
+function run(line: string): number {
+  const r = spawnSync('bash', ['-c', line], { timeout: 10_000 });
+  return r.status ?? -1;
+}
+
+/** Publishes with id and secret; returns mosquitto_pub's exit code. */
+function publish(port: number, id: string, secret: string, message: string): number {
+  return spawnSync('mosquitto_pub', ['-p', String(port), '-q', '1', '-u', id, '-P', secret, '-t', `sensor/${id}`, '-m', message], {
+    timeout: 10_000,
+  }).status ?? -1;
+}
+
+async function latest(page: Page, id: string): Promise<number | undefined> {
+  const r = await page.request.get(`/api/devices/${id}`);
+  if (!r.ok()) return undefined;
+  return (await r.json()).summary.latest[0]?.value;
+}
+
+async function addOnFleet(page: Page, id: string): Promise<string> {
+  await page.goto('/');
+  await expect(page.getByTestId('link-state')).toHaveText('live');
+  await page.getByTestId('new-device-id').fill(id);
+  await page.getByTestId('add-device').click();
+  await expect(page.getByTestId('new-device')).toBeVisible();
+  return (await page.getByTestId('new-secret').textContent()) ?? '';
+}
+
+test('a new device is onboarded with lines that work as shown', async ({ page, context }, info) => {
+  const mqtt = info.project.metadata.mqttPort as number;
+  const id = `Onboard-${info.project.name}`;
+  const secret = await addOnFleet(page, id);
+  const panel = page.getByTestId('new-device');
+  await expect(panel).toBeInViewport();
+  await expect(panel.locator('button.copy')).toHaveCount(3);
+
+  const plain = (await page.getByTestId('publish-plain').textContent()) ?? '';
+  const thingsboard = (await page.getByTestId('publish-thingsboard').textContent()) ?? '';
+  expect(plain).toContain(`-p ${mqtt}`);
+  expect(plain).toContain(`-u ${id} -P ${secret}`);
+  expect(thingsboard).toContain(`-u ${secret} -t v1/devices/me/telemetry`);
+
+  // Never connected yet: the device page says so, not "last seen just now".
+  await page.goto(`/devices/${id}`);
+  await expect(page.getByTestId('presence')).toHaveText('never connected — waiting for its first message');
+  await expect(page.getByTestId('last-seen')).toHaveText('never');
+
+  expect(run(plain)).toBe(0);
+  await expect.poll(() => latest(page, id)).toBe(22);
+  expect(run(thingsboard.replace('"temp":22', '"temp":23'))).toBe(0);
+  await expect.poll(() => latest(page, id)).toBe(23);
+
+  if (info.project.name === 'desktop') {
+    await context.grantPermissions(['clipboard-read', 'clipboard-write']);
+    await page.goto('/');
+    await page.getByTestId('new-device-id').fill(`${id}-copy`);
+    await page.getByTestId('add-device').click();
+    const copied = (await page.getByTestId('new-secret').textContent()) ?? '';
+    await page.getByRole('button', { name: 'Copy secret' }).click();
+    expect(await page.evaluate(() => navigator.clipboard.readText())).toBe(copied);
+  }
+});
+
+test('label, disable, enable and rotate from the device page', async ({ page }, info) => {
+  const mqtt = info.project.metadata.mqttPort as number;
+  const id = `Managed-device-with-a-long-id-${info.project.name}`;
+  const secret = await addOnFleet(page, id);
+  expect(publish(mqtt, id, secret, '{"temp":1}')).toBe(0);
+  await expect.poll(() => latest(page, id)).toBe(1);
+
+  await page.goto(`/devices/${id}`);
+  await expect(page.getByTestId('link-state')).toHaveText('live');
+  await page.getByTestId('label-input').fill('Boiler room, north wall');
+  await page.getByTestId('label-save').click();
+  await expect(page.getByTestId('device-label')).toHaveText('Boiler room, north wall');
+  // A label that is not text is refused next to its field.
+  await page.getByTestId('label-input').fill('bad\u0007label');
+  await page.getByTestId('label-save').click();
+  await expect(page.getByTestId('label-error')).not.toBeEmpty();
+
+  await page.getByTestId('toggle-enabled').click();
+  await expect(page.getByTestId('enabled-state')).toContainText('Disabled');
+  expect(publish(mqtt, id, secret, '{"temp":2}')).not.toBe(0);
+  await page.getByTestId('toggle-enabled').click();
+  await expect(page.getByTestId('enabled-state')).toContainText('Enabled');
+  expect(publish(mqtt, id, secret, '{"temp":3}')).toBe(0);
+  await expect.poll(() => latest(page, id)).toBe(3);
+
+  await page.getByTestId('rotate').click();
+  await expect(page.getByRole('alert').filter({ hasText: 'stops working' })).toBeVisible();
+  await page.getByTestId('rotate-confirm').click();
+  const fresh = (await page.getByTestId('new-secret').textContent()) ?? '';
+  expect(fresh).not.toBe(secret);
+  expect(publish(mqtt, id, secret, '{"temp":4}')).not.toBe(0);
+  expect(publish(mqtt, id, fresh, '{"temp":5}')).toBe(0);
+  await expect.poll(() => latest(page, id)).toBe(5);
+
+  // The fleet finds the device by its label and still shows its whole id.
+  await page.goto('/');
+  await page.getByTestId('search').fill('boiler ROOM');
+  const card = page.locator(`[data-device="${id}"]`);
+  await expect(card).toBeVisible();
+  await expect(page.locator('.card')).toHaveCount(1);
+  // Whole: not cut short, and inside the card's visible box.
+  const cut = await card.locator('.device-id').evaluate((e) => {
+    const link = e.closest('.card-link') as HTMLElement;
+    const [r, box] = [e.getBoundingClientRect(), link.getBoundingClientRect()];
+    return e.scrollWidth > e.clientWidth || r.bottom > box.bottom || r.right > box.right;
+  });
+  expect(cut).toBe(false);
+});
+
+test('delete keeping the readings, bring the device back, then delete everything', async ({ page }, info) => {
+  const mqtt = info.project.metadata.mqttPort as number;
+  const id = `Doomed-${info.project.name}`;
+  const secret = await addOnFleet(page, id);
+  expect(publish(mqtt, id, secret, '{"temp":7}')).toBe(0);
+  await expect.poll(() => latest(page, id)).toBe(7);
+
+  await page.goto(`/devices/${id}`);
+  await page.getByTestId('delete-open').click();
+  await expect(page.getByTestId('delete-device')).toBeDisabled();
+  await page.getByTestId('delete-confirm').fill(id.toLowerCase());
+  await expect(page.getByTestId('delete-device')).toBeDisabled();
+  await page.getByTestId('delete-confirm').fill(id);
+  await page.getByTestId('delete-device').click();
+  await expect(page).toHaveURL(/\/$/);
+  await expect(page.locator(`[data-device="${id}"]`)).toHaveCount(0);
+  expect((await page.request.get(`/api/devices/${id}`)).status()).toBe(404);
+  expect(publish(mqtt, id, secret, '{"temp":8}')).not.toBe(0);
+  // Its readings were kept: they export, and come back with the device.
+  const csv = await (await page.request.get(`/api/devices/${id}/export?format=csv&from=0`)).text();
+  expect(csv).toContain(',7');
+  const again = await addOnFleet(page, id);
+  await expect.poll(() => latest(page, id)).toBe(7);
+  expect(publish(mqtt, id, again, '{"temp":9}')).toBe(0);
+  await expect.poll(() => latest(page, id)).toBe(9);
+
+  await page.goto(`/devices/${id}`);
+  await page.getByTestId('delete-open').click();
+  await page.getByTestId('delete-all').check();
+  await page.getByTestId('delete-confirm').fill(id);
+  await page.getByTestId('delete-device').click();
+  await expect(page).toHaveURL(/\/$/);
+  await addOnFleet(page, id);
+  expect(await latest(page, id)).toBeUndefined();
+});
+
+test('unknown and invalid device ids answer 404 and 400 with a page that says so', async ({ page }) => {
+  const unknown = await page.goto('/devices/No-such-device');
+  expect(unknown?.status()).toBe(404);
+  await expect(page.getByTestId('unknown-device')).toContainText('There is no device No-such-device');
+  const invalid = await page.goto('/devices/bad%20id');
+  expect(invalid?.status()).toBe(400);
+  await expect(page.getByTestId('invalid-device')).toContainText('is not a device id');
+});
+
+test('the small things: custom range errors, hints, badges and wording', async ({ page }, info) => {
+  const mqtt = info.project.metadata.mqttPort as number;
+  const id = `Polish-${info.project.name}`;
+  const secret = await addOnFleet(page, id);
+  expect(publish(mqtt, id, secret, '{"temp":1}')).toBe(0);
+  await expect.poll(() => latest(page, id)).toBe(1);
+  await expect(page.getByTestId('counters-note')).toContainText('since the server');
+
+  await page.goto(`/devices/${id}`);
+  await expect(page.getByTestId('link-state')).toHaveText('live');
+  // The dot on the live ranges is explained.
+  await expect(page.locator('.range-legend')).toContainText('live');
+  await expect(page.getByTestId('range-5m')).toHaveAttribute('title', /live/);
+
+  // "From" after "To" says so.
+  await page.getByTestId('range-custom').click();
+  await page.locator('[data-testid="custom-form"] input').nth(0).fill('2026-01-02T10:00');
+  await page.locator('[data-testid="custom-form"] input').nth(1).fill('2026-01-01T10:00');
+  await page.getByTestId('custom-apply').click();
+  await expect(page.getByTestId('custom-error')).toHaveText('“From” must be before “To”.');
+
+  // A zoomed or custom range does not claim to be live.
+  const now = Date.now();
+  await page.goto(`/devices/${id}?from=${now - 3_600_000}&to=${now - 1_800_000}`);
+  await expect(page.getByTestId('link-state')).toHaveText('connected · fixed range');
+
+  // The params hint fits the command.
+  await page.getByTestId('command-name').fill('ping');
+  await expect(page.getByTestId('command-params')).toHaveAttribute('placeholder', 'no params');
+  await page.getByTestId('command-name').fill('set_interval');
+  await expect(page.getByTestId('command-params')).toHaveAttribute('placeholder', '{"ms": 250}');
+
+  // A command to an offline device names the checkbox that would have
+  // waited for it.
+  const r = await page.request.post(`/api/devices/${id}/commands`, {
+    data: { name: 'ping' },
+    headers: { Origin: info.project.use.baseURL as string },
+  });
+  expect((await r.json()).error).toContain('Wait if the device is offline');
+});
