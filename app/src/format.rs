@@ -91,6 +91,16 @@ pub fn utc_minute(ts: EpochMs) -> String {
     )
 }
 
+/// A time as `2026-11-29 19:30:05 UTC`, for logs read to the second.
+pub fn utc_second(ts: EpochMs) -> String {
+    let minute = utc_minute(ts);
+    let seconds = ts.div_euclid(1000).rem_euclid(60);
+    match minute.strip_suffix(" UTC") {
+        Some(head) => format!("{head}:{seconds:02} UTC"),
+        None => minute,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

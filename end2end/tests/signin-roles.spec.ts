@@ -117,7 +117,7 @@ test.describe('as an admin', () => {
 
     // The audit log (admin page) shows who set it, as text too.
     await page.goto('/admin');
-    const row = page.getByTestId('audit').locator('tr', { hasText: 'device_label' }).first();
+    const row = page.getByTestId('audit').locator('tr[data-action="device_label"]').first();
     await expect(row).toContainText('admin');
     await expect(row).toContainText(hostile);
     await page.waitForTimeout(500);
@@ -135,7 +135,7 @@ test.describe('as an admin', () => {
     await expect(row.locator('select')).toHaveValue('viewer');
     await row.locator('select').selectOption('operator');
     await row.getByRole('button', { name: 'Change' }).click();
-    await expect(page.getByTestId('audit').locator('tr', { hasText: 'account_role' }).first()).toContainText(name);
+    await expect(page.getByTestId('audit').locator('tr[data-action="account_role"]').first()).toContainText(name);
     await page.reload();
     await expect(page.locator(`tr[data-account="${name}"] select`)).toHaveValue('operator');
     // Removing asks first; cancelling keeps the account.

@@ -207,3 +207,78 @@ test('the small things: custom range errors, hints, badges and wording', async (
   });
   expect((await r.json()).error).toContain('Wait if the device is offline');
 });
+
+test('while the server is out of reach, status shows as unknown, not online', async ({ page }, info) => {
+  const mqtt = info.project.metadata.mqttPort as number;
+  const id = `Unknown-state-${info.project.name}`;
+  // A device that stays connected while the test runs.
+  const device = require('child_process').spawn('mosquitto_pub', ['-p', String(mqtt), '-q', '1', '-t', `sensor/${id}`, '-l'], {
+    stdio: ['pipe', 'ignore', 'ignore'],
+  });
+  try {
+    device.stdin.write('{"temp":1}\n');
+    await expect.poll(async () => (await page.request.get(`/api/devices/${id}`)).status()).toBe(200);
+    // The page's live socket goes through here, so the test can cut it.
+    let reachable = true;
+    const sockets: { close: () => Promise<void> }[] = [];
+    await page.routeWebSocket(/\/ws$/, (ws) => {
+      if (!reachable) return void ws.close();
+      ws.connectToServer();
+      sockets.push(ws);
+    });
+    for (const path of ['/', `/devices/${id}`]) {
+      await page.goto(path);
+      if (path === '/') await page.getByTestId('search').fill(id);
+      const presence = page.getByTestId('presence').first();
+      await expect(page.getByTestId('link-state')).toHaveText('live');
+      if (path === '/') await expect(presence).toHaveClass(/on/);
+      else await expect(presence).toHaveText('online');
+
+      reachable = false;
+      await Promise.all(sockets.splice(0).map((s) => s.close()));
+      await expect(page.getByTestId('link-state')).toHaveText('reconnecting…');
+      if (path === '/') {
+        await expect(presence).toHaveClass(/unknown/);
+        await expect(presence).toHaveAttribute('aria-label', /status unknown/);
+      } else {
+        await expect(presence).toContainText('status unknown');
+      }
+      reachable = true;
+      await expect(page.getByTestId('link-state')).toHaveText('live', { timeout: 15_000 });
+    }
+  } finally {
+    device.kill();
+  }
+});
+
+test.describe('as an admin', () => {
+  test.use({ role: 'admin' });
+  test('the audit log reads as words, to the second, filters, and fits a phone', async ({ page }, info) => {
+    const id = `Audited-${info.project.name}`;
+    const origin = info.project.use.baseURL as string;
+    expect((await page.request.post('/api/devices', { data: { id }, headers: { Origin: origin } })).status()).toBe(201);
+    await page.goto('/admin');
+    const audit = page.getByTestId('audit');
+    const added = audit.locator('tr[data-action="device_add"]', { hasText: id });
+    await expect(added.locator('td').nth(2)).toHaveText('added a device');
+    await expect(added.locator('td').nth(0)).toHaveText(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$/);
+
+    await page.getByTestId('audit-target').fill(id);
+    await expect(audit.locator('tbody tr')).toHaveCount(1);
+    await page.getByTestId('audit-action').fill('signed in');
+    await expect(audit.locator('tbody tr')).toHaveCount(0);
+    await page.getByTestId('audit-action').fill('');
+    await page.getByTestId('audit-actor').fill('admin');
+    await expect(audit.locator('tbody tr')).toHaveCount(1);
+
+    const { scroll, width } = await page.evaluate(() => ({
+      scroll: document.documentElement.scrollWidth,
+      width: window.innerWidth,
+    }));
+    expect(scroll).toBeLessThanOrEqual(width);
+    const wide = await page.evaluate(() =>
+      Array.from(document.querySelectorAll('.table-wrap')).filter((w) => w.scrollWidth > w.clientWidth + 1).length,
+    );
+    expect(wide).toBe(0);
+  });
+});

@@ -146,6 +146,8 @@ test('every metric of a fleet card is visible', async ({ page }, info) => {
   await page.getByTestId('search').fill(id);
   const card = page.locator(`[data-device="${id}"]`);
   await expect(card.locator('.metric')).toHaveCount(3);
+  // elementFromPoint sees only what is in the viewport.
+  await card.scrollIntoViewIfNeeded();
   const hidden = await card.evaluate((li) =>
     Array.from(li.querySelectorAll('.metric')).filter((m) => {
       const r = m.getBoundingClientRect();

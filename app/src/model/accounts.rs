@@ -128,3 +128,27 @@ pub struct AuditEntry {
     pub detail: Option<String>,
     pub ip: Option<String>,
 }
+
+/// An audit action as words for the admin page, such as "changed a role"
+/// for `account_role`; an action this version does not know shows as is.
+pub fn action_words(action: &str) -> &str {
+    match action {
+        "login" => "signed in",
+        "login_failed" => "failed to sign in",
+        "logout" => "signed out",
+        "account_add" => "added an account",
+        "account_remove" => "removed an account",
+        "account_role" => "changed a role",
+        "password_change" => "changed a password",
+        "token_add" => "made an API token",
+        "token_revoke" => "revoked an API token",
+        "device_add" => "added a device",
+        "device_enable" => "enabled a device",
+        "device_disable" => "disabled a device",
+        "device_label" => "labelled a device",
+        "device_rotate" => "gave a device a new secret",
+        "device_delete" => "deleted a device",
+        "command_send" => "sent a command",
+        other => other,
+    }
+}

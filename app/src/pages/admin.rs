@@ -5,7 +5,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 
 use crate::api::{get_accounts, get_audit, AddAccount, RemoveAccount, SetRole};
-use crate::format::utc_minute as format_time;
+use crate::format::{utc_minute as format_time, utc_second as format_second};
 use crate::model::Role;
 
 #[component]
@@ -48,7 +48,7 @@ pub fn AdminPage() -> impl IntoView {
                 {move || Suspend::new(async move {
                     match accounts.await {
                         Ok(list) => view! {
-                            <div class="table-wrap"><table class="table" data-testid="accounts">
+                            <div class="table-wrap" tabindex="0" role="region" aria-label="Accounts"><table class="table stacks" data-testid="accounts">
                                 <thead><tr><th>"Name"</th><th>"Role"</th><th>"Created (UTC)"</th><th>"Password changed"</th><th></th></tr></thead>
                                 <tbody>
                                     {list.into_iter().map(|a| {
@@ -56,16 +56,16 @@ pub fn AdminPage() -> impl IntoView {
                                         let for_removal = a.name.clone();
                                         view! {
                                             <tr data-account=a.name.clone()>
-                                                <td>{a.name.clone()}</td>
-                                                <td>
+                                                <td data-label="Name">{a.name.clone()}</td>
+                                                <td data-label="Role">
                                                     <ActionForm action=set_role attr:class="inline-form">
                                                         <input type="hidden" name="name" value=for_role/>
                                                         <RoleSelect selected=a.role/>
                                                         <button type="submit" class="link">"Change"</button>
                                                     </ActionForm>
                                                 </td>
-                                                <td>{format_time(a.created_at)}</td>
-                                                <td>{format_time(a.password_changed_at)}</td>
+                                                <td data-label="Created">{format_time(a.created_at)}</td>
+                                                <td data-label="Password changed">{format_time(a.password_changed_at)}</td>
                                                 <td><RemoveButton name=for_removal remove/></td>
                                             </tr>
                                         }
@@ -92,21 +92,7 @@ pub fn AdminPage() -> impl IntoView {
                 {move || Suspend::new(async move {
                     match audit.await {
                         Ok(events) => view! {
-                            <div class="table-wrap"><table class="table" data-testid="audit">
-                                <thead><tr><th>"When (UTC)"</th><th>"Who"</th><th>"What"</th><th>"Target"</th><th>"Detail"</th><th>"From"</th></tr></thead>
-                                <tbody>
-                                    {events.into_iter().map(|e| view! {
-                                        <tr>
-                                            <td>{format_time(e.at)}</td>
-                                            <td>{e.actor}</td>
-                                            <td>{e.action}</td>
-                                            <td>{e.target.unwrap_or_default()}</td>
-                                            <td class="detail">{e.detail.unwrap_or_default()}</td>
-                                            <td>{e.ip.unwrap_or_default()}</td>
-                                        </tr>
-                                    }).collect_view()}
-                                </tbody>
-                            </table></div>
+                            <AuditTable events/>
                         }.into_any(),
                         Err(e) => view! { <p class="error">{format!("Could not load the audit log: {e}")}</p> }.into_any(),
                     }
@@ -150,5 +136,65 @@ fn RemoveButton(name: String, remove: ServerAction<RemoveAccount>) -> impl IntoV
                 <button type="button" class="link" on:click=move |_| asking.set(false)>"Cancel"</button>
             </ActionForm>
         </Show>
+    }
+}
+
+/// The audit log, newest first, filtered by actor, action and target as
+/// typed; actions read as words, times to the second.
+#[component]
+fn AuditTable(events: Vec<crate::model::AuditEntry>) -> impl IntoView {
+    use crate::model::action_words;
+    let actor = RwSignal::new(String::new());
+    let action = RwSignal::new(String::new());
+    let target = RwSignal::new(String::new());
+    let events = StoredValue::new(events);
+    let matches = |field: &str, wanted: &str| {
+        let wanted = wanted.trim().to_lowercase();
+        wanted.is_empty() || field.to_lowercase().contains(&wanted)
+    };
+    let shown = move || {
+        events.with_value(|all| {
+            all.iter()
+                .filter(|e| {
+                    matches(&e.actor, &actor.get())
+                        && (matches(action_words(&e.action), &action.get())
+                            || matches(&e.action, &action.get()))
+                        && matches(e.target.as_deref().unwrap_or(""), &target.get())
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+    };
+    let filter = move |label: &'static str, testid: &'static str, value: RwSignal<String>| {
+        view! {
+            <label class="field">{label}
+                <input type="search" data-testid=testid prop:value=move || value.get()
+                    on:input=move |ev| value.set(event_target_value(&ev))/>
+            </label>
+        }
+    };
+    view! {
+        <div class="audit-filters">
+            {filter("Who", "audit-actor", actor)}
+            {filter("What", "audit-action", action)}
+            {filter("Target", "audit-target", target)}
+        </div>
+        <div class="table-wrap" tabindex="0" role="region" aria-label="Audit log">
+            <table class="table stacks" data-testid="audit">
+                <thead><tr><th>"When (UTC)"</th><th>"Who"</th><th>"What"</th><th>"Target"</th><th>"Detail"</th><th>"From"</th></tr></thead>
+                <tbody>
+                    {move || shown().into_iter().map(|e| view! {
+                        <tr data-action=e.action.clone()>
+                            <td data-label="When">{format_second(e.at)}</td>
+                            <td data-label="Who">{e.actor}</td>
+                            <td data-label="What" title=e.action.clone()>{action_words(&e.action).to_owned()}</td>
+                            <td data-label="Target">{e.target.unwrap_or_default()}</td>
+                            <td data-label="Detail" class="detail">{e.detail.unwrap_or_default()}</td>
+                            <td data-label="From">{e.ip.unwrap_or_default()}</td>
+                        </tr>
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </div>
     }
 }

@@ -306,11 +306,11 @@ fn DeviceView(
             {move || summary.with(|s| s.label.clone()).map(|label| view! {
                 <bdi class="device-label" data-testid="device-label">{label}</bdi>
             })}
-            <span class=move || if online() { "dot on" } else { "dot off" }></span>
+            <span class=move || super::fleet::dot_class(link, online()) aria-hidden="true"></span>
             <LiveBadge state=link skipped fixed=Signal::derive(move || matches!(range.get(), Range::Custom { .. }))/>
         </section>
         <p class="device-meta">
-            <span data-testid="presence">{move || summary.with(format::status)}</span>
+            <span data-testid="presence">{move || super::fleet::status_text(link, summary)}</span>
             {move || since().map(|t| view! {
                 " · connected "
                 <span data-testid="connected-since">{move || format::ago(t, now.get())}</span>

@@ -182,7 +182,7 @@ fn FleetView(
                 }
             }
         >
-            <FleetList cards now/>
+            <FleetList cards now link/>
         </Show>
     }
 }
@@ -197,7 +197,11 @@ enum Sort {
 
 /// Search, filter and sort controls over a windowed list of cards.
 #[component]
-fn FleetList(cards: RwSignal<Vec<Card>>, now: RwSignal<i64>) -> impl IntoView {
+fn FleetList(
+    cards: RwSignal<Vec<Card>>,
+    now: RwSignal<i64>,
+    link: RwSignal<LinkState>,
+) -> impl IntoView {
     let search = RwSignal::new(String::new());
     let status = RwSignal::new("all".to_owned());
     let seen = RwSignal::new("any".to_owned());
@@ -356,7 +360,7 @@ fn FleetList(cards: RwSignal<Vec<Card>>, now: RwSignal<i64>) -> impl IntoView {
         </div>
         <ul class="cards" data-testid="devices" node_ref=list style=style>
             <For each=visible key=|card| card.id.get_value() let:card>
-                <DeviceCard card now/>
+                <DeviceCard card now link/>
             </For>
         </ul>
     }
@@ -474,7 +478,7 @@ pub fn CountersBar(counters: RwSignal<Counters>) -> impl IntoView {
 }
 
 #[component]
-fn DeviceCard(card: Card, now: RwSignal<i64>) -> impl IntoView {
+fn DeviceCard(card: Card, now: RwSignal<i64>, link: RwSignal<LinkState>) -> impl IntoView {
     let summary = card.summary;
     let id = card.id.get_value();
     let href = format!("/devices/{id}");
@@ -483,9 +487,10 @@ fn DeviceCard(card: Card, now: RwSignal<i64>) -> impl IntoView {
         <li class="card" data-device=id.clone()>
             <a href=href class="card-link">
                 <span class="card-head">
-                    <span class=move || if online() { "dot on" } else { "dot off" }
-                        data-testid="presence"
-                        title=move || summary.with(format::status)></span>
+                    <span class=move || dot_class(link, online())
+                        data-testid="presence" role="img"
+                        aria-label=move || status_text(link, summary)
+                        title=move || status_text(link, summary)></span>
                     <span class="device-id">{id.clone()}</span>
                     {move || summary.with(|s| s.label.clone()).map(|label| view! {
                         <bdi class="device-label" data-testid="device-label">{label}</bdi>
@@ -536,6 +541,31 @@ fn DeviceCard(card: Card, now: RwSignal<i64>) -> impl IntoView {
                 </span>
             </a>
         </li>
+    }
+}
+
+/// While the page has lost its server, no status it shows is current.
+fn unknown(link: RwSignal<LinkState>) -> bool {
+    link.get() == LinkState::Reconnecting
+}
+
+/// The status dot's classes: a filled dot online, a ring offline, a
+/// dashed ring when the page cannot know.
+pub(super) fn dot_class(link: RwSignal<LinkState>, online: bool) -> &'static str {
+    match (unknown(link), online) {
+        (true, _) => "dot unknown",
+        (false, true) => "dot on",
+        (false, false) => "dot off",
+    }
+}
+
+/// The device's status in words, or "status unknown" while the page has
+/// lost its server.
+pub(super) fn status_text(link: RwSignal<LinkState>, summary: RwSignal<DeviceSummary>) -> String {
+    if unknown(link) {
+        "status unknown — reconnecting to the server".to_owned()
+    } else {
+        summary.with(format::status)
     }
 }
 
