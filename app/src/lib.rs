@@ -58,6 +58,25 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     }
 }
 
+/// Moves keyboard focus to the page's content. Without scripts the link's
+/// own `#content` does it; once hydrated, the router would take the click
+/// for a navigation instead, so focus is moved here.
+fn skip_to_content(ev: leptos::ev::MouseEvent) {
+    #[cfg(feature = "hydrate")]
+    {
+        use wasm_bindgen::JsCast;
+        let main = document()
+            .get_element_by_id("content")
+            .and_then(|e| e.dyn_into::<web_sys::HtmlElement>().ok());
+        if let Some(main) = main {
+            ev.prevent_default();
+            let _ = main.focus();
+        }
+    }
+    #[cfg(not(feature = "hydrate"))]
+    let _ = ev;
+}
+
 /// The root component: page chrome and routes.
 #[component]
 pub fn App() -> impl IntoView {
@@ -66,12 +85,14 @@ pub fn App() -> impl IntoView {
     view! {
         <Title text="Sightline"/>
         <Router>
+            // The first stop for a keyboard: past the top bar to the page.
+            <a class="skip-link" href="#content" on:click=skip_to_content>"Skip to content"</a>
             <header class="topbar">
                 <A href="/" attr:class="brand">"Sightline"</A>
                 <span class="tagline">"live sensor fleet"</span>
                 <pages::AccountMenu/>
             </header>
-            <main>
+            <main id="content" tabindex="-1">
                 <Routes fallback=|| view! { <p class="empty">"Page not found."</p> }>
                     // Async rendering sends each page complete, so it shows
                     // real values even where scripts never run.

@@ -282,3 +282,39 @@ test.describe('as an admin', () => {
     expect(wide).toBe(0);
   });
 });
+
+test('a skip link, level chart columns that use the screen, and one scale per metric when combined', async ({ page }, info) => {
+  const mqtt = info.project.metadata.mqttPort as number;
+  const id = `Columns-${info.project.name}`;
+  spawnSync('mosquitto_pub', ['-p', String(mqtt), '-q', '1', '-t', `sensor/${id}`, '-m', '{"co2":600,"hum":45}'], { timeout: 10_000 });
+  await expect.poll(async () => (await page.request.get(`/api/devices/${id}`)).status()).toBe(200);
+  if (info.project.name === 'desktop') await page.setViewportSize({ width: 1440, height: 900 });
+  await page.goto(`/devices/${id}`);
+  await expect(page.getByTestId('link-state')).toHaveText('live');
+
+  // The first Tab reaches the skip link, which moves focus to the page.
+  await page.keyboard.press('Tab');
+  await expect(page.getByRole('link', { name: 'Skip to content' })).toBeFocused();
+  await page.keyboard.press('Enter');
+  await expect(page.locator('main')).toBeFocused();
+
+  const panels = page.locator('.panels > .panel');
+  await expect(panels).toHaveCount(2);
+  if (info.project.name === 'desktop') {
+    const [a, b] = [await panels.nth(0).boundingBox(), await panels.nth(1).boundingBox()];
+    expect(b!.y).toBe(a!.y);
+    expect(a!.width).toBeGreaterThan(650);
+  }
+
+  await page.getByTestId('layout-combined').click();
+  const chart = page.getByTestId('chart');
+  await expect(chart).toHaveCount(1);
+  await expect(chart).toHaveClass(/ready/);
+  const axes = await page.evaluate(() => {
+    const el = document.querySelector('[data-testid="chart"] .chart') as HTMLElement;
+    // @ts-expect-error ECharts is the page's global.
+    const option = echarts.getInstanceByDom(el).getOption();
+    return option.yAxis.length;
+  });
+  expect(axes).toBe(2);
+});

@@ -233,32 +233,60 @@ pub fn option(
         let few = buckets.len() < 60;
         series.push(json!({
             "type": "line", "name": format!("{metric} min"), "stack": band,
-            "stackStrategy": "all", "data": lows, "symbol": "none",
+            "stackStrategy": "all", "data": lows, "symbol": "none", "yAxisIndex": i,
             "lineStyle": {"opacity": 0}, "silent": true, "z": 1,
         }));
         series.push(json!({
             "type": "line", "name": format!("{metric} range"), "stack": band,
-            "stackStrategy": "all", "data": ranges, "symbol": "none",
+            "stackStrategy": "all", "data": ranges, "symbol": "none", "yAxisIndex": i,
             "lineStyle": {"opacity": 0}, "silent": true, "z": 1,
             "areaStyle": {"color": colour, "opacity": 0.22},
         }));
         series.push(json!({
-            "type": "line", "name": metric, "data": avgs, "color": colour,
+            "type": "line", "name": metric, "data": avgs, "color": colour, "yAxisIndex": i,
             "showSymbol": few, "symbolSize": 5, "lineStyle": {"width": 1.5}, "z": 3,
         }));
     }
-    let names: Vec<&str> = lines.iter().map(|(m, _, _)| m.as_str()).collect();
+    // Each metric has its own scale, so CO2 at 600 does not flatten
+    // humidity at 45 on a combined chart: axes alternate left and right,
+    // each further one set out by AXIS_PX, labelled in its line's colour.
+    const AXIS_PX: usize = 48;
     let text = if dark { "#c9ced8" } else { "#4b5260" };
+    let split = if dark { "#2a2f3a" } else { "#e5e8ee" };
+    let many = lines.len() > 1;
+    let y_axes: Vec<Value> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (_, colour, _))| {
+            let label = if many { *colour } else { text };
+            json!({
+                "type": "value", "scale": true,
+                "position": if i % 2 == 0 { "left" } else { "right" },
+                "offset": (i / 2) * AXIS_PX,
+                "axisLine": {"show": many, "lineStyle": {"color": colour}},
+                "axisLabel": {"color": label},
+                "splitLine": {"show": i == 0, "lineStyle": {"color": split}},
+            })
+        })
+        .collect();
+    let side = |first: usize| {
+        8 + lines
+            .len()
+            .saturating_sub(first)
+            .div_ceil(2)
+            .saturating_sub(1)
+            * AXIS_PX
+    };
+    let names: Vec<&str> = lines.iter().map(|(m, _, _)| m.as_str()).collect();
     json!({
         "backgroundColor": "transparent",
         "animation": false,
         "textStyle": {"color": text},
-        "grid": {"left": 8, "right": 16, "top": if names.len() > 1 { 30 } else { 12 }, "bottom": 8, "containLabel": true},
+        "grid": {"left": side(0), "right": 16 + side(1).saturating_sub(8), "top": if names.len() > 1 { 30 } else { 12 }, "bottom": 8, "containLabel": true},
         "legend": {"show": names.len() > 1, "data": names, "top": 0, "textStyle": {"color": text}},
         "tooltip": {"trigger": "axis", "confine": true},
         "xAxis": {"type": "time", "min": window.0, "max": window.1, "axisLabel": {"hideOverlap": true, "color": text}},
-        "yAxis": {"type": "value", "scale": true, "axisLabel": {"color": text},
-                  "splitLine": {"lineStyle": {"color": if dark { "#2a2f3a" } else { "#e5e8ee" }}}},
+        "yAxis": y_axes,
         "dataZoom": [{
             "type": "inside", "start": 0, "end": 100, "zoomOnMouseWheel": true,
             "zoomLock": ext_coarse_pointer(),
@@ -332,5 +360,27 @@ mod tests {
         assert_eq!(series[2]["data"].as_array().expect("data").len(), 4);
         assert!(series[2]["data"][2][1].is_null());
         assert_eq!(o["xAxis"]["min"], 0);
+    }
+
+    #[test]
+    fn each_metric_of_a_combined_chart_has_its_own_scale() {
+        let one = || vec![bucket(0, 100, 1.0, 2.0)];
+        let o = option(
+            &[
+                ("co2".into(), COLOURS[0], one()),
+                ("hum".into(), COLOURS[1], one()),
+                ("temp".into(), COLOURS[2], one()),
+            ],
+            (0, 1_000),
+            100,
+            false,
+        );
+        let axes = o["yAxis"].as_array().expect("axes");
+        assert_eq!(axes.len(), 3);
+        assert_eq!(axes[1]["position"], "right");
+        assert_eq!(axes[2]["offset"], 48);
+        let series = o["series"].as_array().expect("series");
+        assert_eq!(series[5]["yAxisIndex"], 1);
+        assert_eq!(series[8]["yAxisIndex"], 2);
     }
 }
