@@ -318,3 +318,55 @@ test('a skip link, level chart columns that use the screen, and one scale per me
   });
   expect(axes).toBe(2);
 });
+
+test('fleet filters live in the URL and survive a reload', async ({ page }, info) => {
+  const mqtt = info.project.metadata.mqttPort as number;
+  const id = `Filtered-${info.project.name}`;
+  spawnSync('mosquitto_pub', ['-p', String(mqtt), '-q', '1', '-t', `sensor/${id}`, '-m', '{"temp":1}'], { timeout: 10_000 });
+  await expect.poll(async () => (await page.request.get(`/api/devices/${id}`)).status()).toBe(200);
+  await page.goto('/');
+  await expect(page.getByTestId('link-state')).toHaveText('live');
+  await page.getByTestId('search').fill(id);
+  await page.getByTestId('status-filter').selectOption('offline');
+  await page.getByTestId('sort').selectOption('last_seen');
+  await expect(page).toHaveURL(new RegExp(`\\?q=${id}&status=offline&sort=last_seen$`));
+  await expect(page.locator('.card')).toHaveCount(1);
+
+  await page.reload();
+  await expect(page.getByTestId('search')).toHaveValue(id);
+  await expect(page.getByTestId('status-filter')).toHaveValue('offline');
+  await expect(page.getByTestId('sort')).toHaveValue('last_seen');
+  await expect(page.locator('.card')).toHaveCount(1);
+  await expect(page.locator(`[data-device="${id}"]`)).toBeVisible();
+});
+
+test('on a phone the controls take one row and the first chart is on the first screen', async ({ page }, info) => {
+  test.skip(info.project.name !== 'phone', 'the phone layout');
+  const mqtt = info.project.metadata.mqttPort as number;
+  const id = `Fold-${info.project.name}`;
+  spawnSync('mosquitto_pub', ['-p', String(mqtt), '-q', '1', '-t', `sensor/${id}`, '-m', '{"temp":1,"hum":2}'], { timeout: 10_000 });
+  await expect.poll(async () => (await page.request.get(`/api/devices/${id}`)).status()).toBe(200);
+  await page.goto(`/devices/${id}`);
+  await expect(page.getByTestId('link-state')).toHaveText('live');
+  const picker = await page.locator('.range-picker').boundingBox();
+  const actions = await page.locator('.chart-actions').boundingBox();
+  const chart = await page.getByTestId('chart').first().boundingBox();
+  const height = page.viewportSize()!.height;
+  // One row of 44 px buttons, and the export row.
+  expect(picker!.height).toBeLessThan(60);
+  expect(picker!.height + actions!.height).toBeLessThan(height * 0.2);
+  expect(chart!.y + chart!.height).toBeLessThanOrEqual(height);
+});
+
+test.describe('as a viewer', () => {
+  test.use({ role: 'viewer' });
+  test('a refused page keeps the header and a way back', async ({ page }) => {
+    const response = await page.goto('/admin');
+    expect(response?.status()).toBe(403);
+    await expect(page.getByTestId('forbidden')).toContainText('this needs the admin role');
+    await expect(page.locator('header .brand')).toHaveText('Sightline');
+    await page.getByRole('link', { name: 'Back to the fleet' }).click();
+    await expect(page).toHaveURL(/\/$/);
+    await expect(page.getByRole('heading', { name: 'Fleet' })).toBeVisible();
+  });
+});

@@ -489,12 +489,12 @@ async fn a_guesser_cannot_lock_the_owner_out() {
     for _ in 0..5 {
         assert_eq!(
             sign_in_from(&server, &attacker, "admin", "a guess").await,
-            Err("/login?error=invalid&next=/".to_owned())
+            Err("/login?error=invalid&name=admin&next=/".to_owned())
         );
     }
     assert_eq!(
         sign_in_from(&server, &attacker, "admin", ADMIN_PASSWORD).await,
-        Err("/login?error=throttled&next=/".to_owned()),
+        Err("/login?error=throttled&name=admin&next=/".to_owned()),
         "the guesser's address is blocked for the account"
     );
     sign_in_from(&server, &owner, "admin", ADMIN_PASSWORD)
@@ -509,7 +509,7 @@ async fn a_guesser_cannot_lock_the_owner_out() {
     }
     assert_eq!(
         sign_in_from(&server, &client_from("127.0.99.1"), "admin", ADMIN_PASSWORD).await,
-        Err("/login?error=throttled&next=/".to_owned())
+        Err("/login?error=throttled&name=admin&next=/".to_owned())
     );
     sign_in_from(&server, &owner, "admin", ADMIN_PASSWORD)
         .await

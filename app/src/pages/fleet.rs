@@ -195,6 +195,25 @@ enum Sort {
     LastSeen,
 }
 
+impl Sort {
+    /// As in the URL and the picker: `name`, `status` or `last_seen`.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Name => "name",
+            Self::Status => "status",
+            Self::LastSeen => "last_seen",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "status" => Self::Status,
+            "last_seen" => Self::LastSeen,
+            _ => Self::Name,
+        }
+    }
+}
+
 /// Search, filter and sort controls over a windowed list of cards.
 #[component]
 fn FleetList(
@@ -202,10 +221,68 @@ fn FleetList(
     now: RwSignal<i64>,
     link: RwSignal<LinkState>,
 ) -> impl IntoView {
-    let search = RwSignal::new(String::new());
-    let status = RwSignal::new("all".to_owned());
-    let seen = RwSignal::new("any".to_owned());
-    let sort = RwSignal::new(Sort::Name);
+    // The filters live in the URL (`?q=…&status=online&seen=1h&sort=status`),
+    // so a filtered fleet can be shared and survives a reload; unknown
+    // values fall back to the defaults.
+    let query = leptos_router::hooks::use_query_map();
+    let initial = |key: &str, allowed: &[&'static str], default: &'static str| {
+        let value = query.with_untracked(|q| q.get(key)).unwrap_or_default();
+        allowed
+            .iter()
+            .find(|a| **a == value)
+            .copied()
+            .unwrap_or(default)
+            .to_owned()
+    };
+    let search = RwSignal::new(query.with_untracked(|q| q.get("q")).unwrap_or_default());
+    let status = RwSignal::new(initial("status", &["online", "offline"], "all"));
+    let seen = RwSignal::new(initial("seen", &["1h", "24h", "stale"], "any"));
+    let sort = RwSignal::new(Sort::parse(&initial(
+        "sort",
+        &["status", "last_seen"],
+        "name",
+    )));
+    #[cfg(feature = "hydrate")]
+    {
+        let navigate = leptos_router::hooks::use_navigate();
+        Effect::new(move |first: Option<()>| {
+            let mut parts = Vec::new();
+            let q = search.get();
+            if !q.is_empty() {
+                parts.push(format!("q={}", js_sys::encode_uri_component(&q)));
+            }
+            for (key, value, default) in [
+                ("status", status.get(), "all"),
+                ("seen", seen.get(), "any"),
+                ("sort", sort.get().name().to_owned(), "name"),
+            ] {
+                if value != default {
+                    parts.push(format!("{key}={value}"));
+                }
+            }
+            // The page as loaded is already in the URL.
+            if first.is_some() {
+                let url = if parts.is_empty() {
+                    "/".to_owned()
+                } else {
+                    format!("/?{}", parts.join("&"))
+                };
+                navigate(
+                    &url,
+                    leptos_router::NavigateOptions {
+                        replace: true,
+                        scroll: false,
+                        ..Default::default()
+                    },
+                );
+            }
+        });
+    }
+    let (initial_status, initial_seen, initial_sort) = (
+        status.get_untracked(),
+        seen.get_untracked(),
+        sort.get_untracked(),
+    );
     let shown = Memo::new(move |_| {
         let needle = search.get().trim().to_lowercase();
         let status = status.get();
@@ -326,12 +403,9 @@ fn FleetList(
             )
         })
     };
-    let set_sort = move |ev: leptos::ev::Event| {
-        sort.set(match event_target_value(&ev).as_str() {
-            "status" => Sort::Status,
-            "last_seen" => Sort::LastSeen,
-            _ => Sort::Name,
-        });
+    let set_sort = move |ev: leptos::ev::Event| sort.set(Sort::parse(&event_target_value(&ev)));
+    let option = |value: &'static str, label: &'static str, chosen: &str| {
+        view! { <option value=value selected=value == chosen>{label}</option> }
     };
     view! {
         <div class="fleet-controls">
@@ -339,20 +413,20 @@ fn FleetList(
                 data-testid="search" prop:value=move || search.get()
                 on:input=move |ev| search.set(event_target_value(&ev))/>
             <select aria-label="Status" data-testid="status-filter" on:change=move |ev| status.set(event_target_value(&ev))>
-                <option value="all">"All"</option>
-                <option value="online">"Online"</option>
-                <option value="offline">"Offline"</option>
+                {option("all", "All", &initial_status)}
+                {option("online", "Online", &initial_status)}
+                {option("offline", "Offline", &initial_status)}
             </select>
             <select aria-label="Last seen" data-testid="seen-filter" on:change=move |ev| seen.set(event_target_value(&ev))>
-                <option value="any">"Seen any time"</option>
-                <option value="1h">"Seen in the last hour"</option>
-                <option value="24h">"Seen in the last day"</option>
-                <option value="stale">"Not seen for a day"</option>
+                {option("any", "Seen any time", &initial_seen)}
+                {option("1h", "Seen in the last hour", &initial_seen)}
+                {option("24h", "Seen in the last day", &initial_seen)}
+                {option("stale", "Not seen for a day", &initial_seen)}
             </select>
             <select aria-label="Sort by" data-testid="sort" on:change=set_sort>
-                <option value="name">"Name"</option>
-                <option value="status">"Status"</option>
-                <option value="last_seen">"Last seen"</option>
+                {option("name", "Name", initial_sort.name())}
+                {option("status", "Status", initial_sort.name())}
+                {option("last_seen", "Last seen", initial_sort.name())}
             </select>
             <span class="fleet-count" data-testid="fleet-count">
                 {move || format!("{} of {} devices", shown.with(Vec::len), cards.with(Vec::len))}

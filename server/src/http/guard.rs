@@ -342,12 +342,32 @@ fn forbidden(rule: &Rule, caller: &Caller, needed: app::model::Role) -> Response
     if rule.kind == Kind::Page {
         return (
             StatusCode::FORBIDDEN,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            message,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            forbidden_page(&message),
         )
             .into_response();
     }
     json_refusal(StatusCode::FORBIDDEN, &message)
+}
+
+/// A refused page as a page of the app: its top bar, why, and the ways
+/// back (the fleet, or signing in as someone else). Static, since the
+/// refusal comes before any page is rendered.
+fn forbidden_page(message: &str) -> String {
+    let message = app::format::escape_html(message);
+    format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Not allowed · Sightline</title>\
+         <link rel=\"stylesheet\" href=\"/pkg/main.css\"></head><body>\
+         <header class=\"topbar\"><a class=\"brand\" href=\"/\">Sightline</a>\
+         <span class=\"tagline\">live sensor fleet</span></header>\
+         <main id=\"content\"><section class=\"panel login\" data-testid=\"forbidden\">\
+         <h1>Not allowed</h1><p>{message}.</p>\
+         <p><a href=\"/\">Back to the fleet</a></p>\
+         <form method=\"post\" action=\"/logout\"><button type=\"submit\" class=\"link\">\
+         Sign in as someone else</button></form></section></main></body></html>"
+    )
 }
 
 /// The Content-Security-Policy of every response. Scripts come only from
