@@ -372,7 +372,10 @@ async fn pages_show_real_values_before_any_script_runs() {
         .get("/devices/Nobody")
         .await
         .expect("unknown device page");
-    assert_eq!(status, 404, "an unknown device gets a page that says so, as a 404");
+    assert_eq!(
+        status, 404,
+        "an unknown device gets a page that says so, as a 404"
+    );
     let (status, _) = server
         .get("/api/devices/Nobody")
         .await
