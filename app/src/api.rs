@@ -4,7 +4,8 @@
 use leptos::prelude::*;
 
 use crate::model::{
-    Account, AuditEntry, Command, DeviceCredentials, DeviceDetail, Fleet, SeriesResponse,
+    Account, ApiToken, AuditEntry, Command, CreatedApiToken, DeviceCredentials, DeviceDetail,
+    Fleet, SeriesResponse,
 };
 #[cfg(feature = "ssr")]
 use crate::model::{NewAccount, Role};
@@ -27,6 +28,10 @@ pub enum BackendError {
     /// who made it; the server function answers 400.
     #[error("{0}")]
     Invalid(String),
+    /// The caller may not do this in the way they asked, whatever their
+    /// role; the server function answers 403.
+    #[error("{0}")]
+    Forbidden(String),
     /// The server failed, most likely its database. The cause was logged
     /// where it happened; the page shows only this, and the server
     /// function answers 500.
@@ -42,8 +47,8 @@ mod backend {
 
     use super::{BackendError, CommandForm};
     use crate::model::{
-        Account, AuditEntry, Command, DeviceCredentials, DeviceDetail, Fleet, NewAccount, Role,
-        SeriesResponse,
+        Account, ApiToken, AuditEntry, Command, CreatedApiToken, DeviceCredentials, DeviceDetail,
+        Fleet, NewAccount, Role, SeriesResponse,
     };
 
     /// A boxed, sendable future, so the trait stays object-safe.
@@ -116,6 +121,13 @@ mod backend {
             id: String,
             keep_data: bool,
         ) -> BoxFuture<'_, Result<(), BackendError>>;
+        /// The signed-in account's API tokens, without their secrets.
+        fn tokens(&self) -> BoxFuture<'_, Result<Vec<ApiToken>, BackendError>>;
+        /// Creates an API token for the signed-in account; its secret is
+        /// returned once. Refused to callers that signed in with a token.
+        fn add_token(&self, label: String) -> BoxFuture<'_, Result<CreatedApiToken, BackendError>>;
+        /// Revokes one of the signed-in account's tokens at once.
+        fn revoke_token(&self, id: String) -> BoxFuture<'_, Result<(), BackendError>>;
     }
 
     pub use super::HistoryWindow;
@@ -168,6 +180,24 @@ pub async fn set_role(name: String, role: String) -> Result<(), ServerFnError> {
 #[server(prefix = "/_app", endpoint = "remove_account")]
 pub async fn remove_account(name: String) -> Result<(), ServerFnError> {
     backend()?.remove_account(name).await.map_err(failed)
+}
+
+/// Loads the signed-in account's API tokens.
+#[server(prefix = "/_app", endpoint = "tokens")]
+pub async fn get_tokens() -> Result<Vec<ApiToken>, ServerFnError> {
+    backend()?.tokens().await.map_err(failed)
+}
+
+/// Creates an API token for the signed-in account, shown once.
+#[server(prefix = "/_app", endpoint = "add_token")]
+pub async fn add_token(label: String) -> Result<CreatedApiToken, ServerFnError> {
+    backend()?.add_token(label).await.map_err(failed)
+}
+
+/// Revokes one of the signed-in account's API tokens.
+#[server(prefix = "/_app", endpoint = "revoke_token")]
+pub async fn revoke_token(id: String) -> Result<(), ServerFnError> {
+    backend()?.revoke_token(id).await.map_err(failed)
 }
 
 /// Loads the fleet overview.
@@ -298,6 +328,7 @@ fn failed(e: BackendError) -> ServerFnError {
     if let Some(response) = use_context::<ResponseOptions>() {
         response.set_status(match e {
             BackendError::Invalid(_) => http::StatusCode::BAD_REQUEST,
+            BackendError::Forbidden(_) => http::StatusCode::FORBIDDEN,
             BackendError::Unavailable => http::StatusCode::INTERNAL_SERVER_ERROR,
         });
     }

@@ -48,6 +48,9 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 // ECharts must be a global before the WASM renders a chart,
                 // so it loads (deferred) ahead of the hydration scripts.
                 <script src="/pkg/echarts.min.js" defer nonce=leptos::nonce::use_nonce()></script>
+                // Installs the service worker that answers a page load
+                // with a self-retrying page while the server is down.
+                <script src="/pkg/register-sw.js" defer nonce=leptos::nonce::use_nonce()></script>
                 <HydrationScripts options/>
                 <MetaTags/>
             </head>
@@ -100,6 +103,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/devices/:id") view=pages::device::DevicePage ssr=SsrMode::Async/>
                     <Route path=path!("/login") view=pages::login::LoginPage ssr=SsrMode::Async/>
                     <Route path=path!("/admin") view=pages::admin::AdminPage ssr=SsrMode::Async/>
+                    <Route path=path!("/account") view=pages::account::AccountPage ssr=SsrMode::Async/>
                 </Routes>
             </main>
         </Router>

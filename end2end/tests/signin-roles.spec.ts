@@ -152,6 +152,6 @@ test.describe('as an admin', () => {
     await expect(page.locator(`tr[data-account="${name}"]`)).toHaveCount(0);
     // The last admin cannot be removed, and the page says why.
     await remove('admin');
-    await expect(page.getByTestId('admin-error')).toContainText('last admin');
+    await expect(page.locator('tr[data-account="admin"]').getByTestId('remove-error')).toContainText('last admin');
   });
 });

@@ -1,4 +1,4 @@
-// An axe-core scan of the sign-in, fleet, device and admin pages, in light
+// An axe-core scan of the sign-in, fleet, device, admin and account pages, in light
 // and dark, each hydrated and live: no serious or critical violation of
 // WCAG 2.1 A and AA may remain.
 import { Page } from '@playwright/test';
@@ -23,14 +23,15 @@ for (const scheme of ['light', 'dark'] as const) {
       execFileSync('mosquitto_pub', ['-p', String(mqtt), '-q', '1', '-t', `sensor/${id}`, '-m', '{"temp":21.5,"hum":40}']);
       await expect.poll(async () => (await page.request.get(`/api/devices/${id}`)).status()).toBe(200);
       const found: Record<string, string[]> = {};
-      for (const path of ['/', `/devices/${id}`, '/admin']) {
+      for (const path of ['/', `/devices/${id}`, '/admin', '/account']) {
         await page.goto(path);
         await expect(page.locator('main')).toBeVisible();
-        if (path !== '/admin') await expect(page.getByTestId('link-state')).toHaveText('live');
-        else await expect(page.getByTestId('accounts')).toBeVisible();
+        if (path === '/admin') await expect(page.getByTestId('accounts')).toBeVisible();
+        else if (path === '/account') await expect(page.getByTestId('add-token')).toBeVisible();
+        else await expect(page.getByTestId('link-state')).toHaveText('live');
         found[path] = await violations(page);
       }
-      expect(found).toEqual({ '/': [], [`/devices/${id}`]: [], '/admin': [] });
+      expect(found).toEqual({ '/': [], [`/devices/${id}`]: [], '/admin': [], '/account': [] });
     });
   });
 

@@ -281,6 +281,65 @@ test.describe('as an admin', () => {
     );
     expect(wide).toBe(0);
   });
+
+  test('a refused change stays beside its field and puts the role picker back', async ({ page }) => {
+    await page.goto('/admin');
+    await expect(page.locator('html[data-hydrated]')).toHaveCount(1);
+    const row = page.locator('tr[data-account="admin"]');
+    // The only admin cannot stop being one: the picker returns to "admin"
+    // and the reason sits in the row, announced.
+    await row.locator('select').selectOption('viewer');
+    await row.getByRole('button', { name: 'Change' }).click();
+    const roleError = row.getByTestId('role-error');
+    await expect(roleError).toContainText('the last admin cannot lose the admin role');
+    await expect(roleError).toHaveAttribute('aria-live', 'polite');
+    await expect(row.locator('select')).toHaveValue('admin');
+    await page.reload();
+    await expect(page.locator('tr[data-account="admin"] select')).toHaveValue('admin');
+
+    // A bad name is reported under the name field, not at the top.
+    await page.getByTestId('new-account-name').fill('bad name!');
+    await page.getByTestId('new-account-password').fill('a good long password');
+    await page.getByTestId('add-account').click();
+    await expect(page.getByTestId('new-name-error')).toContainText('letters, digits');
+    await expect(page.getByTestId('new-account-name')).toHaveAttribute('aria-invalid', 'true');
+    await expect(page.getByTestId('new-password-error')).toBeEmpty();
+  });
+});
+
+test('API tokens are made on the account page, shown once, and revoked only after a confirmation', async ({ page }, info) => {
+  const label = `script-${info.project.name}`;
+  await page.goto('/');
+  await page.getByTestId('who').click();
+  await expect(page).toHaveURL(/\/account$/);
+  await expect(page.getByTestId('account-who')).toContainText('operator');
+
+  await expect(page.locator('html[data-hydrated]')).toHaveCount(1);
+  await page.getByTestId('token-label').fill(label);
+  await page.getByTestId('add-token').click();
+  const secret = (await page.getByTestId('new-token-secret').textContent())?.trim() ?? '';
+  expect(secret).toMatch(/^sightline_/);
+  await expect(page.getByTestId('new-token').getByRole('button', { name: 'Copy token' })).toBeVisible();
+  const row = page.getByTestId('tokens').locator('tr', { hasText: label });
+  await expect(row).toHaveCount(1);
+  const asToken = async () =>
+    (await page.request.get('/api/devices', { headers: { Authorization: `Bearer ${secret}` } })).status();
+  expect(await asToken()).toBe(200);
+
+  // Cancelling keeps it; confirming revokes it at once.
+  await row.getByRole('button', { name: 'Revoke…' }).click();
+  await expect(row.getByRole('alert')).toContainText(`Revoke ${label}?`);
+  await row.getByRole('button', { name: 'Cancel' }).click();
+  expect(await asToken()).toBe(200);
+  await row.getByRole('button', { name: 'Revoke…' }).click();
+  await row.getByRole('button', { name: 'Yes, revoke' }).click();
+  await expect(page.getByTestId('tokens').locator('tr', { hasText: label })).toHaveCount(0);
+  expect(await asToken()).toBe(401);
+
+  // A blank label is refused beside its field.
+  await page.getByTestId('token-label').fill('   ');
+  await page.getByTestId('add-token').click();
+  await expect(page.getByTestId('token-error')).toContainText('1 to 64 printable characters');
 });
 
 test('a skip link, level chart columns that use the screen, and one scale per metric when combined', async ({ page }, info) => {

@@ -221,6 +221,7 @@ const ROUTES: &[Row] = &[
     ),
     ("GET", "/login", "/login", None, [200, 200, 200, 200]),
     ("GET", "/admin", "/admin", None, [303, 403, 403, 200]),
+    ("GET", "/account", "/account", None, [303, 200, 200, 200]),
     // The live socket: past the gate, a plain GET is no WebSocket upgrade.
     ("GET", "/ws", "/ws", None, [401, 400, 400, 400]),
     ("GET", "/pkg/", "/pkg/main.css", None, [200, 200, 200, 200]),
@@ -252,6 +253,27 @@ const ROUTES: &[Row] = &[
         "/_app/commands",
         Some("id=Known01"),
         [401, 200, 200, 200],
+    ),
+    (
+        "POST",
+        "/_app/tokens",
+        "/_app/tokens",
+        Some(""),
+        [401, 200, 200, 200],
+    ),
+    (
+        "POST",
+        "/_app/add_token",
+        "/_app/add_token",
+        Some("label=%20"),
+        [401, 400, 400, 400],
+    ),
+    (
+        "POST",
+        "/_app/revoke_token",
+        "/_app/revoke_token",
+        Some("id=nope"),
+        [401, 400, 400, 400],
     ),
     (
         "POST",
@@ -944,6 +966,13 @@ async fn api_tokens_act_for_their_account_until_revoked(db: TestDb) {
         .await
         .expect("mint");
     assert_eq!(mint.status(), 403);
+    let mint_on_page = with_token
+        .post(server.url("/_app/add_token"))
+        .form(&[("label", "more")])
+        .send()
+        .await
+        .expect("mint through the account page's function");
+    assert_eq!(mint_on_page.status(), 403);
     let change = with_token
         .put(server.url("/api/me/password"))
         .json(&serde_json::json!({"current": PASSWORD, "new": "a new long password"}))

@@ -672,3 +672,61 @@ async fn web_connections_beyond_the_cap_are_closed_at_once() {
     assert!(read_value(&metrics, "sightline_http_over_capacity_total") >= Some(1));
     server.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn a_server_function_refuses_unreadable_arguments_with_400() {
+    let scratch = Scratch::new();
+    let server = TestServer::start(closed_config(&scratch)).await;
+    // Every dashboard server function that takes arguments is sent nothing
+    // and an unknown field; those with typed arguments also get a value of
+    // the wrong type.
+    let functions = [
+        "add_account",
+        "set_role",
+        "remove_account",
+        "device",
+        "history",
+        "add_device",
+        "set_enabled",
+        "set_label",
+        "rotate_secret",
+        "delete_device",
+        "commands",
+        "send_command",
+    ];
+    let mut requests: Vec<(&str, &str)> = functions
+        .iter()
+        .flat_map(|f| [(*f, ""), (*f, "unknown=1")])
+        .collect();
+    requests.extend([
+        ("set_enabled", "id=Dev1&enabled=maybe"),
+        ("delete_device", "id=Dev1&confirm=Dev1&keep_data=2"),
+        ("history", "id=Dev1&window=zz&points=many&tz=UTC"),
+        (
+            "send_command",
+            "id=Dev1&name=ping&params=&two_way=no&persistent=false",
+        ),
+    ]);
+    for (function, body) in requests {
+        let response = server
+            .client()
+            .post(server.url(&format!("/_app/{function}")))
+            // Compressed answers must be corrected too.
+            .header(reqwest::header::ACCEPT_ENCODING, "gzip")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            response.status().as_u16(),
+            400,
+            "/_app/{function} with {body:?} is the caller's mistake"
+        );
+    }
+    assert_eq!(server.get("/api/health").await.expect("health").0, 200);
+    server.stop().await.expect("clean shutdown");
+}

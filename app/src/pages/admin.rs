@@ -6,44 +6,43 @@ use leptos_meta::Title;
 
 use crate::api::{get_accounts, get_audit, AddAccount, RemoveAccount, SetRole};
 use crate::format::{utc_minute as format_time, utc_second as format_second};
-use crate::model::Role;
+use crate::model::{Account, Role};
 
 #[component]
 pub fn AdminPage() -> impl IntoView {
     let accounts = Resource::new(|| (), |_| get_accounts());
     let audit = Resource::new(|| (), |_| get_audit());
     let add = ServerAction::<AddAccount>::new();
-    let set_role = ServerAction::<SetRole>::new();
-    let remove = ServerAction::<RemoveAccount>::new();
-    // Whatever changed, the lists are read again.
-    Effect::new(move |_| {
-        let done = (
-            add.version().get(),
-            set_role.version().get(),
-            remove.version().get(),
-        );
-        if done != (0, 0, 0) {
-            accounts.refetch();
-            audit.refetch();
-        }
+    // Whatever changed, the lists are read again; a refusal changes
+    // nothing, so it stays on screen beside the field it is about.
+    let changed = Callback::new(move |()| {
+        accounts.refetch();
+        audit.refetch();
     });
-    let error = move || {
-        [
-            add.value().get().and_then(|r| r.err()),
-            set_role.value().get().and_then(|r| r.err()),
-            remove.value().get().and_then(|r| r.err()),
-        ]
-        .into_iter()
-        .flatten()
-        .next()
-        .map(super::error_message)
-    };
+    let name_error = RwSignal::new(None::<String>);
+    let password_error = RwSignal::new(None::<String>);
+    Effect::new(move |_| match add.value().get() {
+        Some(Ok(_)) => {
+            name_error.set(None);
+            password_error.set(None);
+            changed.run(());
+        }
+        // The server's message says which field it is about.
+        Some(Err(e)) => {
+            let message = super::error_message(e);
+            let about_password = message.contains("password");
+            password_error.set(about_password.then(|| message.clone()));
+            name_error.set((!about_password).then_some(message));
+        }
+        None => {}
+    });
+    let invalid =
+        |error: RwSignal<Option<String>>| move || error.with(Option::is_some).then_some("true");
     view! {
         <Title text="Admin · Sightline"/>
         <h1>"Admin"</h1>
         <section class="panel">
             <h2>"Accounts"</h2>
-            {move || error().map(|e| view! { <p class="error" role="alert" data-testid="admin-error">{e}</p> })}
             <Transition fallback=|| view! { <p class="loading">"Loading accounts…"</p> }>
                 {move || Suspend::new(async move {
                     match accounts.await {
@@ -51,25 +50,7 @@ pub fn AdminPage() -> impl IntoView {
                             <div class="table-wrap" tabindex="0" role="region" aria-label="Accounts"><table class="table stacks" data-testid="accounts">
                                 <thead><tr><th>"Name"</th><th>"Role"</th><th>"Created (UTC)"</th><th>"Password changed"</th><th></th></tr></thead>
                                 <tbody>
-                                    {list.into_iter().map(|a| {
-                                        let for_role = a.name.clone();
-                                        let for_removal = a.name.clone();
-                                        view! {
-                                            <tr data-account=a.name.clone()>
-                                                <td data-label="Name">{a.name.clone()}</td>
-                                                <td data-label="Role">
-                                                    <ActionForm action=set_role attr:class="inline-form">
-                                                        <input type="hidden" name="name" value=for_role/>
-                                                        <RoleSelect selected=a.role/>
-                                                        <button type="submit" class="link">"Change"</button>
-                                                    </ActionForm>
-                                                </td>
-                                                <td data-label="Created">{format_time(a.created_at)}</td>
-                                                <td data-label="Password changed">{format_time(a.password_changed_at)}</td>
-                                                <td><RemoveButton name=for_removal remove/></td>
-                                            </tr>
-                                        }
-                                    }).collect_view()}
+                                    {list.into_iter().map(|account| view! { <AccountRow account changed/> }).collect_view()}
                                 </tbody>
                             </table></div>
                         }.into_any(),
@@ -79,8 +60,16 @@ pub fn AdminPage() -> impl IntoView {
             </Transition>
             <h3>"Add an account"</h3>
             <ActionForm action=add attr:class="add-form">
-                <label>"Name" <input name="name" required=true maxlength="64" autocomplete="off" data-testid="new-account-name"/></label>
-                <label>"Password" <input name="password" type="password" required=true minlength="8" autocomplete="new-password" data-testid="new-account-password"/></label>
+                <div class="field-group">
+                    <label>"Name" <input name="name" required=true maxlength="64" autocomplete="off" data-testid="new-account-name"
+                        aria-describedby="new-name-error" aria-invalid=invalid(name_error)/></label>
+                    <p id="new-name-error" class="error field-error" aria-live="polite" data-testid="new-name-error">{move || name_error.get()}</p>
+                </div>
+                <div class="field-group">
+                    <label>"Password" <input name="password" type="password" required=true minlength="8" autocomplete="new-password" data-testid="new-account-password"
+                        aria-describedby="new-password-error" aria-invalid=invalid(password_error)/></label>
+                    <p id="new-password-error" class="error field-error" aria-live="polite" data-testid="new-password-error">{move || password_error.get()}</p>
+                </div>
                 <label>"Role" <RoleSelect selected=Role::Viewer/></label>
                 <button type="submit" data-testid="add-account">"Add"</button>
             </ActionForm>
@@ -102,7 +91,79 @@ pub fn AdminPage() -> impl IntoView {
     }
 }
 
-/// The role picker of the admin forms.
+/// One account: its role picker and "Remove…", each with its own error
+/// beside it. A refused role change puts the picker back on the role the
+/// account still has.
+#[component]
+fn AccountRow(account: Account, changed: Callback<()>) -> impl IntoView {
+    let set_role = ServerAction::<SetRole>::new();
+    let remove = ServerAction::<RemoveAccount>::new();
+    let saved = account.role;
+    let chosen = RwSignal::new(saved);
+    let role_error = RwSignal::new(None::<String>);
+    let remove_error = RwSignal::new(None::<String>);
+    Effect::new(move |_| match set_role.value().get() {
+        Some(Ok(())) => changed.run(()),
+        Some(Err(e)) => {
+            chosen.set(saved);
+            role_error.set(Some(super::error_message(e)));
+        }
+        None => {}
+    });
+    Effect::new(move |_| match remove.value().get() {
+        Some(Ok(())) => changed.run(()),
+        Some(Err(e)) => remove_error.set(Some(super::error_message(e))),
+        None => {}
+    });
+    let name = account.name.clone();
+    let change = {
+        let name = name.clone();
+        move |ev: leptos::ev::SubmitEvent| {
+            ev.prevent_default();
+            role_error.set(None);
+            set_role.dispatch(SetRole {
+                name: name.clone(),
+                role: chosen.get_untracked().label().to_owned(),
+            });
+        }
+    };
+    let role_error_id = format!("role-error-{name}");
+    let set_role_path = <SetRole as leptos::server_fn::ServerFn>::PATH;
+    view! {
+        <tr data-account=name.clone()>
+            <td data-label="Name">{name.clone()}</td>
+            <td data-label="Role">
+                // Without scripts the form posts to the server function
+                // itself; once hydrated, `change` sends it and keeps the
+                // picker in step.
+                <form class="inline-form" method="post" action=set_role_path on:submit=change>
+                    <input type="hidden" name="name" value=name.clone()/>
+                    <select name="role" aria-label=format!("Role of {name}") aria-describedby=role_error_id.clone()
+                        prop:value=move || chosen.get().label()
+                        on:change=move |ev| {
+                            if let Some(role) = Role::parse(&event_target_value(&ev)) {
+                                chosen.set(role);
+                            }
+                        }>
+                        {Role::ALL.into_iter().map(|r| view! {
+                            <option value=r.label() selected=r == saved>{r.label()}</option>
+                        }).collect_view()}
+                    </select>
+                    <button type="submit" class="link">"Change"</button>
+                </form>
+                <p id=role_error_id class="error field-error" aria-live="polite" data-testid="role-error">{move || role_error.get()}</p>
+            </td>
+            <td data-label="Created">{format_time(account.created_at)}</td>
+            <td data-label="Password changed">{format_time(account.password_changed_at)}</td>
+            <td>
+                <RemoveButton name=account.name remove/>
+                <p class="error field-error" aria-live="polite" data-testid="remove-error">{move || remove_error.get()}</p>
+            </td>
+        </tr>
+    }
+}
+
+/// The role picker of the add form.
 #[component]
 fn RoleSelect(selected: Role) -> impl IntoView {
     view! {

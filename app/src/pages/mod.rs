@@ -1,5 +1,6 @@
 //! The dashboard's pages.
 
+pub mod account;
 pub mod admin;
 pub mod commands;
 pub mod device;
@@ -61,7 +62,7 @@ pub fn AccountMenu() -> impl IntoView {
         view! {
             <nav class="account">
                 {admin.then(|| view! { <a href="/admin">"Admin"</a> })}
-                <span class="who" data-testid="who">{m.name} <small>{m.role.label()}</small></span>
+                <a class="who" href="/account" data-testid="who" title="Your account and API tokens">{m.name} <small>{m.role.label()}</small></a>
                 <form method="post" action="/logout">
                     <button type="submit" class="link">"Sign out"</button>
                 </form>

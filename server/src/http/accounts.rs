@@ -105,7 +105,21 @@ pub async fn add_token(
 ) -> Result<(StatusCode, Json<CreatedApiToken>), HttpError> {
     session_only(&caller)?;
     let request = json_body(request)?;
-    let created = auth.add_token(caller.account_id, &request.label).await?;
+    let created = create_token(&auth, &audit, &caller, ip, &request.label).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Creates a token for the caller's account and audits it; shared by the
+/// API and the account page, which each check the caller signed in with a
+/// session first.
+pub(super) async fn create_token(
+    auth: &Auth,
+    audit: &Audit,
+    caller: &Caller,
+    ip: Option<std::net::IpAddr>,
+    label: &str,
+) -> Result<CreatedApiToken, AuthError> {
+    let created = auth.add_token(caller.account_id, label).await?;
     audit
         .record(
             &caller.name,
@@ -115,7 +129,25 @@ pub async fn add_token(
             ip,
         )
         .await;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok(created)
+}
+
+/// Revokes one of the caller's tokens and audits it; `false` if the
+/// caller has no such token. Shared by the API and the account page.
+pub(super) async fn revoke_own_token(
+    auth: &Auth,
+    audit: &Audit,
+    caller: &Caller,
+    ip: Option<std::net::IpAddr>,
+    id: &str,
+) -> Result<bool, crate::store::StoreError> {
+    if !auth.revoke_token(caller.account_id, id).await? {
+        return Ok(false);
+    }
+    audit
+        .record(&caller.name, action::TOKEN_REVOKE, Some(id), None, ip)
+        .await;
+    Ok(true)
 }
 
 /// `DELETE /api/tokens/{id}`: revokes one of the caller's tokens at once.
@@ -130,12 +162,9 @@ pub async fn revoke_token(
     Extension(ClientIp(ip)): Extension<ClientIp>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, HttpError> {
-    if !auth.revoke_token(caller.account_id, &id).await? {
+    if !revoke_own_token(&auth, &audit, &caller, ip, &id).await? {
         return Err(HttpError::NotFound);
     }
-    audit
-        .record(&caller.name, action::TOKEN_REVOKE, Some(&id), None, ip)
-        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -286,6 +286,12 @@ pub fn router(state: AppState) -> Router {
                     header::CACHE_CONTROL,
                     HeaderValue::from_static("no-cache"),
                 ))
+                // The service worker lives in the bundle but serves page
+                // loads for the whole site (`public/sw.js`).
+                .layer(SetResponseHeaderLayer::overriding(
+                    header::HeaderName::from_static("service-worker-allowed"),
+                    HeaderValue::from_static("/"),
+                ))
                 .service(pkg),
         )
         .fallback(leptos_axum::file_and_error_handler_with_context::<
@@ -294,6 +300,7 @@ pub fn router(state: AppState) -> Router {
         >(guard::provide_request_context, app::shell))
         .merge(api.router)
         .with_state(state)
+        .layer(axum::middleware::from_fn(pages::bad_arguments_are_400))
         // The WASM and ECharts shrink to about a third when gzipped, which
         // matters most on the phones this dashboard is meant for.
         .layer(CompressionLayer::new())

@@ -49,6 +49,27 @@ fn page_caller() -> (String, Option<IpAddr>) {
     (name.unwrap_or_else(|| "unknown".to_owned()), ip)
 }
 
+/// The account behind the page request being served, as the gate found
+/// it; `None` outside a request.
+fn page_account() -> Option<(Caller, Option<IpAddr>)> {
+    let parts = leptos::prelude::use_context::<axum::http::request::Parts>()?;
+    let caller = parts.extensions.get::<Caller>()?.clone();
+    Some((caller, parts.extensions.get::<ClientIp>().and_then(|c| c.0)))
+}
+
+/// The signed-in account, for what only a person at the dashboard may do:
+/// a leaked API token must not mint more tokens (see `accounts`).
+fn page_session() -> Result<(Caller, Option<IpAddr>), BackendError> {
+    match page_account() {
+        Some((caller, ip)) if matches!(caller.via, crate::auth::Via::Session(_)) => {
+            Ok((caller, ip))
+        }
+        _ => Err(BackendError::Forbidden(
+            "this needs a dashboard session, not an API token".to_owned(),
+        )),
+    }
+}
+
 impl From<&AppState> for PageData {
     fn from(state: &AppState) -> Self {
         Self {
@@ -293,6 +314,49 @@ impl Backend for PageData {
         })
     }
 
+    fn tokens(&self) -> BoxFuture<'_, Result<Vec<app::model::ApiToken>, BackendError>> {
+        let caller = page_account();
+        Box::pin(async move {
+            let Some((caller, _)) = caller else {
+                return Ok(Vec::new());
+            };
+            self.store
+                .tokens(caller.account_id)
+                .await
+                .map_err(log_for_page)
+        })
+    }
+
+    fn add_token(
+        &self,
+        label: String,
+    ) -> BoxFuture<'_, Result<app::model::CreatedApiToken, BackendError>> {
+        let session = page_session();
+        Box::pin(async move {
+            let (caller, ip) = session?;
+            super::accounts::create_token(&self.auth, &self.audit, &caller, ip, &label)
+                .await
+                .map_err(page_auth_error)
+        })
+    }
+
+    fn revoke_token(&self, id: String) -> BoxFuture<'_, Result<(), BackendError>> {
+        let caller = page_account();
+        Box::pin(async move {
+            let Some((caller, ip)) = caller else {
+                return Err(BackendError::Invalid("no such token".to_owned()));
+            };
+            match super::accounts::revoke_own_token(&self.auth, &self.audit, &caller, ip, &id).await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(BackendError::Invalid(
+                    "no such token; it may have been revoked already".to_owned(),
+                )),
+                Err(e) => Err(log_for_page(e)),
+            }
+        })
+    }
+
     fn add_device(&self, id: String) -> BoxFuture<'_, Result<DeviceCredentials, BackendError>> {
         let (actor, ip) = page_caller();
         Box::pin(async move {
@@ -376,4 +440,51 @@ fn page_auth_error(e: AuthError) -> BackendError {
 fn log_for_page(e: StoreError) -> BackendError {
     tracing::error!("page data failed: {e}");
     BackendError::Unavailable
+}
+
+/// The path under which Leptos serves the pages' server functions.
+pub(super) const SERVER_FN_PREFIX: &str = "/_app/";
+
+/// The most of a failed server function's answer this reads; its errors
+/// are one line of text, so anything longer is left as it was.
+const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// Makes a server function answer 400, not 500, when the request's
+/// arguments cannot be read: missing, of the wrong type or malformed.
+///
+/// Leptos decodes a server function's arguments before the function runs
+/// and answers any failure to do so with 500, as if the server had failed.
+/// That would send operators and monitoring after a fault that is the
+/// caller's. Its error body names the kind of failure (`Args|…`), which is
+/// what this reads; the message is kept, and the refusal is logged.
+pub(super) async fn bad_arguments_are_400(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if !path.starts_with(SERVER_FN_PREFIX) || response.status() != StatusCode::INTERNAL_SERVER_ERROR
+    {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
+        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+        return axum::response::Response::from_parts(
+            parts,
+            axum::body::Body::from("ServerError|the server failed"),
+        );
+    };
+    let kind = bytes.split(|b| *b == b'|').next().unwrap_or_default();
+    if matches!(kind, b"Args" | b"MissingArg" | b"Deserialization") {
+        tracing::warn!(
+            path,
+            error = %String::from_utf8_lossy(&bytes),
+            "server function refused unreadable arguments"
+        );
+        parts.status = StatusCode::BAD_REQUEST;
+    }
+    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
 }

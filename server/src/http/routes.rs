@@ -94,9 +94,8 @@ pub fn page_access(path: &str) -> Access {
 /// The rule of a server function, by its path.
 pub fn server_fn_access(path: &str) -> Access {
     match path {
-        "/_app/fleet" | "/_app/device" | "/_app/history" | "/_app/commands" | "/_app/tokens" => {
-            Access::Least(Role::Viewer)
-        }
+        "/_app/fleet" | "/_app/device" | "/_app/history" | "/_app/commands" | "/_app/tokens"
+        | "/_app/add_token" | "/_app/revoke_token" => Access::Least(Role::Viewer),
         "/_app/add_device"
         | "/_app/send_command"
         | "/_app/set_label"
