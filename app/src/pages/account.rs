@@ -102,13 +102,7 @@ fn NewToken(created: CreatedApiToken) -> impl IntoView {
         "curl -H 'Authorization: Bearer {}' {origin}/api/devices",
         created.token
     );
-    let node = NodeRef::<leptos::html::Div>::new();
-    #[cfg(feature = "hydrate")]
-    Effect::new(move |_| {
-        if let Some(el) = node.get() {
-            el.scroll_into_view();
-        }
-    });
+    let node = super::manage::scrolled_into_view();
     view! {
         <div class="notice secret-panel" role="status" data-testid="new-token" node_ref=node>
             <p>"Token " <strong>{created.label.clone()}</strong> " created. Copy it now; it is not shown again."</p>

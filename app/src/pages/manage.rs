@@ -31,6 +31,19 @@ pub fn CopyButton(text: String, #[prop(into)] what: String) -> impl IntoView {
     }
 }
 
+/// A reference for a panel that scrolls itself into view once it is on
+/// the page, so that a secret shown once is not missed below the fold.
+pub fn scrolled_into_view() -> NodeRef<leptos::html::Div> {
+    let node = NodeRef::<leptos::html::Div>::new();
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        if let Some(el) = node.get() {
+            el.scroll_into_view();
+        }
+    });
+    node
+}
+
 /// A new secret, shown once: the id and secret with copy buttons, and the
 /// lines that publish a first reading with it, plain and ThingsBoard
 /// style, to this server's broker. It scrolls itself into view.
@@ -63,13 +76,7 @@ pub fn SecretPanel(credentials: DeviceCredentials, #[prop(into)] what: String) -
     let thingsboard = format!(
         "mosquitto_pub -h {host}{port}{tls} -u {secret} -t v1/devices/me/telemetry -m '{{\"temp\":22}}'"
     );
-    let node = NodeRef::<leptos::html::Div>::new();
-    #[cfg(feature = "hydrate")]
-    Effect::new(move |_| {
-        if let Some(el) = node.get() {
-            el.scroll_into_view();
-        }
-    });
+    let node = scrolled_into_view();
     view! {
         <div class="notice secret-panel" role="status" data-testid="new-device" node_ref=node>
             <p>"Device " <strong>{id.clone()}</strong> {format!(" {what}. Copy its secret now; it is not shown again.")}</p>

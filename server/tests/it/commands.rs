@@ -2,7 +2,7 @@
 //! a real rumqttc (3.1.1 and 5) or mosquitto device, its acknowledgement
 //! and answer, and the stored lifecycle.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! the owner of an account out or write forged lines into the audit log.
 //! Each test reproduces one finding of a review run against a live server.
 
-mod common;
+use crate::common;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 //! other way round). Further tests cover cross-origin requests, session
 //! revocation and expiry, sign-in throttling and API tokens.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -3,7 +3,7 @@
 //! sockets where a test must control every byte (keep-alive, Last Will,
 //! idle connections, garbage).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

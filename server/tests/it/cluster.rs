@@ -3,7 +3,7 @@
 //! another, exactly once, and keeps seeing them when a NATS node dies;
 //! commands, presence, takeover and invalidation cross instances too.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! broker, the reading lands in a real SQLite file, and a real WebSocket
 //! client receives it live.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Export over real HTTP from a real SQLite file: every row, in order, in
 //! CSV or NDJSON, filtered by metric and time range.
 
-mod common;
+use crate::common;
 
 use app::model::Reading;
 use server::store::Store;

@@ -2,7 +2,7 @@
 //! reading once with rollups that agree, and the driver sets TCP_NODELAY
 //! (sqlx-core 0.9.0 did not, adding about 40 ms to every round trip).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! again) or with them, and the writer, which caches ids, storing the
 //! next device of that name where it can be read.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -3,7 +3,7 @@
 //! passes in no real time. Then what each refusal of the command API
 //! answers, asked of the router itself (`oneshot`), with no socket.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

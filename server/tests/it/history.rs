@@ -3,7 +3,7 @@
 //! readings it covers (count, min, max, first and last time), on SQLite
 //! over real HTTP and on PostgreSQL when CI provides one.
 
-mod common;
+use crate::common;
 
 use app::model::{Reading, Resolution, SeriesResponse};
 use chrono_tz::Tz;

@@ -5,7 +5,7 @@
 //! dropped and counted, memory stays bounded, and the server recovers by
 //! itself.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! PostgreSQL restarting and crashing loses nothing acknowledged, and with
 //! a synchronous standby neither does losing the primary's disk.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
