@@ -145,35 +145,27 @@ fn TokenTable(list: Vec<ApiToken>, revoked: Callback<()>) -> impl IntoView {
     }
 }
 
-/// "Revoke…", then the question and the button that revokes: scripts that
-/// use the token fail from that moment, so one stray click must not do it.
+/// "Revoke…", asked first: scripts that use the token fail from that
+/// moment, so one stray click must not do it.
 #[component]
 fn RevokeButton(token: ApiToken, revoked: Callback<()>) -> impl IntoView {
     let revoke = ServerAction::<RevokeToken>::new();
-    let asking = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
     Effect::new(move |_| match revoke.value().get() {
         Some(Ok(())) => revoked.run(()),
         Some(Err(e)) => error.set(Some(super::error_message(e))),
         None => {}
     });
-    let question = StoredValue::new(format!(
+    let question = format!(
         "Revoke {}? Anything that uses it is refused from now on.",
         token.label
-    ));
-    let id = StoredValue::new(token.id);
+    );
+    let id = token.id;
+    let revoke_it = Callback::new(move |()| {
+        revoke.dispatch(RevokeToken { id: id.clone() });
+    });
     view! {
-        <Show
-            when=move || asking.get()
-            fallback=move || view! {
-                <button type="button" class="link danger" on:click=move |_| asking.set(true)>"Revoke…"</button>
-            }
-        >
-            <span role="alert">{question.get_value()}</span>
-            <button type="button" class="link danger"
-                on:click=move |_| { revoke.dispatch(RevokeToken { id: id.get_value() }); }>"Yes, revoke"</button>
-            <button type="button" class="link" on:click=move |_| asking.set(false)>"Cancel"</button>
-        </Show>
+        <super::ConfirmButton label="Revoke…" question yes="Yes, revoke" on_yes=revoke_it/>
         <p class="error field-error" aria-live="polite" data-testid="revoke-error">{move || error.get()}</p>
     }
 }

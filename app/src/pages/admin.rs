@@ -127,6 +127,12 @@ fn AccountRow(account: Account, changed: Callback<()>) -> impl IntoView {
             });
         }
     };
+    let remove_it = {
+        let name = name.clone();
+        Callback::new(move |()| {
+            remove.dispatch(RemoveAccount { name: name.clone() });
+        })
+    };
     let role_error_id = format!("role-error-{name}");
     let set_role_path = <SetRole as leptos::server_fn::ServerFn>::PATH;
     view! {
@@ -145,9 +151,7 @@ fn AccountRow(account: Account, changed: Callback<()>) -> impl IntoView {
                                 chosen.set(role);
                             }
                         }>
-                        {Role::ALL.into_iter().map(|r| view! {
-                            <option value=r.label() selected=r == saved>{r.label()}</option>
-                        }).collect_view()}
+                        {role_options(saved)}
                     </select>
                     <button type="submit" class="link">"Change"</button>
                 </form>
@@ -156,7 +160,10 @@ fn AccountRow(account: Account, changed: Callback<()>) -> impl IntoView {
             <td data-label="Created">{format_time(account.created_at)}</td>
             <td data-label="Password changed">{format_time(account.password_changed_at)}</td>
             <td>
-                <RemoveButton name=account.name remove/>
+                // Removing an account signs it out everywhere and cannot
+                // be undone, so it asks first.
+                <super::ConfirmButton label="Remove…" question=format!("Remove {name} and sign it out everywhere?")
+                    yes="Yes, remove" on_yes=remove_it/>
                 <p class="error field-error" aria-live="polite" data-testid="remove-error">{move || remove_error.get()}</p>
             </td>
         </tr>
@@ -168,36 +175,17 @@ fn AccountRow(account: Account, changed: Callback<()>) -> impl IntoView {
 fn RoleSelect(selected: Role) -> impl IntoView {
     view! {
         <select name="role" aria-label="Role">
-            {Role::ALL.into_iter().map(|r| view! {
-                <option value=r.label() selected=r == selected>{r.label()}</option>
-            }).collect_view()}
+            {role_options(selected)}
         </select>
     }
 }
 
-/// "Remove…", then the question and the button that removes: removing an
-/// account signs it out everywhere and cannot be undone, so one stray
-/// click must not do it.
-#[component]
-fn RemoveButton(name: String, remove: ServerAction<RemoveAccount>) -> impl IntoView {
-    let asking = RwSignal::new(false);
-    let question = StoredValue::new(format!("Remove {name} and sign it out everywhere?"));
-    let name = StoredValue::new(name);
-    view! {
-        <Show
-            when=move || asking.get()
-            fallback=move || view! {
-                <button type="button" class="link danger" on:click=move |_| asking.set(true)>"Remove…"</button>
-            }
-        >
-            <ActionForm action=remove attr:class="inline-form">
-                <input type="hidden" name="name" value=name.get_value()/>
-                <span role="alert">{question.get_value()}</span>
-                <button type="submit" class="link danger">"Yes, remove"</button>
-                <button type="button" class="link" on:click=move |_| asking.set(false)>"Cancel"</button>
-            </ActionForm>
-        </Show>
-    }
+/// One option per role, with `selected` chosen.
+fn role_options(selected: Role) -> impl IntoView {
+    Role::ALL
+        .into_iter()
+        .map(|r| view! { <option value=r.label() selected=r == selected>{r.label()}</option> })
+        .collect_view()
 }
 
 /// The audit log, newest first, filtered by actor, action and target as

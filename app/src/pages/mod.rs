@@ -71,6 +71,34 @@ pub fn AccountMenu() -> impl IntoView {
     })
 }
 
+/// A destructive action's button: `label` first, then `question` (read
+/// out as an alert) with `yes`, which runs `on_yes`, and "Cancel". One
+/// stray click does nothing.
+#[component]
+pub fn ConfirmButton(
+    #[prop(into)] label: String,
+    #[prop(into)] question: String,
+    #[prop(into)] yes: String,
+    on_yes: Callback<()>,
+) -> impl IntoView {
+    let asking = RwSignal::new(false);
+    let label = StoredValue::new(label);
+    view! {
+        <Show
+            when=move || asking.get()
+            fallback=move || view! {
+                <button type="button" class="link danger" on:click=move |_| asking.set(true)>{label.get_value()}</button>
+            }
+        >
+            <span class="inline-form">
+                <span role="alert">{question.clone()}</span>
+                <button type="button" class="link danger" on:click=move |_| on_yes.run(())>{yes.clone()}</button>
+                <button type="button" class="link" on:click=move |_| asking.set(false)>"Cancel"</button>
+            </span>
+        </Show>
+    }
+}
+
 /// Sets the HTTP status of the page being rendered on the server (pages
 /// render asynchronously, so the status is still unsent). A no-op in the
 /// browser.

@@ -35,26 +35,28 @@ pub(super) struct PageData {
     broker: Option<(u16, bool)>,
 }
 
-/// The account and address behind the page request being served, from
-/// the request the gate annotated.
-fn page_caller() -> (String, Option<IpAddr>) {
-    let parts = leptos::prelude::use_context::<axum::http::request::Parts>();
-    let get = |parts: &axum::http::request::Parts| {
-        (
-            parts.extensions.get::<Caller>().map(|c| c.name.clone()),
-            parts.extensions.get::<ClientIp>().and_then(|c| c.0),
-        )
+/// The account and address behind the page request being served, as the
+/// gate annotated the request; neither outside a request.
+fn page_request() -> (Option<Caller>, Option<IpAddr>) {
+    let Some(parts) = leptos::prelude::use_context::<axum::http::request::Parts>() else {
+        return (None, None);
     };
-    let (name, ip) = parts.as_ref().map(get).unwrap_or_default();
-    (name.unwrap_or_else(|| "unknown".to_owned()), ip)
+    (
+        parts.extensions.get::<Caller>().cloned(),
+        parts.extensions.get::<ClientIp>().and_then(|c| c.0),
+    )
 }
 
-/// The account behind the page request being served, as the gate found
-/// it; `None` outside a request.
+/// Who to name in the audit log for a page action, and from where.
+fn page_caller() -> (String, Option<IpAddr>) {
+    let (caller, ip) = page_request();
+    (caller.map_or_else(|| "unknown".to_owned(), |c| c.name), ip)
+}
+
+/// The signed-in account behind the page request, if any.
 fn page_account() -> Option<(Caller, Option<IpAddr>)> {
-    let parts = leptos::prelude::use_context::<axum::http::request::Parts>()?;
-    let caller = parts.extensions.get::<Caller>()?.clone();
-    Some((caller, parts.extensions.get::<ClientIp>().and_then(|c| c.0)))
+    let (caller, ip) = page_request();
+    Some((caller?, ip))
 }
 
 /// The signed-in account, for what only a person at the dashboard may do:
@@ -463,10 +465,13 @@ pub(super) async fn bad_arguments_are_400(
 ) -> axum::response::Response {
     use axum::http::StatusCode;
 
+    // Only server functions are looked at; other requests pass untouched.
+    if !request.uri().path().starts_with(SERVER_FN_PREFIX) {
+        return next.run(request).await;
+    }
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
-    if !path.starts_with(SERVER_FN_PREFIX) || response.status() != StatusCode::INTERNAL_SERVER_ERROR
-    {
+    if response.status() != StatusCode::INTERNAL_SERVER_ERROR {
         return response;
     }
     let (mut parts, body) = response.into_parts();
