@@ -199,6 +199,9 @@ pub struct Config {
     /// How long a dashboard session lasts without use before it must sign
     /// in again.
     pub session_idle_minutes: u64,
+    /// API tokens one account may hold at once; more are refused until it
+    /// revokes one.
+    pub max_tokens_per_account: usize,
     /// How often a live socket checks that its sign-in still holds, which
     /// also counts as use of its session. One minute, and not settable
     /// from outside; tests shorten it so as not to wait for it.
@@ -257,6 +260,7 @@ impl Default for Config {
             retain_raw: Retention::FOREVER,
             retain_rollups: Retention::FOREVER,
             session_idle_minutes: 8 * 60,
+            max_tokens_per_account: 100,
             live_recheck: LIVE_RECHECK,
             command_clock: Clock::Wall,
         }
@@ -510,6 +514,9 @@ pub struct Overrides {
     /// Minutes a dashboard session may go unused before it ends [default: 480].
     #[arg(long, env = "SIGHTLINE_SESSION_IDLE_MINUTES", value_name = "MINUTES")]
     pub session_idle_minutes: Option<u64>,
+    /// API tokens one account may hold at once [default: 100].
+    #[arg(long, env = "SIGHTLINE_MAX_TOKENS_PER_ACCOUNT", value_name = "N")]
+    pub max_tokens_per_account: Option<usize>,
 }
 
 /// Why the configuration could not be assembled.
@@ -572,6 +579,7 @@ impl Config {
             ("viewer_buffer_bytes", self.viewer_buffer_bytes),
             ("max_connections", self.max_connections),
             ("session_idle_minutes", self.session_idle_minutes as usize),
+            ("max_tokens_per_account", self.max_tokens_per_account),
             (
                 "max_connections_per_device",
                 self.max_connections_per_device,

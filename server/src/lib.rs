@@ -334,11 +334,10 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
                 .await;
         }));
     }
-    let auth = Arc::new(auth::Auth::new(
-        store.clone(),
-        metrics.clone(),
-        config.session_idle_minutes,
-    ));
+    let auth = Arc::new(
+        auth::Auth::new(store.clone(), metrics.clone(), config.session_idle_minutes)
+            .with_max_tokens(config.max_tokens_per_account),
+    );
     background.push(tokio::spawn(auth.clone().run(background_stop.clone())));
     if config.demo {
         demo_viewer(&auth).await;

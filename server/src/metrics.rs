@@ -135,6 +135,8 @@ pub struct AuthCounters {
     /// State-changing requests refused because they came from another
     /// origin.
     pub csrf_refused: AtomicU64,
+    /// API tokens refused because the account holds its limit already.
+    pub tokens_refused: AtomicU64,
     /// Audit events that could not be written.
     pub audit_errors: AtomicU64,
 }
@@ -295,6 +297,7 @@ const PLAIN: &[Plain] = &[
     Plain { name: "sightline_login_throttled_total", kind: Kind::Counter, help: "Sign-ins refused unchecked after too many recent failures of the account or address.", value: |m| &m.auth.login_throttled },
     Plain { name: "sightline_http_unauthenticated_total", kind: Kind::Counter, help: "Web requests without a valid session or API token.", value: |m| &m.auth.unauthenticated },
     Plain { name: "sightline_http_forbidden_total", kind: Kind::Counter, help: "Web requests refused because the account's role is too low.", value: |m| &m.auth.forbidden },
+    Plain { name: "sightline_api_tokens_refused_total", kind: Kind::Counter, help: "API tokens refused because the account already held --max-tokens-per-account.", value: |m| &m.auth.tokens_refused },
     Plain { name: "sightline_http_csrf_refused_total", kind: Kind::Counter, help: "State-changing web requests refused because they came from another origin.", value: |m| &m.auth.csrf_refused },
     Plain { name: "sightline_audit_errors_total", kind: Kind::Counter, help: "Audit events that could not be written to the database.", value: |m| &m.auth.audit_errors },
 ];

@@ -165,6 +165,8 @@ pub struct Auth {
     /// 19 MiB and a core for tens of milliseconds, so a burst of sign-ins
     /// must queue nowhere: beyond this, attempts are refused at once.
     hashing: tokio::sync::Semaphore,
+    /// API tokens one account may hold (`--max-tokens-per-account`).
+    max_tokens: usize,
 }
 
 /// The most password checks at once.
@@ -183,7 +185,16 @@ impl Auth {
             revoked: tokio::sync::broadcast::channel(64).0,
             announce: std::sync::OnceLock::new(),
             hashing: tokio::sync::Semaphore::new(MAX_HASHING),
+            // One-off commands on the server machine are not bounded; the
+            // server sets its flag with `with_max_tokens`.
+            max_tokens: usize::MAX,
         }
+    }
+
+    /// Bounds the API tokens one account may hold.
+    pub fn with_max_tokens(mut self, max: usize) -> Self {
+        self.max_tokens = max;
+        self
     }
 
     /// Credentials as they are revoked, for live sockets to close on.
@@ -466,9 +477,28 @@ impl Auth {
         }
         let token = format!("{TOKEN_PREFIX}{}", random_secret());
         let id = uuid::Uuid::now_v7().simple().to_string();
-        self.store
-            .add_token(&id, account_id, label, &hash_secret(&token), now_ms())
+        let added = self
+            .store
+            .add_token(
+                &id,
+                account_id,
+                label,
+                &hash_secret(&token),
+                now_ms(),
+                self.max_tokens,
+            )
             .await?;
+        if !added {
+            Metrics::add(&self.metrics.auth.tokens_refused, 1);
+            tracing::warn!(
+                account_id,
+                max = self.max_tokens,
+                "API token refused: the account holds its limit"
+            );
+            return Err(AuthError::Refused(
+                "this account holds its limit of API tokens; revoke one first",
+            ));
+        }
         Ok(CreatedApiToken {
             id,
             label: label.to_owned(),

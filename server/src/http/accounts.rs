@@ -95,7 +95,8 @@ pub async fn tokens(
     responses((status = 201, description = "Created; the token is shown only here", body = CreatedApiToken),
         (status = 400, description = "Invalid label or body", body = ErrorBody),
         (status = 401, description = "No valid session or token", body = ErrorBody),
-        (status = 403, description = "Signed in with an API token, not a dashboard session", body = ErrorBody)))]
+        (status = 403, description = "Signed in with an API token, not a dashboard session", body = ErrorBody),
+        (status = 409, description = "The account holds --max-tokens-per-account tokens already", body = ErrorBody)))]
 pub async fn add_token(
     State(auth): State<Arc<Auth>>,
     State(audit): State<Audit>,

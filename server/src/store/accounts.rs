@@ -344,17 +344,23 @@ impl Store {
         label: &str,
         token_hash: &str,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
+        max_per_account: usize,
+    ) -> Result<bool, StoreError> {
+        // The count and the insert are one statement, so that requests
+        // racing each other cannot each see room for one more.
         let sql = "INSERT INTO api_token (id, account_id, label, token_hash, created_at) \
-                   VALUES (?, ?, ?, ?, ?)";
+                   SELECT ?, ?, ?, ?, ? \
+                   WHERE (SELECT COUNT(*) FROM api_token WHERE account_id = ?) < ?";
         let values = vec![
             id.into(),
             account_id.into(),
             label.into(),
             token_hash.into(),
             now_ms.into(),
+            account_id.into(),
+            i64::try_from(max_per_account).unwrap_or(i64::MAX).into(),
         ];
-        self.execute(sql, values).await.map(drop)
+        Ok(self.execute(sql, values).await? > 0)
     }
 
     /// The token with this hash: its id, when it was last used, and its

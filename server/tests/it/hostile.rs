@@ -730,3 +730,74 @@ async fn a_server_function_refuses_unreadable_arguments_with_400() {
     assert_eq!(server.get("/api/health").await.expect("health").0, 200);
     server.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn an_account_holds_at_most_its_api_tokens() {
+    let scratch = Scratch::new();
+    let mut config = closed_config(&scratch);
+    config.max_tokens_per_account = 3;
+    let server = TestServer::start(config).await;
+    // The test server's own admin token is one of the three.
+    // Tokens are minted with a dashboard session, so sign in for one.
+    let owner = client_from("127.0.0.1");
+    let signed_in = owner
+        .post(server.url("/login"))
+        .header(ORIGIN, server.url(""))
+        .form(&[
+            ("name", "admin"),
+            ("password", ADMIN_PASSWORD),
+            ("next", "/"),
+        ])
+        .send()
+        .await
+        .expect("sign in");
+    let session = signed_in
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let as_owner = |request: reqwest::RequestBuilder| {
+        request
+            .header(ORIGIN, server.url(""))
+            .header(reqwest::header::COOKIE, &session)
+    };
+    let mint = |label: &'static str| {
+        as_owner(owner.post(server.url("/api/tokens")))
+            .json(&serde_json::json!({ "label": label }))
+            .send()
+    };
+    let mut ids = Vec::new();
+    for label in ["one", "two"] {
+        let created = mint(label).await.expect("mint");
+        assert_eq!(created.status(), 201, "{label} fits");
+        let body: Value = created.json().await.expect("json");
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    let refused = mint("three").await.expect("mint");
+    assert_eq!(refused.status(), 409);
+    assert!(refused
+        .text()
+        .await
+        .expect("body")
+        .contains("limit of API tokens"));
+    // The account page's function is held to the same bound.
+    let on_page = as_owner(owner.post(server.url("/_app/add_token")))
+        .form(&[("label", "three")])
+        .send()
+        .await
+        .expect("page mint");
+    assert_eq!(on_page.status(), 400);
+    assert_eq!(server.metric("sightline_api_tokens_refused_total").await, 2);
+
+    // Revoking one makes room for one.
+    let revoked = as_owner(owner.delete(server.url(&format!("/api/tokens/{}", ids[0]))))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.status(), 204);
+    assert_eq!(mint("three").await.expect("mint").status(), 201);
+    assert_eq!(mint("four").await.expect("mint").status(), 409);
+    server.stop().await.expect("clean shutdown");
+}
