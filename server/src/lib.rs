@@ -220,6 +220,8 @@ pub struct Running {
     /// Fired when shutdown cannot wait any longer for a failing database.
     writer_give_up: CancellationToken,
     edge_stop: CancellationToken,
+    /// HTTP ingest's way to the writer, closed with the device listeners.
+    ingest_door: ingest::Door,
     edge_listeners: Vec<tokio::task::JoinHandle<()>>,
     sessions: TaskTracker,
     commands_stop: CancellationToken,
@@ -382,6 +384,16 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         }));
     }
 
+    // Devices reach ingest over MQTT (the edge) and over HTTP (through a
+    // door that shutdown closes with the device listeners).
+    let ingest = Arc::new(ingest::Ingest::new(
+        metrics.clone(),
+        queue_tx,
+        config.max_payload_bytes,
+        known_series,
+        config.max_series_per_device,
+    ));
+    let ingest_door = ingest::Door::open(ingest.clone());
     let edge = Arc::new(Edge::new(
         EdgeSettings {
             // Payloads over the ingest limit are still read, so that they
@@ -400,13 +412,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             open_registration: config.open_registration || config.demo,
         },
         store.clone(),
-        ingest::Ingest::new(
-            metrics.clone(),
-            queue_tx,
-            config.max_payload_bytes,
-            known_series,
-            config.max_series_per_device,
-        ),
+        ingest,
         metrics.clone(),
         Services {
             broker: broker.clone(),
@@ -538,6 +544,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             max_devices: config.max_devices_per_live_socket,
         },
         max_request_bytes: config.max_request_bytes,
+        ingest: ingest_door.clone(),
+        device_rates: Arc::new(edge::rate::DeviceRates::new(
+            config.max_publish_rate,
+            config.max_connections,
+        )),
         trusted_proxies: config.trusted_proxies.iter().map(|p| p.0).collect(),
         auth,
     };
@@ -575,6 +586,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         writer,
         writer_give_up,
         edge_stop,
+        ingest_door,
         edge_listeners,
         sessions: sessions_tasks,
         commands_stop,
@@ -685,6 +697,7 @@ impl Running {
     /// store, so shutdown always ends.
     pub async fn shutdown(self) {
         self.edge_stop.cancel();
+        self.ingest_door.close();
         let give_up = self.writer_give_up.clone();
         tokio::spawn(async move {
             tokio::time::sleep(WRITER_DRAIN_LIMIT).await;

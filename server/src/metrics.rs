@@ -97,6 +97,21 @@ pub struct EdgeCounters {
     last_refusal: Mutex<HashMap<String, (&'static str, i64)>>,
 }
 
+/// Readings sent over HTTP (`http::readings`), by outcome. Refused
+/// payloads count under `rejected` like MQTT's, and refused credentials
+/// also under the edge's `logins_refused`.
+#[derive(Debug, Default)]
+pub struct HttpIngestCounters {
+    /// Requests from authenticated devices.
+    pub requests: AtomicU64,
+    /// Requests whose readings were committed and answered 200.
+    pub stored: AtomicU64,
+    /// Requests with missing, wrong, disabled or deleted credentials.
+    pub unauthorized: AtomicU64,
+    /// Requests refused with 429 above the device's publish rate.
+    pub throttled: AtomicU64,
+}
+
 /// What happens to commands to devices, by outcome, and what was refused.
 #[derive(Debug, Default)]
 pub struct CommandCounters {
@@ -163,6 +178,7 @@ pub struct Metrics {
     pub pruned_rollups: AtomicU64,
     pub pruned_commands: AtomicU64,
     pub edge: EdgeCounters,
+    pub http_ingest: HttpIngestCounters,
     pub commands: CommandCounters,
     pub auth: AuthCounters,
     pub viewers: AtomicU64,
@@ -245,7 +261,7 @@ struct Plain {
 /// series: a table reads best as a table.
 #[rustfmt::skip]
 const PLAIN: &[Plain] = &[
-    Plain { name: "sightline_messages_total", kind: Kind::Counter, help: "MQTT messages that reached ingest.", value: |m| &m.messages },
+    Plain { name: "sightline_messages_total", kind: Kind::Counter, help: "MQTT messages and HTTP ingest requests that reached ingest.", value: |m| &m.messages },
     Plain { name: "sightline_readings_received_total", kind: Kind::Counter, help: "Readings decoded from valid messages.", value: |m| &m.received },
     Plain { name: "sightline_readings_stored_total", kind: Kind::Counter, help: "Readings committed to the database.", value: |m| &m.stored },
     Plain { name: "sightline_rejected_total", kind: Kind::Counter, help: "Messages or fields refused as invalid.", value: |m| &m.rejected },
@@ -283,6 +299,10 @@ const PLAIN: &[Plain] = &[
     Plain { name: "sightline_edge_protocol_errors_total", kind: Kind::Counter, help: "Connections closed for malformed packets or protocol violations.", value: |m| &m.edge.protocol_errors },
     Plain { name: "sightline_edge_keepalive_expired_total", kind: Kind::Counter, help: "Sessions closed after 1.5 x keep-alive of silence.", value: |m| &m.edge.keepalive_expired },
     Plain { name: "sightline_edge_wills_total", kind: Kind::Counter, help: "Last Wills published.", value: |m| &m.edge.wills },
+    Plain { name: "sightline_http_ingest_requests_total", kind: Kind::Counter, help: "HTTP ingest requests from authenticated devices.", value: |m| &m.http_ingest.requests },
+    Plain { name: "sightline_http_ingest_stored_total", kind: Kind::Counter, help: "HTTP ingest requests committed and answered 200.", value: |m| &m.http_ingest.stored },
+    Plain { name: "sightline_http_ingest_unauthorized_total", kind: Kind::Counter, help: "HTTP ingest requests with missing, wrong, disabled or deleted device credentials.", value: |m| &m.http_ingest.unauthorized },
+    Plain { name: "sightline_http_ingest_throttled_total", kind: Kind::Counter, help: "HTTP ingest requests refused with 429 above the device's --max-publish-rate.", value: |m| &m.http_ingest.throttled },
     Plain { name: "sightline_commands_accepted_total", kind: Kind::Counter, help: "Commands to devices accepted from operators.", value: |m| &m.commands.accepted },
     Plain { name: "sightline_commands_sent_total", kind: Kind::Counter, help: "Commands handed to the broker for a subscribed device.", value: |m| &m.commands.sent },
     Plain { name: "sightline_commands_delivered_total", kind: Kind::Counter, help: "Commands the device acknowledged.", value: |m| &m.commands.delivered },

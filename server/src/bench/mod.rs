@@ -13,6 +13,7 @@
 
 pub mod commands;
 pub mod history;
+pub mod http_ingest;
 mod probe;
 mod proxy;
 mod report;
@@ -61,6 +62,10 @@ pub enum Scenario {
     /// second, 20,000 readings/s and 200 reconnecting viewers; RSS,
     /// descriptors and tasks each minute, and their slopes (see [`soak`]).
     Soak,
+    /// Readings committed per second from 100 devices posting over HTTP
+    /// keep-alive connections, each answered only after commit (see
+    /// [`http_ingest`]).
+    HttpIngest,
 }
 
 /// A fully resolved benchmark run.
@@ -150,6 +155,10 @@ impl BenchOptions {
                 seconds: 30 * 60,
                 ..base
             },
+            Scenario::HttpIngest => Self {
+                devices: 100,
+                ..base
+            },
         }
     }
 
@@ -163,7 +172,7 @@ pub async fn report(opts: &BenchOptions) -> anyhow::Result<String> {
     if opts.postgres.is_some()
         && matches!(
             opts.scenario,
-            Scenario::History | Scenario::Commands | Scenario::Soak
+            Scenario::History | Scenario::Commands | Scenario::Soak | Scenario::HttpIngest
         )
     {
         bail!("--postgres applies to the throughput, latency, connections and viewers scenarios");
@@ -174,7 +183,7 @@ pub async fn report(opts: &BenchOptions) -> anyhow::Result<String> {
     if opts.instances > 1
         && matches!(
             opts.scenario,
-            Scenario::History | Scenario::Commands | Scenario::Soak
+            Scenario::History | Scenario::Commands | Scenario::Soak | Scenario::HttpIngest
         )
     {
         bail!("--instances applies to the throughput, latency, connections and viewers scenarios");
@@ -183,6 +192,7 @@ pub async fn report(opts: &BenchOptions) -> anyhow::Result<String> {
         Scenario::History => history::run(opts).await?,
         Scenario::Commands => commands::run(opts).await?,
         Scenario::Soak => soak::run(opts).await?,
+        Scenario::HttpIngest => http_ingest::run(opts).await?,
         _ => run(opts).await?.render(opts),
     })
 }

@@ -193,9 +193,11 @@ where
 type Refused = (ConnectCode, Option<String>, &'static str);
 
 /// The reasons a device's page is most likely to show.
-const BAD_SECRET: &str = "wrong or missing secret";
-const DISABLED: &str = "disabled by an operator";
-const NO_SECRET_YET: &str = "it has no secret, and open registration is off";
+pub const BAD_SECRET: &str = "wrong or missing secret";
+pub const DISABLED: &str = "disabled by an operator";
+/// The device was deleted (its readings kept).
+pub const DELETED: &str = "deleted by an operator";
+pub const NO_SECRET_YET: &str = "it has no secret, and open registration is off";
 
 /// Decides who a CONNECT is, or which CONNACK code refuses it, the device
 /// to charge the refusal to (when one is named) and why, in words for the
@@ -233,14 +235,10 @@ async fn admit(edge: &Edge, connect: &ConnectInfo) -> Result<Option<String>, Ref
             Login::Unsecured(id) => {
                 return Err((ConnectCode::NotAuthorized, Some(id), NO_SECRET_YET))
             }
-            Login::Disabled => return Err((ConnectCode::NotAuthorized, named(user), DISABLED)),
-            Login::Removed => {
-                return Err((
-                    ConnectCode::NotAuthorized,
-                    named(user),
-                    "deleted by an operator",
-                ))
-            }
+            // Charged to the id the registry names, never to the user name,
+            // which is the secret itself in a ThingsBoard-style login.
+            Login::Disabled(id) => return Err((ConnectCode::NotAuthorized, Some(id), DISABLED)),
+            Login::Removed(id) => return Err((ConnectCode::NotAuthorized, Some(id), DELETED)),
             Login::BadSecret => return Err((ConnectCode::BadCredentials, named(user), BAD_SECRET)),
             // Open registration hands out only names nobody has claimed: a
             // user name that is a secured device's id (sent without its

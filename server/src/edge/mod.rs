@@ -29,7 +29,11 @@
 mod acks;
 pub mod codec;
 mod login;
-mod rate;
+pub mod rate;
+
+/// Why a device's login was refused, in the words its page shows; HTTP
+/// ingest refuses in the same words.
+pub use login::{BAD_SECRET, DELETED, DISABLED};
 mod session;
 pub mod tls;
 
@@ -114,7 +118,7 @@ pub struct Services {
 pub struct Edge {
     settings: EdgeSettings,
     store: Store,
-    ingest: Ingest,
+    ingest: Arc<Ingest>,
     broker: Arc<Broker>,
     presence: Arc<Tracker>,
     metrics: Arc<Metrics>,
@@ -140,7 +144,7 @@ impl Edge {
     pub fn new(
         settings: EdgeSettings,
         store: Store,
-        ingest: Ingest,
+        ingest: Arc<Ingest>,
         metrics: Arc<Metrics>,
         services: Services,
     ) -> Self {

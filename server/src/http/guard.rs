@@ -235,6 +235,22 @@ async fn admit(
     };
     let ip = client_ip(&request, &gate.trusted_proxies);
 
+    if rule.access == Access::Device {
+        // A device proves itself to the handler with its own secret. A
+        // browser could still be made to send one it remembers (HTTP
+        // Basic) from another site's page, so a request that a browser
+        // marks as coming from elsewhere is refused; devices send no
+        // `Origin`.
+        let from_browser = request.headers().contains_key(header::ORIGIN)
+            || request.headers().contains_key("sec-fetch-site");
+        if from_browser && !same_origin(request.headers()) {
+            Metrics::add(&gate.metrics.auth.csrf_refused, 1);
+            return json_refusal(StatusCode::FORBIDDEN, "cross-origin request refused");
+        }
+        request.extensions_mut().insert(ClientIp(ip));
+        return next.run(request).await;
+    }
+
     let headers = request.headers();
     let (caller, bad_token) = match bearer(headers) {
         Some(token) => match gate.auth.token(token).await {

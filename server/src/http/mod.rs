@@ -22,6 +22,7 @@ pub mod login;
 pub mod openapi;
 mod operations;
 mod pages;
+mod readings;
 pub mod routes;
 pub mod serve;
 pub mod socket;
@@ -80,6 +81,10 @@ pub struct AppState {
     pub audit: Audit,
     /// The largest request body accepted.
     pub max_request_bytes: usize,
+    /// HTTP ingest's way to the writer, closed at shutdown.
+    pub ingest: crate::ingest::Door,
+    /// The publish rate of each device that sends over HTTP.
+    pub device_rates: Arc<crate::edge::rate::DeviceRates>,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
@@ -88,7 +93,7 @@ pub struct AppState {
 /// built from this one list.
 fn api_table() -> Table {
     use app::model::Role::{Admin, Operator, Viewer};
-    use Access::{Least, Public};
+    use Access::{Device, Least, Public};
     use Method as M;
     Table::default()
         .at(M::GET, "/api/health", Public, operations::health)
@@ -102,6 +107,18 @@ fn api_table() -> Table {
             devices::add_device,
         )
         .at(M::GET, "/api/devices/{id}", Least(Viewer), devices::device)
+        .at(
+            M::POST,
+            "/api/devices/{id}/readings",
+            Device,
+            readings::device,
+        )
+        .at(
+            M::POST,
+            "/api/v1/{token}/telemetry",
+            Device,
+            readings::thingsboard,
+        )
         .at(
             M::DELETE,
             "/api/devices/{id}",

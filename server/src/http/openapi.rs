@@ -53,6 +53,18 @@ impl Modify for Security {
             ))),
         );
         components.add_security_scheme(
+            "device",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "A device's id and secret as HTTP Basic credentials, for HTTP ingest. \
+                         ThingsBoard's route carries the secret in its path instead.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
             "token",
             SecurityScheme::Http(
                 HttpBuilder::new()
@@ -71,9 +83,10 @@ impl Modify for Security {
 #[openapi(
     info(
         title = "Sightline API",
-        description = "The JSON API of a Sightline server. Every route but `/api/health` needs a \
-                       session or an API token; `x-required-role` names the least role \
-                       (viewer < operator < admin)."
+        description = "The JSON API of a Sightline server. Every route but `/api/health` and the \
+                       two ingest routes needs a session or an API token; `x-required-role` names \
+                       the least role (viewer < operator < admin). The ingest routes take a \
+                       device's own secret instead (`x-required-role`: device)."
     ),
     paths(
         super::operations::health,
@@ -86,6 +99,8 @@ impl Modify for Security {
         super::devices::set_label,
         super::devices::rotate_secret,
         super::devices::delete_device,
+        super::readings::device,
+        super::readings::thingsboard,
         super::export::export,
         super::history::series,
         super::commands::device_commands,
@@ -104,6 +119,8 @@ impl Modify for Security {
     ),
     components(schemas(
         ErrorBody,
+        super::readings::Stored,
+        super::readings::Refused,
         Role,
         CommandState,
         Account,
@@ -127,6 +144,7 @@ impl Modify for Security {
     modifiers(&Security),
     tags(
         (name = "devices", description = "Devices, their readings and history"),
+        (name = "ingest", description = "Readings sent by devices over HTTP, in the MQTT payload shapes; answered 200 only after commit"),
         (name = "commands", description = "Commands to devices"),
         (name = "accounts", description = "Accounts, API tokens and the audit log"),
         (name = "operations", description = "Health and metrics"),

@@ -24,6 +24,9 @@ pub enum Access {
     Public,
     /// A signed-in account with at least this role.
     Least(Role),
+    /// A device, which proves itself to the handler with its own secret
+    /// (HTTP ingest). Sessions and API tokens are not looked at.
+    Device,
 }
 
 /// What a route serves, which decides how a refusal looks: JSON routes

@@ -14,7 +14,8 @@ use app::model::Reading;
 use crate::acl::Telemetry;
 use crate::metrics::{LogLimiter, Metrics};
 use crate::store::queue::{Arrival, Committed, QueueFull, QueueTx};
-use decode::{decode, decode_thingsboard, parse_topic, Decoded, Rejection};
+pub use decode::Rejection;
+use decode::{decode, decode_thingsboard, parse_topic, Decoded};
 
 /// Decodes messages and hands their readings to the writer.
 pub struct Ingest {
@@ -51,7 +52,8 @@ impl Ingest {
     /// Decodes one message that `device` published to `topic` (already
     /// allowed by the edge as `telemetry`), received at `now_ms` (wall
     /// clock, for readings without a timestamp). Rejections are counted
-    /// here; the good readings are returned for [`Self::queue`].
+    /// here; the good readings are returned for [`Self::queue`], so one bad
+    /// field never costs the good ones beside it.
     pub fn decode(
         &self,
         device: &str,
@@ -60,8 +62,43 @@ impl Ingest {
         payload: &[u8],
         now_ms: i64,
     ) -> Vec<Reading> {
+        self.decode_as(device, topic, telemetry, payload, now_ms, Whole::No)
+            .0
+    }
+
+    /// Decodes a message all or nothing, as HTTP ingest needs: a request
+    /// is answered once, so it is either stored whole (and answered 200)
+    /// or refused whole with every reason (and answered 400), and the
+    /// client knows exactly what to send again. Nothing of a refused
+    /// message takes a place under the series limit.
+    pub fn decode_whole(
+        &self,
+        device: &str,
+        topic: &str,
+        telemetry: Telemetry,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<Vec<Reading>, Vec<Rejection>> {
+        let (readings, rejections) =
+            self.decode_as(device, topic, telemetry, payload, now_ms, Whole::Yes);
+        if rejections.is_empty() {
+            Ok(readings)
+        } else {
+            Err(rejections)
+        }
+    }
+
+    fn decode_as(
+        &self,
+        device: &str,
+        topic: &str,
+        telemetry: Telemetry,
+        payload: &[u8],
+        now_ms: i64,
+        whole: Whole,
+    ) -> (Vec<Reading>, Vec<Rejection>) {
         Metrics::add(&self.metrics.messages, 1);
-        let decoded = match telemetry {
+        let mut decoded = match telemetry {
             // The edge has checked that the topic is the device's own; the
             // topic still has to be well formed.
             Telemetry::Sensor => match parse_topic(topic) {
@@ -73,9 +110,14 @@ impl Ingest {
             },
             Telemetry::ThingsBoard => decode_thingsboard(payload, now_ms, self.max_payload_bytes),
         };
-        let mut decoded = decoded;
         let invalid = decoded.rejections.len() as u64;
-        let refused = self.series.admit(device, &mut decoded);
+        // A message refused whole must not claim series for metrics it
+        // will never store.
+        let refused = if whole == Whole::Yes && invalid > 0 {
+            0
+        } else {
+            self.series.admit(device, &mut decoded, whole)
+        };
         Metrics::add(&self.metrics.series_refused, refused);
         if !decoded.rejections.is_empty() {
             self.metrics.reject(Some(device), invalid + refused);
@@ -84,6 +126,9 @@ impl Ingest {
                 let reasons: Vec<String> =
                     decoded.rejections.iter().map(ToString::to_string).collect();
                 tracing::info!(device, topic = %topic.escape_debug(), suppressed, "rejected: {}", reasons.join("; "));
+            }
+            if whole == Whole::Yes {
+                return (Vec::new(), decoded.rejections);
             }
         }
         let readings: Vec<Reading> = decoded
@@ -97,7 +142,7 @@ impl Ingest {
             })
             .collect();
         Metrics::add(&self.metrics.received, readings.len() as u64);
-        readings
+        (readings, decoded.rejections)
     }
 
     /// Queues readings of a QoS 0 message without waiting. If the writer is
@@ -154,6 +199,15 @@ impl Ingest {
     }
 }
 
+/// Whether a message is taken all or nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Whole {
+    /// MQTT: the good readings are stored, the bad ones refused.
+    No,
+    /// HTTP: one bad reading refuses the whole request.
+    Yes,
+}
+
 /// The metric names each device has, which hold it to at most `max`: a
 /// device that invents a metric name per message would otherwise grow
 /// every page and API answer that lists its series, for every viewer.
@@ -178,7 +232,8 @@ impl SeriesLimit {
 
     /// Moves the samples of `decoded` whose metric would take `device` past
     /// the limit into its rejections, and returns how many there were.
-    fn admit(&self, device: &str, decoded: &mut Decoded) -> u64 {
+    /// With [`Whole::Yes`], no new metric is taken unless all of them fit.
+    fn admit(&self, device: &str, decoded: &mut Decoded, whole: Whole) -> u64 {
         let Ok(mut known) = self.known.lock() else {
             return 0;
         };
@@ -188,22 +243,74 @@ impl SeriesLimit {
         };
         let mut refused = 0;
         let max = self.max;
-        decoded.samples.retain(|s| {
-            if mine.contains(&s.metric) {
-                return true;
+        if whole == Whole::Yes {
+            let new: HashSet<&str> = decoded
+                .samples
+                .iter()
+                .map(|s| s.metric.as_str())
+                .filter(|m| !mine.contains(*m))
+                .collect();
+            if mine.len() + new.len() > max {
+                refused = decoded
+                    .samples
+                    .iter()
+                    .filter(|s| new.contains(s.metric.as_str()))
+                    .count() as u64;
+            } else {
+                mine.extend(new.into_iter().map(str::to_owned));
             }
-            if mine.len() < max {
-                mine.insert(s.metric.clone());
-                return true;
-            }
-            refused += 1;
-            false
-        });
+        } else {
+            decoded.samples.retain(|s| {
+                if mine.contains(&s.metric) {
+                    return true;
+                }
+                if mine.len() < max {
+                    mine.insert(s.metric.clone());
+                    return true;
+                }
+                refused += 1;
+                false
+            });
+        }
         if refused > 0 {
             decoded
                 .rejections
                 .push(Rejection::TooManySeries { refused, max });
         }
         refused
+    }
+}
+
+/// HTTP's way into ingest. A device session holds ingest only while it
+/// lives, but the HTTP router's state lives until the very end, and the
+/// writer finishes only once every holder of its queue is gone. So HTTP
+/// handlers borrow ingest through this door, which shutdown closes
+/// together with the device listeners: later requests are refused, and
+/// those already queued are committed and answered.
+#[derive(Clone, Default)]
+pub struct Door(Arc<std::sync::RwLock<Option<Arc<Ingest>>>>);
+
+impl Door {
+    pub fn open(ingest: Arc<Ingest>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Some(ingest))))
+    }
+
+    /// Ingest, unless the door is closed.
+    pub fn get(&self) -> Option<Arc<Ingest>> {
+        self.0.read().ok().and_then(|i| i.clone())
+    }
+
+    pub fn close(&self) {
+        if let Ok(mut ingest) = self.0.write() {
+            *ingest = None;
+        }
+    }
+}
+
+impl std::fmt::Debug for Door {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Door")
+            .field("open", &self.get().is_some())
+            .finish()
     }
 }

@@ -71,11 +71,13 @@ pub enum Login {
     Unknown,
     /// The device exists but the secret is wrong.
     BadSecret,
-    /// The device exists and the secret is right, but it is disabled.
-    Disabled,
+    /// The device exists and the secret is right, but it is disabled. It
+    /// carries the device's id, which a ThingsBoard-style login (the secret
+    /// as user name) does not give.
+    Disabled(String),
     /// The device was deleted (its readings kept); it is refused until an
     /// operator adds it again.
-    Removed,
+    Removed(String),
 }
 
 /// The SHA-256 of a secret, in lower-case hex.
@@ -196,9 +198,9 @@ pub async fn login(
         return Ok(Login::Unknown);
     };
     Ok(match d.secret_hash {
-        _ if d.removed_at.is_some() => Login::Removed,
+        _ if d.removed_at.is_some() => Login::Removed(d.name),
         Some(stored) if stored != presented => Login::BadSecret,
-        _ if d.disabled => Login::Disabled,
+        _ if d.disabled => Login::Disabled(d.name),
         None => Login::Unsecured(d.name),
         Some(_) => Login::Device(d.name),
     })

@@ -32,6 +32,22 @@ type Row = (
 );
 
 const ROUTES: &[Row] = &[
+    // HTTP ingest answers to a device's secret only: no session or token
+    // of any role gets in.
+    (
+        "POST",
+        "/api/devices/{id}/readings",
+        "/api/devices/Known01/readings",
+        None,
+        [401, 401, 401, 401],
+    ),
+    (
+        "POST",
+        "/api/v1/{token}/telemetry",
+        "/api/v1/not-a-token/telemetry",
+        None,
+        [401, 401, 401, 401],
+    ),
     (
         "GET",
         "/api/health",
@@ -1261,10 +1277,23 @@ async fn the_openapi_document_covers_every_json_route(db: TestDb) {
                 op["x-required-role"].is_string(),
                 "{method} {path} has no x-required-role"
             );
-            assert_eq!(
-                op["security"],
-                serde_json::json!([{"session": []}, {"token": []}])
-            );
+            // HTTP ingest takes a device's own secret, never an account's.
+            if op["x-required-role"] == "device" {
+                assert!(
+                    op["security"].is_null()
+                        || op["security"] == serde_json::json!([{"device": []}]),
+                    "{method} {path}: {}",
+                    op["security"]
+                );
+                assert!(op["responses"]["200"]["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("Committed")));
+            } else {
+                assert_eq!(
+                    op["security"],
+                    serde_json::json!([{"session": []}, {"token": []}])
+                );
+            }
             assert!(
                 op["responses"]["401"].is_object(),
                 "{method} {path} lacks 401"

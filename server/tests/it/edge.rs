@@ -188,6 +188,12 @@ async fn wrong_unknown_or_disabled_credentials_get_a_connack_refusal() {
         Some(ConnectReturnCode::NotAuthorized),
         "a disabled device is refused even with its secret"
     );
+    // ThingsBoard style, the secret as the user name: the refusal is
+    // charged to A, never to a "device" named after the secret.
+    assert_eq!(
+        connack(server.mqtt, "c2b", Some((&secret, ""))).await,
+        Some(ConnectReturnCode::NotAuthorized),
+    );
     let disabled = publish("A", secret.clone()).await;
     assert!(
         !disabled.ok && disabled.text.contains("not authorised"),
@@ -196,18 +202,19 @@ async fn wrong_unknown_or_disabled_credentials_get_a_connack_refusal() {
     );
     set_enabled(&server, "A", true).await;
     assert_eq!(connack(server.mqtt, "c3", Some(("A", &secret))).await, None);
-    assert!(publish("A", secret).await.ok);
+    assert!(publish("A", secret.clone()).await.ok);
 
     let metrics = server.metrics().await;
     assert_eq!(
         read_value(&metrics, "sightline_edge_logins_refused_total"),
-        Some(6)
+        Some(7)
     );
     assert_eq!(
         refused_for(&metrics, "A"),
-        4,
+        5,
         "refusals naming A: {metrics}"
     );
+    assert!(!metrics.contains(&secret), "the secret is on /metrics");
     server.stop().await.expect("clean shutdown");
 }
 

@@ -19,5 +19,6 @@ mod failover;
 mod faults;
 mod history;
 mod hostile;
+mod http_ingest;
 mod pipeline;
 mod postgres;
