@@ -343,3 +343,109 @@ async fn a_browser_on_another_site_cannot_post_readings() {
         BTreeSet::new()
     );
 }
+
+/// Runs curl as a device's script would, returning the status and body.
+async fn curl(args: &[&str]) -> (u16, String) {
+    let output = tokio::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').expect("status line");
+    (status.trim().parse().expect("status"), body.to_owned())
+}
+
+#[tokio::test]
+async fn curl_sends_readings_on_both_routes_as_the_readme_shows() {
+    let db = TestDb::sqlite();
+    let server = TestServer::start(test_config(&db.url)).await;
+    let secret = server.add_device("curl-1").await;
+    let readings = server.url("/api/devices/curl-1/readings");
+    let thingsboard = server.url(&format!("/api/v1/{secret}/telemetry"));
+    let user = format!("curl-1:{secret}");
+    let json = "content-type: application/json";
+
+    let (status, body) = curl(&[
+        "-u",
+        &user,
+        "-H",
+        json,
+        "-d",
+        r#"{"temp":21.5,"hum":40,"ts":1767225600000}"#,
+        &readings,
+    ])
+    .await;
+    assert_eq!((status, body.as_str()), (200, r#"{"stored":2}"#));
+    let (status, body) = curl(&[
+        "-d",
+        r#"[{"ts":1767225601000,"values":{"temp":22.5}}]"#,
+        &thingsboard,
+    ])
+    .await;
+    assert_eq!((status, body.as_str()), (200, r#"{"stored":1}"#));
+    assert_eq!(
+        stored_values(&db.url, "curl-1", "temp").await,
+        BTreeSet::from([21, 22])
+    );
+
+    // The bad cases: a bad field, a wrong secret, a wrong token, no
+    // credentials.
+    let (status, body) = curl(&["-u", &user, "-d", r#"{"temp":"warm"}"#, &readings]).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains(r#"field \"temp\" is not a number"#), "{body}");
+    let (status, _) = curl(&["-u", "curl-1:wrong", "-d", r#"{"temp":1}"#, &readings]).await;
+    assert_eq!(status, 401);
+    let wrong_token = server.url("/api/v1/wrong-token/telemetry");
+    let (status, _) = curl(&["-d", r#"{"temp":1}"#, &wrong_token]).await;
+    assert_eq!(status, 401);
+    let (status, _) = curl(&["-d", r#"{"temp":1}"#, &readings]).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        stored_values(&db.url, "curl-1", "temp").await,
+        BTreeSet::from([21, 22])
+    );
+}
+
+#[tokio::test]
+async fn no_answer_until_the_readings_are_committed() {
+    let db = TestDb::sqlite();
+    let server = TestServer::start(test_config(&db.url)).await;
+    let secret = server.add_device("patient").await;
+
+    // Another connection holds SQLite's write lock, as a long migration or
+    // a stuck disk would: the writer cannot commit.
+    use sea_orm::ConnectionTrait;
+    let lock = sea_orm::Database::connect(&db.url).await.expect("open db");
+    lock.execute_unprepared("BEGIN IMMEDIATE")
+        .await
+        .expect("write lock");
+    let request = {
+        let url = server.url("/api/devices/patient/readings");
+        let auth = basic("patient", &secret);
+        tokio::spawn(async move {
+            device_client()
+                .post(url)
+                .header("authorization", auth)
+                .body(r#"{"temp": 7}"#)
+                .send()
+                .await
+                .expect("request")
+                .status()
+                .as_u16()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        !request.is_finished(),
+        "answered while nothing could be committed"
+    );
+    lock.execute_unprepared("ROLLBACK").await.expect("unlock");
+    drop(lock);
+    assert_eq!(request.await.expect("request task"), 200);
+    assert_eq!(
+        stored_values(&db.url, "patient", "temp").await,
+        BTreeSet::from([7])
+    );
+}
