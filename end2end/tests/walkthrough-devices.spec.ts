@@ -65,6 +65,7 @@ test('a new device is onboarded with lines that work as shown', async ({ page, c
   if (info.project.name === 'desktop') {
     await context.grantPermissions(['clipboard-read', 'clipboard-write']);
     await page.goto('/');
+    await expect(page.locator('html[data-hydrated]')).toHaveCount(1);
     await page.getByTestId('new-device-id').fill(`${id}-copy`);
     await page.getByTestId('add-device').click();
     const copied = (await page.getByTestId('new-secret').textContent()) ?? '';
@@ -109,6 +110,7 @@ test('label, disable, enable and rotate from the device page', async ({ page }, 
 
   // The fleet finds the device by its label and still shows its whole id.
   await page.goto('/');
+  await expect(page.locator('html[data-hydrated]')).toHaveCount(1);
   await page.getByTestId('search').fill('boiler ROOM');
   const card = page.locator(`[data-device="${id}"]`);
   await expect(card).toBeVisible();
@@ -130,6 +132,7 @@ test('delete keeping the readings, bring the device back, then delete everything
   await expect.poll(() => latest(page, id)).toBe(7);
 
   await page.goto(`/devices/${id}`);
+  await expect(page.locator('html[data-hydrated]')).toHaveCount(1);
   await page.getByTestId('delete-open').click();
   await expect(page.getByTestId('delete-device')).toBeDisabled();
   await page.getByTestId('delete-confirm').fill(id.toLowerCase());
@@ -149,6 +152,7 @@ test('delete keeping the readings, bring the device back, then delete everything
   await expect.poll(() => latest(page, id)).toBe(9);
 
   await page.goto(`/devices/${id}`);
+  await expect(page.locator('html[data-hydrated]')).toHaveCount(1);
   await page.getByTestId('delete-open').click();
   await page.getByTestId('delete-all').check();
   await page.getByTestId('delete-confirm').fill(id);
@@ -228,9 +232,10 @@ test('while the server is out of reach, status shows as unknown, not online', as
     });
     for (const path of ['/', `/devices/${id}`]) {
       await page.goto(path);
+      // Typed before hydration, the search would be lost.
+      await expect(page.getByTestId('link-state')).toHaveText('live');
       if (path === '/') await page.getByTestId('search').fill(id);
       const presence = page.getByTestId('presence').first();
-      await expect(page.getByTestId('link-state')).toHaveText('live');
       if (path === '/') await expect(presence).toHaveClass(/on/);
       else await expect(presence).toHaveText('online');
 
@@ -258,6 +263,7 @@ test.describe('as an admin', () => {
     const origin = info.project.use.baseURL as string;
     expect((await page.request.post('/api/devices', { data: { id }, headers: { Origin: origin } })).status()).toBe(201);
     await page.goto('/admin');
+    await expect(page.locator('html[data-hydrated]')).toHaveCount(1);
     const audit = page.getByTestId('audit');
     const added = audit.locator('tr[data-action="device_add"]', { hasText: id });
     await expect(added.locator('td').nth(2)).toHaveText('added a device');
