@@ -202,6 +202,8 @@ pub struct Config {
     /// API tokens one account may hold at once; more are refused until it
     /// revokes one.
     pub max_tokens_per_account: usize,
+    /// The path of MQTT over WebSocket on the HTTP and HTTPS listeners.
+    pub mqtt_ws_path: String,
     /// How often a live socket checks that its sign-in still holds, which
     /// also counts as use of its session. One minute, and not settable
     /// from outside; tests shorten it so as not to wait for it.
@@ -261,6 +263,7 @@ impl Default for Config {
             retain_rollups: Retention::FOREVER,
             session_idle_minutes: 8 * 60,
             max_tokens_per_account: 100,
+            mqtt_ws_path: "/mqtt".to_owned(),
             live_recheck: LIVE_RECHECK,
             command_clock: Clock::Wall,
         }
@@ -517,6 +520,9 @@ pub struct Overrides {
     /// API tokens one account may hold at once [default: 100].
     #[arg(long, env = "SIGHTLINE_MAX_TOKENS_PER_ACCOUNT", value_name = "N")]
     pub max_tokens_per_account: Option<usize>,
+    /// Path of MQTT over WebSocket (subprotocol mqtt) on the HTTP and HTTPS listeners [default: /mqtt].
+    #[arg(long, env = "SIGHTLINE_MQTT_WS_PATH", value_name = "PATH")]
+    pub mqtt_ws_path: Option<String>,
 }
 
 /// Why the configuration could not be assembled.
@@ -620,6 +626,27 @@ impl Config {
                 name: "database_url",
                 why: "cluster mode (--nats-url) needs PostgreSQL: a SQLite file belongs to one \
                       machine, so instances would each store and serve different data",
+            });
+        }
+        // The WebSocket path sits beside the app's own routes, so it must
+        // be a plain path that none of them use.
+        let path_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '.');
+        let taken = ["/ws", "/login", "/logout", "/admin", "/account", "/metrics"];
+        let reserved = ["/api/", "/pkg/", "/_app/", "/devices/"];
+        let p = self.mqtt_ws_path.as_str();
+        if p.len() < 2
+            || !p.starts_with('/')
+            || p.ends_with('/')
+            || !p.chars().all(path_ok)
+            || taken.contains(&p)
+            || reserved
+                .iter()
+                .any(|r| p.starts_with(r) || p == r.trim_end_matches('/'))
+        {
+            return Err(ConfigError::Invalid {
+                name: "mqtt_ws_path",
+                why: "must be a path such as /mqtt (letters, digits, '/', '_', '-', '.') that \
+                      the dashboard and API do not use",
             });
         }
         let token_ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
@@ -806,6 +833,30 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("postgres://sl:***@db:5432/sl"), "{shown}");
+    }
+
+    #[test]
+    fn the_mqtt_websocket_path_stays_clear_of_the_app_routes() {
+        let with = |path: &str| Config {
+            mqtt_ws_path: path.to_owned(),
+            ..Config::default()
+        };
+        for good in ["/mqtt", "/mqtt-ws", "/iot/mqtt"] {
+            assert!(with(good).validate().is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "/",
+            "mqtt",
+            "/ws",
+            "/api/mqtt",
+            "/pkg",
+            "/_app/x",
+            "/mqtt/",
+            "/a b",
+        ] {
+            assert!(with(bad).validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

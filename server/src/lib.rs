@@ -35,6 +35,7 @@ pub mod bus;
 pub mod clock;
 pub mod command;
 pub mod config;
+pub mod door;
 pub mod edge;
 pub mod export;
 pub mod history;
@@ -221,7 +222,9 @@ pub struct Running {
     writer_give_up: CancellationToken,
     edge_stop: CancellationToken,
     /// HTTP ingest's way to the writer, closed with the device listeners.
-    ingest_door: ingest::Door,
+    ingest_door: door::Door<ingest::Ingest>,
+    /// MQTT over WebSocket's way to the edge, closed with the listeners.
+    mqtt_ws: http::mqtt_ws::MqttOverWs,
     edge_listeners: Vec<tokio::task::JoinHandle<()>>,
     sessions: TaskTracker,
     commands_stop: CancellationToken,
@@ -393,7 +396,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         known_series,
         config.max_series_per_device,
     ));
-    let ingest_door = ingest::Door::open(ingest.clone());
+    let ingest_door = door::Door::open(ingest.clone());
     let edge = Arc::new(Edge::new(
         EdgeSettings {
             // Payloads over the ingest limit are still read, so that they
@@ -510,7 +513,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             )));
         }
     }
-    drop(edge);
+    let mqtt_ws = http::mqtt_ws::MqttOverWs {
+        path: config.mqtt_ws_path.clone(),
+        edge: door::Door::open(edge),
+        sessions: sessions_tasks.clone(),
+        stop: edge_stop.clone(),
+    };
 
     let http_addr = Listeners::addr(&listeners.http)
         .or_else(|| Listeners::addr(&listeners.https))
@@ -545,6 +553,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         },
         max_request_bytes: config.max_request_bytes,
         ingest: ingest_door.clone(),
+        mqtt_ws: mqtt_ws.clone(),
         device_rates: Arc::new(edge::rate::DeviceRates::new(
             config.max_publish_rate,
             config.max_connections,
@@ -587,6 +596,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         writer_give_up,
         edge_stop,
         ingest_door,
+        mqtt_ws,
         edge_listeners,
         sessions: sessions_tasks,
         commands_stop,
@@ -698,6 +708,7 @@ impl Running {
     pub async fn shutdown(self) {
         self.edge_stop.cancel();
         self.ingest_door.close();
+        self.mqtt_ws.edge.close();
         let give_up = self.writer_give_up.clone();
         tokio::spawn(async move {
             tokio::time::sleep(WRITER_DRAIN_LIMIT).await;

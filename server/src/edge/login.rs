@@ -304,7 +304,12 @@ fn log_refusal(peer: &SocketAddr, connect: &ConnectInfo, code: ConnectCode) {
 
 /// Writes encoded packets straight away (used around the session).
 pub(super) async fn send<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(bytes))
+    // Flushed, since a WebSocket holds what it is given until then.
+    let write = async {
+        wr.write_all(bytes).await?;
+        wr.flush().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write)
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }

@@ -290,12 +290,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     while let Some((tcp, peer)) = accept(&listener, &stop, "MQTT").await {
-        let open = edge.sockets.fetch_add(1, Ordering::Relaxed) + 1;
-        let pending = edge.logging_in.fetch_add(1, Ordering::Relaxed) + 1;
-        if open > edge.settings.max_connections + ACCEPT_HEADROOM || pending > MAX_PENDING_LOGINS {
-            edge.sockets.fetch_sub(1, Ordering::Relaxed);
-            edge.logging_in.fetch_sub(1, Ordering::Relaxed);
-            edge.metrics.refuse(&edge.metrics.edge.over_capacity, None);
+        if !edge.take_socket() {
             continue;
         }
         // Acknowledgements and commands are small packets that must leave
@@ -328,6 +323,55 @@ pub async fn serve(
                 }
             }
         });
+    }
+}
+
+/// Runs one device session over a stream that arrived some other way than
+/// the MQTT listeners: MQTT over WebSocket, upgraded by the HTTP server. It
+/// gets the same connection limits, login, topic rules and rates as a TCP
+/// socket, and runs on `tracker` so that shutdown waits for it too.
+pub fn serve_stream<S>(
+    edge: &Arc<Edge>,
+    stream: S,
+    peer: SocketAddr,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if !edge.take_socket() {
+        return;
+    }
+    let edge = edge.clone();
+    let stop = stop.clone();
+    tracker.spawn(async move {
+        let _open = SocketGuard(&edge.sockets);
+        let login = SocketGuard(&edge.logging_in);
+        session::run(&edge, stream, peer, stop, login).await;
+    });
+}
+
+impl Edge {
+    /// The largest packet a device may send, which also bounds a WebSocket
+    /// message carrying MQTT.
+    pub fn max_packet_bytes(&self) -> usize {
+        self.settings.max_packet_bytes
+    }
+
+    /// Counts a new socket, open and logging in, unless that would pass
+    /// the connection limit or the limit of sockets logging in at once;
+    /// then it is refused, counted, and must be closed. The caller's
+    /// [`SocketGuard`]s give both places back.
+    fn take_socket(&self) -> bool {
+        let open = self.sockets.fetch_add(1, Ordering::Relaxed) + 1;
+        let pending = self.logging_in.fetch_add(1, Ordering::Relaxed) + 1;
+        if open > self.settings.max_connections + ACCEPT_HEADROOM || pending > MAX_PENDING_LOGINS {
+            self.sockets.fetch_sub(1, Ordering::Relaxed);
+            self.logging_in.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.refuse(&self.metrics.edge.over_capacity, None);
+            return false;
+        }
+        true
     }
 }
 

@@ -19,6 +19,7 @@ mod export;
 pub mod guard;
 mod history;
 pub mod login;
+pub mod mqtt_ws;
 pub mod openapi;
 mod operations;
 mod pages;
@@ -82,7 +83,9 @@ pub struct AppState {
     /// The largest request body accepted.
     pub max_request_bytes: usize,
     /// HTTP ingest's way to the writer, closed at shutdown.
-    pub ingest: crate::ingest::Door,
+    pub ingest: crate::door::Door<crate::ingest::Ingest>,
+    /// MQTT over WebSocket: the device edge, behind a door shutdown closes.
+    pub mqtt_ws: mqtt_ws::MqttOverWs,
     /// The publish rate of each device that sends over HTTP.
     pub device_rates: Arc<crate::edge::rate::DeviceRates>,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
@@ -220,12 +223,23 @@ const SOCKET_PATH: &str = "/ws";
 /// this panics if a page or server function has no rule, so a new one
 /// cannot ship unguarded.
 pub fn route_rules() -> Vec<Rule> {
-    with_pages_and_socket(api_table().rules)
+    with_pages_and_socket(api_table().rules, DEFAULT_MQTT_WS_PATH)
 }
+
+/// Where MQTT over WebSocket is served unless `--mqtt-ws-path` says
+/// otherwise.
+pub const DEFAULT_MQTT_WS_PATH: &str = "/mqtt";
 
 /// The JSON routes' rules with those of the socket, the assets, the
 /// Leptos pages and the server functions.
-fn with_pages_and_socket(mut rules: Vec<Rule>) -> Vec<Rule> {
+fn with_pages_and_socket(mut rules: Vec<Rule>, mqtt_ws_path: &str) -> Vec<Rule> {
+    // Devices log in inside the MQTT stream, as on TCP.
+    rules.push(Rule {
+        method: Method::GET,
+        path: mqtt_ws_path.to_owned(),
+        access: Access::Device,
+        kind: Kind::Socket,
+    });
     rules.push(Rule {
         method: Method::GET,
         path: ASSETS_PREFIX.to_owned(),
@@ -276,13 +290,19 @@ pub fn router(state: AppState) -> Router {
     let max_request_bytes = state.max_request_bytes;
     let gate = Gate {
         auth: state.auth.clone(),
-        rules: Arc::new(routes::Rules::new(&with_pages_and_socket(api.rules))),
+        rules: Arc::new(routes::Rules::new(&with_pages_and_socket(
+            api.rules,
+            &state.mqtt_ws.path,
+        ))),
         metrics: state.metrics.clone(),
         trusted_proxies: state.trusted_proxies.clone(),
     };
     let ws = Router::new()
         .route(SOCKET_PATH, get(socket::websocket))
         .with_state(state.live.clone());
+    let mqtt_ws = Router::new()
+        .route(&state.mqtt_ws.path, get(mqtt_ws::upgrade))
+        .with_state(state.clone());
 
     Router::new()
         .leptos_routes_with_context(
@@ -322,6 +342,7 @@ pub fn router(state: AppState) -> Router {
         // matters most on the phones this dashboard is meant for.
         .layer(CompressionLayer::new())
         .merge(ws)
+        .merge(mqtt_ws)
         .route_layer(axum::middleware::from_fn_with_state(gate, guard::gate))
         // Every body is bounded, whether a handler reads it with an
         // extractor (which `DefaultBodyLimit` governs) or as a stream (the

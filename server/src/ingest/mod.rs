@@ -280,37 +280,3 @@ impl SeriesLimit {
         refused
     }
 }
-
-/// HTTP's way into ingest. A device session holds ingest only while it
-/// lives, but the HTTP router's state lives until the very end, and the
-/// writer finishes only once every holder of its queue is gone. So HTTP
-/// handlers borrow ingest through this door, which shutdown closes
-/// together with the device listeners: later requests are refused, and
-/// those already queued are committed and answered.
-#[derive(Clone, Default)]
-pub struct Door(Arc<std::sync::RwLock<Option<Arc<Ingest>>>>);
-
-impl Door {
-    pub fn open(ingest: Arc<Ingest>) -> Self {
-        Self(Arc::new(std::sync::RwLock::new(Some(ingest))))
-    }
-
-    /// Ingest, unless the door is closed.
-    pub fn get(&self) -> Option<Arc<Ingest>> {
-        self.0.read().ok().and_then(|i| i.clone())
-    }
-
-    pub fn close(&self) {
-        if let Ok(mut ingest) = self.0.write() {
-            *ingest = None;
-        }
-    }
-}
-
-impl std::fmt::Debug for Door {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Door")
-            .field("open", &self.get().is_some())
-            .finish()
-    }
-}

@@ -32,6 +32,9 @@ type Row = (
 );
 
 const ROUTES: &[Row] = &[
+    // MQTT over WebSocket: the device logs in inside the stream, so the
+    // upgrade itself is open to anyone; a plain GET is not an upgrade.
+    ("GET", "/mqtt", "/mqtt", None, [400, 400, 400, 400]),
     // HTTP ingest answers to a device's secret only: no session or token
     // of any role gets in.
     (

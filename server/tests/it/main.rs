@@ -20,5 +20,6 @@ mod faults;
 mod history;
 mod hostile;
 mod http_ingest;
+mod mqtt_ws;
 mod pipeline;
 mod postgres;

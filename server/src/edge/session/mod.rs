@@ -556,7 +556,13 @@ impl Session<'_> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let result = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&self.out)).await;
+        // Flushed, since a WebSocket (and TLS) holds what it is given
+        // until then; on plain TCP the flush costs nothing.
+        let write = async {
+            wr.write_all(&self.out).await?;
+            wr.flush().await
+        };
+        let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
         self.out.clear();
         match result {
             Ok(r) => r,
