@@ -1,3 +1,4 @@
+// Named to run after seed.spec.ts, which needs an empty fleet.
 // MQTT.js, as people use it: from Node over TCP, and from a web page in a
 // real Chromium over WebSocket (subprotocol `mqtt`, on the HTTP listener's
 // /mqtt). Each publishes a reading with the device's own secret, and the
