@@ -197,7 +197,7 @@ pub const BAD_SECRET: &str = "wrong or missing secret";
 pub const DISABLED: &str = "disabled by an operator";
 /// The device was deleted (its readings kept).
 pub const DELETED: &str = "deleted by an operator";
-pub const NO_SECRET_YET: &str = "it has no secret, and open registration is off";
+const NO_SECRET_YET: &str = "it has no secret, and open registration is off";
 
 /// Decides who a CONNECT is, or which CONNACK code refuses it, the device
 /// to charge the refusal to (when one is named) and why, in words for the

@@ -126,12 +126,18 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The credentials of an `Authorization` header in `scheme` (`Bearer`,
+/// `Basic`), as sent, without the scheme.
+pub(super) fn authorization<'a>(headers: &'a HeaderMap, scheme: &str) -> Option<&'a str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
+    let (given, credentials) = value.split_once(' ')?;
+    given
+        .eq_ignore_ascii_case(scheme)
+        .then_some(credentials.trim())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    authorization(headers, "bearer")
 }
 
 /// The `host[:port]` of an origin or URL such as `https://a.example:3000/x`.
@@ -240,10 +246,9 @@ async fn admit(
         // browser could still be made to send one it remembers (HTTP
         // Basic) from another site's page, so a request that a browser
         // marks as coming from elsewhere is refused; devices send no
-        // `Origin`.
-        // MQTT over WebSocket carries its login inside the stream, where
-        // no browser adds anything of its own, so pages anywhere may open
-        // it.
+        // `Origin`. MQTT over WebSocket is the exception: its login
+        // travels inside the stream, where no browser adds anything of its
+        // own, so pages anywhere may open it.
         let from_browser = request.headers().contains_key(header::ORIGIN)
             || request.headers().contains_key("sec-fetch-site");
         let opens_socket = rule.kind == Kind::Socket;
