@@ -4,8 +4,8 @@
 use leptos::prelude::*;
 
 use crate::model::{
-    Account, ApiToken, AuditEntry, Command, CreatedApiToken, DeviceCredentials, DeviceDetail,
-    Fleet, SeriesResponse,
+    Account, ApiToken, AuditEntry, Command, CreatedApiToken, DesiredState, DeviceCredentials,
+    DeviceDetail, Fleet, SeriesResponse,
 };
 #[cfg(feature = "ssr")]
 use crate::model::{NewAccount, Role};
@@ -47,8 +47,8 @@ mod backend {
 
     use super::{BackendError, CommandForm};
     use crate::model::{
-        Account, ApiToken, AuditEntry, Command, CreatedApiToken, DeviceCredentials, DeviceDetail,
-        Fleet, NewAccount, Role, SeriesResponse,
+        Account, ApiToken, AuditEntry, Command, CreatedApiToken, DesiredState, DeviceCredentials,
+        DeviceDetail, Fleet, NewAccount, Role, SeriesResponse,
     };
 
     /// A boxed, sendable future, so the trait stays object-safe.
@@ -90,6 +90,15 @@ mod backend {
             id: String,
             form: CommandForm,
         ) -> BoxFuture<'_, Result<Command, BackendError>>;
+        /// A device's desired state, if one is set.
+        fn desired(&self, id: String) -> BoxFuture<'_, Result<Option<DesiredState>, BackendError>>;
+        /// Sets a device's desired state from the JSON text typed on the
+        /// device page, or removes it when the text is empty.
+        fn set_desired(
+            &self,
+            id: String,
+            json: String,
+        ) -> BoxFuture<'_, Result<Option<DesiredState>, BackendError>>;
         /// Every operator account, for the admin page.
         fn accounts(&self) -> BoxFuture<'_, Result<Vec<Account>, BackendError>>;
         /// The newest audit events, for the admin page.
@@ -308,6 +317,20 @@ pub async fn send_command(
         persistent,
     };
     backend()?.send_command(id, form).await.map_err(failed)
+}
+
+/// Loads a device's desired state, for the device page to follow the
+/// device's acknowledgement.
+#[server(prefix = "/_app", endpoint = "desired")]
+pub async fn get_desired(id: String) -> Result<Option<DesiredState>, ServerFnError> {
+    backend()?.desired(id).await.map_err(failed)
+}
+
+/// Sets a device's desired state from the device page: `json` is the text
+/// the operator typed; empty removes the state.
+#[server(prefix = "/_app", endpoint = "set_desired")]
+pub async fn set_desired(id: String, json: String) -> Result<Option<DesiredState>, ServerFnError> {
+    backend()?.set_desired(id, json).await.map_err(failed)
 }
 
 /// A command as typed on the device page: `params` is the operator's JSON

@@ -225,6 +225,9 @@ pub struct DeviceDetail {
     /// Why the broker last refused this device, if it has since start.
     #[serde(default)]
     pub refused: Option<Refusal>,
+    /// The device's desired state, if an operator set one.
+    #[serde(default)]
+    pub desired: Option<DesiredState>,
 }
 
 /// The fleet overview's data.

@@ -83,7 +83,8 @@ pub fn command_owner(filter: &str) -> Option<&str> {
 
 /// Checks a SUBSCRIBE filter from `device` and returns the filter to use in
 /// the broker. A device may only receive its own commands, and only on the
-/// filters that receive them: `command/<id>`, `command/<id>/#`, or
+/// filters that receive them: `command/<id>`, `command/<id>/#`, its desired
+/// state's `command/<id>/desired`, or
 /// ThingsBoard's shared RPC filter, which is mapped to one fixed per-device
 /// topic inside the broker so that devices never see each other's
 /// requests. Nothing else is granted, not even other filters below the
@@ -95,7 +96,25 @@ pub fn subscribe(device: &str, filter: &str) -> Option<String> {
         return (rest == "+" || rest == "#").then(|| thingsboard_topic(device));
     }
     let own = filter.strip_prefix("command/")?.strip_prefix(device)?;
-    (own.is_empty() || own == "/#").then(|| filter.to_owned())
+    (own.is_empty() || own == "/#" || own == DESIRED_SUFFIX).then(|| filter.to_owned())
+}
+
+/// What follows `command/<id>` in a device's desired-state topic.
+const DESIRED_SUFFIX: &str = "/desired";
+
+/// The topic a device's desired state is retained on: below its commands,
+/// so that a device subscribed to `command/<id>/#` gets it too.
+pub fn desired_topic(device: &str) -> String {
+    format!("command/{device}{DESIRED_SUFFIX}")
+}
+
+/// Whether a granted filter (as the device wrote it) receives the device's
+/// desired state: `command/<id>/#` or the desired topic itself.
+pub fn receives_desired(device: &str, filter: &str) -> bool {
+    filter
+        .strip_prefix("command/")
+        .and_then(|rest| rest.strip_prefix(device))
+        .is_some_and(|rest| rest == "/#" || rest == DESIRED_SUFFIX)
 }
 
 /// The broker topic of a device's ThingsBoard RPC requests.
@@ -196,7 +215,13 @@ mod tests {
             subscribe("A", "v1/devices/me/rpc/request/+").as_deref(),
             Some("tb/A/rpc/request")
         );
+        assert_eq!(
+            subscribe("A", "command/A/desired").as_deref(),
+            Some("command/A/desired")
+        );
         for refused in [
+            "command/B/desired",
+            "command/A/desired/#",
             "command/B",
             "command/+",
             "command/#",
@@ -221,6 +246,18 @@ mod tests {
             "v1/devices/me/rpc/request/42"
         );
         assert_eq!(delivered_topic("A", "command/A", Some("42")), "command/A");
+    }
+
+    #[test]
+    fn the_desired_state_reaches_its_own_device_only() {
+        assert_eq!(desired_topic("A"), "command/A/desired");
+        assert!(receives_desired("A", "command/A/#"));
+        assert!(receives_desired("A", "command/A/desired"));
+        for not in ["command/A", "command/B/#", "command/AB/desired", "#"] {
+            assert!(!receives_desired("A", not), "{not}");
+        }
+        // It is not a command: a subscription to it alone receives none.
+        assert!(!command_route("A", "command/A/desired").any());
     }
 
     #[test]

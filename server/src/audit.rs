@@ -28,6 +28,8 @@ pub mod action {
     pub const DEVICE_ROTATE: &str = "device_rotate";
     pub const DEVICE_DELETE: &str = "device_delete";
     pub const COMMAND_SEND: &str = "command_send";
+    pub const DESIRED_SET: &str = "desired_set";
+    pub const DESIRED_CLEAR: &str = "desired_clear";
 }
 
 /// Text from a request made safe to store and show in the log: at most

@@ -35,6 +35,7 @@ pub mod bus;
 pub mod clock;
 pub mod command;
 pub mod config;
+pub mod desired;
 pub mod door;
 pub mod edge;
 pub mod export;
@@ -364,6 +365,13 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         bus.clone(),
     )
     .await?;
+    let desired = desired::Desired::new(
+        store.clone(),
+        &broker,
+        metrics.clone(),
+        bus.clone(),
+        config.max_payload_bytes,
+    )?;
     let commands_stop = CancellationToken::new();
     let mut command_tasks = vec![tokio::spawn(saver.run(commands_stop.clone())), {
         let commands = commands.clone();
@@ -422,6 +430,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             presence: presence.clone(),
             sessions: sessions.clone(),
             commands: commands.clone(),
+            desired: desired.clone(),
             bus: bus.clone(),
         },
     ));
@@ -454,6 +463,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         let commands = commands.clone();
         let auth = auth.clone();
         let store = store.clone();
+        let desired = desired.clone();
         background.push(tokio::spawn(async move {
             while let Some(event) = remote.recv().await {
                 match event {
@@ -475,6 +485,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
                     }
                     bus::Remote::CommandChanged { command } => {
                         commands.changed_elsewhere(*command);
+                    }
+                    bus::Remote::DesiredChanged { device } => {
+                        desired.changed_elsewhere(&device).await;
                     }
                     bus::Remote::Revoked { what } => {
                         tracing::info!(?what, "revoked on another instance");
@@ -537,6 +550,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         broker: broker_port,
         bus,
         commands: commands.clone(),
+        desired,
         retain_raw_ms: config.retain_raw.as_millis(),
         audit: audit::Audit::new(store.clone(), metrics.clone()),
         live: http::socket::Live {

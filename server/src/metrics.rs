@@ -177,6 +177,9 @@ pub struct Metrics {
     pub pruned_readings: AtomicU64,
     pub pruned_rollups: AtomicU64,
     pub pruned_commands: AtomicU64,
+    /// Desired states set by operators, and acknowledged by devices.
+    pub desired_set: AtomicU64,
+    pub desired_acked: AtomicU64,
     pub edge: EdgeCounters,
     pub http_ingest: HttpIngestCounters,
     pub commands: CommandCounters,
@@ -270,6 +273,8 @@ const PLAIN: &[Plain] = &[
     Plain { name: "sightline_pruned_readings_total", kind: Kind::Counter, help: "Raw readings deleted by retention (--retain-raw).", value: |m| &m.pruned_readings },
     Plain { name: "sightline_pruned_rollups_total", kind: Kind::Counter, help: "Rollup rows deleted by retention (--retain-rollups).", value: |m| &m.pruned_rollups },
     Plain { name: "sightline_pruned_commands_total", kind: Kind::Counter, help: "Finished commands deleted by retention (kept as long as raw readings).", value: |m| &m.pruned_commands },
+    Plain { name: "sightline_desired_set_total", kind: Kind::Counter, help: "Desired states set by operators (PUT /api/devices/{id}/desired or the device page).", value: |m| &m.desired_set },
+    Plain { name: "sightline_desired_acknowledged_total", kind: Kind::Counter, help: "Desired-state messages devices acknowledged with a PUBACK.", value: |m| &m.desired_acked },
     Plain { name: "sightline_viewers", kind: Kind::Gauge, help: "Live WebSocket viewers connected.", value: |m| &m.viewers },
     Plain { name: "sightline_viewers_refused_total", kind: Kind::Counter, help: "Live sockets refused because the account held --max-live-sockets-per-account.", value: |m| &m.viewers_refused },
     Plain { name: "sightline_http_over_capacity_total", kind: Kind::Counter, help: "HTTP connections closed at once at --max-http-connections.", value: |m| &m.http_over_capacity },

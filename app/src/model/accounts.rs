@@ -149,6 +149,8 @@ pub fn action_words(action: &str) -> &str {
         "device_rotate" => "gave a device a new secret",
         "device_delete" => "deleted a device",
         "command_send" => "sent a command",
+        "desired_set" => "set a desired state",
+        "desired_clear" => "removed a desired state",
         other => other,
     }
 }

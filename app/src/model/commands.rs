@@ -144,3 +144,33 @@ pub const DEFAULT_COMMAND_TIMEOUT_MS: i64 = 30_000;
 /// How long a persistent command waits for its device unless told
 /// otherwise: a day, like a device that is offline overnight.
 pub const DEFAULT_COMMAND_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// A device's desired state: the configuration operators want it to have,
+/// kept retained on `command/<id>/desired` so that a device which boots and
+/// subscribes gets it at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct DesiredState {
+    pub device: String,
+    /// The JSON sent to the device, as the operator gave it.
+    pub payload: serde_json::Value,
+    /// Counts up from 1 with each change, so an acknowledgement can be
+    /// matched to the state it acknowledges.
+    pub version: i64,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
+    pub set_at: EpochMs,
+    /// The account that set it.
+    pub set_by: String,
+    /// The newest version the device acknowledged (a PUBACK of the
+    /// message, which needs a QoS 1 subscription).
+    pub acked_version: Option<i64>,
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<i64>))]
+    pub acked_at: Option<EpochMs>,
+}
+
+impl DesiredState {
+    /// Whether the device has acknowledged the current version.
+    pub fn is_acknowledged(&self) -> bool {
+        self.acked_version == Some(self.version)
+    }
+}

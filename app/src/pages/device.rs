@@ -169,6 +169,8 @@ fn DeviceView(
     let summary = RwSignal::new(detail.summary);
     let counters = RwSignal::new(detail.counters);
     let refused = RwSignal::new(detail.refused);
+    let desired = detail.desired;
+    let desired_id = id.clone();
     // The lines of the history answer on screen, where live readings go,
     // with the owner that disposes them when the next answer replaces
     // them. Each answer has its own, so the charts of an answer being
@@ -371,6 +373,7 @@ fn DeviceView(
             <CommandPanel device=id.clone() commands now/>
             <super::manage::ManagePanel id=id.clone() summary/>
         </super::WhenRole>
+        <super::desired::DesiredPanel device=desired_id initial=desired now/>
         <CountersBar counters/>
     }
 }

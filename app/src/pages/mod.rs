@@ -3,6 +3,7 @@
 pub mod account;
 pub mod admin;
 pub mod commands;
+pub mod desired;
 pub mod device;
 pub mod fleet;
 pub mod login;

@@ -126,6 +126,9 @@ pub enum Remote {
     },
     /// A command changed state on the instance that holds its device.
     CommandChanged { command: Box<Command> },
+    /// An operator set or removed the device's desired state: send the
+    /// stored one to the device if it is subscribed here.
+    DesiredChanged { device: String },
     /// A sign-in or API token was revoked: close the live sockets here
     /// that it opened.
     Revoked {
@@ -134,7 +137,7 @@ pub enum Remote {
 }
 
 /// The kinds of event every instance listens to for all devices.
-const EVENT_KINDS: [&str; 4] = ["disabled", "connected", "cmdstate", "revoked"];
+const EVENT_KINDS: [&str; 5] = ["disabled", "connected", "cmdstate", "desired", "revoked"];
 
 impl Bus {
     /// Queues a committed batch for other instances, or counts it as
@@ -153,6 +156,7 @@ impl Bus {
             Remote::Disabled { device, .. } => ("disabled", device.as_str()),
             Remote::Connected { device, .. } => ("connected", device.as_str()),
             Remote::CommandChanged { command } => ("cmdstate", command.device.as_str()),
+            Remote::DesiredChanged { device } => ("desired", device.as_str()),
             // Not about a device; one subject carries them all.
             Remote::Revoked { .. } => ("revoked", "any"),
         };

@@ -155,6 +155,8 @@ pub enum Outbound {
         payload: Bytes,
         qos: QoS,
         pkid: u16,
+        /// Set on a retained message sent because of a new subscription.
+        retain: bool,
         reply: Option<(String, Bytes)>,
     },
     /// Only MQTT 5 has a server-sent DISCONNECT, with a reason code and a
@@ -398,10 +400,12 @@ fn to_v4(packet: Outbound) -> Option<v4::Packet> {
             payload,
             qos,
             pkid,
+            retain,
             ..
         } => {
             let mut p = v4::Publish::from_bytes(topic, qos, payload);
             p.pkid = pkid;
+            p.retain = retain;
             v4::Packet::Publish(p)
         }
         Outbound::Disconnect(..) => return None,
@@ -503,11 +507,12 @@ fn to_v5(packet: Outbound) -> v5::Packet {
             payload,
             qos,
             pkid,
+            retain,
             reply,
         } => v5::Packet::Publish(v5::Publish {
             dup: false,
             qos: to_qos5(qos),
-            retain: false,
+            retain,
             topic: Bytes::from(topic),
             pkid,
             payload,

@@ -110,6 +110,9 @@ pub struct Services {
     pub sessions: Arc<Sessions>,
     /// Told when devices subscribe to commands, acknowledge and answer them.
     pub commands: Arc<Commands>,
+    /// Told when devices acknowledge their desired state; read when they
+    /// subscribe to it.
+    pub desired: Arc<crate::desired::Desired>,
     /// In cluster mode, tells other instances which device logged in here.
     pub bus: Option<crate::bus::Bus>,
 }
@@ -124,6 +127,7 @@ pub struct Edge {
     metrics: Arc<Metrics>,
     sessions: Arc<Sessions>,
     commands: Arc<Commands>,
+    desired: Arc<crate::desired::Desired>,
     bus: Option<crate::bus::Bus>,
     next_session: AtomicU64,
     /// Sockets open, logged in or not.
@@ -159,6 +163,7 @@ impl Edge {
             presence,
             sessions,
             commands,
+            desired,
             bus,
         } = services;
         Self {
@@ -170,6 +175,7 @@ impl Edge {
             metrics,
             sessions,
             commands,
+            desired,
             bus,
             next_session: AtomicU64::new(1),
             sockets: AtomicUsize::new(0),

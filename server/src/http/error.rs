@@ -71,6 +71,18 @@ impl From<CommandError> for HttpError {
     }
 }
 
+impl From<crate::desired::DesiredError> for HttpError {
+    fn from(e: crate::desired::DesiredError) -> Self {
+        use crate::desired::DesiredError;
+        match e {
+            DesiredError::UnknownDevice(_) => Self::NotFound,
+            DesiredError::TooLarge { .. } => Self::TooLarge(e.to_string()),
+            DesiredError::Null => Self::BadRequest(e.to_string()),
+            DesiredError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
 impl From<history::QueryError> for HttpError {
     fn from(e: history::QueryError) -> Self {
         Self::BadRequest(e.to_string())

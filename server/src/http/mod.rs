@@ -5,7 +5,7 @@
 //! - [`guard`]: the gate (who is asking, CSRF, roles) and security headers.
 //! - [`login`]: sign-in and sign-out forms.
 //! - [`accounts`]: the JSON API of accounts, tokens and the audit log.
-//! - `devices`, `commands`, `history`, `export` and `operations`: the rest
+//! - `devices`, `desired`, `commands`, `history`, `export` and `operations`: the rest
 //!   of the JSON API, one file per resource.
 //! - `pages`: the data behind the Leptos pages' server functions.
 //! - [`socket`]: the live WebSocket.
@@ -13,6 +13,7 @@
 
 pub mod accounts;
 mod commands;
+mod desired;
 mod devices;
 mod error;
 mod export;
@@ -74,6 +75,8 @@ pub struct AppState {
     /// instance.
     pub bus: Option<crate::bus::Bus>,
     pub commands: Arc<Commands>,
+    /// Devices' desired states, set from the API and the device page.
+    pub desired: Arc<crate::desired::Desired>,
     pub live: Live,
     /// How long raw readings are kept (`None`: forever), so that history
     /// queries of older periods go to rollups.
@@ -145,6 +148,24 @@ fn api_table() -> Table {
             "/api/devices/{id}/label",
             Least(Operator),
             devices::set_label,
+        )
+        .at(
+            M::GET,
+            "/api/devices/{id}/desired",
+            Least(Viewer),
+            desired::get_desired,
+        )
+        .at(
+            M::PUT,
+            "/api/devices/{id}/desired",
+            Least(Operator),
+            desired::set_desired,
+        )
+        .at(
+            M::DELETE,
+            "/api/devices/{id}/desired",
+            Least(Operator),
+            desired::clear_desired,
         )
         .at(
             M::GET,

@@ -6,8 +6,8 @@ use std::sync::LazyLock;
 
 use app::model::{
     Account, AccountChange, ApiToken, AuditEntry, Command, CommandRequest, CommandState, Counters,
-    CreatedApiToken, DeviceCredentials, DeviceDetail, DeviceLabel, DeviceSummary, Me, NewAccount,
-    NewApiToken, PasswordChange, Role, SeriesResponse,
+    CreatedApiToken, DesiredState, DeviceCredentials, DeviceDetail, DeviceLabel, DeviceSummary, Me,
+    NewAccount, NewApiToken, PasswordChange, Role, SeriesResponse,
 };
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
@@ -99,6 +99,9 @@ impl Modify for Security {
         super::devices::set_label,
         super::devices::rotate_secret,
         super::devices::delete_device,
+        super::desired::get_desired,
+        super::desired::set_desired,
+        super::desired::clear_desired,
         super::readings::device,
         super::readings::thingsboard,
         super::export::export,
@@ -131,6 +134,7 @@ impl Modify for Security {
         CommandRequest,
         Counters,
         CreatedApiToken,
+        DesiredState,
         DeviceCredentials,
         DeviceDetail,
         DeviceLabel,

@@ -16,6 +16,7 @@ use crate::audit::{action, Audit};
 use crate::auth::{Auth, AuthError, Caller};
 use crate::clock::now_ms;
 use crate::command::{CommandError, Commands};
+use crate::desired::{Desired, DesiredError};
 use crate::history;
 use crate::metrics::Metrics;
 use crate::presence::Tracker;
@@ -26,6 +27,7 @@ use crate::store::{Store, StoreError};
 pub(super) struct PageData {
     store: Store,
     commands: Arc<Commands>,
+    desired: Arc<Desired>,
     metrics: Arc<Metrics>,
     presence: Arc<Tracker>,
     retain_raw_ms: Option<i64>,
@@ -77,6 +79,7 @@ impl From<&AppState> for PageData {
         Self {
             store: state.store.clone(),
             commands: state.commands.clone(),
+            desired: state.desired.clone(),
             metrics: state.metrics.clone(),
             presence: state.presence.clone(),
             retain_raw_ms: state.retain_raw_ms,
@@ -96,6 +99,7 @@ impl PageData {
     ) -> Result<Option<DeviceDetail>, StoreError> {
         let now = now_ms();
         let from = now - window_ms;
+        let desired = self.store.desired(id).await?;
         Ok(self
             .store
             .device(id, from)
@@ -111,6 +115,7 @@ impl PageData {
                     counters: self.metrics.everywhere(),
                     generated_at: now,
                     refused,
+                    desired,
                 }
             }))
     }
@@ -185,6 +190,45 @@ impl Backend for PageData {
             let c = self.page_send(&id, form).await?;
             record_command(&self.audit, &actor, &id, &c, ip).await;
             Ok(c)
+        })
+    }
+
+    fn desired(
+        &self,
+        id: String,
+    ) -> BoxFuture<'_, Result<Option<app::model::DesiredState>, BackendError>> {
+        Box::pin(async move { self.desired.get(&id).await.map_err(log_for_page) })
+    }
+
+    fn set_desired(
+        &self,
+        id: String,
+        json: String,
+    ) -> BoxFuture<'_, Result<Option<app::model::DesiredState>, BackendError>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            if json.trim().is_empty() {
+                let cleared = self.desired.clear(&id).await.map_err(desired_failed)?;
+                if cleared {
+                    self.audit
+                        .record(&actor, action::DESIRED_CLEAR, Some(&id), None, ip)
+                        .await;
+                }
+                return Ok(None);
+            }
+            let payload: serde_json::Value = serde_json::from_str(&json).map_err(|e| {
+                BackendError::Invalid(format!("the desired state is not JSON: {e}"))
+            })?;
+            let state = self
+                .desired
+                .set(&id, &payload, &actor)
+                .await
+                .map_err(desired_failed)?;
+            let detail = format!("v{} {}", state.version, state.payload);
+            self.audit
+                .record(&actor, action::DESIRED_SET, Some(&id), Some(detail), ip)
+                .await;
+            Ok(Some(state))
         })
     }
 
@@ -422,6 +466,14 @@ impl PageData {
             Err(CommandError::Store(e)) => Err(log_for_page(e)),
             Err(e) => Err(BackendError::Invalid(e.to_string())),
         }
+    }
+}
+
+/// A desired-state change's error as the device page shows it.
+fn desired_failed(e: DesiredError) -> BackendError {
+    match e {
+        DesiredError::Store(e) => log_for_page(e),
+        e => BackendError::Invalid(e.to_string()),
     }
 }
 

@@ -98,9 +98,10 @@ pub fn page_access(path: &str) -> Access {
 pub fn server_fn_access(path: &str) -> Access {
     match path {
         "/_app/fleet" | "/_app/device" | "/_app/history" | "/_app/commands" | "/_app/tokens"
-        | "/_app/add_token" | "/_app/revoke_token" => Access::Least(Role::Viewer),
+        | "/_app/add_token" | "/_app/revoke_token" | "/_app/desired" => Access::Least(Role::Viewer),
         "/_app/add_device"
         | "/_app/send_command"
+        | "/_app/set_desired"
         | "/_app/set_label"
         | "/_app/set_enabled"
         | "/_app/rotate_secret"

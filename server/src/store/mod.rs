@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod commands;
+pub mod desired;
 mod entity;
 pub mod leader;
 pub mod queue;
@@ -449,6 +450,41 @@ impl Store {
         was: app::model::CommandState,
     ) -> Result<bool, StoreError> {
         commands::replace_if(&self.db, command, was).await
+    }
+
+    /// A device's desired state, if an operator set one.
+    pub async fn desired(
+        &self,
+        device: &str,
+    ) -> Result<Option<app::model::DesiredState>, StoreError> {
+        desired::get(&self.db, device).await
+    }
+
+    /// Sets a device's desired state; `None` if the device does not exist.
+    /// See [`desired::set`].
+    pub async fn set_desired(
+        &self,
+        device: &str,
+        payload: &str,
+        by: &str,
+        at: i64,
+    ) -> Result<Option<app::model::DesiredState>, StoreError> {
+        desired::set(&self.db, device, payload, by, at).await
+    }
+
+    /// Removes a device's desired state; false if it had none.
+    pub async fn clear_desired(&self, device: &str) -> Result<bool, StoreError> {
+        desired::clear(&self.db, device).await
+    }
+
+    /// Records the device's acknowledgement of a desired state's version.
+    pub async fn acknowledge_desired(
+        &self,
+        device: &str,
+        version: i64,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        desired::acknowledge(&self.db, device, version, at).await
     }
 
     /// Whether a device of this name exists.

@@ -224,7 +224,8 @@ async fn find_present(db: &DatabaseConnection, id: &str) -> Result<device::Model
 
 /// Deletes device `id`. With `keep_data`, its readings, rollups and
 /// series stay (exportable, and back on its page if the id is added
-/// again) while its secret, label and commands go; otherwise everything
+/// again) while its secret, label, commands and desired state go;
+/// otherwise everything
 /// of it goes, in one transaction. Either way the broker refuses it from
 /// now on; ending its open sessions is the caller's part.
 pub async fn delete(
@@ -238,10 +239,12 @@ pub async fn delete(
     let backend = db.get_database_backend();
     let by_device = |sql: String| Statement::from_sql_and_values(backend, sql, [d.id.into()]);
     let p = super::placeholder(backend, 1);
-    txn.execute_raw(by_device(format!(
-        "DELETE FROM command WHERE device_id = {p}"
-    )))
-    .await?;
+    for table in ["command", "desired"] {
+        txn.execute_raw(by_device(format!(
+            "DELETE FROM {table} WHERE device_id = {p}"
+        )))
+        .await?;
+    }
     if keep_data {
         let mut kept = d.into_active_model();
         kept.secret_hash = Set(None);

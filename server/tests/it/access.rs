@@ -117,6 +117,27 @@ const ROUTES: &[Row] = &[
     ),
     (
         "GET",
+        "/api/devices/{id}/desired",
+        "/api/devices/Known01/desired",
+        None,
+        [401, 404, 404, 404],
+    ),
+    (
+        "PUT",
+        "/api/devices/{id}/desired",
+        "/api/devices/Known01/desired",
+        None,
+        [401, 403, 400, 400],
+    ),
+    (
+        "DELETE",
+        "/api/devices/{id}/desired",
+        "/api/devices/Unknown99/desired",
+        None,
+        [401, 403, 404, 404],
+    ),
+    (
+        "GET",
         "/api/devices/{id}/export",
         "/api/devices/Known01/export",
         None,
@@ -272,6 +293,20 @@ const ROUTES: &[Row] = &[
         "/_app/commands",
         Some("id=Known01"),
         [401, 200, 200, 200],
+    ),
+    (
+        "POST",
+        "/_app/desired",
+        "/_app/desired",
+        Some("id=Known01"),
+        [401, 200, 200, 200],
+    ),
+    (
+        "POST",
+        "/_app/set_desired",
+        "/_app/set_desired",
+        Some("id=Unknown99&json=%7B%7D"),
+        [401, 403, 400, 400],
     ),
     (
         "POST",

@@ -12,6 +12,7 @@ mod access;
 mod cluster;
 mod command_timer;
 mod commands;
+mod desired;
 mod devices;
 mod edge;
 mod export;

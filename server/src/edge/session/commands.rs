@@ -1,6 +1,7 @@
 //! A session's commands: the device's subscriptions to its command
 //! topics, and delivery of commands from the router at the QoS granted,
-//! with answers handed to the command service.
+//! with answers handed to the command service; and its desired state,
+//! sent retained when the device subscribes and live when it changes.
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
@@ -110,7 +111,14 @@ impl Session<'_> {
             };
             granted.push(ok.then_some(qos));
         }
+        let desired_now = filters
+            .iter()
+            .zip(&granted)
+            .any(|((f, _), g)| g.is_some() && acl::receives_desired(&self.device, f));
         self.say(Outbound::SubAck { pkid, granted });
+        if desired_now {
+            self.send_retained_desired().await;
+        }
         // Told after the router has the subscription, so the commands that
         // waited for the device are sent to it now.
         let route = self.route();
@@ -164,6 +172,61 @@ impl Session<'_> {
         }
     }
 
+    /// The QoS the device's desired state goes out at: the highest granted
+    /// to a filter that receives it; `None` if none does.
+    fn desired_qos(&self) -> Option<QoS> {
+        self.subscribed
+            .iter()
+            .filter(|(filter, _)| acl::receives_desired(&self.device, filter))
+            .map(|(_, qos)| *qos)
+            .max_by_key(|qos| *qos as u8)
+    }
+
+    /// Sends the stored desired state, flagged retained, after a SUBSCRIBE
+    /// that receives it: a device that boots gets its configuration at
+    /// once, however long ago it was set.
+    async fn send_retained_desired(&mut self) {
+        match self.edge.desired.get(&self.device).await {
+            Ok(Some(state)) => {
+                let payload = Bytes::from(state.payload.to_string());
+                self.send_desired(payload, Some(state.version), true);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(device = %self.device, "cannot read the desired state: {e}");
+            }
+        }
+    }
+
+    /// Writes the device's desired state (an empty payload: removed) at the
+    /// QoS its subscription asks, tracking a QoS 1 send of `version` so
+    /// that its PUBACK marks that version acknowledged.
+    fn send_desired(&mut self, payload: Bytes, version: Option<i64>, retain: bool) {
+        let Some(mut qos) = self.desired_qos() else {
+            return;
+        };
+        let mut pkid = 0;
+        if qos == QoS::AtLeastOnce {
+            match self.next_pkid() {
+                Some(p) => {
+                    pkid = p;
+                    if let Some(version) = version {
+                        self.in_flight.insert(p, InFlight::Desired(version));
+                    }
+                }
+                None => qos = QoS::AtMostOnce,
+            }
+        }
+        self.say(Outbound::Publish {
+            topic: acl::desired_topic(&self.device),
+            payload,
+            qos,
+            pkid,
+            retain,
+            reply: None,
+        });
+    }
+
     /// A packet id for a QoS 1 command, unused among those in flight.
     pub(super) fn next_pkid(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {
@@ -192,6 +255,12 @@ impl Session<'_> {
     /// Writes a message the router delivered to the device.
     pub(super) async fn deliver(&mut self, delivery: Delivery) {
         match delivery {
+            Delivery::Publish(topic, payload, correlation)
+                if topic == acl::desired_topic(&self.device) =>
+            {
+                let version = crate::desired::version_of(correlation.as_deref());
+                self.send_desired(payload, version, false);
+            }
             Delivery::Publish(topic, payload, correlation) => {
                 // The command service puts the command id in the
                 // correlation data; anything without one is passed on
@@ -204,7 +273,7 @@ impl Session<'_> {
                     match self.next_pkid() {
                         Some(p) => {
                             pkid = p;
-                            self.in_flight.insert(p, id.clone());
+                            self.in_flight.insert(p, InFlight::Command(id.clone()));
                         }
                         None => qos = QoS::AtMostOnce,
                     }
@@ -221,6 +290,7 @@ impl Session<'_> {
                     payload,
                     qos,
                     pkid,
+                    retain: false,
                     reply,
                 });
                 // At QoS 0 no acknowledgement will come: handing the
@@ -249,6 +319,14 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// What a QoS 1 message sent to the device was, for its PUBACK.
+pub(super) enum InFlight {
+    /// A command, by id.
+    Command(String),
+    /// A version of the desired state.
+    Desired(i64),
 }
 
 /// What the router had for the device.

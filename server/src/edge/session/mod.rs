@@ -27,7 +27,7 @@ use crate::acl;
 use crate::clock::now_ms;
 use crate::metrics::{LogLimiter, Metrics};
 use crate::names::valid_name;
-use commands::next_delivery;
+use commands::{next_delivery, InFlight};
 use end::End;
 
 /// How long a session the server closes waits for its last readings to
@@ -162,8 +162,8 @@ struct Session<'a> {
     /// The filters granted so far, as the device wrote them, with the QoS
     /// granted for each.
     subscribed: HashMap<String, QoS>,
-    /// Commands sent at QoS 1 and not yet acknowledged, by packet id.
-    in_flight: HashMap<u16, String>,
+    /// Messages sent at QoS 1 and not yet acknowledged, by packet id.
+    in_flight: HashMap<u16, InFlight>,
     last_pkid: u16,
     link_name: String,
     /// Publishes allowed by `--max-publish-rate`.
@@ -424,8 +424,12 @@ impl Session<'_> {
             Inbound::Disconnect { with_will: false } => Err(End::Disconnect),
             Inbound::Disconnect { with_will: true } => Err(End::DisconnectWithWill),
             Inbound::PubAck(pkid) => {
-                if let Some(id) = self.in_flight.remove(&pkid) {
-                    self.edge.commands.delivered(&self.device, &id);
+                match self.in_flight.remove(&pkid) {
+                    Some(InFlight::Command(id)) => self.edge.commands.delivered(&self.device, &id),
+                    Some(InFlight::Desired(version)) => {
+                        self.edge.desired.acknowledged(&self.device, version);
+                    }
+                    None => {}
                 }
                 Ok(())
             }
