@@ -13,3 +13,5 @@ export ROOT
 export PATH="$SIGHTLINE_TOOLS/bin:$ROOT/end2end/node_modules/.bin:$HOME/.cargo/bin:$PATH"
 export SIGHTLINE_BIN="$CARGO_TARGET_DIR/release/sightline"
 export SCHEMATHESIS="$SIGHTLINE_TOOLS/schemathesis-4.32.5/bin/st"
+# A Python with paho-mqtt, for the tests of the README's subscriber.
+export SIGHTLINE_PYTHON="$SIGHTLINE_TOOLS/paho-mqtt-2.1.0/bin/python"

@@ -64,3 +64,12 @@ if [[ ! -x "$venv/bin/st" ]]; then
   }
   "$venv/bin/pip" install --quiet --no-cache-dir "schemathesis==$SCHEMATHESIS_VERSION"
 fi
+
+# paho-mqtt, pinned, in its own virtualenv: the tests run the README's
+# Python subscriber with it, as a user of the feed would.
+PAHO_VERSION=2.1.0
+paho="$SIGHTLINE_TOOLS/paho-mqtt-$PAHO_VERSION"
+if [[ ! -x "$paho/bin/python" ]] || ! "$paho/bin/python" -c 'import paho.mqtt' 2>/dev/null; then
+  python3 -m venv "$paho"
+  "$paho/bin/pip" install --quiet --no-cache-dir "paho-mqtt==$PAHO_VERSION"
+fi

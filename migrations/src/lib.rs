@@ -11,6 +11,7 @@ mod m20261129_000005_accounts;
 mod m20261206_000006_reading_cascade;
 mod m20261207_000007_device_removed;
 mod m20261208_000008_desired;
+mod m20261208_000009_service_accounts;
 
 /// Applies every migration in order.
 #[derive(Debug)]
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000006_reading_cascade::Migration),
             Box::new(m20261207_000007_device_removed::Migration),
             Box::new(m20261208_000008_desired::Migration),
+            Box::new(m20261208_000009_service_accounts::Migration),
         ]
     }
 }

@@ -178,6 +178,67 @@ pub fn answer_topic_for(device: &str, delivered: &str, id: &str) -> String {
     }
 }
 
+/// The feed of committed readings: one message per device and commit on
+/// `sensor/<device>`.
+pub fn feed_topic(device: &str) -> String {
+    format!("sensor/{device}")
+}
+
+/// Whether `filter` may be granted to a service account: `sensor/#`,
+/// `sensor/+` or `sensor/<device id>`, the filters that select from the
+/// feed's topics.
+pub fn valid_grant(filter: &str) -> bool {
+    filter
+        .strip_prefix("sensor/")
+        .is_some_and(|rest| rest == "#" || rest == "+" || crate::names::valid_name(rest))
+}
+
+/// Splits an MQTT 5 shared subscription, `$share/<group>/<filter>`, into
+/// its group and filter; any other filter has no group. `None` for a
+/// malformed one (an empty or wildcard group, or no filter).
+pub fn shared(filter: &str) -> Option<(Option<&str>, &str)> {
+    let Some(rest) = filter.strip_prefix("$share/") else {
+        return Some((None, filter));
+    };
+    let (group, filter) = rest.split_once('/')?;
+    let bad_group = group.is_empty() || group.contains(['+', '#']);
+    (!bad_group && !filter.is_empty()).then_some((Some(group), filter))
+}
+
+/// Checks a service account's SUBSCRIBE `filter` (its group already split
+/// off) against its grants: allowed if every feed topic the filter can
+/// match is one a grant matches. A grant of `sensor/#` or `sensor/+`
+/// covers any filter under `sensor/`; a grant of `sensor/<id>` covers that
+/// filter alone.
+pub fn service_subscribe(grants: &[String], filter: &str) -> bool {
+    if !valid_grant(filter) && filter != "sensor/+/#" {
+        return false;
+    }
+    grants
+        .iter()
+        .any(|g| g == filter || g == "sensor/#" || (g == "sensor/+" && filter != "sensor/+/#"))
+}
+
+/// Whether MQTT topic filter `filter` matches `topic` (no wildcards in it).
+/// `#` matches the parent level too; a `$` topic is matched only by a
+/// filter that names its first level.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && !filter.starts_with('$') {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +307,74 @@ mod tests {
             "v1/devices/me/rpc/request/42"
         );
         assert_eq!(delivered_topic("A", "command/A", Some("42")), "command/A");
+    }
+
+    #[test]
+    fn service_accounts_subscribe_only_within_their_grants() {
+        let all = ["sensor/#".to_owned()];
+        let one = ["sensor/A".to_owned()];
+        let any_device = ["sensor/+".to_owned()];
+        for f in ["sensor/#", "sensor/+", "sensor/A", "sensor/B", "sensor/+/#"] {
+            assert!(service_subscribe(&all, f), "{f}");
+        }
+        assert!(service_subscribe(&one, "sensor/A"));
+        for f in [
+            "sensor/#",
+            "sensor/+",
+            "sensor/B",
+            "#",
+            "command/A",
+            "sensor/A/x",
+        ] {
+            assert!(!service_subscribe(&one, f), "{f}");
+        }
+        assert!(service_subscribe(&any_device, "sensor/B"));
+        assert!(!service_subscribe(&any_device, "sensor/+/#"));
+        for bad in [
+            "#",
+            "sensor",
+            "sensor/a b",
+            "command/#",
+            "sensor/A/#",
+            "$SYS/#",
+            "",
+        ] {
+            assert!(!valid_grant(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shared_subscriptions_split_into_group_and_filter() {
+        assert_eq!(shared("sensor/#"), Some((None, "sensor/#")));
+        assert_eq!(shared("$share/g1/sensor/#"), Some((Some("g1"), "sensor/#")));
+        for bad in [
+            "$share/",
+            "$share/g1",
+            "$share//sensor/#",
+            "$share/+/sensor/#",
+        ] {
+            assert_eq!(shared(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn filters_match_topics_as_mqtt_says() {
+        let cases = [
+            ("sensor/#", "sensor/A", true),
+            ("sensor/#", "sensor", true),
+            ("sensor/+", "sensor/A", true),
+            ("sensor/+", "sensor/A/b", false),
+            ("sensor/A", "sensor/A", true),
+            ("sensor/A", "sensor/AB", false),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("a/+/c", "a/b/c", true),
+            ("a/+/c", "a/b/d", false),
+        ];
+        for (filter, topic, want) in cases {
+            assert_eq!(matches(filter, topic), want, "{filter} {topic}");
+        }
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub mod action {
     pub const COMMAND_SEND: &str = "command_send";
     pub const DESIRED_SET: &str = "desired_set";
     pub const DESIRED_CLEAR: &str = "desired_clear";
+    pub const SERVICE_ADD: &str = "service_add";
+    pub const SERVICE_REMOVE: &str = "service_remove";
 }
 
 /// Text from a request made safe to store and show in the log: at most

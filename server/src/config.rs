@@ -119,6 +119,9 @@ pub struct Config {
     /// reading there is a redelivery, acknowledged and not stored again.
     /// Set it to at least the devices' in-flight limit; 0 stores repeats.
     pub redelivery_window: usize,
+    /// Feed messages (one per device and commit) waiting for one service
+    /// account session; more are dropped for that session and counted.
+    pub max_feed_queue: usize,
     /// HTTP and HTTPS connections open at once, live sockets included;
     /// more are closed as soon as they are accepted. With
     /// `max_connections`, this must stay below the process's file
@@ -238,6 +241,7 @@ impl Default for Config {
             max_subscribe_rate: 10.0,
             max_series_per_device: 256,
             redelivery_window: 100,
+            max_feed_queue: 10_000,
             max_http_connections: 4_096,
             http_header_timeout_secs: 15,
             max_request_bytes: 1024 * 1024,
@@ -432,6 +436,9 @@ pub struct Overrides {
     /// QoS 1/2 publishes at the start of each connection checked against the store, so a redelivered reading is not stored twice; 0 turns it off [default: 100].
     #[arg(long, env = "SIGHTLINE_REDELIVERY_WINDOW", value_name = "N")]
     pub redelivery_window: Option<usize>,
+    /// Feed messages waiting for one service account session; more are dropped and counted [default: 10000].
+    #[arg(long, env = "SIGHTLINE_MAX_FEED_QUEUE", value_name = "N")]
+    pub max_feed_queue: Option<usize>,
     /// HTTP and HTTPS connections open at once, live sockets included [default: 4096].
     #[arg(long, env = "SIGHTLINE_MAX_HTTP_CONNECTIONS", value_name = "N")]
     pub max_http_connections: Option<usize>,
@@ -595,6 +602,7 @@ impl Config {
             ("max_subscriptions", self.max_subscriptions),
             ("max_filters_per_subscribe", self.max_filters_per_subscribe),
             ("max_series_per_device", self.max_series_per_device),
+            ("max_feed_queue", self.max_feed_queue),
             ("max_http_connections", self.max_http_connections),
             (
                 "http_header_timeout_secs",
@@ -671,6 +679,7 @@ impl Config {
             // A device cannot have more messages in flight than there are
             // packet ids.
             ("redelivery_window", self.redelivery_window, 65_535),
+            ("max_feed_queue", self.max_feed_queue, 1_000_000),
         ];
         for (name, value, max) in ceilings {
             if value > max {

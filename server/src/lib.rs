@@ -39,6 +39,7 @@ pub mod desired;
 pub mod door;
 pub mod edge;
 pub mod export;
+pub mod feed;
 pub mod history;
 pub mod http;
 pub mod ingest;
@@ -290,6 +291,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         background.extend(tasks);
         (Some(bus), Some(inbox))
     };
+    let feed = Arc::new(feed::Feed::new(metrics.clone()));
     let writer_give_up = CancellationToken::new();
     let writer = tokio::spawn(store::writer::run(
         store.writer(),
@@ -297,12 +299,14 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         {
             let hub = hub.clone();
             let bus = bus.clone();
+            let feed = feed.clone();
             move |readings, received_at| {
                 let batch = live::LiveBatch {
                     readings,
                     received_at,
                 };
                 hub.publish(&batch);
+                feed.publish(&batch.readings);
                 if let Some(bus) = &bus {
                     bus.send(batch.readings);
                 }
@@ -419,6 +423,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             max_filters_per_subscribe: config.max_filters_per_subscribe,
             max_subscribe_rate: config.max_subscribe_rate,
             redelivery_window: config.redelivery_window,
+            max_feed_queue: config.max_feed_queue,
             // The demo's simulated devices have no secrets.
             open_registration: config.open_registration || config.demo,
         },
@@ -431,6 +436,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             sessions: sessions.clone(),
             commands: commands.clone(),
             desired: desired.clone(),
+            feed: feed.clone(),
             bus: bus.clone(),
         },
     ));
@@ -551,6 +557,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         bus,
         commands: commands.clone(),
         desired,
+        feed,
         retain_raw_ms: config.retain_raw.as_millis(),
         audit: audit::Audit::new(store.clone(), metrics.clone()),
         live: http::socket::Live {

@@ -47,6 +47,34 @@ enum Action {
     /// Manage operator accounts and their API tokens.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage service accounts: MQTT logins that read the feed of readings.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Create a service account and print its secret, once.
+    Add {
+        /// The account's name, its MQTT user name.
+        name: String,
+        /// A filter it may subscribe to: sensor/#, sensor/+ or sensor/<device id>; repeat for more.
+        #[arg(long = "subscribe", value_name = "FILTER", required = true)]
+        subscribe: Vec<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List the service accounts with their grants.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Remove a service account; its secret stops working at once.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -328,6 +356,20 @@ async fn dispatch(command: Action) -> anyhow::Result<()> {
             let (action, args) = command.split();
             let store = args.db.open().await?;
             Ok(server::store::registry::cli(&store, action, &args.id).await?)
+        }
+        Action::Service(command) => {
+            use server::store::services::{cli, ServiceCli};
+            let (action, db) = match command {
+                ServiceCommand::Add {
+                    name,
+                    subscribe,
+                    db,
+                } => (ServiceCli::Add { name, subscribe }, db),
+                ServiceCommand::List { db } => (ServiceCli::List, db),
+                ServiceCommand::Remove { name, db } => (ServiceCli::Remove { name }, db),
+            };
+            let store = db.open().await?;
+            Ok(cli(&store, action).await?)
         }
         Action::Command(CommandCommand::List {
             device,

@@ -180,6 +180,13 @@ pub struct Metrics {
     /// Desired states set by operators, and acknowledged by devices.
     pub desired_set: AtomicU64,
     pub desired_acked: AtomicU64,
+    /// Feed messages (one per device per commit) made for service
+    /// accounts, and deliveries dropped because a subscriber's queue was
+    /// full.
+    pub feed_messages: AtomicU64,
+    pub feed_dropped: AtomicU64,
+    /// Feed subscriptions held by service accounts, plain and shared.
+    pub feed_subscriptions: AtomicU64,
     pub edge: EdgeCounters,
     pub http_ingest: HttpIngestCounters,
     pub commands: CommandCounters,
@@ -274,6 +281,9 @@ const PLAIN: &[Plain] = &[
     Plain { name: "sightline_pruned_rollups_total", kind: Kind::Counter, help: "Rollup rows deleted by retention (--retain-rollups).", value: |m| &m.pruned_rollups },
     Plain { name: "sightline_pruned_commands_total", kind: Kind::Counter, help: "Finished commands deleted by retention (kept as long as raw readings).", value: |m| &m.pruned_commands },
     Plain { name: "sightline_desired_set_total", kind: Kind::Counter, help: "Desired states set by operators (PUT /api/devices/{id}/desired or the device page).", value: |m| &m.desired_set },
+    Plain { name: "sightline_feed_messages_total", kind: Kind::Counter, help: "Messages of committed readings (one per device and commit) published on sensor/<device> for service accounts.", value: |m| &m.feed_messages },
+    Plain { name: "sightline_feed_subscriptions", kind: Kind::Gauge, help: "Subscriptions service accounts hold to the feed of committed readings.", value: |m| &m.feed_subscriptions },
+    Plain { name: "sightline_feed_dropped_total", kind: Kind::Counter, help: "Feed messages not delivered because a service account's queue was full (--max-feed-queue).", value: |m| &m.feed_dropped },
     Plain { name: "sightline_desired_acknowledged_total", kind: Kind::Counter, help: "Desired-state messages devices acknowledged with a PUBACK.", value: |m| &m.desired_acked },
     Plain { name: "sightline_viewers", kind: Kind::Gauge, help: "Live WebSocket viewers connected.", value: |m| &m.viewers },
     Plain { name: "sightline_viewers_refused_total", kind: Kind::Counter, help: "Live sockets refused because the account held --max-live-sockets-per-account.", value: |m| &m.viewers_refused },

@@ -151,6 +151,52 @@ pub fn action_words(action: &str) -> &str {
         "command_send" => "sent a command",
         "desired_set" => "set a desired state",
         "desired_clear" => "removed a desired state",
+        "service_add" => "made a service account",
+        "service_remove" => "removed a service account",
         other => other,
+    }
+}
+
+/// An MQTT login for a tool that reads the stream of readings, not a
+/// device: it may subscribe to the filters it was granted, and to nothing
+/// else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ServiceAccount {
+    /// Its MQTT user name.
+    pub name: String,
+    /// The topic filters it may subscribe to, each under `sensor/`.
+    pub subscribe: Vec<String>,
+    #[cfg_attr(feature = "ssr", schema(value_type = i64))]
+    pub created_at: super::EpochMs,
+    pub created_by: String,
+}
+
+/// The body of `POST /api/service-accounts`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewServiceAccount {
+    pub name: String,
+    /// At least one filter, each under `sensor/` (for example `sensor/#`
+    /// or `sensor/Device001`).
+    pub subscribe: Vec<String>,
+}
+
+/// A service account just made, with its secret, shown only this once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct CreatedServiceAccount {
+    pub account: ServiceAccount,
+    /// The MQTT password; stored only as a hash.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for CreatedServiceAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedServiceAccount")
+            .field("account", &self.account)
+            .field("secret", &"***")
+            .finish()
     }
 }

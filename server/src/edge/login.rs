@@ -68,8 +68,16 @@ async fn read_frame<R: AsyncRead + Unpin>(
 pub(super) struct Admitted {
     pub version: Version,
     pub connect: ConnectInfo,
-    pub device: Option<String>,
+    pub who: Who,
     pub inbuf: BytesMut,
+}
+
+/// Who an admitted client is.
+pub(super) enum Who {
+    /// A device; `None` is an anonymous client under open registration.
+    Device(Option<String>),
+    /// A service account, which reads the feed and publishes nothing.
+    Service(app::model::ServiceAccount),
 }
 
 /// Reads the CONNECT within [`HANDSHAKE_TIMEOUT`] and decides who the
@@ -158,8 +166,8 @@ where
         admit(edge, &connect).await
     };
     drop(logging_in);
-    let device = match admitted {
-        Ok(device) => device,
+    let who = match admitted {
+        Ok(who) => who,
         Err((code, device, why)) => {
             let kind = match code {
                 ConnectCode::ServerUnavailable => &counters.over_capacity,
@@ -183,7 +191,7 @@ where
     Some(Admitted {
         version,
         connect,
-        device,
+        who,
         inbuf,
     })
 }
@@ -204,7 +212,7 @@ const NO_SECRET_YET: &str = "it has no secret, and open registration is off";
 /// device's page. `None` is an
 /// anonymous client under open registration: it becomes the device its
 /// first publish names, as long as nobody has claimed that name.
-async fn admit(edge: &Edge, connect: &ConnectInfo) -> Result<Option<String>, Refused> {
+async fn admit(edge: &Edge, connect: &ConnectInfo) -> Result<Who, Refused> {
     let open = edge.settings.open_registration;
     let user = connect.user.as_str();
     let password = connect.password.as_deref();
@@ -217,12 +225,32 @@ async fn admit(edge: &Edge, connect: &ConnectInfo) -> Result<Option<String>, Ref
         )
     };
     let named = |name: &str| valid_name(name).then(|| name.to_owned());
+    // Service accounts are looked up first: their names are kept apart
+    // from devices' when either is made.
+    if let (false, Some(password)) = (user.is_empty(), password.filter(|p| !p.is_empty())) {
+        if let Some(account) = edge
+            .store
+            .service_login(user, password)
+            .await
+            .map_err(unavailable)?
+        {
+            if connect.will.is_some() {
+                return Err((
+                    ConnectCode::NotAuthorized,
+                    None,
+                    "a service account cannot have a Last Will",
+                ));
+            }
+            admit_capacity(edge, None)?;
+            return Ok(Who::Service(account));
+        }
+    }
     let device = if user.is_empty() {
         // No credentials at all: only open registration admits these.
         if !open {
             return Err((ConnectCode::NotAuthorized, None, "no credentials"));
         }
-        return admit_capacity(edge, None);
+        return admit_capacity(edge, None).map(Who::Device);
     } else {
         match edge
             .store
@@ -264,7 +292,7 @@ async fn admit(edge: &Edge, connect: &ConnectInfo) -> Result<Option<String>, Ref
             ));
         }
     }
-    admit_capacity(edge, Some(device))
+    admit_capacity(edge, Some(device)).map(Who::Device)
 }
 
 /// Admits a client if the connection limit allows.

@@ -97,6 +97,9 @@ pub struct EdgeSettings {
     /// QoS 1 and 2 publishes at the start of each connection that may be
     /// redeliveries, and so are checked against the store.
     pub redelivery_window: usize,
+    /// Feed messages waiting for one service account session; more are
+    /// dropped and counted.
+    pub max_feed_queue: usize,
     /// Lets devices without a secret connect under the name they give,
     /// registering them on their first reading. Only for demos and trials.
     pub open_registration: bool,
@@ -113,6 +116,8 @@ pub struct Services {
     /// Told when devices acknowledge their desired state; read when they
     /// subscribe to it.
     pub desired: Arc<crate::desired::Desired>,
+    /// Committed readings for service accounts.
+    pub feed: Arc<crate::feed::Feed>,
     /// In cluster mode, tells other instances which device logged in here.
     pub bus: Option<crate::bus::Bus>,
 }
@@ -128,6 +133,7 @@ pub struct Edge {
     sessions: Arc<Sessions>,
     commands: Arc<Commands>,
     desired: Arc<crate::desired::Desired>,
+    feed: Arc<crate::feed::Feed>,
     bus: Option<crate::bus::Bus>,
     next_session: AtomicU64,
     /// Sockets open, logged in or not.
@@ -164,6 +170,7 @@ impl Edge {
             sessions,
             commands,
             desired,
+            feed,
             bus,
         } = services;
         Self {
@@ -176,6 +183,7 @@ impl Edge {
             sessions,
             commands,
             desired,
+            feed,
             bus,
             next_session: AtomicU64::new(1),
             sockets: AtomicUsize::new(0),

@@ -71,6 +71,18 @@ impl From<CommandError> for HttpError {
     }
 }
 
+impl From<crate::store::services::ServiceError> for HttpError {
+    fn from(e: crate::store::services::ServiceError) -> Self {
+        use crate::store::services::ServiceError;
+        match e {
+            ServiceError::Exists(_) | ServiceError::DeviceName(_) => Self::Conflict(e.to_string()),
+            ServiceError::NotFound(_) => Self::NotFound,
+            ServiceError::Store(e) => Self::Store(e),
+            e => Self::BadRequest(e.to_string()),
+        }
+    }
+}
+
 impl From<crate::desired::DesiredError> for HttpError {
     fn from(e: crate::desired::DesiredError) -> Self {
         use crate::desired::DesiredError;

@@ -27,6 +27,7 @@ mod pages;
 mod readings;
 pub mod routes;
 pub mod serve;
+mod services;
 pub mod socket;
 
 pub(crate) use error::json_body;
@@ -77,6 +78,9 @@ pub struct AppState {
     pub commands: Arc<Commands>,
     /// Devices' desired states, set from the API and the device page.
     pub desired: Arc<crate::desired::Desired>,
+    /// The feed of committed readings, so that removing a service account
+    /// ends its sessions.
+    pub feed: Arc<crate::feed::Feed>,
     pub live: Live,
     /// How long raw readings are kept (`None`: forever), so that history
     /// queries of older periods go to rollups.
@@ -211,6 +215,24 @@ fn api_table() -> Table {
             "/api/tokens/{id}",
             Least(Viewer),
             accounts::revoke_token,
+        )
+        .at(
+            M::GET,
+            "/api/service-accounts",
+            Least(Admin),
+            services::list,
+        )
+        .at(
+            M::POST,
+            "/api/service-accounts",
+            Least(Admin),
+            services::add,
+        )
+        .at(
+            M::DELETE,
+            "/api/service-accounts/{name}",
+            Least(Admin),
+            services::remove,
         )
         .at(M::GET, "/api/users", Least(Admin), accounts::users)
         .at(M::POST, "/api/users", Least(Admin), accounts::add_user)

@@ -6,8 +6,9 @@ use std::sync::LazyLock;
 
 use app::model::{
     Account, AccountChange, ApiToken, AuditEntry, Command, CommandRequest, CommandState, Counters,
-    CreatedApiToken, DesiredState, DeviceCredentials, DeviceDetail, DeviceLabel, DeviceSummary, Me,
-    NewAccount, NewApiToken, PasswordChange, Role, SeriesResponse,
+    CreatedApiToken, CreatedServiceAccount, DesiredState, DeviceCredentials, DeviceDetail,
+    DeviceLabel, DeviceSummary, Me, NewAccount, NewApiToken, NewServiceAccount, PasswordChange,
+    Role, SeriesResponse, ServiceAccount,
 };
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
@@ -119,6 +120,9 @@ impl Modify for Security {
         super::accounts::change_user,
         super::accounts::remove_user,
         super::accounts::audit_log,
+        super::services::list,
+        super::services::add,
+        super::services::remove,
     ),
     components(schemas(
         ErrorBody,
@@ -135,6 +139,9 @@ impl Modify for Security {
         Counters,
         CreatedApiToken,
         DesiredState,
+        ServiceAccount,
+        NewServiceAccount,
+        CreatedServiceAccount,
         DeviceCredentials,
         DeviceDetail,
         DeviceLabel,

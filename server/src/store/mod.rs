@@ -12,6 +12,7 @@ pub mod registry;
 pub mod retention;
 pub mod rollup;
 pub mod scratch;
+pub mod services;
 mod url;
 pub mod writer;
 
@@ -485,6 +486,36 @@ impl Store {
         at: i64,
     ) -> Result<bool, StoreError> {
         desired::acknowledge(&self.db, device, version, at).await
+    }
+
+    /// Makes a service account; see [`services::add`].
+    pub async fn add_service_account(
+        &self,
+        name: &str,
+        subscribe: &[String],
+        by: &str,
+        at: i64,
+    ) -> Result<app::model::CreatedServiceAccount, services::ServiceError> {
+        services::add(&self.db, name, subscribe, by, at).await
+    }
+
+    /// Every service account, by name.
+    pub async fn service_accounts(&self) -> Result<Vec<app::model::ServiceAccount>, StoreError> {
+        services::list(&self.db).await
+    }
+
+    /// Removes a service account.
+    pub async fn remove_service_account(&self, name: &str) -> Result<(), services::ServiceError> {
+        services::remove(&self.db, name).await
+    }
+
+    /// The service account these credentials log in as, if any.
+    pub async fn service_login(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<Option<app::model::ServiceAccount>, StoreError> {
+        services::login(&self.db, name, password).await
     }
 
     /// Whether a device of this name exists.

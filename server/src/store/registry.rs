@@ -105,6 +105,12 @@ pub async fn add(
     // registered itself openly would be refused at its next login, for
     // good, by an operator who only meant to add a new one. Giving it a
     // secret is a rotation, asked for by name.
+    // A service account of the same name would shadow the device at login.
+    if super::services::get(db, id).await?.is_some() {
+        return Err(RegistryError::Exists(format!(
+            "{id} (as a service account)"
+        )));
+    }
     match find(db, id).await? {
         // A device deleted with its readings kept comes back with them.
         Some(d) if d.removed_at.is_some() => {
@@ -208,10 +214,12 @@ pub async fn login(
 
 /// Whether device `id` exists and has a secret, so that nobody may use its
 /// name without it, even under open registration.
+/// A service account's name counts as claimed too.
 pub async fn is_secured(db: &DatabaseConnection, id: &str) -> Result<bool, StoreError> {
-    Ok(find(db, id)
+    let device = find(db, id)
         .await?
-        .is_some_and(|d| d.secret_hash.is_some() || d.disabled || d.removed_at.is_some()))
+        .is_some_and(|d| d.secret_hash.is_some() || d.disabled || d.removed_at.is_some());
+    Ok(device || super::services::get(db, id).await?.is_some())
 }
 
 /// The device named `id`, unless it is unknown or deleted.

@@ -117,6 +117,27 @@ const ROUTES: &[Row] = &[
     ),
     (
         "GET",
+        "/api/service-accounts",
+        "/api/service-accounts",
+        None,
+        [401, 403, 403, 200],
+    ),
+    (
+        "POST",
+        "/api/service-accounts",
+        "/api/service-accounts",
+        None,
+        [401, 403, 403, 400],
+    ),
+    (
+        "DELETE",
+        "/api/service-accounts/{name}",
+        "/api/service-accounts/Nobody9",
+        None,
+        [401, 403, 403, 404],
+    ),
+    (
+        "GET",
         "/api/devices/{id}/desired",
         "/api/devices/Known01/desired",
         None,

@@ -18,6 +18,7 @@ mod edge;
 mod export;
 mod failover;
 mod faults;
+mod feed;
 mod history;
 mod hostile;
 mod http_ingest;

@@ -6,6 +6,7 @@
 
 mod commands;
 mod end;
+mod service;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::{Ack, Acks};
 use super::codec::{ConnectCode, Inbound, Outbound, ReadError, Version, Will};
-use super::login::{keep_alive, keep_alive_limit, login, Admitted, READ_CHUNK, WRITE_TIMEOUT};
+use super::login::{keep_alive, keep_alive_limit, login, Admitted, Who, READ_CHUNK, WRITE_TIMEOUT};
 use super::rate::Bucket;
 use super::{Edge, SocketGuard};
 use crate::acl;
@@ -48,7 +49,7 @@ pub(super) async fn run<S>(
     let Some(Admitted {
         version,
         connect,
-        device,
+        who,
         inbuf,
     }) = login(edge, &mut rd, &mut wr, peer, &stop, logging_in).await
     else {
@@ -58,6 +59,25 @@ pub(super) async fn run<S>(
     let session_id = edge
         .next_session
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let device = match who {
+        Who::Device(device) => device,
+        Who::Service(account) => {
+            let start = service::Start {
+                session_id,
+                version,
+                connect,
+                account,
+                inbuf,
+            };
+            service::run(edge, start, &mut rd, &mut wr, &stop).await;
+            edge.metrics
+                .edge
+                .sessions
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+            return;
+        }
+    };
     let settings = &edge.settings;
     let keep_alive = keep_alive(connect.keep_alive, settings.max_keep_alive);
     let mut session = Session {

@@ -1,0 +1,350 @@
+//! A service account's session: it subscribes to the feed of committed
+//! readings within its grants (plainly or in `$share` groups), receives
+//! them at the QoS granted, and publishes nothing. Its session is always
+//! clean: a tool that reads the stream reconnects and carries on from
+//! the live data, and what it missed is in the API.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use app::model::ServiceAccount;
+use bytes::BytesMut;
+use rumqttc::mqttbytes::QoS;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::end::End;
+use super::{log_denied, sleep_until};
+use crate::acl;
+use crate::edge::codec::{ConnectCode, ConnectInfo, Inbound, Outbound, ReadError, Version};
+use crate::edge::login::{keep_alive, keep_alive_limit, READ_CHUNK, WRITE_TIMEOUT};
+use crate::edge::rate::Bucket;
+use crate::edge::Edge;
+use crate::feed::FeedMessage;
+use crate::metrics::Metrics;
+
+/// QoS 1 messages sent and not yet acknowledged, at most; beyond it the
+/// session stops taking from its feed queue until PUBACKs arrive.
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// What the login hands over.
+pub(super) struct Start {
+    pub session_id: u64,
+    pub version: Version,
+    pub connect: ConnectInfo,
+    pub account: ServiceAccount,
+    pub inbuf: BytesMut,
+}
+
+struct Service<'a> {
+    edge: &'a Edge,
+    id: u64,
+    account: ServiceAccount,
+    version: Version,
+    out: BytesMut,
+    /// Filters as the client wrote them (with any `$share/<group>/`), with
+    /// the QoS granted.
+    subscribed: HashMap<String, QoS>,
+    in_flight: HashMap<u16, ()>,
+    last_pkid: u16,
+    subscribe_bucket: Bucket,
+}
+
+/// Runs a service account's session to its end.
+pub(super) async fn run<R, W>(
+    edge: &Edge,
+    start: Start,
+    rd: &mut R,
+    wr: &mut W,
+    stop: &CancellationToken,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Start {
+        session_id,
+        version,
+        connect,
+        account,
+        inbuf,
+    } = start;
+    let (mut feed, removed) =
+        edge.feed
+            .join(session_id, &account.name, edge.settings.max_feed_queue);
+    tracing::info!(account = %account.name, "service account connected");
+    let kept_alive = keep_alive(connect.keep_alive, edge.settings.max_keep_alive);
+    let mut service = Service {
+        edge,
+        id: session_id,
+        account,
+        version,
+        out: BytesMut::new(),
+        subscribed: HashMap::new(),
+        in_flight: HashMap::new(),
+        last_pkid: 0,
+        subscribe_bucket: Bucket::new(edge.settings.max_subscribe_rate),
+    };
+    let assigned = connect
+        .client_id
+        .is_empty()
+        .then(|| format!("sightline-{session_id}"));
+    service.say(Outbound::ConnAck {
+        code: ConnectCode::Accepted,
+        assigned_id: assigned,
+        keep_alive: (kept_alive != connect.keep_alive).then_some(kept_alive),
+    });
+    let end = match service.flush(wr).await {
+        Ok(()) => {
+            let limit = keep_alive_limit(kept_alive);
+            service
+                .serve(rd, wr, inbuf, &mut feed, limit, stop, &removed)
+                .await
+        }
+        Err(_) => End::SocketClosed,
+    };
+    if let Some(goodbye) = end.goodbye() {
+        service.say(Outbound::Disconnect(goodbye, end.reason()));
+        let _ = service.flush(wr).await;
+    }
+    edge.feed.leave(session_id);
+    if let End::Protocol(why) = &end {
+        Metrics::add(&edge.metrics.edge.protocol_errors, 1);
+        tracing::info!(account = %service.account.name, "closing: protocol error: {why}");
+    }
+    tracing::info!(account = %service.account.name, "service account disconnected: {}", end.reason());
+}
+
+impl Service<'_> {
+    #[allow(clippy::too_many_arguments)]
+    async fn serve<R, W>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        mut inbuf: BytesMut,
+        feed: &mut mpsc::Receiver<FeedMessage>,
+        keep_alive: Duration,
+        stop: &CancellationToken,
+        removed: &CancellationToken,
+    ) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let max = self.edge.settings.max_packet_bytes;
+        let packet_timeout = self.edge.settings.packet_timeout;
+        let mut last_heard = Instant::now();
+        let mut packet_began: Option<Instant> = None;
+        loop {
+            let mut handled = false;
+            loop {
+                match self.version.read(&mut inbuf, max) {
+                    Ok(packet) => {
+                        handled = true;
+                        if let Err(end) = self.handle(packet) {
+                            let _ = self.flush(wr).await;
+                            return end;
+                        }
+                    }
+                    Err(ReadError::Incomplete) => break,
+                    Err(ReadError::TooLarge) => return End::TooLarge,
+                    Err(ReadError::Malformed(why)) => return End::Protocol(why),
+                }
+            }
+            if handled {
+                last_heard = Instant::now();
+            }
+            packet_began = match packet_began {
+                _ if inbuf.is_empty() => None,
+                _ if handled => Some(Instant::now()),
+                began => began.or_else(|| Some(Instant::now())),
+            };
+            if self.flush(wr).await.is_err() {
+                return End::WriteStalled;
+            }
+            if inbuf.is_empty() && inbuf.capacity() > 4 * READ_CHUNK {
+                inbuf = BytesMut::with_capacity(READ_CHUNK);
+            } else if inbuf.capacity() - inbuf.len() < READ_CHUNK / 2 {
+                inbuf.reserve(READ_CHUNK);
+            }
+            let expiry = last_heard + keep_alive;
+            let unfinished = packet_began.map(|began| began + packet_timeout);
+            let room = self.in_flight.len() < MAX_IN_FLIGHT;
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return End::Shutdown,
+                () = removed.cancelled() => return End::Disabled,
+                read = rd.read_buf(&mut inbuf) => match read {
+                    Ok(0) | Err(_) => return End::SocketClosed,
+                    Ok(_) => last_heard = Instant::now(),
+                },
+                Some(message) = feed.recv(), if room => {
+                    self.send(message);
+                    // Take what else is queued, up to the in-flight limit,
+                    // so that one write carries many messages.
+                    while self.in_flight.len() < MAX_IN_FLIGHT && self.out.len() < 64 * 1024 {
+                        match feed.try_recv() {
+                            Ok(message) => self.send(message),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(expiry.into()) => {
+                    Metrics::add(&self.edge.metrics.edge.keepalive_expired, 1);
+                    return End::KeepAlive;
+                }
+                () = sleep_until(unfinished) => return End::PacketTimeout,
+            }
+        }
+    }
+
+    fn handle(&mut self, packet: Inbound) -> Result<(), End> {
+        match packet {
+            // A service account publishes nothing: the feed is read-only,
+            // and nothing it does may act as a device.
+            Inbound::Publish { topic, .. } => {
+                let metrics = &self.edge.metrics;
+                metrics.refuse(&metrics.edge.denied, None);
+                log_denied(&self.account.name, "publish to", &topic);
+                Err(End::Denied)
+            }
+            Inbound::Subscribe { pkid, filters } => {
+                self.allowed(filters.len())?;
+                let granted = filters
+                    .iter()
+                    .map(|(filter, asked)| self.subscribe(filter, *asked))
+                    .collect();
+                self.say(Outbound::SubAck { pkid, granted });
+                Ok(())
+            }
+            Inbound::Unsubscribe { pkid, filters } => {
+                self.allowed(filters.len())?;
+                let existed = filters
+                    .iter()
+                    .map(|filter| {
+                        let was = self.subscribed.remove(filter).is_some();
+                        if let (true, Some((group, plain))) = (was, acl::shared(filter)) {
+                            self.edge.feed.unsubscribe(self.id, group, plain);
+                        }
+                        was
+                    })
+                    .collect();
+                self.say(Outbound::UnsubAck { pkid, existed });
+                Ok(())
+            }
+            Inbound::PubAck(pkid) => {
+                self.in_flight.remove(&pkid);
+                Ok(())
+            }
+            Inbound::PingReq => {
+                self.say(Outbound::PingResp);
+                Ok(())
+            }
+            Inbound::Disconnect { .. } => Err(End::Disconnect),
+            Inbound::PubRel(pkid) => {
+                self.say(Outbound::PubComp(pkid));
+                Ok(())
+            }
+            Inbound::Ack => Ok(()),
+            Inbound::Connect(_) => Err(End::Protocol("a second CONNECT".into())),
+            Inbound::Unexpected(what) => Err(End::Protocol(format!("unexpected {what}"))),
+        }
+    }
+
+    /// The subscribe rate and the filters-per-packet limit, as for devices.
+    fn allowed(&mut self, filters: usize) -> Result<(), End> {
+        if !self.subscribe_bucket.take(Instant::now()) {
+            return Err(End::SubscribeFlood);
+        }
+        if filters > self.edge.settings.max_filters_per_subscribe {
+            return Err(End::TooManyFilters);
+        }
+        Ok(())
+    }
+
+    /// Grants `filter` if the account's grants cover it; the feed goes out
+    /// at QoS 1 at most, which is all a consumer needs to lose nothing on
+    /// a live connection.
+    fn subscribe(&mut self, filter: &str, asked: QoS) -> Option<QoS> {
+        let metrics = &self.edge.metrics;
+        let Some((group, plain)) = acl::shared(filter) else {
+            metrics.refuse(&metrics.edge.denied, None);
+            log_denied(&self.account.name, "subscribe to", filter);
+            return None;
+        };
+        if !acl::service_subscribe(&self.account.subscribe, plain) {
+            metrics.refuse(&metrics.edge.denied, None);
+            log_denied(&self.account.name, "subscribe to", filter);
+            return None;
+        }
+        if !self.subscribed.contains_key(filter)
+            && self.subscribed.len() >= self.edge.settings.max_subscriptions
+        {
+            Metrics::add(&metrics.edge.subscriptions_refused, 1);
+            return None;
+        }
+        let qos = if asked == QoS::AtMostOnce {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        self.subscribed.insert(filter.to_owned(), qos);
+        self.edge.feed.subscribe(self.id, group, plain);
+        Some(qos)
+    }
+
+    /// Writes one feed message at the highest QoS of the filters it
+    /// matched (MQTT 3.1.1's one copy for overlapping subscriptions).
+    fn send(&mut self, message: FeedMessage) {
+        let acknowledged = self.subscribed.iter().any(|(filter, qos)| {
+            *qos == QoS::AtLeastOnce
+                && acl::shared(filter).is_some_and(|(_, f)| acl::matches(f, &message.topic))
+        });
+        let mut qos = QoS::AtMostOnce;
+        let mut pkid = 0;
+        if acknowledged {
+            if let Some(p) = self.next_pkid() {
+                self.in_flight.insert(p, ());
+                pkid = p;
+                qos = QoS::AtLeastOnce;
+            }
+        }
+        self.say(Outbound::Publish {
+            topic: message.topic.to_string(),
+            payload: message.payload,
+            qos,
+            pkid,
+            retain: false,
+            reply: None,
+        });
+    }
+
+    fn next_pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.last_pkid = self.last_pkid.wrapping_add(1).max(1);
+            if !self.in_flight.contains_key(&self.last_pkid) {
+                return Some(self.last_pkid);
+            }
+        }
+        None
+    }
+
+    fn say(&mut self, packet: Outbound) {
+        if let Err(e) = self.version.write(&mut self.out, packet) {
+            tracing::error!(account = %self.account.name, "cannot encode a packet: {e}");
+        }
+    }
+
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            wr.write_all(&self.out).await?;
+            wr.flush().await
+        };
+        let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
+        self.out.clear();
+        result.unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut)))
+    }
+}
