@@ -4,8 +4,8 @@
 use leptos::prelude::*;
 
 use crate::model::{
-    Account, ApiToken, AuditEntry, Command, CreatedApiToken, DesiredState, DeviceCredentials,
-    DeviceDetail, Fleet, SeriesResponse,
+    Account, ApiToken, AuditEntry, Command, CreatedApiToken, CreatedServiceAccount, DesiredState,
+    DeviceCredentials, DeviceDetail, Fleet, SeriesResponse, ServiceAccount,
 };
 #[cfg(feature = "ssr")]
 use crate::model::{NewAccount, Role};
@@ -47,8 +47,9 @@ mod backend {
 
     use super::{BackendError, CommandForm};
     use crate::model::{
-        Account, ApiToken, AuditEntry, Command, CreatedApiToken, DesiredState, DeviceCredentials,
-        DeviceDetail, Fleet, NewAccount, Role, SeriesResponse,
+        Account, ApiToken, AuditEntry, Command, CreatedApiToken, CreatedServiceAccount,
+        DesiredState, DeviceCredentials, DeviceDetail, Fleet, NewAccount, Role, SeriesResponse,
+        ServiceAccount,
     };
 
     /// A boxed, sendable future, so the trait stays object-safe.
@@ -99,6 +100,17 @@ mod backend {
             id: String,
             json: String,
         ) -> BoxFuture<'_, Result<Option<DesiredState>, BackendError>>;
+        /// Every service account, for the admin page.
+        fn service_accounts(&self) -> BoxFuture<'_, Result<Vec<ServiceAccount>, BackendError>>;
+        /// Makes a service account with the grants the admin typed
+        /// (separated by spaces or commas); its secret is returned once.
+        fn add_service_account(
+            &self,
+            name: String,
+            grants: Vec<String>,
+        ) -> BoxFuture<'_, Result<CreatedServiceAccount, BackendError>>;
+        /// Removes a service account and ends its connections.
+        fn remove_service_account(&self, name: String) -> BoxFuture<'_, Result<(), BackendError>>;
         /// Every operator account, for the admin page.
         fn accounts(&self) -> BoxFuture<'_, Result<Vec<Account>, BackendError>>;
         /// The newest audit events, for the admin page.
@@ -331,6 +343,39 @@ pub async fn get_desired(id: String) -> Result<Option<DesiredState>, ServerFnErr
 #[server(prefix = "/_app", endpoint = "set_desired")]
 pub async fn set_desired(id: String, json: String) -> Result<Option<DesiredState>, ServerFnError> {
     backend()?.set_desired(id, json).await.map_err(failed)
+}
+
+/// Loads every service account, for admins.
+#[server(prefix = "/_app", endpoint = "service_accounts")]
+pub async fn get_service_accounts() -> Result<Vec<ServiceAccount>, ServerFnError> {
+    backend()?.service_accounts().await.map_err(failed)
+}
+
+/// Makes a service account from the admin page; `grants` are the filters
+/// as typed, separated by spaces or commas.
+#[server(prefix = "/_app", endpoint = "add_service_account")]
+pub async fn add_service_account(
+    name: String,
+    grants: String,
+) -> Result<CreatedServiceAccount, ServerFnError> {
+    let grants = grants
+        .split([' ', ','])
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
+        .collect();
+    backend()?
+        .add_service_account(name.trim().to_owned(), grants)
+        .await
+        .map_err(failed)
+}
+
+/// Removes a service account from the admin page.
+#[server(prefix = "/_app", endpoint = "remove_service_account")]
+pub async fn remove_service_account(name: String) -> Result<(), ServerFnError> {
+    backend()?
+        .remove_service_account(name)
+        .await
+        .map_err(failed)
 }
 
 /// A command as typed on the device page: `params` is the operator's JSON

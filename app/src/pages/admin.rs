@@ -1,5 +1,5 @@
-//! The admin page: operator accounts (add, change role, remove) and the
-//! audit log.
+//! The admin page: operator accounts (add, change role, remove), service
+//! accounts (in [`super::services`]) and the audit log.
 
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -75,6 +75,7 @@ pub fn AdminPage() -> impl IntoView {
             </ActionForm>
             <p class="hint">"Also: " <code>"sightline user add"</code> ", or " <code>"POST /api/users"</code> ". Changing a password signs the account out everywhere."</p>
         </section>
+        <super::services::ServiceAccounts changed/>
         <section class="panel">
             <h2>"Audit log"</h2>
             <Transition fallback=|| view! { <p class="loading">"Loading the audit log…"</p> }>

@@ -8,6 +8,7 @@ pub mod device;
 pub mod fleet;
 pub mod login;
 pub mod manage;
+pub mod services;
 
 use leptos::prelude::*;
 

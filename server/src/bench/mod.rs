@@ -12,6 +12,7 @@
 //! [`history`].
 
 pub mod commands;
+pub mod feed;
 pub mod history;
 pub mod http_ingest;
 mod probe;
@@ -66,6 +67,9 @@ pub enum Scenario {
     /// keep-alive connections, each answered only after commit (see
     /// [`http_ingest`]).
     HttpIngest,
+    /// The QoS 1 throughput run without and with a service account
+    /// subscribed to `sensor/#`, in turns (see [`feed`]).
+    Feed,
 }
 
 /// A fully resolved benchmark run.
@@ -101,6 +105,9 @@ pub struct BenchOptions {
     /// An nginx configuration template (`deploy/nginx.conf`): viewers then
     /// reach the instances through nginx, as browsers of a cluster do.
     pub nginx: Option<PathBuf>,
+    /// Subscribe a service account to `sensor/#` at QoS 1 before the fleet
+    /// starts, and count what it receives.
+    pub feed_subscriber: bool,
 }
 
 impl BenchOptions {
@@ -123,6 +130,7 @@ impl BenchOptions {
             instances: 1,
             nats: Vec::new(),
             nginx: None,
+            feed_subscriber: false,
         };
         match scenario {
             // 1,000 x 60 x 3 = 180,000 readings/s offered: more than the
@@ -159,6 +167,14 @@ impl BenchOptions {
                 devices: 100,
                 ..base
             },
+            // The throughput run at QoS 1, shortened, since it runs six
+            // times.
+            Scenario::Feed => Self {
+                qos: QoS::AtLeastOnce,
+                rate: 60.0,
+                seconds: 30,
+                ..base
+            },
         }
     }
 
@@ -172,7 +188,11 @@ pub async fn report(opts: &BenchOptions) -> anyhow::Result<String> {
     if opts.postgres.is_some()
         && matches!(
             opts.scenario,
-            Scenario::History | Scenario::Commands | Scenario::Soak | Scenario::HttpIngest
+            Scenario::History
+                | Scenario::Commands
+                | Scenario::Soak
+                | Scenario::HttpIngest
+                | Scenario::Feed
         )
     {
         bail!("--postgres applies to the throughput, latency, connections and viewers scenarios");
@@ -183,7 +203,11 @@ pub async fn report(opts: &BenchOptions) -> anyhow::Result<String> {
     if opts.instances > 1
         && matches!(
             opts.scenario,
-            Scenario::History | Scenario::Commands | Scenario::Soak | Scenario::HttpIngest
+            Scenario::History
+                | Scenario::Commands
+                | Scenario::Soak
+                | Scenario::HttpIngest
+                | Scenario::Feed
         )
     {
         bail!("--instances applies to the throughput, latency, connections and viewers scenarios");
@@ -193,6 +217,7 @@ pub async fn report(opts: &BenchOptions) -> anyhow::Result<String> {
         Scenario::Commands => commands::run(opts).await?,
         Scenario::Soak => soak::run(opts).await?,
         Scenario::HttpIngest => http_ingest::run(opts).await?,
+        Scenario::Feed => feed::run(opts).await?,
         _ => run(opts).await?.render(opts),
     })
 }
@@ -352,6 +377,12 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
         )));
     }
 
+    let feed = if opts.feed_subscriber {
+        Some(feed::subscribe(&db_url, mqtt).await?)
+    } else {
+        None
+    };
+
     // The server's counters, sampled every `SAMPLE_EVERY` while the fleet
     // publishes.
     let sampler_stop = CancellationToken::new();
@@ -393,6 +424,20 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
         let c: Counters = get_json(&client, other, "/api/stats").await?;
         crate::metrics::add_counters(&mut counters, &c);
     }
+    // A subscriber that keeps up has every committed reading soon after
+    // the last commit; it gets ten seconds to show it.
+    let feed_received = match feed {
+        Some((received, task)) => {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let read = || received.load(std::sync::atomic::Ordering::Relaxed);
+            while read() < final_stored && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            task.abort();
+            Some(read())
+        }
+        None => None,
+    };
     let server_connections = sampled.most_connections;
     let server_push = push_quantiles(&client, http).await;
     stop.cancel();
@@ -438,6 +483,7 @@ async fn measure(opts: &BenchOptions, dir: &Path, db_url: &str) -> anyhow::Resul
         idle_held,
         server_connections,
         server_push,
+        feed_received,
         kept: None,
     })
 }

@@ -35,6 +35,8 @@ pub struct BenchReport {
     /// message to its frame being written): the histogram bucket bounds,
     /// in seconds, under which 50 % and 99 % of readings fall.
     pub server_push: Option<(f64, f64)>,
+    /// Readings a service account subscribed to `sensor/#` received.
+    pub feed_received: Option<u64>,
     /// Where the database and server log were kept, with `--keep`.
     pub kept: Option<PathBuf>,
 }
@@ -48,7 +50,7 @@ impl BenchReport {
         Some(self.latencies_us[i] as f64 / 1000.0)
     }
 
-    fn median_per_second(&self) -> (u64, u64) {
+    pub(crate) fn median_per_second(&self) -> (u64, u64) {
         let mut steady = self.per_second.clone();
         steady.sort_unstable();
         let median = steady.get(steady.len() / 2).copied().unwrap_or(0);

@@ -28,6 +28,7 @@ pub(super) struct PageData {
     store: Store,
     commands: Arc<Commands>,
     desired: Arc<Desired>,
+    feed: Arc<crate::feed::Feed>,
     metrics: Arc<Metrics>,
     presence: Arc<Tracker>,
     retain_raw_ms: Option<i64>,
@@ -80,6 +81,7 @@ impl From<&AppState> for PageData {
             store: state.store.clone(),
             commands: state.commands.clone(),
             desired: state.desired.clone(),
+            feed: state.feed.clone(),
             metrics: state.metrics.clone(),
             presence: state.presence.clone(),
             retain_raw_ms: state.retain_raw_ms,
@@ -229,6 +231,52 @@ impl Backend for PageData {
                 .record(&actor, action::DESIRED_SET, Some(&id), Some(detail), ip)
                 .await;
             Ok(Some(state))
+        })
+    }
+
+    fn service_accounts(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<app::model::ServiceAccount>, BackendError>> {
+        Box::pin(async move { self.store.service_accounts().await.map_err(log_for_page) })
+    }
+
+    fn add_service_account(
+        &self,
+        name: String,
+        grants: Vec<String>,
+    ) -> BoxFuture<'_, Result<app::model::CreatedServiceAccount, BackendError>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            let made = self
+                .store
+                .add_service_account(&name, &grants, &actor, now_ms())
+                .await
+                .map_err(service_failed)?;
+            self.audit
+                .record(
+                    &actor,
+                    action::SERVICE_ADD,
+                    Some(&made.account.name),
+                    Some(made.account.subscribe.join(" ")),
+                    ip,
+                )
+                .await;
+            Ok(made)
+        })
+    }
+
+    fn remove_service_account(&self, name: String) -> BoxFuture<'_, Result<(), BackendError>> {
+        let (actor, ip) = page_caller();
+        Box::pin(async move {
+            self.store
+                .remove_service_account(&name)
+                .await
+                .map_err(service_failed)?;
+            self.feed.end_account(&name);
+            self.audit
+                .record(&actor, action::SERVICE_REMOVE, Some(&name), None, ip)
+                .await;
+            Ok(())
         })
     }
 
@@ -466,6 +514,14 @@ impl PageData {
             Err(CommandError::Store(e)) => Err(log_for_page(e)),
             Err(e) => Err(BackendError::Invalid(e.to_string())),
         }
+    }
+}
+
+/// A service account change's error as the admin page shows it.
+fn service_failed(e: crate::store::services::ServiceError) -> BackendError {
+    match e {
+        crate::store::services::ServiceError::Store(e) => log_for_page(e),
+        e => BackendError::Invalid(e.to_string()),
     }
 }
 

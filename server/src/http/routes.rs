@@ -110,7 +110,10 @@ pub fn server_fn_access(path: &str) -> Access {
         | "/_app/audit"
         | "/_app/add_account"
         | "/_app/set_role"
-        | "/_app/remove_account" => Access::Least(Role::Admin),
+        | "/_app/remove_account"
+        | "/_app/service_accounts"
+        | "/_app/add_service_account"
+        | "/_app/remove_service_account" => Access::Least(Role::Admin),
         other => panic!("the server function {other} has no access rule in http::routes"),
     }
 }

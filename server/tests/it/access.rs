@@ -317,6 +317,27 @@ const ROUTES: &[Row] = &[
     ),
     (
         "POST",
+        "/_app/service_accounts",
+        "/_app/service_accounts",
+        Some(""),
+        [401, 403, 403, 200],
+    ),
+    (
+        "POST",
+        "/_app/add_service_account",
+        "/_app/add_service_account",
+        Some("name=bad%20name&grants=sensor%2F%23"),
+        [401, 403, 403, 400],
+    ),
+    (
+        "POST",
+        "/_app/remove_service_account",
+        "/_app/remove_service_account",
+        Some("name=Nobody9"),
+        [401, 403, 403, 400],
+    ),
+    (
+        "POST",
         "/_app/desired",
         "/_app/desired",
         Some("id=Known01"),
