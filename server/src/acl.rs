@@ -207,8 +207,9 @@ pub fn shared(filter: &str) -> Option<(Option<&str>, &str)> {
 
 /// Checks a service account's SUBSCRIBE `filter` (its group already split
 /// off) against its grants: allowed if every feed topic the filter can
-/// match is one a grant matches. A grant of `sensor/#` or `sensor/+`
-/// covers any filter under `sensor/`; a grant of `sensor/<id>` covers that
+/// match is one a grant matches. A grant of `sensor/#` covers any filter
+/// under `sensor/`; `sensor/+` covers the same but `sensor/+/#` (which
+/// reaches below the feed's level); a grant of `sensor/<id>` covers that
 /// filter alone.
 pub fn service_subscribe(grants: &[String], filter: &str) -> bool {
     if !valid_grant(filter) && filter != "sensor/+/#" {

@@ -51,6 +51,11 @@ pub struct Desired {
     /// The largest payload, the same limit devices' messages have.
     max_bytes: usize,
     ack_log: LogLimiter,
+    /// Devices with a session here subscribed to their desired state, with
+    /// how many such sessions. Only these are published to: a message to a
+    /// topic nobody subscribes to would give the router a log for it, for
+    /// good.
+    watching: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl std::fmt::Debug for Desired {
@@ -74,6 +79,7 @@ impl Desired {
             bus,
             max_bytes,
             ack_log: LogLimiter::new(20, std::time::Duration::from_secs(10)),
+            watching: std::sync::Mutex::default(),
         }))
     }
 
@@ -107,21 +113,21 @@ impl Desired {
             .await?
             .ok_or_else(|| DesiredError::UnknownDevice(device.to_owned()))?;
         Metrics::add(&self.metrics.desired_set, 1);
-        self.publish(device, Some(&state)).await;
+        self.publish(device).await;
         self.tell_others(device);
         Ok(state)
     }
 
     /// Removes a device's desired state; false if it had none. A subscribed
-    /// device is sent an empty message, which in MQTT clears a retained
-    /// one.
+    /// device is sent an empty message on the topic, MQTT's way of saying
+    /// that a retained message is gone.
     pub async fn clear(&self, device: &str) -> Result<bool, DesiredError> {
         if !self.store.device_exists(device).await? {
             return Err(DesiredError::UnknownDevice(device.to_owned()));
         }
-        let cleared = self.store.clear_desired(device).await?;
+        let cleared = self.store.clear_desired(device, now_ms()).await?;
         if cleared {
-            self.publish(device, None).await;
+            self.publish(device).await;
             self.tell_others(device);
         }
         Ok(cleared)
@@ -130,15 +136,39 @@ impl Desired {
     /// Another instance changed the device's desired state: sends the
     /// stored one to the device if it is subscribed here.
     pub async fn changed_elsewhere(&self, device: &str) {
-        match self.store.desired(device).await {
-            Ok(state) => self.publish(device, state.as_ref()).await,
-            Err(e) => tracing::error!(%device, "cannot read a desired state: {e}"),
+        self.publish(device).await;
+    }
+
+    /// A session here subscribed to the device's desired state.
+    pub fn watch(&self, device: &str) {
+        *self.watchers().entry(device.to_owned()).or_default() += 1;
+    }
+
+    /// A session that watched the device's desired state ended or
+    /// unsubscribed.
+    pub fn unwatch(&self, device: &str) {
+        let mut watching = self.watchers();
+        if let Some(n) = watching.get_mut(device) {
+            *n -= 1;
+            if *n == 0 {
+                watching.remove(device);
+            }
         }
     }
 
-    /// The device acknowledged `version` of its desired state. Recorded in
-    /// the background, so a slow database never holds up the session.
+    fn watchers(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        self.watching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The device acknowledged `version` of its desired state (0: its
+    /// removal, which records nothing). Recorded in the background, so a
+    /// slow database never holds up the session.
     pub fn acknowledged(self: &Arc<Self>, device: &str, version: i64) {
+        if version == 0 {
+            return;
+        }
         Metrics::add(&self.metrics.desired_acked, 1);
         let this = self.clone();
         let device = device.to_owned();
@@ -163,37 +193,45 @@ impl Desired {
         }
     }
 
-    /// Publishes the state (or, for `None`, an empty message) into the
-    /// router, where only a session of the device subscribed to it takes
-    /// it. The version rides as correlation data, for the acknowledgement.
-    async fn publish(&self, device: &str, state: Option<&DesiredState>) {
-        let (payload, version) = match state {
-            Some(s) => (Bytes::from(s.payload.to_string()), s.version),
-            None => (Bytes::new(), 0),
+    /// Publishes the device's stored state (or, once removed, an empty
+    /// message) into the router, if a session here is subscribed to it.
+    /// The state is read under the link's lock, so that when two changes
+    /// race, the last message published carries the newest state. The
+    /// version rides as correlation data, for the acknowledgement.
+    async fn publish(&self, device: &str) {
+        if !self.watchers().contains_key(device) {
+            return;
+        }
+        let mut link = self.link.lock().await;
+        let (payload, version) = match self.store.desired(device).await {
+            Ok(Some(s)) => (Bytes::from(s.payload.to_string()), s.version),
+            Ok(None) => (Bytes::new(), 0),
+            Err(e) => {
+                // The device gets the stored state when it next subscribes.
+                tracing::error!(%device, "cannot read a desired state to send: {e}");
+                return;
+            }
         };
         let publish = Publish::new(Bytes::from(acl::desired_topic(device)), payload, false);
         let properties = PublishProperties {
             correlation_data: Some(Bytes::from(format!("{CORRELATION_PREFIX}{version}"))),
             ..PublishProperties::default()
         };
-        let mut link = self.link.lock().await;
         if let Err(e) = link
             .0
             .send(Packet::Publish(publish, Some(properties)))
             .await
         {
-            // The device gets the stored state when it next subscribes.
             tracing::error!(%device, "cannot hand a desired state to the broker: {e}");
         }
     }
 }
 
 /// The version in a desired state's correlation data, as [`Desired`]
-/// publishes it; `None` for anything else, and for a removal (version 0).
+/// publishes it (0 for a removal); `None` for anything else.
 pub fn version_of(correlation: Option<&[u8]>) -> Option<i64> {
     let text = std::str::from_utf8(correlation?).ok()?;
-    let version: i64 = text.strip_prefix(CORRELATION_PREFIX)?.parse().ok()?;
-    (version > 0).then_some(version)
+    text.strip_prefix(CORRELATION_PREFIX)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -203,7 +241,7 @@ mod tests {
     #[test]
     fn only_a_desired_state_correlation_carries_a_version() {
         assert_eq!(version_of(Some(b"desired:7")), Some(7));
-        assert_eq!(version_of(Some(b"desired:0")), None);
+        assert_eq!(version_of(Some(b"desired:0")), Some(0));
         assert_eq!(version_of(Some(b"desired:x")), None);
         assert_eq!(version_of(Some(b"01JABC")), None);
         assert_eq!(version_of(None), None);

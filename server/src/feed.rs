@@ -47,9 +47,11 @@ pub struct Feed {
 #[derive(Debug, Default)]
 struct Inner {
     sessions: HashMap<u64, Member>,
-    /// Shared groups by (group, filter), each with its members in join
-    /// order and whose turn is next.
-    groups: HashMap<(String, String), Group>,
+    /// Shared groups by (account, group, filter), each with its members
+    /// in join order and whose turn is next. The account is part of the
+    /// key, so one account cannot join another's group and take its
+    /// messages.
+    groups: HashMap<(String, String, String), Group>,
 }
 
 #[derive(Debug)]
@@ -98,16 +100,27 @@ impl Feed {
 
     /// Registers a session of `account`; its messages arrive on the
     /// returned queue, which holds at most `capacity`, and the token fires
-    /// if the account is removed.
+    /// if the account is removed. `None` if the account already holds
+    /// `max_sessions` sessions.
     pub fn join(
         &self,
         session: u64,
         account: &str,
         capacity: usize,
-    ) -> (mpsc::Receiver<FeedMessage>, CancellationToken) {
+        max_sessions: usize,
+    ) -> Option<(mpsc::Receiver<FeedMessage>, CancellationToken)> {
+        let mut inner = self.lock();
+        let held = inner
+            .sessions
+            .values()
+            .filter(|m| m.account == account)
+            .count();
+        if held >= max_sessions {
+            return None;
+        }
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let removed = CancellationToken::new();
-        self.lock().sessions.insert(
+        inner.sessions.insert(
             session,
             Member {
                 account: account.to_owned(),
@@ -116,7 +129,7 @@ impl Feed {
                 filters: Vec::new(),
             },
         );
-        (rx, removed)
+        Some((rx, removed))
     }
 
     /// Ends every session of a removed account; returns how many.
@@ -143,7 +156,10 @@ impl Feed {
                 _ => false,
             },
             Some(group) => {
-                let key = (group.to_owned(), filter.to_owned());
+                let Some(account) = inner.sessions.get(&session).map(|m| m.account.clone()) else {
+                    return;
+                };
+                let key = (account, group.to_owned(), filter.to_owned());
                 let members = &mut inner.groups.entry(key).or_default().members;
                 let new = !members.contains(&session);
                 if new {
@@ -170,7 +186,10 @@ impl Feed {
                 m.filters.len() < before
             }),
             Some(group) => {
-                let key = (group.to_owned(), filter.to_owned());
+                let Some(account) = inner.sessions.get(&session).map(|m| m.account.clone()) else {
+                    return false;
+                };
+                let key = (account, group.to_owned(), filter.to_owned());
                 let removed = inner.groups.get_mut(&key).is_some_and(|g| {
                     let before = g.members.len();
                     g.members.retain(|m| *m != session);
@@ -240,7 +259,7 @@ impl Feed {
                 dropped += 1;
             }
         }
-        for ((_, filter), group) in groups.iter_mut() {
+        for ((_, _, filter), group) in groups.iter_mut() {
             if !acl::matches(filter, &message.topic) || group.members.is_empty() {
                 continue;
             }
@@ -331,11 +350,11 @@ mod tests {
     fn overlapping_filters_give_one_copy_and_a_group_shares_by_turns() {
         let feed = Feed::new(Arc::default());
         assert!(!feed.is_listened_to());
-        let (mut solo, _) = feed.join(1, "a", 100);
+        let (mut solo, _) = feed.join(1, "a", 100, 4).expect("room");
         feed.subscribe(1, None, "sensor/#");
         feed.subscribe(1, None, "sensor/A");
-        let (mut first, _) = feed.join(2, "a", 100);
-        let (mut second, _) = feed.join(3, "b", 100);
+        let (mut first, _) = feed.join(2, "a", 100, 4).expect("room");
+        let (mut second, _) = feed.join(3, "a", 100, 4).expect("room");
         feed.subscribe(2, Some("g"), "sensor/#");
         feed.subscribe(3, Some("g"), "sensor/#");
         let batch: Vec<Reading> = (0..4).map(|i| reading("A", "t", i, 0.0)).collect();
@@ -357,8 +376,8 @@ mod tests {
     fn a_full_queue_drops_and_counts_and_a_group_passes_the_turn_on() {
         let metrics = Arc::new(Metrics::default());
         let feed = Feed::new(metrics.clone());
-        let (mut slow, _) = feed.join(1, "a", 1);
-        let (mut fast, removed) = feed.join(2, "b", 100);
+        let (mut slow, _) = feed.join(1, "b", 1, 4).expect("room");
+        let (mut fast, removed) = feed.join(2, "b", 100, 4).expect("room");
         feed.subscribe(1, Some("g"), "sensor/+");
         feed.subscribe(2, Some("g"), "sensor/+");
         for i in 0..6 {
@@ -369,12 +388,31 @@ mod tests {
         assert_eq!(slow_got + fast_got, 6, "nothing lost while one can take it");
         assert_eq!(slow_got, 1);
         assert_eq!(metrics.feed_dropped.load(Ordering::Relaxed), 0);
-        let _solo = feed.join(3, "a", 1);
+        let _solo = feed.join(3, "a", 1, 4).expect("room");
         feed.subscribe(3, None, "sensor/A");
         feed.publish(&[reading("A", "t", 7, 0.0)]);
         feed.publish(&[reading("A", "t", 8, 0.0)]);
         assert_eq!(metrics.feed_dropped.load(Ordering::Relaxed), 1);
-        assert_eq!(feed.end_account("b"), 1);
+        assert_eq!(feed.end_account("b"), 2);
         assert!(removed.is_cancelled());
+    }
+
+    #[test]
+    fn groups_belong_to_their_account_and_accounts_hold_few_sessions() {
+        let feed = Feed::new(Arc::default());
+        let (mut mine, _) = feed.join(1, "a", 100, 2).expect("room");
+        let (mut theirs, _) = feed.join(2, "b", 100, 2).expect("room");
+        feed.subscribe(1, Some("g"), "sensor/#");
+        feed.subscribe(2, Some("g"), "sensor/#");
+        for i in 0..4 {
+            feed.publish(&[reading("A", "t", i, 0.0)]);
+        }
+        let count = |rx: &mut mpsc::Receiver<FeedMessage>| {
+            std::iter::from_fn(|| rx.try_recv().ok()).count()
+        };
+        // The same group name under two accounts is two groups.
+        assert_eq!((count(&mut mine), count(&mut theirs)), (4, 4));
+        assert!(feed.join(3, "a", 100, 2).is_some());
+        assert!(feed.join(4, "a", 100, 2).is_none(), "a third session of a");
     }
 }

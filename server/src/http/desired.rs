@@ -60,8 +60,12 @@ pub(super) async fn set_desired(
     })?;
     let desired = state.desired.set(&id, &payload, &caller.name).await?;
     tracing::info!(device = %id, version = desired.version, "desired state set");
-    // The audit log cuts the detail to its own length.
-    let detail = format!("v{} {}", desired.version, desired.payload);
+    // The version and size only: a configuration may hold credentials.
+    let detail = format!(
+        "v{}, {} bytes",
+        desired.version,
+        desired.payload.to_string().len()
+    );
     state
         .audit
         .record(

@@ -226,7 +226,13 @@ impl Backend for PageData {
                 .set(&id, &payload, &actor)
                 .await
                 .map_err(desired_failed)?;
-            let detail = format!("v{} {}", state.version, state.payload);
+            // The version and size only: a configuration may hold
+            // credentials.
+            let detail = format!(
+                "v{}, {} bytes",
+                state.version,
+                state.payload.to_string().len()
+            );
             self.audit
                 .record(&actor, action::DESIRED_SET, Some(&id), Some(detail), ip)
                 .await;

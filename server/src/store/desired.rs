@@ -1,6 +1,8 @@
 //! Desired states in the database: one row per device, rewritten with a
 //! higher version at each change, and marked when the device acknowledges
-//! the version it was sent.
+//! the version it was sent. A removed state stays as a row with an empty
+//! payload, so that versions keep counting up: an acknowledgement of an
+//! old version can never be taken for a new one.
 
 use app::model::DesiredState;
 use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Statement, Value};
@@ -45,7 +47,7 @@ pub async fn get(
     let sql = format!(
         "SELECT d.name AS device, s.payload, s.version, s.set_at, s.set_by, s.acked_version, \
          s.acked_at FROM desired s JOIN device d ON d.id = s.device_id \
-         WHERE d.name = {} AND d.removed_at IS NULL",
+         WHERE d.name = {} AND d.removed_at IS NULL AND s.payload <> ''",
         placeholder(backend, 1)
     );
     Ok(Row::find_by_statement(Statement::from_sql_and_values(
@@ -90,19 +92,19 @@ pub async fn set(
     get(db, device).await
 }
 
-/// Removes a device's desired state; false if it had none.
-pub async fn clear(db: &DatabaseConnection, device: &str) -> Result<bool, StoreError> {
+/// Removes a device's desired state, one version up; false if it had
+/// none.
+pub async fn clear(db: &DatabaseConnection, device: &str, at: i64) -> Result<bool, StoreError> {
     let backend = db.get_database_backend();
     let sql = format!(
-        "DELETE FROM desired WHERE device_id IN (SELECT id FROM device WHERE name = {})",
-        placeholder(backend, 1)
+        "UPDATE desired SET payload = '', version = version + 1, set_at = {} \
+         WHERE payload <> '' AND device_id IN (SELECT id FROM device WHERE name = {})",
+        placeholder(backend, 1),
+        placeholder(backend, 2)
     );
+    let values: Vec<Value> = vec![at.into(), device.into()];
     let done = db
-        .execute_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [device.into()],
-        ))
+        .execute_raw(Statement::from_sql_and_values(backend, sql, values))
         .await?;
     Ok(done.rows_affected() > 0)
 }

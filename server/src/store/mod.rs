@@ -474,8 +474,8 @@ impl Store {
     }
 
     /// Removes a device's desired state; false if it had none.
-    pub async fn clear_desired(&self, device: &str) -> Result<bool, StoreError> {
-        desired::clear(&self.db, device).await
+    pub async fn clear_desired(&self, device: &str, at: i64) -> Result<bool, StoreError> {
+        desired::clear(&self.db, device, at).await
     }
 
     /// Records the device's acknowledgement of a desired state's version.
@@ -502,6 +502,14 @@ impl Store {
     /// Every service account, by name.
     pub async fn service_accounts(&self) -> Result<Vec<app::model::ServiceAccount>, StoreError> {
         services::list(&self.db).await
+    }
+
+    /// One service account, if it exists.
+    pub async fn service_account(
+        &self,
+        name: &str,
+    ) -> Result<Option<app::model::ServiceAccount>, StoreError> {
+        services::get(&self.db, name).await
     }
 
     /// Removes a service account.

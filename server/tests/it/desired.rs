@@ -217,6 +217,15 @@ async fn a_device_that_boots_after_a_restart_gets_its_desired_state_retained() {
         ["desired_clear", "desired_set", "desired_set"],
         "newest first"
     );
+    // The log keeps the version and size, not the configuration.
+    assert!(!audit.to_string().contains("setpoint"), "{audit}");
+
+    // Versions go on counting after a removal (1, 2, the removal 3), so a
+    // late acknowledgement of the old version 1 cannot pass for the new
+    // state's.
+    let (status, body) = put(&server, "Boiler1", r#"{"setpoint":18}"#.into()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 4);
 }
 
 #[tokio::test]

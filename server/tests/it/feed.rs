@@ -363,6 +363,26 @@ async fn a_service_account_gets_only_its_grants_publishes_nothing_and_ends_when_
     // Removing it ends its connection at once.
     let mut live = Sub::start(&server, "narrow", &secret, "narrow-live", "sensor/A1");
     wait_subscriptions(&server, 1).await;
+
+    // An account holds at most --max-connections-per-device connections.
+    let mut more = Vec::new();
+    for i in 1..4 {
+        more.push(Sub::start(
+            &server,
+            "narrow",
+            &secret,
+            &format!("narrow-{i}"),
+            "sensor/A1",
+        ));
+    }
+    wait_subscriptions(&server, 4).await;
+    let out = sub("sensor/A1", secret.clone()).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Quota exceeded"), "a fifth connection: {err}");
+    for mut extra in more {
+        let _ = extra.child.kill().await;
+    }
+    wait_subscriptions(&server, 1).await;
     let gone = server
         .client()
         .delete(server.url("/api/service-accounts/narrow"))

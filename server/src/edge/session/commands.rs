@@ -117,6 +117,10 @@ impl Session<'_> {
             .any(|((f, _), g)| g.is_some() && acl::receives_desired(&self.device, f));
         self.say(Outbound::SubAck { pkid, granted });
         if desired_now {
+            if !self.watching_desired {
+                self.edge.desired.watch(&self.device);
+                self.watching_desired = true;
+            }
             self.send_retained_desired().await;
         }
         // Told after the router has the subscription, so the commands that
@@ -142,6 +146,10 @@ impl Session<'_> {
             existed.push(was);
         }
         self.say(Outbound::UnsubAck { pkid, existed });
+        if self.watching_desired && self.desired_qos().is_none() {
+            self.edge.desired.unwatch(&self.device);
+            self.watching_desired = false;
+        }
         if !self.route().any() {
             self.edge
                 .commands
@@ -189,7 +197,7 @@ impl Session<'_> {
         match self.edge.desired.get(&self.device).await {
             Ok(Some(state)) => {
                 let payload = Bytes::from(state.payload.to_string());
-                self.send_desired(payload, Some(state.version), true);
+                self.send_desired(payload, state.version, true);
             }
             Ok(None) => {}
             Err(e) => {
@@ -200,19 +208,22 @@ impl Session<'_> {
 
     /// Writes the device's desired state (an empty payload: removed) at the
     /// QoS its subscription asks, tracking a QoS 1 send of `version` so
-    /// that its PUBACK marks that version acknowledged.
-    fn send_desired(&mut self, payload: Bytes, version: Option<i64>, retain: bool) {
+    /// that its PUBACK marks that version acknowledged. Only the newest
+    /// send is tracked: one that replaces an unacknowledged one frees its
+    /// packet id, so a device that subscribes again and again cannot grow
+    /// the session's in-flight map.
+    fn send_desired(&mut self, payload: Bytes, version: i64, retain: bool) {
         let Some(mut qos) = self.desired_qos() else {
             return;
         };
         let mut pkid = 0;
         if qos == QoS::AtLeastOnce {
+            self.in_flight
+                .retain(|_, what| !matches!(what, InFlight::Desired(_)));
             match self.next_pkid() {
                 Some(p) => {
                     pkid = p;
-                    if let Some(version) = version {
-                        self.in_flight.insert(p, InFlight::Desired(version));
-                    }
+                    self.in_flight.insert(p, InFlight::Desired(version));
                 }
                 None => qos = QoS::AtMostOnce,
             }
@@ -258,7 +269,7 @@ impl Session<'_> {
             Delivery::Publish(topic, payload, correlation)
                 if topic == acl::desired_topic(&self.device) =>
             {
-                let version = crate::desired::version_of(correlation.as_deref());
+                let version = crate::desired::version_of(correlation.as_deref()).unwrap_or(0);
                 self.send_desired(payload, version, false);
             }
             Delivery::Publish(topic, payload, correlation) => {
@@ -313,6 +324,10 @@ impl Session<'_> {
                 self.link = None;
                 self.subscribed.clear();
                 self.in_flight.clear();
+                if self.watching_desired {
+                    self.edge.desired.unwatch(&self.device);
+                    self.watching_desired = false;
+                }
                 self.edge
                     .commands
                     .unsubscribed(&self.device, self.session_id);
@@ -325,7 +340,7 @@ impl Session<'_> {
 pub(super) enum InFlight {
     /// A command, by id.
     Command(String),
-    /// A version of the desired state.
+    /// A version of the desired state (0: its removal).
     Desired(i64),
 }
 

@@ -100,6 +100,7 @@ pub(super) async fn run<S>(
         link: None,
         subscribed: HashMap::new(),
         in_flight: HashMap::new(),
+        watching_desired: false,
         last_pkid: 0,
         link_name: format!("device-{session_id}"),
         bucket: Bucket::new(settings.max_publish_rate),
@@ -184,6 +185,9 @@ struct Session<'a> {
     subscribed: HashMap<String, QoS>,
     /// Messages sent at QoS 1 and not yet acknowledged, by packet id.
     in_flight: HashMap<u16, InFlight>,
+    /// Whether the desired-state service counts this session as subscribed
+    /// to the device's desired state.
+    watching_desired: bool,
     last_pkid: u16,
     link_name: String,
     /// Publishes allowed by `--max-publish-rate`.
@@ -577,21 +581,7 @@ impl Session<'_> {
     }
 
     async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> std::io::Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        // Flushed, since a WebSocket (and TLS) holds what it is given
-        // until then; on plain TCP the flush costs nothing.
-        let write = async {
-            wr.write_all(&self.out).await?;
-            wr.flush().await
-        };
-        let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
-        self.out.clear();
-        match result {
-            Ok(r) => r,
-            Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut)),
-        }
+        write_out(wr, &mut self.out).await
     }
 
     /// Cleans up after the session ended: publishes the Last Will if due,
@@ -625,6 +615,10 @@ impl Session<'_> {
                 .commands
                 .unsubscribed(&self.device, self.session_id);
         }
+        if self.watching_desired {
+            self.edge.desired.unwatch(&self.device);
+            self.watching_desired = false;
+        }
         self.ended_because = end.reason();
     }
 
@@ -649,6 +643,22 @@ impl Session<'_> {
             self.edge.ingest.queue(readings, Instant::now());
         }
     }
+}
+
+/// Writes the packets waiting in `out`, within [`WRITE_TIMEOUT`], and
+/// empties it. Flushed, since a WebSocket (and TLS) holds what it is given
+/// until then; on plain TCP the flush costs nothing.
+async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let write = async {
+        wr.write_all(out).await?;
+        wr.flush().await
+    };
+    let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
+    out.clear();
+    result.unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut)))
 }
 
 /// Logs a topic refusal at a bounded rate.

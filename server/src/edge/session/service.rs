@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use app::model::ServiceAccount;
 use bytes::BytesMut;
 use rumqttc::mqttbytes::QoS;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +18,7 @@ use super::end::End;
 use super::{log_denied, sleep_until};
 use crate::acl;
 use crate::edge::codec::{ConnectCode, ConnectInfo, Inbound, Outbound, ReadError, Version};
-use crate::edge::login::{keep_alive, keep_alive_limit, READ_CHUNK, WRITE_TIMEOUT};
+use crate::edge::login::{keep_alive, keep_alive_limit, READ_CHUNK};
 use crate::edge::rate::Bucket;
 use crate::edge::Edge;
 use crate::feed::FeedMessage;
@@ -27,6 +27,21 @@ use crate::metrics::Metrics;
 /// QoS 1 messages sent and not yet acknowledged, at most; beyond it the
 /// session stops taking from its feed queue until PUBACKs arrive.
 const MAX_IN_FLIGHT: usize = 1024;
+
+/// How often a session checks that its account still exists.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// A session's place in the feed, given up when the session ends.
+struct Member<'a> {
+    feed: &'a crate::feed::Feed,
+    session: u64,
+}
+
+impl Drop for Member<'_> {
+    fn drop(&mut self) {
+        self.feed.leave(self.session);
+    }
+}
 
 /// What the login hands over.
 pub(super) struct Start {
@@ -69,9 +84,35 @@ pub(super) async fn run<R, W>(
         account,
         inbuf,
     } = start;
-    let (mut feed, removed) =
-        edge.feed
-            .join(session_id, &account.name, edge.settings.max_feed_queue);
+    let settings = &edge.settings;
+    // An account holds at most as many connections as a device may.
+    let joined = edge.feed.join(
+        session_id,
+        &account.name,
+        settings.max_feed_queue,
+        settings.max_connections_per_device,
+    );
+    let Some((mut feed, removed)) = joined else {
+        let metrics = &edge.metrics;
+        metrics.refuse(&metrics.edge.device_connections_refused, None);
+        tracing::info!(account = %account.name, "refused a connection: the service account holds its most connections");
+        let mut out = BytesMut::new();
+        let refusal = Outbound::ConnAck {
+            code: ConnectCode::QuotaExceeded,
+            assigned_id: None,
+            keep_alive: None,
+        };
+        if version.write(&mut out, refusal).is_ok() {
+            let _ = super::write_out(wr, &mut out).await;
+        }
+        return;
+    };
+    // Leaves the feed however the session ends, so that the feed never
+    // counts a gone session as listening.
+    let _member = Member {
+        feed: &edge.feed,
+        session: session_id,
+    };
     tracing::info!(account = %account.name, "service account connected");
     let kept_alive = keep_alive(connect.keep_alive, edge.settings.max_keep_alive);
     let mut service = Service {
@@ -107,7 +148,6 @@ pub(super) async fn run<R, W>(
         service.say(Outbound::Disconnect(goodbye, end.reason()));
         let _ = service.flush(wr).await;
     }
-    edge.feed.leave(session_id);
     if let End::Protocol(why) = &end {
         Metrics::add(&edge.metrics.edge.protocol_errors, 1);
         tracing::info!(account = %service.account.name, "closing: protocol error: {why}");
@@ -135,6 +175,12 @@ impl Service<'_> {
         let packet_timeout = self.edge.settings.packet_timeout;
         let mut last_heard = Instant::now();
         let mut packet_began: Option<Instant> = None;
+        // An account removed on another instance, or between its login
+        // and joining the feed here, is noticed within `RECHECK`.
+        let mut recheck = tokio::time::interval_at(
+            (Instant::now() + Duration::from_millis(100)).into(),
+            RECHECK,
+        );
         loop {
             let mut handled = false;
             loop {
@@ -194,6 +240,13 @@ impl Service<'_> {
                     return End::KeepAlive;
                 }
                 () = sleep_until(unfinished) => return End::PacketTimeout,
+                _ = recheck.tick() => match self.edge.store.service_account(&self.account.name).await {
+                    Ok(None) => return End::Disabled,
+                    Ok(Some(_)) => {}
+                    // A database that cannot answer does not end a session
+                    // that logged in properly.
+                    Err(e) => tracing::warn!(account = %self.account.name, "cannot recheck a service account: {e}"),
+                },
             }
         }
     }
@@ -336,15 +389,6 @@ impl Service<'_> {
     }
 
     async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> std::io::Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let write = async {
-            wr.write_all(&self.out).await?;
-            wr.flush().await
-        };
-        let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
-        self.out.clear();
-        result.unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut)))
+        super::write_out(wr, &mut self.out).await
     }
 }
