@@ -70,6 +70,10 @@ fi
 PAHO_VERSION=2.1.0
 paho="$SIGHTLINE_TOOLS/paho-mqtt-$PAHO_VERSION"
 if [[ ! -x "$paho/bin/python" ]] || ! "$paho/bin/python" -c 'import paho.mqtt' 2>/dev/null; then
-  python3 -m venv "$paho"
+  python3 -m venv "$paho" 2>/dev/null || {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    python3 -m venv "$paho"
+  }
   "$paho/bin/pip" install --quiet --no-cache-dir "paho-mqtt==$PAHO_VERSION"
 fi
