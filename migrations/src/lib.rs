@@ -12,6 +12,7 @@ mod m20261206_000006_reading_cascade;
 mod m20261207_000007_device_removed;
 mod m20261208_000008_desired;
 mod m20261208_000009_service_accounts;
+mod m20261209_000010_sessions;
 
 /// Applies every migration in order.
 #[derive(Debug)]
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000007_device_removed::Migration),
             Box::new(m20261208_000008_desired::Migration),
             Box::new(m20261208_000009_service_accounts::Migration),
+            Box::new(m20261209_000010_sessions::Migration),
         ]
     }
 }

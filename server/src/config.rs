@@ -122,6 +122,14 @@ pub struct Config {
     /// Feed messages (one per device and commit) waiting for one service
     /// account session; more are dropped for that session and counted.
     pub max_feed_queue: usize,
+    /// The longest a persistent MQTT session (3.1.1 without a clean
+    /// session, or 5 with a session expiry) is kept after its connection
+    /// ends; 3.1.1 sessions get exactly this, and MQTT 5 asks within it.
+    pub max_session_expiry_secs: u64,
+    /// Commands that may wait for one offline device, whether sent as
+    /// persistent or kept for its persistent session; more are refused
+    /// and counted.
+    pub max_session_queue: usize,
     /// HTTP and HTTPS connections open at once, live sockets included;
     /// more are closed as soon as they are accepted. With
     /// `max_connections`, this must stay below the process's file
@@ -242,6 +250,8 @@ impl Default for Config {
             max_series_per_device: 256,
             redelivery_window: 100,
             max_feed_queue: 10_000,
+            max_session_expiry_secs: 7 * 24 * 3_600,
+            max_session_queue: 1_000,
             max_http_connections: 4_096,
             http_header_timeout_secs: 15,
             max_request_bytes: 1024 * 1024,
@@ -439,6 +449,12 @@ pub struct Overrides {
     /// Feed messages waiting for one service account session; more are dropped and counted [default: 10000].
     #[arg(long, env = "SIGHTLINE_MAX_FEED_QUEUE", value_name = "N")]
     pub max_feed_queue: Option<usize>,
+    /// Seconds a persistent MQTT session outlives its connection at most; 3.1.1 sessions get exactly this [default: 604800].
+    #[arg(long, env = "SIGHTLINE_MAX_SESSION_EXPIRY_SECS", value_name = "SECS")]
+    pub max_session_expiry_secs: Option<u64>,
+    /// Commands that may wait for one offline device (persistent, or kept by its MQTT session); more are refused [default: 1000].
+    #[arg(long, env = "SIGHTLINE_MAX_SESSION_QUEUE", value_name = "N")]
+    pub max_session_queue: Option<usize>,
     /// HTTP and HTTPS connections open at once, live sockets included [default: 4096].
     #[arg(long, env = "SIGHTLINE_MAX_HTTP_CONNECTIONS", value_name = "N")]
     pub max_http_connections: Option<usize>,
@@ -603,6 +619,7 @@ impl Config {
             ("max_filters_per_subscribe", self.max_filters_per_subscribe),
             ("max_series_per_device", self.max_series_per_device),
             ("max_feed_queue", self.max_feed_queue),
+            ("max_session_queue", self.max_session_queue),
             ("max_http_connections", self.max_http_connections),
             (
                 "http_header_timeout_secs",
@@ -680,6 +697,13 @@ impl Config {
             // packet ids.
             ("redelivery_window", self.redelivery_window, 65_535),
             ("max_feed_queue", self.max_feed_queue, 1_000_000),
+            ("max_session_queue", self.max_session_queue, 1_000_000),
+            // MQTT 5 carries a session expiry in 32 bits.
+            (
+                "max_session_expiry_secs",
+                usize::try_from(self.max_session_expiry_secs).unwrap_or(usize::MAX),
+                u32::MAX as usize,
+            ),
         ];
         for (name, value, max) in ceilings {
             if value > max {

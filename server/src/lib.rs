@@ -358,13 +358,21 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
         background.push(tokio::spawn(async move { presence.run(stop).await }));
     }
 
+    // Expired MQTT sessions go. A single server also ends the sessions its
+    // last run left marked connected, so their expiry counts from now; in
+    // a cluster another instance may hold them.
+    match store.tidy_sessions(clock::now_ms(), bus.is_none()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("dropped {n} expired MQTT sessions"),
+        Err(e) => tracing::warn!("cannot tidy stored MQTT sessions: {e}"),
+    }
     let broker = Arc::new(Broker::start(config.max_connections + 64));
     let sessions = Arc::new(Sessions::default());
     let (commands, saver) = command::Commands::start(
         store.clone(),
         &broker,
         metrics.clone(),
-        config.max_payload_bytes,
+        (config.max_payload_bytes, config.max_session_queue),
         config.command_clock,
         bus.clone(),
     )
@@ -424,6 +432,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             max_subscribe_rate: config.max_subscribe_rate,
             redelivery_window: config.redelivery_window,
             max_feed_queue: config.max_feed_queue,
+            max_session_expiry: u32::try_from(config.max_session_expiry_secs).unwrap_or(u32::MAX),
             // The demo's simulated devices have no secrets.
             open_registration: config.open_registration || config.demo,
         },

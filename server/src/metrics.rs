@@ -91,6 +91,14 @@ pub struct EdgeCounters {
     pub keepalive_expired: AtomicU64,
     /// Last Wills published for devices that went away without DISCONNECT.
     pub wills: AtomicU64,
+    /// Persistent sessions taken up by a device that came back.
+    pub sessions_resumed: AtomicU64,
+    /// Stored sessions dropped because their device kept more than
+    /// `--max-connections-per-device` of them.
+    pub sessions_dropped: AtomicU64,
+    /// QoS 1 and 2 publishes sent again (DUP) under a packet id already
+    /// taken: acknowledged, not stored twice.
+    pub duplicates: AtomicU64,
     /// Refusals of every kind, per device, where the device is known.
     pub refused_by_device: DeviceCounts,
     /// The last refused login of each device: why, and when.
@@ -127,6 +135,9 @@ pub struct CommandCounters {
     /// Commands refused before they were stored: unknown device, bad name
     /// or params, too large.
     pub refused: AtomicU64,
+    /// Commands refused because `--max-session-queue` commands already
+    /// waited for their offline device.
+    pub queue_full: AtomicU64,
     /// Answers from devices that matched no waiting command (unknown,
     /// finished or expired id) or could not be read.
     pub bad_answers: AtomicU64,
@@ -314,6 +325,9 @@ const PLAIN: &[Plain] = &[
     Plain { name: "sightline_edge_protocol_errors_total", kind: Kind::Counter, help: "Connections closed for malformed packets or protocol violations.", value: |m| &m.edge.protocol_errors },
     Plain { name: "sightline_edge_keepalive_expired_total", kind: Kind::Counter, help: "Sessions closed after 1.5 x keep-alive of silence.", value: |m| &m.edge.keepalive_expired },
     Plain { name: "sightline_edge_wills_total", kind: Kind::Counter, help: "Last Wills published.", value: |m| &m.edge.wills },
+    Plain { name: "sightline_edge_sessions_resumed_total", kind: Kind::Counter, help: "Persistent MQTT sessions taken up by a device that came back (CONNACK session present).", value: |m| &m.edge.sessions_resumed },
+    Plain { name: "sightline_edge_sessions_dropped_total", kind: Kind::Counter, help: "Stored MQTT sessions dropped because their device kept more than --max-connections-per-device of them.", value: |m| &m.edge.sessions_dropped },
+    Plain { name: "sightline_edge_duplicates_total", kind: Kind::Counter, help: "QoS 1 and 2 publishes sent again (DUP) under a packet id already taken: acknowledged, not stored twice.", value: |m| &m.edge.duplicates },
     Plain { name: "sightline_http_ingest_requests_total", kind: Kind::Counter, help: "HTTP ingest requests from authenticated devices.", value: |m| &m.http_ingest.requests },
     Plain { name: "sightline_http_ingest_stored_total", kind: Kind::Counter, help: "HTTP ingest requests committed and answered 200.", value: |m| &m.http_ingest.stored },
     Plain { name: "sightline_http_ingest_unauthorized_total", kind: Kind::Counter, help: "HTTP ingest requests with missing, wrong, disabled or deleted device credentials.", value: |m| &m.http_ingest.unauthorized },
@@ -324,6 +338,7 @@ const PLAIN: &[Plain] = &[
     Plain { name: "sightline_commands_answered_total", kind: Kind::Counter, help: "Two-way commands the device answered with a result.", value: |m| &m.commands.answered },
     Plain { name: "sightline_commands_failed_total", kind: Kind::Counter, help: "Commands answered with an error or not sendable.", value: |m| &m.commands.failed },
     Plain { name: "sightline_commands_expired_total", kind: Kind::Counter, help: "Commands not delivered within their TTL or not answered in time.", value: |m| &m.commands.expired },
+    Plain { name: "sightline_commands_queue_full_total", kind: Kind::Counter, help: "Commands refused because --max-session-queue commands already waited for their offline device (also counted as refused).", value: |m| &m.commands.queue_full },
     Plain { name: "sightline_commands_refused_total", kind: Kind::Counter, help: "Commands refused: unknown device, invalid name or params, too large.", value: |m| &m.commands.refused },
     Plain { name: "sightline_command_answers_rejected_total", kind: Kind::Counter, help: "Device answers for unknown, finished or expired commands, or unreadable.", value: |m| &m.commands.bad_answers },
     Plain { name: "sightline_command_save_errors_total", kind: Kind::Counter, help: "Command changes that could not be written to the database.", value: |m| &m.commands.save_errors },

@@ -140,8 +140,10 @@ impl Machine {
 
     /// A session of `device` ended or unsubscribed from its commands. Once
     /// no session of the device receives commands, what was sent and not
-    /// acknowledged waits again if persistent, and fails otherwise.
-    pub fn unsubscribed(&mut self, device: &str, session: u64, now: i64) -> Effects {
+    /// acknowledged waits again if persistent, and fails otherwise. With
+    /// `keep` (the session was persistent) it all waits again, and is
+    /// persistent from now on.
+    pub fn unsubscribed(&mut self, device: &str, session: u64, now: i64, keep: bool) -> Effects {
         let mut fx = Effects::default();
         let Some(sessions) = self.routes.get_mut(device) else {
             return fx;
@@ -158,7 +160,8 @@ impl Machine {
             .collect();
         sent.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         for c in sent {
-            if c.persistent {
+            if c.persistent || keep {
+                c.persistent = true;
                 c.state = CommandState::Queued;
                 fx.changes.push(c.clone());
             } else {
@@ -336,6 +339,14 @@ impl Machine {
         if let Some(c) = self.active.remove(id) {
             self.remember(c);
         }
+    }
+
+    /// How many commands wait (queued) for `device`.
+    pub fn waiting(&self, device: &str) -> usize {
+        self.active
+            .values()
+            .filter(|c| c.device == device && c.state == CommandState::Queued)
+            .count()
     }
 
     /// Keeps a finished command among the newest ones.

@@ -50,6 +50,10 @@ pub enum CommandError {
     UnknownDevice(String),
     #[error(transparent)]
     Refused(#[from] Refusal),
+    #[error(
+        "{device} already has {max} commands waiting for it to come back (--max-session-queue)"
+    )]
+    QueueFull { device: String, max: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -94,6 +98,8 @@ pub struct Commands {
     timer: Notify,
     /// The largest request payload, the same limit devices' messages have.
     max_bytes: usize,
+    /// The most commands that may wait for one offline device.
+    max_waiting: usize,
     /// Bounds the log lines of refused answers.
     answer_log: LogLimiter,
     /// Where the service reads the time; tests use tokio's.
@@ -122,10 +128,11 @@ impl Commands {
         store: Store,
         broker: &Broker,
         metrics: Arc<Metrics>,
-        max_bytes: usize,
+        limits: (usize, usize),
         clock: Clock,
         bus: Option<Bus>,
     ) -> Result<(Arc<Self>, Saver), crate::broker::BrokerError> {
+        let (max_bytes, max_waiting) = limits;
         let link = broker.link("sightline-commands")?;
         let (saves, rx) = mpsc::unbounded_channel();
         let (updates, _) = broadcast::channel(UPDATES_BUFFER);
@@ -138,6 +145,7 @@ impl Commands {
             updates,
             timer: Notify::new(),
             max_bytes,
+            max_waiting,
             answer_log: LogLimiter::new(20, Duration::from_secs(10)),
             clock,
             bus,
@@ -227,8 +235,24 @@ impl Commands {
         // Version 7: time-ordered, so commands created in the same
         // millisecond still list in the order they were sent.
         let id = uuid::Uuid::now_v7().simple().to_string();
-        let command = wire::accept(device, req, id, self.clock.now_ms(), self.max_bytes)
+        let mut command = wire::accept(device, req, id, self.clock.now_ms(), self.max_bytes)
             .map_err(|e| refused(e.into()))?;
+        // A device whose persistent MQTT session subscribed to its
+        // commands gets them when it comes back, as MQTT keeps messages
+        // for such a session: the command waits as a persistent one.
+        let held = self.lock().holds(device);
+        if !command.persistent
+            && !held
+            && self
+                .store
+                .session_keeps_commands(device, self.clock.now_ms())
+                .await?
+        {
+            command.persistent = true;
+        }
+        if command.persistent {
+            self.check_room(device).await.map_err(refused)?;
+        }
         // A persistent command is stored before anything else happens to
         // it, so that it waits for its device across a restart. Any other
         // command goes out at once and reaches the database through the
@@ -265,6 +289,25 @@ impl Commands {
         };
         self.publish(publish).await;
         Ok(command)
+    }
+
+    /// Refuses a command that would wait beyond `--max-session-queue` for
+    /// its device. A single server holds every waiting command in memory;
+    /// in a cluster the database knows them all.
+    async fn check_room(&self, device: &str) -> Result<(), CommandError> {
+        let waiting = if self.bus.is_some() {
+            self.store.waiting_commands(device).await?
+        } else {
+            self.lock().waiting(device)
+        };
+        if waiting >= self.max_waiting {
+            Metrics::add(&self.metrics.commands.queue_full, 1);
+            return Err(CommandError::QueueFull {
+                device: device.to_owned(),
+                max: self.max_waiting,
+            });
+        }
+        Ok(())
     }
 
     /// Sends a stored (or, if plain, checked) command to the instance that
@@ -374,10 +417,12 @@ impl Commands {
         self.timer.notify_one();
     }
 
-    /// A session of `device` ended or unsubscribed from its commands.
-    pub fn unsubscribed(&self, device: &str, session: u64) {
+    /// A session of `device` ended or unsubscribed from its commands. With
+    /// `keep` (a persistent session ended), what it was sent and did not
+    /// acknowledge waits for it as persistent, to go out again.
+    pub fn unsubscribed(&self, device: &str, session: u64, keep: bool) {
         let mut machine = self.lock();
-        let fx = machine.unsubscribed(device, session, self.clock.now_ms());
+        let fx = machine.unsubscribed(device, session, self.clock.now_ms(), keep);
         self.record(&fx);
         if let Some(bus) = &self.bus {
             if !machine.holds(device) {

@@ -41,6 +41,9 @@ pub struct ConnectInfo {
     pub user: String,
     /// `None` when the client sent no password.
     pub password: Option<String>,
+    /// MQTT 5's session expiry interval, in seconds; `None` when absent
+    /// (and always in 3.1.1, where the clean session flag says it all).
+    pub session_expiry: Option<u32>,
 }
 
 /// A packet from a device.
@@ -52,6 +55,8 @@ pub enum Inbound {
         payload: Bytes,
         qos: QoS,
         pkid: u16,
+        /// Set on a QoS 1 or 2 publish the client sends again.
+        dup: bool,
         /// MQTT 5 correlation data: on an answer, the command it answers.
         correlation: Option<Bytes>,
     },
@@ -124,6 +129,11 @@ pub enum Outbound {
         /// The keep-alive the server uses, when it is not the one the
         /// client asked for; MQTT 5 clients are told (Server Keep Alive).
         keep_alive: Option<u16>,
+        /// Whether the server resumed a stored session.
+        session_present: bool,
+        /// The session expiry the server uses, when it is not the one the
+        /// MQTT 5 client asked for.
+        session_expiry: Option<u32>,
     },
     /// `stored` is false when none of the message could be used (MQTT 5
     /// then says "payload format invalid"; 3.1.1 has no way to say it).
@@ -157,6 +167,8 @@ pub enum Outbound {
         pkid: u16,
         /// Set on a retained message sent because of a new subscription.
         retain: bool,
+        /// Set on a QoS 1 message sent again after a reconnect.
+        dup: bool,
         reply: Option<(String, Bytes)>,
     },
     /// Only MQTT 5 has a server-sent DISCONNECT, with a reason code and a
@@ -257,12 +269,14 @@ fn from_v4(packet: v4::Packet) -> Inbound {
                 .map(|l| l.username.clone())
                 .unwrap_or_default(),
             password: c.login.map(|l| l.password).filter(|p| !p.is_empty()),
+            session_expiry: None,
         }),
         v4::Packet::Publish(p) => Inbound::Publish {
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,
             pkid: p.pkid,
+            dup: p.dup,
             correlation: None,
         },
         v4::Packet::PubRel(r) => Inbound::PubRel(r.pkid),
@@ -307,6 +321,7 @@ fn from_v5(packet: v5::Packet) -> Result<Inbound, ReadError> {
                 .map(|l| l.username.clone())
                 .unwrap_or_default(),
             password: login.map(|l| l.password).filter(|p| !p.is_empty()),
+            session_expiry: c.properties.and_then(|p| p.session_expiry_interval),
         }),
         v5::Packet::Publish(p) => {
             // The edge advertises no topic aliases, so a publish must name
@@ -319,6 +334,7 @@ fn from_v5(packet: v5::Packet) -> Result<Inbound, ReadError> {
                 payload: p.payload,
                 qos: from_qos5(p.qos),
                 pkid: p.pkid,
+                dup: p.dup,
                 correlation: p.properties.and_then(|p| p.correlation_data),
             }
         }
@@ -368,7 +384,11 @@ fn to_qos5(qos: QoS) -> QoS5 {
 fn to_v4(packet: Outbound) -> Option<v4::Packet> {
     use v4::ConnectReturnCode as Code;
     Some(match packet {
-        Outbound::ConnAck { code, .. } => v4::Packet::ConnAck(v4::ConnAck::new(
+        Outbound::ConnAck {
+            code,
+            session_present,
+            ..
+        } => v4::Packet::ConnAck(v4::ConnAck::new(
             match code {
                 ConnectCode::Accepted => Code::Success,
                 ConnectCode::BadClientId => Code::BadClientId,
@@ -378,7 +398,7 @@ fn to_v4(packet: Outbound) -> Option<v4::Packet> {
                 // MQTT 3.1.1 has no code for a quota.
                 ConnectCode::QuotaExceeded => Code::ServiceUnavailable,
             },
-            false,
+            session_present,
         )),
         Outbound::PubAck { pkid, .. } => v4::Packet::PubAck(v4::PubAck::new(pkid)),
         Outbound::PubRec { pkid, .. } => v4::Packet::PubRec(v4::PubRec::new(pkid)),
@@ -401,11 +421,13 @@ fn to_v4(packet: Outbound) -> Option<v4::Packet> {
             qos,
             pkid,
             retain,
+            dup,
             ..
         } => {
             let mut p = v4::Publish::from_bytes(topic, qos, payload);
             p.pkid = pkid;
             p.retain = retain;
+            p.dup = dup;
             v4::Packet::Publish(p)
         }
         Outbound::Disconnect(..) => return None,
@@ -419,8 +441,10 @@ fn to_v5(packet: Outbound) -> v5::Packet {
             code,
             assigned_id,
             keep_alive,
+            session_present,
+            session_expiry,
         } => v5::Packet::ConnAck(v5::ConnAck {
-            session_present: false,
+            session_present,
             code: match code {
                 ConnectCode::Accepted => Code::Success,
                 ConnectCode::BadClientId => Code::ClientIdentifierNotValid,
@@ -434,7 +458,7 @@ fn to_v5(packet: Outbound) -> v5::Packet {
             // leaving the topic alias maximum out, which means 0) no
             // topic aliases.
             properties: (code == ConnectCode::Accepted).then(|| v5::ConnAckProperties {
-                session_expiry_interval: None,
+                session_expiry_interval: session_expiry,
                 receive_max: None,
                 max_qos: None,
                 retain_available: None,
@@ -508,9 +532,10 @@ fn to_v5(packet: Outbound) -> v5::Packet {
             qos,
             pkid,
             retain,
+            dup,
             reply,
         } => v5::Packet::Publish(v5::Publish {
-            dup: false,
+            dup,
             qos: to_qos5(qos),
             retain,
             topic: Bytes::from(topic),

@@ -181,6 +181,8 @@ where
                 code,
                 assigned_id: None,
                 keep_alive: None,
+                session_present: false,
+                session_expiry: None,
             };
             if version.write(&mut out, refusal).is_ok() {
                 let _ = send(wr, &out).await;

@@ -100,6 +100,8 @@ pub struct EdgeSettings {
     /// Feed messages waiting for one service account session; more are
     /// dropped and counted.
     pub max_feed_queue: usize,
+    /// The longest a persistent session is kept after its connection.
+    pub max_session_expiry: u32,
     /// Lets devices without a secret connect under the name they give,
     /// registering them on their first reading. Only for demos and trials.
     pub open_registration: bool,
@@ -204,6 +206,17 @@ struct Handle {
     /// Set before `end` fires when the device was disabled, rather than
     /// replaced by a newer connection.
     disabled: Arc<AtomicBool>,
+    /// Fires once the session has ended and stored what it keeps, so that
+    /// the connection replacing it resumes from that.
+    done: CancellationToken,
+}
+
+/// What [`Sessions::claim`] did.
+enum Claim {
+    /// The device already holds its most connections.
+    Full,
+    /// Claimed; with the `done` token of the session it replaced.
+    Claimed(Option<CancellationToken>),
 }
 
 /// The current session of each connected client, by device and then
@@ -220,21 +233,21 @@ impl Sessions {
     /// holds `max_per_device` sessions under other client ids: a device, or
     /// a leaked secret, cannot open connections by the thousand, each
     /// holding buffers.
-    fn claim(&self, device: &str, client_id: &str, handle: Handle, max_per_device: usize) -> bool {
+    fn claim(&self, device: &str, client_id: &str, handle: Handle, max_per_device: usize) -> Claim {
         let Ok(mut sessions) = self.0.lock() else {
-            return false;
+            return Claim::Full;
         };
         let mine = sessions.entry(device.to_owned()).or_default();
         if !mine.contains_key(client_id) && mine.len() >= max_per_device {
             if mine.is_empty() {
                 sessions.remove(device);
             }
-            return false;
+            return Claim::Full;
         }
-        if let Some(old) = mine.insert(client_id.to_owned(), handle) {
+        Claim::Claimed(mine.insert(client_id.to_owned(), handle).map(|old| {
             old.end.cancel();
-        }
-        true
+            old.done
+        }))
     }
 
     fn release(&self, device: &str, client_id: &str, session: u64) {

@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
         (status = 400, description = "Invalid command", body = openapi::ErrorBody),
         (status = 404, description = "No such device", body = openapi::ErrorBody),
         (status = 413, description = "Params too large", body = openapi::ErrorBody),
+        (status = 429, description = "--max-session-queue commands already wait for the offline device", body = openapi::ErrorBody),
         openapi::Refused))]
 pub(super) async fn send_command(
     State(state): State<AppState>,

@@ -66,6 +66,7 @@ impl From<CommandError> for HttpError {
             CommandError::UnknownDevice(_) => Self::NotFound,
             CommandError::Refused(Refusal::TooLarge { .. }) => Self::TooLarge(e.to_string()),
             CommandError::Refused(Refusal::Invalid(why)) => Self::BadRequest(why),
+            CommandError::QueueFull { .. } => Self::Throttled(e.to_string()),
             CommandError::Store(e) => Self::Store(e),
         }
     }

@@ -57,7 +57,9 @@ impl Row {
     }
 }
 
-/// Inserts `command`, or rewrites it if it exists. Returns false if its
+/// Inserts `command`, or rewrites its changing parts if it exists (a
+/// command becomes persistent when the persistent MQTT session it was sent
+/// to ends). Returns false if its
 /// device does not exist (any more).
 pub async fn save(db: &DatabaseConnection, c: &Command) -> Result<bool, StoreError> {
     let backend = db.get_database_backend();
@@ -71,6 +73,7 @@ pub async fn save(db: &DatabaseConnection, c: &Command) -> Result<bool, StoreErr
          SELECT {}, d.id, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {} \
          FROM device d WHERE d.name = {} \
          ON CONFLICT (id) DO UPDATE SET state = excluded.state, sent_at = excluded.sent_at, \
+         persistent = excluded.persistent, \
          delivered_at = excluded.delivered_at, completed_at = excluded.completed_at, \
          response = excluded.response, error = excluded.error",
         p[0],
@@ -206,4 +209,26 @@ pub async fn replace_if(
         .execute_raw(Statement::from_sql_and_values(backend, sql, values))
         .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// How many commands wait (queued) for `device`.
+pub async fn waiting(db: &DatabaseConnection, device: &str) -> Result<usize, StoreError> {
+    #[derive(Debug, FromQueryResult)]
+    struct Count {
+        n: i64,
+    }
+    let backend = db.get_database_backend();
+    let sql = format!(
+        "SELECT COUNT(*) AS n FROM command c JOIN device d ON d.id = c.device_id \
+         WHERE c.state = 'queued' AND d.name = {}",
+        placeholder(backend, 1)
+    );
+    let count = Count::find_by_statement(Statement::from_sql_and_values(
+        backend,
+        sql,
+        [device.into()],
+    ))
+    .one(db)
+    .await?;
+    Ok(count.map_or(0, |c| usize::try_from(c.n).unwrap_or(0)))
 }

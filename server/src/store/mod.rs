@@ -13,6 +13,7 @@ pub mod retention;
 pub mod rollup;
 pub mod scratch;
 pub mod services;
+pub mod sessions;
 mod url;
 pub mod writer;
 
@@ -486,6 +487,65 @@ impl Store {
         at: i64,
     ) -> Result<bool, StoreError> {
         desired::acknowledge(&self.db, device, version, at).await
+    }
+
+    /// The stored MQTT session a new connection of `client_id` of
+    /// `device` resumes, if any; see [`sessions::take`].
+    pub async fn take_session(
+        &self,
+        device: &str,
+        client_id: &str,
+        now: i64,
+        resume: bool,
+    ) -> Result<Option<sessions::SessionState>, StoreError> {
+        sessions::take(&self.db, device, client_id, now, resume).await
+    }
+
+    /// Marks a persistent MQTT session connected; see [`sessions::open`].
+    pub async fn open_session(
+        &self,
+        device: &str,
+        client_id: &str,
+        expiry_secs: u32,
+        max_per_device: usize,
+    ) -> Result<usize, StoreError> {
+        sessions::open(&self.db, device, client_id, expiry_secs, max_per_device).await
+    }
+
+    /// Writes a persistent MQTT session's state; see [`sessions::save`].
+    pub async fn save_session(
+        &self,
+        device: &str,
+        client_id: &str,
+        state: &sessions::SessionState,
+        ended_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sessions::save(&self.db, device, client_id, state, ended_at).await
+    }
+
+    /// Forgets an MQTT session.
+    pub async fn discard_session(&self, device: &str, client_id: &str) -> Result<(), StoreError> {
+        sessions::discard(&self.db, device, client_id).await
+    }
+
+    /// Whether a persistent MQTT session of `device` keeps its commands;
+    /// see [`sessions::keeps_commands`].
+    pub async fn session_keeps_commands(&self, device: &str, now: i64) -> Result<bool, StoreError> {
+        sessions::keeps_commands(&self.db, device, now).await
+    }
+
+    /// Deletes expired MQTT sessions, and on a single server (`restarted`)
+    /// ends those the last run left marked connected.
+    pub async fn tidy_sessions(&self, now: i64, restarted: bool) -> Result<u64, StoreError> {
+        if restarted {
+            sessions::end_all(&self.db, now).await?;
+        }
+        sessions::purge(&self.db, now).await
+    }
+
+    /// Commands waiting (queued) for `device`.
+    pub async fn waiting_commands(&self, device: &str) -> Result<usize, StoreError> {
+        commands::waiting(&self.db, device).await
     }
 
     /// Makes a service account; see [`services::add`].

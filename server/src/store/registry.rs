@@ -247,7 +247,7 @@ pub async fn delete(
     let backend = db.get_database_backend();
     let by_device = |sql: String| Statement::from_sql_and_values(backend, sql, [d.id.into()]);
     let p = super::placeholder(backend, 1);
-    for table in ["command", "desired"] {
+    for table in ["command", "desired", "mqtt_session"] {
         txn.execute_raw(by_device(format!(
             "DELETE FROM {table} WHERE device_id = {p}"
         )))

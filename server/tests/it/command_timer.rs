@@ -47,10 +47,16 @@ impl Service {
         let broker = Broker::start(16);
         let clock = Clock::tokio();
         let metrics = Arc::new(Metrics::default());
-        let (commands, saver) =
-            Commands::start(store, &broker, metrics.clone(), 64 * 1024, clock, None)
-                .await
-                .expect("start");
+        let (commands, saver) = Commands::start(
+            store,
+            &broker,
+            metrics.clone(),
+            (64 * 1024, 1_000),
+            clock,
+            None,
+        )
+        .await
+        .expect("start");
         let stop = CancellationToken::new();
         tokio::spawn(saver.run(stop.clone()));
         tokio::spawn({

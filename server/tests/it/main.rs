@@ -25,3 +25,4 @@ mod http_ingest;
 mod mqtt_ws;
 mod pipeline;
 mod postgres;
+mod sessions;

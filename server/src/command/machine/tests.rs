@@ -24,6 +24,8 @@ enum Event {
     Subscribe(u64, Route),
     /// Session `n` of `d` ends.
     Gone(u64),
+    /// Session `n` of `d`, a persistent MQTT session, ends.
+    GoneKept(u64),
     /// `d` acknowledges it.
     Ack,
     /// `d` answers it, with a result or an error.
@@ -58,7 +60,8 @@ fn check(events: &[(i64, Event, Option<CommandState>, usize)]) {
                 two_way,
             } => m.accept(command(persistent, two_way, *at), *at).1,
             Subscribe(n, route) => m.subscribed("d", n, route, *at),
-            Gone(n) => m.unsubscribed("d", n, *at),
+            Gone(n) => m.unsubscribed("d", n, *at, false),
+            GoneKept(n) => m.unsubscribed("d", n, *at, true),
             Ack => m.delivered("d", "c", *at),
             Answer(outcome) => {
                 let answer = wire::Answer {
@@ -107,6 +110,27 @@ fn command(persistent: bool, two_way: bool, now: i64) -> Command {
         response: None,
         error: None,
     }
+}
+
+#[test]
+fn a_persistent_session_keeps_what_it_was_sent() {
+    // A plain command sent to a persistent session that ends before
+    // acknowledging it waits for the device, goes out again when it
+    // subscribes, and survives a restart meanwhile.
+    check(&[
+        (0, Subscribe(1, NATIVE), None, 0),
+        (1, send(false, false), Some(Sent), 1),
+        (2, GoneKept(1), Some(Queued), 0),
+        (3, Restart, Some(Queued), 0),
+        (4, Subscribe(2, NATIVE), Some(Sent), 1),
+        (5, Ack, Some(Delivered), 0),
+    ]);
+    // Without the session it fails, as before.
+    check(&[
+        (0, Subscribe(1, NATIVE), None, 0),
+        (1, send(false, false), Some(Sent), 1),
+        (2, Gone(1), Some(Failed), 0),
+    ]);
 }
 
 #[test]

@@ -65,63 +65,86 @@ impl Session<'_> {
                 self.bind_by_name(acl::command_owner(filter)).await;
             }
         }
+        let granted: Vec<Option<QoS>> = filters
+            .iter()
+            .map(|(filter, asked)| self.grant(filter, *asked))
+            .collect();
+        self.say(Outbound::SubAck {
+            pkid,
+            granted: granted.clone(),
+        });
+        self.subscribed_now(filters, &granted, true).await;
+        self.save_session().await;
+    }
+
+    /// Grants one filter if the device may have it and the session has
+    /// room, subscribing in the router; the QoS granted, or `None`.
+    pub(super) fn grant(&mut self, filter: &str, asked: QoS) -> Option<QoS> {
         let metrics = &self.edge.metrics;
-        let mut granted = Vec::with_capacity(filters.len());
-        for (filter, asked) in filters {
-            // An anonymous client has no commands to receive.
-            let allowed = if self.device.is_empty() {
-                None
-            } else {
-                acl::subscribe(&self.device, filter)
-            };
-            // Commands go out at QoS 1 at most: a PUBACK is all delivery
-            // tracking needs, and QoS 2 would add a round trip for nothing.
-            let qos = if *asked == QoS::AtMostOnce {
-                QoS::AtMostOnce
-            } else {
-                QoS::AtLeastOnce
-            };
-            // A session holds at most `--max-subscriptions` filters, each a
-            // subscription in the router.
-            let full = !self.subscribed.contains_key(filter)
-                && self.subscribed.len() >= self.edge.settings.max_subscriptions;
-            let ok = match allowed {
-                Some(_) if full => {
-                    Metrics::add(&metrics.edge.subscriptions_refused, 1);
-                    false
-                }
-                Some(broker_filter) => match self.link_tx() {
-                    Some(tx) => match tx.subscribe(broker_filter) {
-                        Ok(_) => {
-                            self.subscribed.insert(filter.clone(), qos);
-                            true
-                        }
-                        Err(e) => {
-                            tracing::warn!(device = %self.device, "cannot subscribe in the router: {e}");
-                            false
-                        }
-                    },
-                    None => false,
+        // An anonymous client has no commands to receive.
+        let allowed = if self.device.is_empty() {
+            None
+        } else {
+            acl::subscribe(&self.device, filter)
+        };
+        // Commands go out at QoS 1 at most: a PUBACK is all delivery
+        // tracking needs, and QoS 2 would add a round trip for nothing.
+        let qos = if asked == QoS::AtMostOnce {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        // A session holds at most `--max-subscriptions` filters, each a
+        // subscription in the router.
+        let full = !self.subscribed.contains_key(filter)
+            && self.subscribed.len() >= self.edge.settings.max_subscriptions;
+        let ok = match allowed {
+            Some(_) if full => {
+                Metrics::add(&metrics.edge.subscriptions_refused, 1);
+                false
+            }
+            Some(broker_filter) => match self.link_tx() {
+                Some(tx) => match tx.subscribe(broker_filter) {
+                    Ok(_) => {
+                        self.subscribed.insert(filter.to_owned(), qos);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(device = %self.device, "cannot subscribe in the router: {e}");
+                        false
+                    }
                 },
-                None => {
-                    metrics.refuse(&metrics.edge.denied, Some(&self.device));
-                    log_denied(&self.device, "subscribe to", filter);
-                    false
-                }
-            };
-            granted.push(ok.then_some(qos));
-        }
+                None => false,
+            },
+            None => {
+                metrics.refuse(&metrics.edge.denied, Some(&self.device));
+                log_denied(&self.device, "subscribe to", filter);
+                false
+            }
+        };
+        ok.then_some(qos)
+    }
+
+    /// After filters were granted (by a SUBSCRIBE, or by resuming a stored
+    /// session): the desired state goes out if one of them receives it
+    /// (retained after a SUBSCRIBE; after a resume only if the device has
+    /// not acknowledged the newest), and the commands waiting are sent.
+    pub(super) async fn subscribed_now(
+        &mut self,
+        filters: &[(String, QoS)],
+        granted: &[Option<QoS>],
+        subscribe: bool,
+    ) {
         let desired_now = filters
             .iter()
-            .zip(&granted)
+            .zip(granted)
             .any(|((f, _), g)| g.is_some() && acl::receives_desired(&self.device, f));
-        self.say(Outbound::SubAck { pkid, granted });
         if desired_now {
             if !self.watching_desired {
                 self.edge.desired.watch(&self.device);
                 self.watching_desired = true;
             }
-            self.send_retained_desired().await;
+            self.send_retained_desired(subscribe).await;
         }
         // Told after the router has the subscription, so the commands that
         // waited for the device are sent to it now.
@@ -134,7 +157,7 @@ impl Session<'_> {
         }
     }
 
-    pub(super) fn unsubscribe(&mut self, pkid: u16, filters: &[String]) {
+    pub(super) async fn unsubscribe(&mut self, pkid: u16, filters: &[String]) {
         let mut existed = Vec::with_capacity(filters.len());
         for topic in filters {
             let was = self.subscribed.remove(topic).is_some();
@@ -153,8 +176,9 @@ impl Session<'_> {
         if !self.route().any() {
             self.edge
                 .commands
-                .unsubscribed(&self.device, self.session_id);
+                .unsubscribed(&self.device, self.session_id, false);
         }
+        self.save_session().await;
     }
 
     /// Which commands this session's filters receive.
@@ -192,12 +216,15 @@ impl Session<'_> {
 
     /// Sends the stored desired state, flagged retained, after a SUBSCRIBE
     /// that receives it: a device that boots gets its configuration at
-    /// once, however long ago it was set.
-    async fn send_retained_desired(&mut self) {
+    /// once, however long ago it was set. After a resumed session
+    /// (`subscribe` false) it goes only if the device has not acknowledged
+    /// it, as a message it missed while away.
+    async fn send_retained_desired(&mut self, subscribe: bool) {
         match self.edge.desired.get(&self.device).await {
+            Ok(Some(state)) if !subscribe && state.acked_version == Some(state.version) => {}
             Ok(Some(state)) => {
                 let payload = Bytes::from(state.payload.to_string());
-                self.send_desired(payload, state.version, true);
+                self.send_desired(payload, state.version, subscribe);
             }
             Ok(None) => {}
             Err(e) => {
@@ -234,6 +261,7 @@ impl Session<'_> {
             qos,
             pkid,
             retain,
+            dup: false,
             reply: None,
         });
     }
@@ -280,9 +308,19 @@ impl Session<'_> {
                 let seen = acl::delivered_topic(&self.device, &topic, id.as_deref());
                 let mut qos = self.delivery_qos(&seen);
                 let mut pkid = 0;
+                let mut dup = false;
                 if let (QoS::AtLeastOnce, Some(id)) = (qos, &id) {
-                    match self.next_pkid() {
+                    // A command the last connection of a persistent session
+                    // was sent goes out again as it was: same packet id,
+                    // flagged DUP.
+                    let again = self
+                        .persist
+                        .redeliver
+                        .remove(id)
+                        .filter(|p| *p != 0 && !self.in_flight.contains_key(p));
+                    match again.or_else(|| self.next_pkid()) {
                         Some(p) => {
+                            dup = again.is_some();
                             pkid = p;
                             self.in_flight.insert(p, InFlight::Command(id.clone()));
                         }
@@ -302,6 +340,7 @@ impl Session<'_> {
                     qos,
                     pkid,
                     retain: false,
+                    dup,
                     reply,
                 });
                 // At QoS 0 no acknowledgement will come: handing the
@@ -328,9 +367,11 @@ impl Session<'_> {
                     self.edge.desired.unwatch(&self.device);
                     self.watching_desired = false;
                 }
-                self.edge
-                    .commands
-                    .unsubscribed(&self.device, self.session_id);
+                self.edge.commands.unsubscribed(
+                    &self.device,
+                    self.session_id,
+                    self.persist.keep_secs > 0,
+                );
             }
         }
     }

@@ -6,6 +6,7 @@
 
 mod commands;
 mod end;
+mod persist;
 mod service;
 
 use std::collections::HashMap;
@@ -33,7 +34,7 @@ use end::End;
 
 /// How long a session the server closes waits for its last readings to
 /// commit.
-const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+pub(super) const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Runs one connection to its end: login, then the session.
 pub(super) async fn run<S>(
@@ -94,7 +95,7 @@ pub(super) async fn run<S>(
         stop: stop.clone(),
         version,
         keep_alive: keep_alive_limit(keep_alive),
-        will: connect.will,
+        will: connect.will.clone(),
         out: BytesMut::new(),
         acks: Acks::default(),
         link: None,
@@ -107,7 +108,13 @@ pub(super) async fn run<S>(
         subscribe_bucket: Bucket::new(settings.max_subscribe_rate),
         acked_publishes: 0,
         ended_because: String::new(),
+        persist: persist::Persistence::default(),
+        predecessor: None,
+        done: CancellationToken::new(),
     };
+    // However the session ends, the connection that replaces it may go on
+    // once it has stored what it keeps.
+    let _done = session.done.clone().drop_guard();
     if let Some(device) = device {
         if !session.bind(device.clone()) {
             edge.metrics
@@ -117,6 +124,8 @@ pub(super) async fn run<S>(
                 code: ConnectCode::QuotaExceeded,
                 assigned_id: None,
                 keep_alive: None,
+                session_present: false,
+                session_expiry: None,
             });
             let _ = session.flush(&mut wr).await;
             edge.metrics
@@ -126,6 +135,7 @@ pub(super) async fn run<S>(
             return;
         }
     }
+    let (session_present, session_expiry, resumed) = session.open_session(&connect).await;
     session.say(Outbound::ConnAck {
         code: ConnectCode::Accepted,
         assigned_id: connect
@@ -133,7 +143,12 @@ pub(super) async fn run<S>(
             .is_empty()
             .then(|| session.client_id.clone()),
         keep_alive: (keep_alive != connect.keep_alive).then_some(keep_alive),
+        session_present,
+        session_expiry,
     });
+    if let Some(state) = resumed {
+        session.restore(state).await;
+    }
     let end = match session.flush(&mut wr).await {
         Ok(()) => session.serve(&mut rd, &mut wr, inbuf, &stop).await,
         Err(_) => End::SocketClosed,
@@ -200,6 +215,12 @@ struct Session<'a> {
     /// connection.
     acked_publishes: usize,
     ended_because: String,
+    /// What of the session outlives the connection.
+    persist: persist::Persistence,
+    /// Fires once the session this one replaced has stored its state.
+    predecessor: Option<CancellationToken>,
+    /// Fired when this session has ended and stored its state.
+    done: CancellationToken,
 }
 
 impl Session<'_> {
@@ -212,14 +233,16 @@ impl Session<'_> {
             since,
             end: self.replaced.clone(),
             disabled: self.disabled.clone(),
+            done: self.done.clone(),
         };
         let max = self.edge.settings.max_connections_per_device;
-        if !self
+        match self
             .edge
             .sessions
             .claim(&device, &self.client_id, handle, max)
         {
-            return false;
+            super::Claim::Full => return false,
+            super::Claim::Claimed(before) => self.predecessor = before,
         }
         self.edge
             .presence
@@ -415,6 +438,7 @@ impl Session<'_> {
                 payload,
                 qos,
                 pkid,
+                dup,
                 correlation,
             } => {
                 let answer = (!self.device.is_empty())
@@ -423,6 +447,9 @@ impl Session<'_> {
                 if let Some(answer) = answer {
                     self.answer(&answer, correlation.as_deref(), &payload, qos, pkid)
                         .await
+                } else if dup && qos != QoS::AtMostOnce && self.persist.received.contains(pkid) {
+                    self.duplicate(qos, pkid);
+                    Ok(())
                 } else {
                     self.publish(&topic, &payload, qos, pkid, committed).await
                 }
@@ -438,7 +465,7 @@ impl Session<'_> {
             }
             Inbound::Unsubscribe { pkid, filters } => {
                 self.subscribe_allowed(filters.len())?;
-                self.unsubscribe(pkid, &filters);
+                self.unsubscribe(pkid, &filters).await;
                 Ok(())
             }
             Inbound::PingReq => {
@@ -533,9 +560,24 @@ impl Session<'_> {
             self.acks.at_once(pkid, exactly_once, false);
         } else {
             self.acks.after_commit(pkid, exactly_once);
+            // Queued, so stored even if this connection dies before its
+            // acknowledgement leaves: the same packet id sent again is
+            // recognised.
+            self.persist.received.push(pkid);
         }
         self.release_acks();
         Ok(())
+    }
+
+    /// A QoS 1 or 2 publish sent again under a packet id whose readings
+    /// were already taken (its acknowledgement was lost with a
+    /// connection): acknowledged, in order, and not stored twice.
+    fn duplicate(&mut self, qos: QoS, pkid: u16) {
+        // The serve loop waited for the rate before reading this packet.
+        self.bucket.take(Instant::now());
+        Metrics::add(&self.edge.metrics.edge.duplicates, 1);
+        self.acks.at_once(pkid, qos == QoS::ExactlyOnce, true);
+        self.release_acks();
     }
 
     /// Before the server closes a connection (shutdown, or a device cut
@@ -610,10 +652,13 @@ impl Session<'_> {
         if let Some((mut tx, _)) = self.link.take() {
             crate::broker::leave(&mut tx).await;
         }
+        self.end_session().await;
         if !self.subscribed.is_empty() {
-            self.edge
-                .commands
-                .unsubscribed(&self.device, self.session_id);
+            self.edge.commands.unsubscribed(
+                &self.device,
+                self.session_id,
+                self.persist.keep_secs > 0,
+            );
         }
         if self.watching_desired {
             self.edge.desired.unwatch(&self.device);

@@ -101,6 +101,8 @@ pub(super) async fn run<R, W>(
             code: ConnectCode::QuotaExceeded,
             assigned_id: None,
             keep_alive: None,
+            session_present: false,
+            session_expiry: None,
         };
         if version.write(&mut out, refusal).is_ok() {
             let _ = super::write_out(wr, &mut out).await;
@@ -134,6 +136,10 @@ pub(super) async fn run<R, W>(
         code: ConnectCode::Accepted,
         assigned_id: assigned,
         keep_alive: (kept_alive != connect.keep_alive).then_some(kept_alive),
+        // A service account's session is not kept: its feed is of
+        // committed readings, which a reader catches up on over HTTP.
+        session_present: false,
+        session_expiry: connect.session_expiry.filter(|s| *s > 0).map(|_| 0),
     });
     let end = match service.flush(wr).await {
         Ok(()) => {
@@ -368,6 +374,7 @@ impl Service<'_> {
             qos,
             pkid,
             retain: false,
+            dup: false,
             reply: None,
         });
     }
