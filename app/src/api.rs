@@ -102,12 +102,14 @@ mod backend {
         ) -> BoxFuture<'_, Result<Option<DesiredState>, BackendError>>;
         /// Every service account, for the admin page.
         fn service_accounts(&self) -> BoxFuture<'_, Result<Vec<ServiceAccount>, BackendError>>;
-        /// Makes a service account with the grants the admin typed
-        /// (separated by spaces or commas); its secret is returned once.
+        /// Makes a service account with the filters and command topics the
+        /// admin typed (separated by spaces or commas); its secret is
+        /// returned once.
         fn add_service_account(
             &self,
             name: String,
-            grants: Vec<String>,
+            subscribe: Vec<String>,
+            publish: Vec<String>,
         ) -> BoxFuture<'_, Result<CreatedServiceAccount, BackendError>>;
         /// Removes a service account and ends its connections.
         fn remove_service_account(&self, name: String) -> BoxFuture<'_, Result<(), BackendError>>;
@@ -352,19 +354,22 @@ pub async fn get_service_accounts() -> Result<Vec<ServiceAccount>, ServerFnError
 }
 
 /// Makes a service account from the admin page; `grants` are the filters
-/// as typed, separated by spaces or commas.
+/// and `publish` the command topics, as typed, separated by spaces or
+/// commas.
 #[server(prefix = "/_app", endpoint = "add_service_account")]
 pub async fn add_service_account(
     name: String,
     grants: String,
+    publish: String,
 ) -> Result<CreatedServiceAccount, ServerFnError> {
-    let grants = grants
-        .split([' ', ','])
-        .filter(|g| !g.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let split = |text: String| -> Vec<String> {
+        text.split([' ', ','])
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
     backend()?
-        .add_service_account(name.trim().to_owned(), grants)
+        .add_service_account(name.trim().to_owned(), split(grants), split(publish))
         .await
         .map_err(failed)
 }

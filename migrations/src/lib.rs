@@ -13,6 +13,7 @@ mod m20261207_000007_device_removed;
 mod m20261208_000008_desired;
 mod m20261208_000009_service_accounts;
 mod m20261209_000010_sessions;
+mod m20261209_000011_service_publish;
 
 /// Applies every migration in order.
 #[derive(Debug)]
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000008_desired::Migration),
             Box::new(m20261208_000009_service_accounts::Migration),
             Box::new(m20261209_000010_sessions::Migration),
+            Box::new(m20261209_000011_service_publish::Migration),
         ]
     }
 }

@@ -193,6 +193,26 @@ pub fn valid_grant(filter: &str) -> bool {
         .is_some_and(|rest| rest == "#" || rest == "+" || crate::names::valid_name(rest))
 }
 
+/// Whether `topic` may be granted to a service account for publishing
+/// commands: `command/+` (every device) or `command/<device id>`.
+pub fn valid_command_grant(topic: &str) -> bool {
+    topic
+        .strip_prefix("command/")
+        .is_some_and(|rest| rest == "+" || crate::names::valid_name(rest))
+}
+
+/// The device a service account's PUBLISH on `topic` sends a command to,
+/// if `topic` is `command/<device id>` and one of `grants` covers it.
+pub fn service_command<'t>(grants: &[String], topic: &'t str) -> Option<&'t str> {
+    let device = topic
+        .strip_prefix("command/")
+        .filter(|d| crate::names::valid_name(d))?;
+    grants
+        .iter()
+        .any(|g| g == "command/+" || g.strip_prefix("command/") == Some(device))
+        .then_some(device)
+}
+
 /// Splits an MQTT 5 shared subscription, `$share/<group>/<filter>`, into
 /// its group and filter; any other filter has no group. `None` for a
 /// malformed one (an empty or wildcard group, or no filter).
@@ -341,6 +361,40 @@ mod tests {
             "",
         ] {
             assert!(!valid_grant(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn service_accounts_send_commands_only_where_granted() {
+        for good in ["command/+", "command/Pump1"] {
+            assert!(valid_command_grant(good), "{good}");
+        }
+        for bad in [
+            "command/#",
+            "command/",
+            "command/a/b",
+            "sensor/+",
+            "command/+/#",
+            "#",
+        ] {
+            assert!(!valid_command_grant(bad), "{bad}");
+        }
+        let one = vec!["command/Pump1".to_owned()];
+        let all = vec!["command/+".to_owned()];
+        assert_eq!(service_command(&one, "command/Pump1"), Some("Pump1"));
+        assert_eq!(service_command(&one, "command/Pump2"), None);
+        assert_eq!(service_command(&all, "command/Pump2"), Some("Pump2"));
+        // Not a device's command topic: answers, desired state, wildcards
+        // and other namespaces are never a command.
+        for topic in [
+            "command/Pump1/response",
+            "command/Pump1/desired",
+            "command/+",
+            "command/#",
+            "sensor/Pump1",
+            "v1/devices/me/rpc/request/1",
+        ] {
+            assert_eq!(service_command(&all, topic), None, "{topic}");
         }
     }
 

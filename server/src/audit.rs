@@ -99,6 +99,39 @@ impl Audit {
             tracing::error!("cannot write audit event {action} by {actor}: {e}");
         }
     }
+
+    /// Records a command `actor` sent to `device`, with its name, params
+    /// and id, the same from the API, the dashboard and MQTT.
+    pub async fn command_sent(
+        &self,
+        actor: &str,
+        device: &str,
+        c: &app::model::Command,
+        ip: Option<IpAddr>,
+    ) {
+        let detail = format!("{} {} ({})", c.name, c.params, c.id);
+        self.record(actor, action::COMMAND_SEND, Some(device), Some(detail), ip)
+            .await;
+    }
+
+    /// Records a service account `actor` made, with its grants, the same
+    /// from the API and the admin page.
+    pub async fn service_added(
+        &self,
+        actor: &str,
+        account: &app::model::ServiceAccount,
+        ip: Option<IpAddr>,
+    ) {
+        let grants = crate::store::services::grants_text(account);
+        self.record(
+            actor,
+            action::SERVICE_ADD,
+            Some(&account.name),
+            Some(grants),
+            ip,
+        )
+        .await;
+    }
 }
 
 #[cfg(test)]

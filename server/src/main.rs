@@ -59,8 +59,15 @@ enum ServiceCommand {
         /// The account's name, its MQTT user name.
         name: String,
         /// A filter it may subscribe to: sensor/#, sensor/+ or sensor/<device id>; repeat for more.
-        #[arg(long = "subscribe", value_name = "FILTER", required = true)]
+        #[arg(
+            long = "subscribe",
+            value_name = "FILTER",
+            required_unless_present = "publish"
+        )]
         subscribe: Vec<String>,
+        /// A command topic it may publish tracked commands on: command/+ (every device) or command/<device id>; repeat for more.
+        #[arg(long = "publish", value_name = "TOPIC")]
+        publish: Vec<String>,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -363,8 +370,12 @@ async fn dispatch(command: Action) -> anyhow::Result<()> {
                 ServiceCommand::Add {
                     name,
                     subscribe,
+                    publish,
                     db,
-                } => (ServiceCli::Add { name, subscribe }, db),
+                } => {
+                    let grants = server::store::services::Grants { subscribe, publish };
+                    (ServiceCli::Add { name, grants }, db)
+                }
                 ServiceCommand::List { db } => (ServiceCli::List, db),
                 ServiceCommand::Remove { name, db } => (ServiceCli::Remove { name }, db),
             };

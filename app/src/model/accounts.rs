@@ -167,6 +167,10 @@ pub struct ServiceAccount {
     pub name: String,
     /// The topic filters it may subscribe to, each under `sensor/`.
     pub subscribe: Vec<String>,
+    /// The command topics it may publish tracked commands on:
+    /// `command/+` (every device) or `command/<device id>`.
+    #[serde(default)]
+    pub publish: Vec<String>,
     #[cfg_attr(feature = "ssr", schema(value_type = i64))]
     pub created_at: super::EpochMs,
     pub created_by: String,
@@ -178,9 +182,14 @@ pub struct ServiceAccount {
 #[serde(deny_unknown_fields)]
 pub struct NewServiceAccount {
     pub name: String,
-    /// At least one filter, each under `sensor/` (for example `sensor/#`
-    /// or `sensor/Device001`).
+    /// Filters under `sensor/` (for example `sensor/#` or
+    /// `sensor/Device001`); with `publish`, at least one grant in all.
+    #[serde(default)]
     pub subscribe: Vec<String>,
+    /// Command topics (`command/+` or `command/<device id>`) it may
+    /// publish tracked commands on; none unless given.
+    #[serde(default)]
+    pub publish: Vec<String>,
 }
 
 /// A service account just made, with its secret, shown only this once.

@@ -33,7 +33,8 @@ pub fn ServiceAccounts(changed: Callback<()>) -> impl IntoView {
         <section class="panel" data-testid="service-accounts">
             <h2>"Service accounts"</h2>
             <p class="hint">"MQTT logins for tools such as Node-RED or a Python script: they receive every stored reading on "
-                <code>"sensor/<device>"</code> " within their grants, and publish nothing."</p>
+                <code>"sensor/<device>"</code> " within their grants, and may be allowed to send commands on "
+                <code>"command/<device>"</code> "."</p>
             <Transition fallback=|| view! { <p class="loading">"Loading service accounts…"</p> }>
                 {move || Suspend::new(async move {
                     match list.await {
@@ -42,7 +43,7 @@ pub fn ServiceAccounts(changed: Callback<()>) -> impl IntoView {
                         }.into_any(),
                         Ok(accounts) => view! {
                             <div class="table-wrap" tabindex="0" role="region" aria-label="Service accounts"><table class="table stacks" data-testid="service-account-list">
-                                <thead><tr><th>"Name"</th><th>"May subscribe to"</th><th>"Created (UTC)"</th><th></th></tr></thead>
+                                <thead><tr><th>"Name"</th><th>"May subscribe to"</th><th>"May send commands to"</th><th>"Created (UTC)"</th><th></th></tr></thead>
                                 <tbody>
                                     {accounts.into_iter().map(|account| view! { <ServiceRow account removed=refresh/> }).collect_view()}
                                 </tbody>
@@ -60,14 +61,19 @@ pub fn ServiceAccounts(changed: Callback<()>) -> impl IntoView {
                         aria-describedby="new-service-error"/></label>
                 </div>
                 <div class="field-group">
-                    <label>"May subscribe to" <input name="grants" required=true value="sensor/#" autocomplete="off" data-testid="new-service-grants"
+                    <label>"May subscribe to" <input name="grants" value="sensor/#" autocomplete="off" data-testid="new-service-grants"
+                        aria-describedby="new-service-error"/></label>
+                </div>
+                <div class="field-group">
+                    <label>"May send commands to" <input name="publish" value="" placeholder="none" autocomplete="off" data-testid="new-service-publish"
                         aria-describedby="new-service-error"/></label>
                 </div>
                 <button type="submit" data-testid="add-service">"Add"</button>
             </ActionForm>
             <p id="new-service-error" class="error field-error" aria-live="polite" data-testid="new-service-error">{move || error.get()}</p>
             <p class="hint">"Grants, separated by spaces: " <code>"sensor/#"</code> ", " <code>"sensor/+"</code> " or " <code>"sensor/<device id>"</code>
-                ". Also: " <code>"sightline service add"</code> ", or " <code>"POST /api/service-accounts"</code> "."</p>
+                " to subscribe; " <code>"command/+"</code> " (every device) or " <code>"command/<device id>"</code>
+                " to publish commands, tracked like the dashboard's. Also: " <code>"sightline service add"</code> ", or " <code>"POST /api/service-accounts"</code> "."</p>
         </section>
     }
 }
@@ -135,6 +141,7 @@ fn ServiceRow(account: ServiceAccount, removed: Callback<()>) -> impl IntoView {
         <tr data-service=name.clone()>
             <td data-label="Name">{name.clone()}</td>
             <td data-label="May subscribe to"><code>{account.subscribe.join(" ")}</code></td>
+            <td data-label="May send commands to"><code>{account.publish.join(" ")}</code></td>
             <td data-label="Created">{utc_minute(account.created_at)}</td>
             <td>
                 <super::ConfirmButton label="Remove…" question=format!("Remove {name} and disconnect it?")

@@ -75,7 +75,10 @@ pub(super) async fn subscribe(
     let made = store
         .add_service_account(
             ACCOUNT,
-            &["sensor/#".to_owned()],
+            &crate::store::services::Grants {
+                subscribe: vec!["sensor/#".to_owned()],
+                publish: Vec::new(),
+            },
             "bench",
             crate::clock::now_ms(),
         )

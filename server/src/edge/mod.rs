@@ -137,6 +137,8 @@ pub struct Edge {
     desired: Arc<crate::desired::Desired>,
     feed: Arc<crate::feed::Feed>,
     bus: Option<crate::bus::Bus>,
+    /// Records the commands service accounts send over MQTT.
+    audit: crate::audit::Audit,
     next_session: AtomicU64,
     /// Sockets open, logged in or not.
     sockets: AtomicUsize,
@@ -176,6 +178,7 @@ impl Edge {
             bus,
         } = services;
         Self {
+            audit: crate::audit::Audit::new(store.clone(), metrics.clone()),
             settings,
             store,
             ingest,

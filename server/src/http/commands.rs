@@ -1,8 +1,6 @@
 //! Command routes: send a command to a device, list a device's commands,
 //! and read one.
 
-use std::net::IpAddr;
-
 use app::model::{Command, CommandRequest};
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
@@ -11,7 +9,6 @@ use axum::Json;
 use super::error::HttpError;
 use super::guard::ClientIp;
 use super::{openapi, AppState};
-use crate::audit::{action, Audit};
 use crate::auth::Caller;
 use crate::metrics::Metrics;
 
@@ -48,22 +45,11 @@ pub(super) async fn send_command(
     })?;
     let command = state.commands.send(&id, request).await?;
     tracing::info!(device = %id, command = %command.id, name = %command.name, state = command.state.label(), "command accepted");
-    record_command(&state.audit, &caller.name, &id, &command, ip).await;
-    Ok((StatusCode::CREATED, Json(command)))
-}
-
-/// Writes a sent command to the audit log.
-pub(super) async fn record_command(
-    audit: &Audit,
-    actor: &str,
-    device: &str,
-    c: &Command,
-    ip: Option<IpAddr>,
-) {
-    let detail = format!("{} {} ({})", c.name, c.params, c.id);
-    audit
-        .record(actor, action::COMMAND_SEND, Some(device), Some(detail), ip)
+    state
+        .audit
+        .command_sent(&caller.name, &id, &command, ip)
         .await;
+    Ok((StatusCode::CREATED, Json(command)))
 }
 
 /// The query of `GET /api/devices/{id}/commands`.

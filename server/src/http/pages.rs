@@ -8,7 +8,6 @@ use std::sync::Arc;
 use app::api::{Backend, BackendError, BoxFuture, CommandForm, HistoryWindow};
 use app::model::{Command, CommandRequest, DeviceCredentials, DeviceDetail, Fleet, SeriesResponse};
 
-use super::commands::record_command;
 use super::devices::credentials;
 use super::guard::ClientIp;
 use super::AppState;
@@ -190,7 +189,7 @@ impl Backend for PageData {
         let (actor, ip) = page_caller();
         Box::pin(async move {
             let c = self.page_send(&id, form).await?;
-            record_command(&self.audit, &actor, &id, &c, ip).await;
+            self.audit.command_sent(&actor, &id, &c, ip).await;
             Ok(c)
         })
     }
@@ -249,24 +248,18 @@ impl Backend for PageData {
     fn add_service_account(
         &self,
         name: String,
-        grants: Vec<String>,
+        subscribe: Vec<String>,
+        publish: Vec<String>,
     ) -> BoxFuture<'_, Result<app::model::CreatedServiceAccount, BackendError>> {
         let (actor, ip) = page_caller();
         Box::pin(async move {
+            let grants = crate::store::services::Grants { subscribe, publish };
             let made = self
                 .store
                 .add_service_account(&name, &grants, &actor, now_ms())
                 .await
                 .map_err(service_failed)?;
-            self.audit
-                .record(
-                    &actor,
-                    action::SERVICE_ADD,
-                    Some(&made.account.name),
-                    Some(made.account.subscribe.join(" ")),
-                    ip,
-                )
-                .await;
+            self.audit.service_added(&actor, &made.account, ip).await;
             Ok(made)
         })
     }

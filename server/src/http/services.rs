@@ -13,6 +13,7 @@ use super::{json_body, AppState, HttpError};
 use crate::audit::action;
 use crate::auth::Caller;
 use crate::clock::now_ms;
+use crate::store::services::Grants;
 
 /// `GET /api/service-accounts`: every service account with its grants.
 #[utoipa::path(get, path = "/api/service-accounts", tag = "accounts",
@@ -41,19 +42,17 @@ pub(super) async fn add(
     request: Result<Json<NewServiceAccount>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedServiceAccount>), HttpError> {
     let request = json_body(request)?;
+    let grants = Grants {
+        subscribe: request.subscribe,
+        publish: request.publish,
+    };
     let made = state
         .store
-        .add_service_account(&request.name, &request.subscribe, &caller.name, now_ms())
+        .add_service_account(&request.name, &grants, &caller.name, now_ms())
         .await?;
     state
         .audit
-        .record(
-            &caller.name,
-            action::SERVICE_ADD,
-            Some(&made.account.name),
-            Some(made.account.subscribe.join(" ")),
-            ip,
-        )
+        .service_added(&caller.name, &made.account, ip)
         .await;
     Ok((StatusCode::CREATED, Json(made)))
 }

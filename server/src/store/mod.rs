@@ -552,11 +552,11 @@ impl Store {
     pub async fn add_service_account(
         &self,
         name: &str,
-        subscribe: &[String],
+        grants: &services::Grants,
         by: &str,
         at: i64,
     ) -> Result<app::model::CreatedServiceAccount, services::ServiceError> {
-        services::add(&self.db, name, subscribe, by, at).await
+        services::add(&self.db, name, grants, by, at).await
     }
 
     /// Every service account, by name.

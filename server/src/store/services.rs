@@ -26,7 +26,9 @@ pub enum ServiceError {
     DeviceName(String),
     #[error("invalid grant {0:?}: grant sensor/#, sensor/+ or sensor/<device id>")]
     InvalidGrant(String),
-    #[error("grant between 1 and {MAX_GRANTS} filters")]
+    #[error("invalid command grant {0:?}: grant command/+ or command/<device id>")]
+    InvalidCommandGrant(String),
+    #[error("grant between 1 and {MAX_GRANTS} filters and command topics in all")]
     GrantCount,
     #[error("service account {0} already exists")]
     Exists(String),
@@ -46,6 +48,7 @@ impl From<sea_orm::DbErr> for ServiceError {
 struct Row {
     name: String,
     subscribe: String,
+    publish: String,
     created_at: i64,
     created_by: String,
 }
@@ -57,28 +60,42 @@ impl Row {
             // Written by the server as a JSON array; anything else grants
             // nothing.
             subscribe: serde_json::from_str(&self.subscribe).unwrap_or_default(),
+            publish: serde_json::from_str(&self.publish).unwrap_or_default(),
             created_at: self.created_at,
             created_by: self.created_by,
         }
     }
 }
 
+/// What a service account may do: the feed filters it may subscribe to,
+/// and the command topics it may publish on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    pub subscribe: Vec<String>,
+    pub publish: Vec<String>,
+}
+
 /// Makes a service account with a new secret.
 pub async fn add(
     db: &DatabaseConnection,
     name: &str,
-    subscribe: &[String],
+    grants: &Grants,
     by: &str,
     at: i64,
 ) -> Result<CreatedServiceAccount, ServiceError> {
+    let Grants { subscribe, publish } = grants;
     if !valid_name(name) {
         return Err(ServiceError::InvalidName(name.to_owned()));
     }
-    if subscribe.is_empty() || subscribe.len() > MAX_GRANTS {
+    let count = subscribe.len() + publish.len();
+    if count == 0 || count > MAX_GRANTS {
         return Err(ServiceError::GrantCount);
     }
     if let Some(bad) = subscribe.iter().find(|f| !acl::valid_grant(f)) {
         return Err(ServiceError::InvalidGrant(bad.clone()));
+    }
+    if let Some(bad) = publish.iter().find(|t| !acl::valid_command_grant(t)) {
+        return Err(ServiceError::InvalidCommandGrant(bad.clone()));
     }
     // A device of the same name would be shadowed at login, where service
     // accounts are looked up first.
@@ -87,17 +104,18 @@ pub async fn add(
     }
     let secret = Alphanumeric.sample_string(&mut rand::rng(), SECRET_LEN);
     let backend = db.get_database_backend();
-    let p: Vec<String> = (1..=5).map(|n| placeholder(backend, n)).collect();
+    let p: Vec<String> = (1..=6).map(|n| placeholder(backend, n)).collect();
     let sql = format!(
-        "INSERT INTO service_account (name, secret_hash, subscribe, created_at, created_by) \
-         VALUES ({}, {}, {}, {}, {})",
-        p[0], p[1], p[2], p[3], p[4]
+        "INSERT INTO service_account (name, secret_hash, subscribe, publish, created_at, \
+         created_by) VALUES ({}, {}, {}, {}, {}, {})",
+        p[0], p[1], p[2], p[3], p[4], p[5]
     );
-    let grants = serde_json::to_string(subscribe).unwrap_or_else(|_| "[]".into());
+    let json = |list: &Vec<String>| serde_json::to_string(list).unwrap_or_else(|_| "[]".into());
     let values: Vec<Value> = vec![
         name.into(),
         hash_secret(&secret).into(),
-        grants.into(),
+        json(subscribe).into(),
+        json(publish).into(),
         at.into(),
         by.into(),
     ];
@@ -114,7 +132,8 @@ pub async fn add(
     Ok(CreatedServiceAccount {
         account: ServiceAccount {
             name: name.to_owned(),
-            subscribe: subscribe.to_vec(),
+            subscribe: subscribe.clone(),
+            publish: publish.clone(),
             created_at: at,
             created_by: by.to_owned(),
         },
@@ -125,7 +144,7 @@ pub async fn add(
 /// Every service account, by name.
 pub async fn list(db: &DatabaseConnection) -> Result<Vec<ServiceAccount>, StoreError> {
     let backend = db.get_database_backend();
-    let sql = "SELECT name, subscribe, created_at, created_by FROM service_account ORDER BY name";
+    let sql = "SELECT name, subscribe, publish, created_at, created_by FROM service_account ORDER BY name";
     Ok(
         Row::find_by_statement(Statement::from_string(backend, sql.to_owned()))
             .all(db)
@@ -143,7 +162,7 @@ pub async fn get(
 ) -> Result<Option<ServiceAccount>, StoreError> {
     let backend = db.get_database_backend();
     let sql = format!(
-        "SELECT name, subscribe, created_at, created_by FROM service_account WHERE name = {}",
+        "SELECT name, subscribe, publish, created_at, created_by FROM service_account WHERE name = {}",
         placeholder(backend, 1)
     );
     Ok(
@@ -179,7 +198,7 @@ pub async fn login(
 ) -> Result<Option<ServiceAccount>, StoreError> {
     let backend = db.get_database_backend();
     let sql = format!(
-        "SELECT name, subscribe, created_at, created_by FROM service_account \
+        "SELECT name, subscribe, publish, created_at, created_by FROM service_account \
          WHERE name = {} AND secret_hash = {}",
         placeholder(backend, 1),
         placeholder(backend, 2)
@@ -196,9 +215,9 @@ pub async fn login(
 /// `sightline service add|list|remove`, against the database directly.
 pub async fn cli(store: &super::Store, action: ServiceCli) -> Result<(), ServiceError> {
     match action {
-        ServiceCli::Add { name, subscribe } => {
+        ServiceCli::Add { name, grants } => {
             let made = store
-                .add_service_account(&name, &subscribe, "cli", crate::clock::now_ms())
+                .add_service_account(&name, &grants, "cli", crate::clock::now_ms())
                 .await?;
             println!(
                 "service account: {}\nsecret: {}\ngranted: {}\n\n\
@@ -206,7 +225,7 @@ pub async fn cli(store: &super::Store, action: ServiceCli) -> Result<(), Service
                  mosquitto_sub -u {} -P <secret> -q 1 -t '{}' -v",
                 made.account.name,
                 made.secret,
-                made.account.subscribe.join(" "),
+                grants_text(&made.account),
                 made.account.name,
                 made.account
                     .subscribe
@@ -216,7 +235,7 @@ pub async fn cli(store: &super::Store, action: ServiceCli) -> Result<(), Service
         }
         ServiceCli::List => {
             for a in store.service_accounts().await? {
-                println!("{}\t{}", a.name, a.subscribe.join(" "));
+                println!("{}\t{}", a.name, grants_text(&a));
             }
         }
         ServiceCli::Remove { name } => {
@@ -227,15 +246,23 @@ pub async fn cli(store: &super::Store, action: ServiceCli) -> Result<(), Service
     Ok(())
 }
 
+/// An account's grants in one line, as the CLI and the audit log show
+/// them: its filters, then its command topics marked as such.
+pub fn grants_text(account: &ServiceAccount) -> String {
+    let publish = account.publish.iter().map(|t| format!("publish:{t}"));
+    account
+        .subscribe
+        .iter()
+        .cloned()
+        .chain(publish)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// What `sightline service` was asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServiceCli {
-    Add {
-        name: String,
-        subscribe: Vec<String>,
-    },
+    Add { name: String, grants: Grants },
     List,
-    Remove {
-        name: String,
-    },
+    Remove { name: String },
 }

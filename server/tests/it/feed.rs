@@ -400,3 +400,148 @@ async fn a_service_account_gets_only_its_grants_publishes_nothing_and_ends_when_
     let listed: Value = server.get_json("/api/service-accounts").await;
     assert_eq!(listed, json!([]));
 }
+
+/// Runs `mosquitto_pub` as service account `user` (MQTT 5, QoS 1) and
+/// returns whether it succeeded, with its stderr.
+async fn publish_as(
+    server: &TestServer,
+    user: &str,
+    secret: &str,
+    topic: &str,
+    msg: &str,
+) -> (bool, String) {
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &server.mqtt.port().to_string(),
+            "-u",
+            user,
+            "-P",
+            secret,
+        ])
+        .args(["-q", "1", "-V", "5", "-t", topic, "-m", msg])
+        .output()
+        .await
+        .expect("mosquitto_pub runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_service_account_granted_commands_sends_tracked_ones_and_nothing_else() {
+    let scratch = Scratch::new();
+    let server = TestServer::start(common::test_config(&scratch.sqlite_url())).await;
+    let device_secret = server.add_device("Pump1").await;
+    server.add_device("Pump2").await;
+    let response = server
+        .client()
+        .post(server.url("/api/service-accounts"))
+        .json(&json!({"name": "nodered", "publish": ["command/Pump1"]}))
+        .send()
+        .await
+        .expect("request");
+    let made: Value = response.json().await.expect("json");
+    assert_eq!(
+        made["account"]["publish"],
+        json!(["command/Pump1"]),
+        "{made}"
+    );
+    assert_eq!(made["account"]["subscribe"], json!([]));
+    let secret = made["secret"].as_str().expect("secret").to_owned();
+
+    // The device listens for its commands.
+    let mut device = Sub::start(&server, "Pump1", &device_secret, "pump1", "command/Pump1");
+    wait_for("the device to connect", || async {
+        server.metric("sightline_devices_connected").await == 1
+    })
+    .await;
+    // Its SUBSCRIBE follows the CONNACK at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, err) = publish_as(
+        &server,
+        "nodered",
+        &secret,
+        "command/Pump1",
+        r#"{"name":"reboot","params":{"delay":5},"two_way":false}"#,
+    )
+    .await;
+    assert!(ok, "{err}");
+    // It arrives as a tracked command, in the command service's own
+    // shape, and is delivered and audited as the service account's.
+    let mut got = Vec::new();
+    wait_for("the device to get the command", || {
+        got.extend(device.drain());
+        let done = !got.is_empty();
+        async move { done }
+    })
+    .await;
+    let (topic, payload) = got[0].split_once(' ').expect("topic and payload");
+    assert_eq!(topic, "command/Pump1");
+    let command: Value = serde_json::from_str(payload).expect("JSON");
+    assert_eq!(command["name"], "reboot");
+    assert_eq!(command["params"], json!({"delay": 5}));
+    let id = command["id"].as_str().expect("an id").to_owned();
+    wait_for("the command to be delivered", || async {
+        let c: Value = server.get_json(&format!("/api/commands/{id}")).await;
+        c["state"] == "delivered"
+    })
+    .await;
+    let audit: Value = server.get_json("/api/audit").await;
+    assert!(
+        audit
+            .as_array()
+            .expect("a list")
+            .iter()
+            .any(|e| e["action"] == "command_send"
+                && e["actor"] == "service:nodered"
+                && e["target"] == "Pump1"),
+        "{audit}"
+    );
+
+    // An unreadable command is refused (MQTT 5: payload format invalid)
+    // and counted; the connection goes on.
+    let refused = server.metric("sightline_commands_refused_total").await;
+    let (_, err) = publish_as(&server, "nodered", &secret, "command/Pump1", "reboot").await;
+    assert!(
+        err.to_lowercase().contains("payload format invalid"),
+        "{err}"
+    );
+    assert_eq!(
+        server.metric("sightline_commands_refused_total").await,
+        refused + 1
+    );
+
+    // Outside its grant: another device's commands, a device's readings,
+    // desired state or answers. Each ends the connection, and nothing
+    // reaches a device.
+    for topic in [
+        "command/Pump2",
+        "sensor/Pump1",
+        "command/Pump1/desired",
+        "command/Pump1/response",
+    ] {
+        let (ok, _) = publish_as(&server, "nodered", &secret, topic, r#"{"name":"x"}"#).await;
+        assert!(!ok, "{topic} was allowed");
+    }
+    let pump2: Value = server.get_json("/api/devices/Pump2/commands").await;
+    assert_eq!(pump2, json!([]));
+    assert!(common::stored_values(&server.database_url, "Pump1", "name")
+        .await
+        .is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(device.drain().len(), 0, "nothing else reached the device");
+
+    // Grants are checked when the account is made.
+    for publish in [json!(["command/#"]), json!(["sensor/#"]), json!([])] {
+        let response = server
+            .client()
+            .post(server.url("/api/service-accounts"))
+            .json(&json!({"name": "bad", "publish": publish}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 400, "{publish}");
+    }
+}

@@ -1,13 +1,14 @@
 //! A service account's session: it subscribes to the feed of committed
 //! readings within its grants (plainly or in `$share` groups), receives
-//! them at the QoS granted, and publishes nothing. Its session is always
+//! them at the QoS granted, and publishes nothing but the tracked commands
+//! it may be granted, on `command/<device>`. Its session is always
 //! clean: a tool that reads the stream reconnects and carries on from
 //! the live data, and what it missed is in the API.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use app::model::ServiceAccount;
+use app::model::{CommandRequest, ServiceAccount};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -64,6 +65,11 @@ struct Service<'a> {
     in_flight: HashMap<u16, ()>,
     last_pkid: u16,
     subscribe_bucket: Bucket,
+    /// Commands published, at `--max-publish-rate` as a device's readings.
+    publish_bucket: Bucket,
+    /// QoS 2 commands taken whose PUBREL has not come: the same packet id
+    /// again is the client sending it again, not a second command.
+    awaiting_release: HashSet<u16>,
 }
 
 /// Runs a service account's session to its end.
@@ -127,6 +133,8 @@ pub(super) async fn run<R, W>(
         in_flight: HashMap::new(),
         last_pkid: 0,
         subscribe_bucket: Bucket::new(edge.settings.max_subscribe_rate),
+        publish_bucket: Bucket::new(edge.settings.max_publish_rate),
+        awaiting_release: HashSet::new(),
     };
     let assigned = connect
         .client_id
@@ -193,7 +201,7 @@ impl Service<'_> {
                 match self.version.read(&mut inbuf, max) {
                     Ok(packet) => {
                         handled = true;
-                        if let Err(end) = self.handle(packet) {
+                        if let Err(end) = self.handle(packet).await {
                             let _ = self.flush(wr).await;
                             return end;
                         }
@@ -257,16 +265,30 @@ impl Service<'_> {
         }
     }
 
-    fn handle(&mut self, packet: Inbound) -> Result<(), End> {
+    async fn handle(&mut self, packet: Inbound) -> Result<(), End> {
         match packet {
-            // A service account publishes nothing: the feed is read-only,
-            // and nothing it does may act as a device.
-            Inbound::Publish { topic, .. } => {
-                let metrics = &self.edge.metrics;
-                metrics.refuse(&metrics.edge.denied, None);
-                log_denied(&self.account.name, "publish to", &topic);
-                Err(End::Denied)
-            }
+            // The feed is read-only, and nothing a service account does may
+            // act as a device: it publishes only commands it was granted,
+            // which become tracked commands, not messages on the topic.
+            Inbound::Publish {
+                topic,
+                payload,
+                qos,
+                pkid,
+                ..
+            } => match acl::service_command(&self.account.publish, &topic) {
+                Some(device) => {
+                    let device = device.to_owned();
+                    self.command(&device, &payload, qos, pkid).await;
+                    Ok(())
+                }
+                None => {
+                    let metrics = &self.edge.metrics;
+                    metrics.refuse(&metrics.edge.denied, None);
+                    log_denied(&self.account.name, "publish to", &topic);
+                    Err(End::Denied)
+                }
+            },
             Inbound::Subscribe { pkid, filters } => {
                 self.allowed(filters.len())?;
                 let granted = filters
@@ -301,12 +323,64 @@ impl Service<'_> {
             }
             Inbound::Disconnect { .. } => Err(End::Disconnect),
             Inbound::PubRel(pkid) => {
+                self.awaiting_release.remove(&pkid);
                 self.say(Outbound::PubComp(pkid));
                 Ok(())
             }
             Inbound::Ack => Ok(()),
             Inbound::Connect(_) => Err(End::Protocol("a second CONNECT".into())),
             Inbound::Unexpected(what) => Err(End::Protocol(format!("unexpected {what}"))),
+        }
+    }
+
+    /// Sends the command a PUBLISH on `command/<device>` carries: its
+    /// payload is the API's command request. It is acknowledged once the
+    /// command is accepted (sent, queued or, for an offline device,
+    /// failed, exactly as the API answers 201); a refusal (unreadable,
+    /// unknown device, too large, queue full) is logged and counted, and
+    /// MQTT 5 hears it as "payload format invalid". The client reads the
+    /// command's progress from the API, as it would after a POST.
+    async fn command(&mut self, device: &str, payload: &[u8], qos: QoS, pkid: u16) {
+        if qos == QoS::ExactlyOnce && self.awaiting_release.contains(&pkid) {
+            self.say(Outbound::PubRec { pkid, stored: true });
+            return;
+        }
+        // Above the rate the session waits, so TCP slows the client down.
+        let now = Instant::now();
+        if let Err(ready_at) = self.publish_bucket.ready(now) {
+            Metrics::add(&self.edge.metrics.edge.throttled, 1);
+            tokio::time::sleep_until(ready_at.into()).await;
+        }
+        self.publish_bucket.take(Instant::now());
+        let commands = &self.edge.commands;
+        let sent = match serde_json::from_slice::<CommandRequest>(payload) {
+            Ok(request) => commands
+                .send(device, request)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => {
+                Metrics::add(&self.edge.metrics.commands.refused, 1);
+                Err(format!("not a command request: {e}"))
+            }
+        };
+        let actor = format!("service:{}", self.account.name);
+        match &sent {
+            Ok(c) => {
+                tracing::info!(account = %self.account.name, %device, command = %c.id, "command sent over MQTT");
+                self.edge.audit.command_sent(&actor, device, c, None).await;
+            }
+            Err(why) => log_refused_command(&self.account.name, device, why),
+        }
+        let stored = sent.is_ok();
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.say(Outbound::PubAck { pkid, stored }),
+            QoS::ExactlyOnce => {
+                if stored {
+                    self.awaiting_release.insert(pkid);
+                }
+                self.say(Outbound::PubRec { pkid, stored });
+            }
         }
     }
 
@@ -397,5 +471,14 @@ impl Service<'_> {
 
     async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> std::io::Result<()> {
         super::write_out(wr, &mut self.out).await
+    }
+}
+
+/// Logs a refused command at a bounded rate.
+fn log_refused_command(account: &str, device: &str, why: &str) {
+    static LOG: std::sync::OnceLock<crate::metrics::LogLimiter> = std::sync::OnceLock::new();
+    let log = LOG.get_or_init(|| crate::metrics::LogLimiter::new(20, Duration::from_secs(10)));
+    if let Some(suppressed) = log.allow() {
+        tracing::info!(account, device, suppressed, "refused a command: {why}");
     }
 }
