@@ -25,11 +25,18 @@ test('an admin makes a service account whose secret reads the feed, and removing
   await panel.getByTestId('add-service').click();
   await expect(panel.getByTestId('new-service-error')).toContainText('invalid grant');
 
+  // So is a command grant that is not command/<device> or command/+.
   await panel.getByTestId('new-service-grants').fill(`sensor/${device}`);
+  await panel.getByTestId('new-service-publish').fill('command/#');
+  await panel.getByTestId('add-service').click();
+  await expect(panel.getByTestId('new-service-error')).toContainText('invalid command grant');
+
+  await panel.getByTestId('new-service-publish').fill(`command/${device}`);
   await panel.getByTestId('add-service').click();
   await expect(panel.getByTestId('new-service')).toBeVisible();
   const secret = (await panel.getByTestId('new-service-secret').textContent())!.trim();
   await expect(panel.locator(`tr[data-service="${name}"]`)).toContainText(`sensor/${device}`);
+  await expect(panel.locator(`tr[data-service="${name}"]`)).toContainText(`command/${device}`);
 
   const reader = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, {
     clientId: `${name}-tool`, username: name, password: secret, protocolVersion: 5, reconnectPeriod: 0,
