@@ -545,3 +545,86 @@ async fn a_service_account_granted_commands_sends_tracked_ones_and_nothing_else(
         assert_eq!(response.status().as_u16(), 400, "{publish}");
     }
 }
+
+#[tokio::test]
+async fn a_subscriber_that_stops_acknowledging_holds_at_most_1024_messages_in_flight() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+    let scratch = Scratch::new();
+    let server = TestServer::start(common::test_config(&scratch.sqlite_url())).await;
+    let secret = service_account(&server, "slow", &["sensor/#"]).await;
+    let mut options = MqttOptions::new("slow-1", "127.0.0.1", server.mqtt.port());
+    options.set_credentials("slow", secret);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_manual_acks(true);
+    let (client, mut events) = AsyncClient::new(options, 100);
+    client
+        .subscribe("sensor/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let (tx, mut received) = mpsc::unbounded_channel();
+    let poller = tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                let _ = tx.send(p);
+            }
+        }
+    });
+    wait_subscriptions(&server, 1).await;
+    // 1,100 devices, one message each at least: more than may be in
+    // flight.
+    let report = server::simulate::run(
+        server::simulate::SimOptions {
+            devices: 1100,
+            rate: 1.0,
+            prefix: "slow-".into(),
+            qos: QoS::AtLeastOnce,
+            duration: Some(Duration::from_secs(2)),
+            backfill: None,
+            answer_commands: false,
+            ..server::simulate::SimOptions::demo(server.mqtt, 1100)
+        },
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    assert!(report.acked >= 1100, "the fleet published: {report:?}");
+    let stored = server.metric("sightline_readings_stored_total").await;
+    let mut held = Vec::new();
+    wait_for("1,024 unacknowledged messages", || {
+        while let Ok(p) = received.try_recv() {
+            held.push(p);
+        }
+        let n = held.len();
+        async move { n >= 1024 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(p) = received.try_recv() {
+        held.push(p);
+    }
+    assert_eq!(held.len(), 1024, "no more than 1,024 in flight");
+    // Acknowledged, the rest follows: nothing was dropped meanwhile.
+    let count = |ps: &[rumqttc::Publish]| -> u64 {
+        ps.iter()
+            .map(|p| {
+                let v: Value = serde_json::from_slice(&p.payload).expect("JSON");
+                v["readings"].as_array().map_or(0, |r| r.len() as u64)
+            })
+            .sum()
+    };
+    let mut total = count(&held);
+    for p in &held {
+        client.ack(p).await.expect("ack");
+    }
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while total < stored {
+            let p = received.recv().await.expect("connection open");
+            total += count(std::slice::from_ref(&p));
+            client.ack(&p).await.expect("ack");
+        }
+    })
+    .await
+    .expect("every stored reading in time");
+    assert_eq!(total, stored);
+    assert_eq!(server.metric("sightline_feed_dropped_total").await, 0);
+    poller.abort();
+}

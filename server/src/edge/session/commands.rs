@@ -43,18 +43,11 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Checks a SUBSCRIBE or UNSUBSCRIBE of `filters` filters against the
-    /// subscribe rate and the filters-per-packet limit. Either is abuse, not
-    /// a mistake a device makes in the field (a device needs at most a few
-    /// filters, once per connection), so it closes the connection.
+    /// Checks a SUBSCRIBE or UNSUBSCRIBE of `filters` filters; see
+    /// [`super::subscribe_allowed`].
     pub(super) fn subscribe_allowed(&mut self, filters: usize) -> Result<(), End> {
-        if !self.subscribe_bucket.take(Instant::now()) {
-            return Err(End::SubscribeFlood);
-        }
-        if filters > self.edge.settings.max_filters_per_subscribe {
-            return Err(End::TooManyFilters);
-        }
-        Ok(())
+        let max = self.edge.settings.max_filters_per_subscribe;
+        super::subscribe_allowed(&mut self.subscribe_bucket, max, filters)
     }
 
     pub(super) async fn subscribe(&mut self, pkid: u16, filters: &[(String, QoS)]) {
@@ -268,13 +261,7 @@ impl Session<'_> {
 
     /// A packet id for a QoS 1 command, unused among those in flight.
     pub(super) fn next_pkid(&mut self) -> Option<u16> {
-        for _ in 0..u16::MAX {
-            self.last_pkid = self.last_pkid.wrapping_add(1).max(1);
-            if !self.in_flight.contains_key(&self.last_pkid) {
-                return Some(self.last_pkid);
-            }
-        }
-        None
+        super::free_pkid(&mut self.last_pkid, &self.in_flight)
     }
 
     /// The device's router link, made on first use.

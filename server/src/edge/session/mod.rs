@@ -386,13 +386,7 @@ impl Session<'_> {
             if self.flush(wr).await.is_err() {
                 return End::WriteStalled;
             }
-            if inbuf.is_empty() && inbuf.capacity() > 4 * READ_CHUNK {
-                // A large packet grew the buffer; an idle connection must
-                // not keep it.
-                inbuf = BytesMut::with_capacity(READ_CHUNK);
-            } else if inbuf.capacity() - inbuf.len() < READ_CHUNK / 2 {
-                inbuf.reserve(READ_CHUNK);
-            }
+            tend(&mut inbuf);
             let expiry = last_heard + self.keep_alive;
             let unfinished = packet_began.map(|began| began + packet_timeout);
             tokio::select! {
@@ -704,6 +698,43 @@ async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> std
     let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
     out.clear();
     result.unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut)))
+}
+
+/// Readies the read buffer for the next read: a buffer that a large packet
+/// grew is let go once empty, so an idle connection does not keep it, and
+/// one nearly full gets room for another chunk.
+fn tend(inbuf: &mut BytesMut) {
+    if inbuf.is_empty() && inbuf.capacity() > 4 * READ_CHUNK {
+        *inbuf = BytesMut::with_capacity(READ_CHUNK);
+    } else if inbuf.capacity() - inbuf.len() < READ_CHUNK / 2 {
+        inbuf.reserve(READ_CHUNK);
+    }
+}
+
+/// A packet id for a QoS 1 message, after `last` and unused among those
+/// `in_flight`; `None` if all are in use.
+fn free_pkid<V>(last: &mut u16, in_flight: &HashMap<u16, V>) -> Option<u16> {
+    for _ in 0..u16::MAX {
+        *last = last.wrapping_add(1).max(1);
+        if !in_flight.contains_key(last) {
+            return Some(*last);
+        }
+    }
+    None
+}
+
+/// Checks a SUBSCRIBE or UNSUBSCRIBE of `filters` filters against the
+/// subscribe rate and the filters-per-packet limit. Either is abuse, not a
+/// mistake a client makes in the field (it needs at most a few filters,
+/// once per connection), so it closes the connection.
+fn subscribe_allowed(bucket: &mut Bucket, max_filters: usize, filters: usize) -> Result<(), End> {
+    if !bucket.take(Instant::now()) {
+        return Err(End::SubscribeFlood);
+    }
+    if filters > max_filters {
+        return Err(End::TooManyFilters);
+    }
+    Ok(())
 }
 
 /// Logs a topic refusal at a bounded rate.

@@ -19,7 +19,7 @@ use super::end::End;
 use super::{log_denied, sleep_until};
 use crate::acl;
 use crate::edge::codec::{ConnectCode, ConnectInfo, Inbound, Outbound, ReadError, Version};
-use crate::edge::login::{keep_alive, keep_alive_limit, READ_CHUNK};
+use crate::edge::login::{keep_alive, keep_alive_limit};
 use crate::edge::rate::Bucket;
 use crate::edge::Edge;
 use crate::feed::FeedMessage;
@@ -222,11 +222,7 @@ impl Service<'_> {
             if self.flush(wr).await.is_err() {
                 return End::WriteStalled;
             }
-            if inbuf.is_empty() && inbuf.capacity() > 4 * READ_CHUNK {
-                inbuf = BytesMut::with_capacity(READ_CHUNK);
-            } else if inbuf.capacity() - inbuf.len() < READ_CHUNK / 2 {
-                inbuf.reserve(READ_CHUNK);
-            }
+            super::tend(&mut inbuf);
             let expiry = last_heard + keep_alive;
             let unfinished = packet_began.map(|began| began + packet_timeout);
             let room = self.in_flight.len() < MAX_IN_FLIGHT;
@@ -386,13 +382,8 @@ impl Service<'_> {
 
     /// The subscribe rate and the filters-per-packet limit, as for devices.
     fn allowed(&mut self, filters: usize) -> Result<(), End> {
-        if !self.subscribe_bucket.take(Instant::now()) {
-            return Err(End::SubscribeFlood);
-        }
-        if filters > self.edge.settings.max_filters_per_subscribe {
-            return Err(End::TooManyFilters);
-        }
-        Ok(())
+        let max = self.edge.settings.max_filters_per_subscribe;
+        super::subscribe_allowed(&mut self.subscribe_bucket, max, filters)
     }
 
     /// Grants `filter` if the account's grants cover it; the feed goes out
@@ -454,13 +445,7 @@ impl Service<'_> {
     }
 
     fn next_pkid(&mut self) -> Option<u16> {
-        for _ in 0..u16::MAX {
-            self.last_pkid = self.last_pkid.wrapping_add(1).max(1);
-            if !self.in_flight.contains_key(&self.last_pkid) {
-                return Some(self.last_pkid);
-            }
-        }
-        None
+        super::free_pkid(&mut self.last_pkid, &self.in_flight)
     }
 
     fn say(&mut self, packet: Outbound) {
