@@ -44,6 +44,9 @@ pub struct ConnectInfo {
     /// MQTT 5's session expiry interval, in seconds; `None` when absent
     /// (and always in 3.1.1, where the clean session flag says it all).
     pub session_expiry: Option<u32>,
+    /// MQTT 5's Receive Maximum: how many QoS 1 and 2 messages the client
+    /// takes unacknowledged at once; `None` when absent (65,535).
+    pub receive_max: Option<u16>,
 }
 
 /// A packet from a device.
@@ -270,6 +273,7 @@ fn from_v4(packet: v4::Packet) -> Inbound {
                 .unwrap_or_default(),
             password: c.login.map(|l| l.password).filter(|p| !p.is_empty()),
             session_expiry: None,
+            receive_max: None,
         }),
         v4::Packet::Publish(p) => Inbound::Publish {
             topic: p.topic,
@@ -321,7 +325,11 @@ fn from_v5(packet: v5::Packet) -> Result<Inbound, ReadError> {
                 .map(|l| l.username.clone())
                 .unwrap_or_default(),
             password: login.map(|l| l.password).filter(|p| !p.is_empty()),
-            session_expiry: c.properties.and_then(|p| p.session_expiry_interval),
+            session_expiry: c
+                .properties
+                .as_ref()
+                .and_then(|p| p.session_expiry_interval),
+            receive_max: c.properties.as_ref().and_then(|p| p.receive_maximum),
         }),
         v5::Packet::Publish(p) => {
             // The edge advertises no topic aliases, so a publish must name

@@ -628,3 +628,63 @@ async fn a_subscriber_that_stops_acknowledging_holds_at_most_1024_messages_in_fl
     assert_eq!(server.metric("sightline_feed_dropped_total").await, 0);
     poller.abort();
 }
+
+#[tokio::test]
+async fn an_mqtt5_subscriber_gets_no_more_unacknowledged_than_its_receive_maximum() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let scratch = Scratch::new();
+    let server = TestServer::start(common::test_config(&scratch.sqlite_url())).await;
+    let secret = service_account(&server, "small", &["sensor/#"]).await;
+    let mut options = MqttOptions::new("small-1", "127.0.0.1", server.mqtt.port());
+    options.set_credentials("small", secret);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_manual_acks(true);
+    options.set_receive_maximum(Some(10));
+    let (client, mut events) = AsyncClient::new(options, 100);
+    client
+        .subscribe("sensor/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let (tx, mut received) = mpsc::unbounded_channel();
+    let poller = tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                let _ = tx.send(p);
+            }
+        }
+    });
+    wait_subscriptions(&server, 1).await;
+    // One message per device: 30 of them.
+    for n in 0..30 {
+        let device = server.device(&format!("rm-{n}")).await;
+        device
+            .publish(&format!("sensor/rm-{n}"), r#"{"v":1}"#)
+            .await;
+        device.disconnect().await;
+    }
+    wait_for("30 readings stored", || async {
+        server.metric("sightline_readings_stored_total").await == 30
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut held = Vec::new();
+    while let Ok(p) = received.try_recv() {
+        held.push(p);
+    }
+    assert_eq!(held.len(), 10, "the client's Receive Maximum");
+    let mut got = held.len();
+    for p in &held {
+        client.ack(p).await.expect("ack");
+    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while got < 30 {
+            let p = received.recv().await.expect("connection open");
+            got += 1;
+            client.ack(&p).await.expect("ack");
+        }
+    })
+    .await
+    .expect("the rest after acknowledging");
+    poller.abort();
+}

@@ -276,6 +276,7 @@ mod tests {
             user: String::new(),
             password: None,
             session_expiry,
+            receive_max: None,
         }
     }
 

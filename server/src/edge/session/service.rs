@@ -63,6 +63,9 @@ struct Service<'a> {
     /// the QoS granted.
     subscribed: HashMap<String, QoS>,
     in_flight: HashMap<u16, ()>,
+    /// At most this many QoS 1 messages unacknowledged: [`MAX_IN_FLIGHT`],
+    /// or fewer if an MQTT 5 client's Receive Maximum says so.
+    max_in_flight: usize,
     last_pkid: u16,
     subscribe_bucket: Bucket,
     /// Commands published, at `--max-publish-rate` as a device's readings.
@@ -131,6 +134,9 @@ pub(super) async fn run<R, W>(
         out: BytesMut::new(),
         subscribed: HashMap::new(),
         in_flight: HashMap::new(),
+        max_in_flight: connect
+            .receive_max
+            .map_or(MAX_IN_FLIGHT, |m| MAX_IN_FLIGHT.min(usize::from(m.max(1)))),
         last_pkid: 0,
         subscribe_bucket: Bucket::new(edge.settings.max_subscribe_rate),
         publish_bucket: Bucket::new(edge.settings.max_publish_rate),
@@ -225,7 +231,7 @@ impl Service<'_> {
             super::tend(&mut inbuf);
             let expiry = last_heard + keep_alive;
             let unfinished = packet_began.map(|began| began + packet_timeout);
-            let room = self.in_flight.len() < MAX_IN_FLIGHT;
+            let room = self.in_flight.len() < self.max_in_flight;
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return End::Shutdown,
@@ -238,7 +244,7 @@ impl Service<'_> {
                     self.send(message);
                     // Take what else is queued, up to the in-flight limit,
                     // so that one write carries many messages.
-                    while self.in_flight.len() < MAX_IN_FLIGHT && self.out.len() < 64 * 1024 {
+                    while self.in_flight.len() < self.max_in_flight && self.out.len() < 64 * 1024 {
                         match feed.try_recv() {
                             Ok(message) => self.send(message),
                             Err(_) => break,
