@@ -1,8 +1,8 @@
 //! Persistent MQTT sessions: for each (device, client id) that connected
 //! without a clean session, what MQTT says survives the connection: its
 //! subscriptions, the commands sent to it and not acknowledged, and the
-//! packet ids of the publishes it sent whose acknowledgement it may not
-//! have received. A row lives until the session expires; each device holds
+//! packet ids (and fingerprints) of the publishes it sent whose
+//! acknowledgement it may not have received. A row lives until the session expires; each device holds
 //! at most a few, and they go with their device.
 
 use sea_orm_migration::prelude::*;
@@ -22,6 +22,7 @@ enum MqttSession {
     Table,
     DeviceId,
     ClientId,
+    Owner,
     ExpirySecs,
     EndedAt,
     Subscriptions,
@@ -39,6 +40,9 @@ impl MigrationTrait for Migration {
                     .if_not_exists()
                     .col(big_integer(MqttSession::DeviceId))
                     .col(string(MqttSession::ClientId))
+                    // The connection that holds the row now: only it may
+                    // write the row's state.
+                    .col(big_integer(MqttSession::Owner))
                     .col(big_integer(MqttSession::ExpirySecs))
                     .col(big_integer_null(MqttSession::EndedAt))
                     .col(text(MqttSession::Subscriptions))

@@ -433,6 +433,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Serv
             redelivery_window: config.redelivery_window,
             max_feed_queue: config.max_feed_queue,
             max_session_expiry: u32::try_from(config.max_session_expiry_secs).unwrap_or(u32::MAX),
+            max_session_queue: config.max_session_queue,
             // The demo's simulated devices have no secrets.
             open_registration: config.open_registration || config.demo,
         },

@@ -145,6 +145,16 @@ impl Machine {
     /// persistent from now on.
     pub fn unsubscribed(&mut self, device: &str, session: u64, now: i64, keep: bool) -> Effects {
         let mut fx = Effects::default();
+        // What a persistent session was sent waits for it even while other
+        // sessions of the device remain: if they end too, it is kept.
+        if keep {
+            for c in self.active.values_mut() {
+                if c.device == device && c.state == CommandState::Sent && !c.persistent {
+                    c.persistent = true;
+                    fx.changes.push(c.clone());
+                }
+            }
+        }
         let Some(sessions) = self.routes.get_mut(device) else {
             return fx;
         };

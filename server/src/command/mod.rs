@@ -239,10 +239,9 @@ impl Commands {
             .map_err(|e| refused(e.into()))?;
         // A device whose persistent MQTT session subscribed to its
         // commands gets them when it comes back, as MQTT keeps messages
-        // for such a session: the command waits as a persistent one.
-        let held = self.lock().holds(device);
+        // for such a session: the command is persistent, stored before it
+        // is sent, so that it survives even a crash while it is in flight.
         if !command.persistent
-            && !held
             && self
                 .store
                 .session_keeps_commands(device, self.clock.now_ms())

@@ -102,6 +102,8 @@ pub struct EdgeSettings {
     pub max_feed_queue: usize,
     /// The longest a persistent session is kept after its connection.
     pub max_session_expiry: u32,
+    /// Unacknowledged commands a persistent session stores, at most.
+    pub max_session_queue: usize,
     /// Lets devices without a secret connect under the name they give,
     /// registering them on their first reading. Only for demos and trials.
     pub open_registration: bool,

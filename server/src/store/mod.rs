@@ -501,15 +501,25 @@ impl Store {
         sessions::take(&self.db, device, client_id, now, resume).await
     }
 
-    /// Marks a persistent MQTT session connected; see [`sessions::open`].
+    /// Marks a persistent MQTT session connected and held by `owner`; see
+    /// [`sessions::open`].
     pub async fn open_session(
         &self,
         device: &str,
         client_id: &str,
-        expiry_secs: u32,
+        expiry_and_owner: (u32, i64),
+        resumed: bool,
         max_per_device: usize,
     ) -> Result<usize, StoreError> {
-        sessions::open(&self.db, device, client_id, expiry_secs, max_per_device).await
+        sessions::open(
+            &self.db,
+            device,
+            client_id,
+            expiry_and_owner,
+            resumed,
+            max_per_device,
+        )
+        .await
     }
 
     /// Writes a persistent MQTT session's state; see [`sessions::save`].
@@ -518,14 +528,20 @@ impl Store {
         device: &str,
         client_id: &str,
         state: &sessions::SessionState,
+        owner: Option<i64>,
         ended_at: Option<i64>,
     ) -> Result<(), StoreError> {
-        sessions::save(&self.db, device, client_id, state, ended_at).await
+        sessions::save(&self.db, device, client_id, state, owner, ended_at).await
     }
 
-    /// Forgets an MQTT session.
-    pub async fn discard_session(&self, device: &str, client_id: &str) -> Result<(), StoreError> {
-        sessions::discard(&self.db, device, client_id).await
+    /// Forgets an MQTT session (if `owner` still holds it, when given).
+    pub async fn discard_session(
+        &self,
+        device: &str,
+        client_id: &str,
+        owner: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sessions::discard(&self.db, device, client_id, owner).await
     }
 
     /// Whether a persistent MQTT session of `device` keeps its commands;

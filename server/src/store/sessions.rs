@@ -16,10 +16,11 @@ pub struct SessionState {
     /// Commands sent at QoS 1 and not acknowledged: packet id and command
     /// id, so that they go out again under the same packet id, flagged DUP.
     pub in_flight: Vec<(u16, String)>,
-    /// Packet ids of the newest QoS 1 and 2 publishes the device sent, whose
-    /// acknowledgement it may not have received: the same id again with DUP
-    /// set is a retransmission, acknowledged and not stored twice.
-    pub received: Vec<u16>,
+    /// Packet ids of the newest QoS 1 and 2 publishes the device sent and
+    /// whose readings are committed, each with the message's fingerprint:
+    /// the same message under the same id again, with DUP set, is a
+    /// retransmission, acknowledged and not stored twice.
+    pub received: Vec<(u16, u64)>,
 }
 
 #[derive(Debug, FromQueryResult)]
@@ -90,7 +91,7 @@ pub async fn take(
         return Ok(None);
     };
     if !(resume && found.alive) {
-        discard(db, device, client_id).await?;
+        discard(db, device, client_id, None).await?;
         return Ok(None);
     }
     let row = Row {
@@ -101,16 +102,18 @@ pub async fn take(
     Ok(Some(row.into_state()))
 }
 
-/// Marks the session of `client_id` of `device` connected, to be kept for
-/// `expiry_secs` after it ends; a new one starts empty. A device keeps at
-/// most `max_per_device` sessions: beyond that its longest-ended ones are
-/// dropped, so a device that invents client ids cannot fill the table.
-/// Returns how many were dropped.
+/// Marks the session of `client_id` of `device` connected and held by
+/// `owner`, to be kept for `expiry_secs` after it ends; unless `resumed`,
+/// it starts empty. A device keeps at most `max_per_device` sessions:
+/// beyond that its longest-ended ones are dropped, so a device that
+/// invents client ids cannot fill the table. Returns how many were
+/// dropped.
 pub async fn open(
     db: &DatabaseConnection,
     device: &str,
     client_id: &str,
-    expiry_secs: u32,
+    (expiry_secs, owner): (u32, i64),
+    resumed: bool,
     max_per_device: usize,
 ) -> Result<usize, StoreError> {
     let backend = db.get_database_backend();
@@ -138,20 +141,29 @@ pub async fn open(
             .iter()
             .take((stored + 1).saturating_sub(max_per_device.max(1)))
         {
-            discard(db, device, &old.client_id).await?;
+            discard(db, device, &old.client_id, None).await?;
             dropped += 1;
         }
     }
+    // A session not resumed starts empty even if a row was left (its read
+    // failed, or it raced this one).
+    let reset = if resumed {
+        ""
+    } else {
+        ", subscriptions = '[]', in_flight = '[]', received = '[]'"
+    };
+    let p: Vec<String> = (1..=4).map(|n| placeholder(backend, n)).collect();
     let sql = format!(
-        "INSERT INTO mqtt_session (device_id, client_id, expiry_secs, ended_at, subscriptions, \
-         in_flight, received) \
-         SELECT d.id, {}, {}, NULL, '[]', '[]', '[]' FROM device d WHERE d.name = {} \
-         ON CONFLICT (device_id, client_id) DO UPDATE SET expiry_secs = excluded.expiry_secs, \
-         ended_at = NULL",
-        p[0], p[1], p[2]
+        "INSERT INTO mqtt_session (device_id, client_id, owner, expiry_secs, ended_at, \
+         subscriptions, in_flight, received) \
+         SELECT d.id, {}, {}, {}, NULL, '[]', '[]', '[]' FROM device d WHERE d.name = {} \
+         ON CONFLICT (device_id, client_id) DO UPDATE SET owner = excluded.owner, \
+         expiry_secs = excluded.expiry_secs, ended_at = NULL{reset}",
+        p[0], p[1], p[2], p[3]
     );
     let values: Vec<Value> = vec![
         client_id.into(),
+        owner.into(),
         i64::from(expiry_secs).into(),
         device.into(),
     ];
@@ -160,21 +172,24 @@ pub async fn open(
     Ok(dropped)
 }
 
-/// Writes what the session holds now; with `ended_at`, the session's
-/// connection ended then, and its expiry counts from there.
+/// Writes what the session holds now, if `owner` still holds it (any
+/// holder when `None`); with `ended_at`, the session's connection ended
+/// then, and its expiry counts from there.
 pub async fn save(
     db: &DatabaseConnection,
     device: &str,
     client_id: &str,
     state: &SessionState,
+    owner: Option<i64>,
     ended_at: Option<i64>,
 ) -> Result<(), StoreError> {
     let backend = db.get_database_backend();
-    let p: Vec<String> = (1..=6).map(|n| placeholder(backend, n)).collect();
+    let p: Vec<String> = (1..=7).map(|n| placeholder(backend, n)).collect();
     let sql = format!(
         "UPDATE mqtt_session SET subscriptions = {}, in_flight = {}, received = {}, ended_at = {} \
-         WHERE client_id = {} AND device_id IN (SELECT id FROM device WHERE name = {})",
-        p[0], p[1], p[2], p[3], p[4], p[5]
+         WHERE client_id = {} AND device_id IN (SELECT id FROM device WHERE name = {}) \
+         AND owner = COALESCE({}, owner)",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6]
     );
     let json = |v: serde_json::Result<String>| v.unwrap_or_else(|_| "[]".to_owned());
     let values: Vec<Value> = vec![
@@ -184,27 +199,30 @@ pub async fn save(
         ended_at.into(),
         client_id.into(),
         device.into(),
+        owner.into(),
     ];
     db.execute_raw(Statement::from_sql_and_values(backend, sql, values))
         .await?;
     Ok(())
 }
 
-/// Forgets the session of `client_id` of `device`: it connected with a
-/// clean session, or ended with no expiry.
+/// Forgets the session of `client_id` of `device` (if `owner` still holds
+/// it, when given): it connected with a clean session, expired, or was
+/// resumed by a connection that does not keep it.
 pub async fn discard(
     db: &DatabaseConnection,
     device: &str,
     client_id: &str,
+    owner: Option<i64>,
 ) -> Result<(), StoreError> {
     let backend = db.get_database_backend();
+    let p: Vec<String> = (1..=3).map(|n| placeholder(backend, n)).collect();
     let sql = format!(
         "DELETE FROM mqtt_session WHERE client_id = {} \
-         AND device_id IN (SELECT id FROM device WHERE name = {})",
-        placeholder(backend, 1),
-        placeholder(backend, 2)
+         AND device_id IN (SELECT id FROM device WHERE name = {}) AND owner = COALESCE({}, owner)",
+        p[0], p[1], p[2]
     );
-    let values: Vec<Value> = vec![client_id.into(), device.into()];
+    let values: Vec<Value> = vec![client_id.into(), device.into(), owner.into()];
     db.execute_raw(Statement::from_sql_and_values(backend, sql, values))
         .await?;
     Ok(())

@@ -453,12 +453,27 @@ async fn a_service_account_granted_commands_sends_tracked_ones_and_nothing_else(
 
     // The device listens for its commands.
     let mut device = Sub::start(&server, "Pump1", &device_secret, "pump1", "command/Pump1");
-    wait_for("the device to connect", || async {
-        server.metric("sightline_devices_connected").await == 1
+    // Probes from the API until one is sent, which means the device has
+    // subscribed; its copies are read and set aside.
+    wait_for("the device to subscribe to its commands", || async {
+        let response = server
+            .client()
+            .post(server.url("/api/devices/Pump1/commands"))
+            .json(&json!({"name": "probe", "two_way": false}))
+            .send()
+            .await
+            .expect("request");
+        let body: Value = response.json().await.expect("json");
+        body["state"] == "sent" || body["state"] == "delivered"
     })
     .await;
-    // Its SUBSCRIBE follows the CONNACK at once.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut probes = Vec::new();
+    wait_for("the probe to arrive", || {
+        probes.extend(device.drain());
+        let arrived = !probes.is_empty();
+        async move { arrived }
+    })
+    .await;
     let (ok, err) = publish_as(
         &server,
         "nodered",

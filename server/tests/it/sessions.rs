@@ -60,6 +60,15 @@ async fn until_state(server: &TestServer, id: &str, state: CommandState) {
     .await;
 }
 
+/// Waits until no device is connected: a client that just left has been
+/// seen to go, and its session has ended.
+async fn all_gone(server: &TestServer) {
+    wait_for("every device to be gone", || async {
+        server.metric("sightline_devices_connected").await == 0
+    })
+    .await;
+}
+
 /// Runs `mosquitto_sub` as `device` with a persistent session (`-c`) on
 /// its commands at QoS 1, with `extra` arguments; returns its output.
 async fn mosquitto_sub(broker: SocketAddr, device: &str, secret: &str, extra: &[&str]) -> String {
@@ -96,6 +105,7 @@ async fn mosquitto_sub_with_a_persistent_session_gets_every_command_sent_while_a
     // subscribed).
     let first = mosquitto_sub(server.mqtt, "Valve1", &secret, &["-E"]).await;
     assert_eq!(first, "");
+    all_gone(&server).await;
 
     // Plain commands to the device while it is away wait for it, as MQTT
     // keeps messages for a persistent session's subscriptions.
@@ -131,6 +141,7 @@ async fn mosquitto_sub_with_a_persistent_session_gets_every_command_sent_while_a
         .await
         .expect("mosquitto_sub runs");
     assert!(clean.status.success());
+    all_gone(&server).await;
     let (status, body) = post(&server, "Valve1", 9).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["state"], "failed", "{body}");
@@ -228,8 +239,29 @@ async fn an_mqtt5_session_resumes_after_a_restart_and_redelivers_with_dup() {
         .subscribe("command/Pump2/#", QoS5::AtLeastOnce)
         .await
         .expect("subscribe");
-    // A command sent while subscribed arrives; the device loses power
-    // before acknowledging it.
+    // A command sent while subscribed arrives and is acknowledged, so the
+    // next one goes out under packet id 2; the device loses power before
+    // acknowledging that one.
+    let mut warm_up = None;
+    for attempt in 0.. {
+        let c = send(&server, "Pump2", 0).await;
+        if c.state == CommandState::Sent {
+            warm_up = Some(c);
+            break;
+        }
+        // The SUBACK may not have been handled yet.
+        assert!(attempt < 50, "never subscribed: {c:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let warm_up = warm_up.expect("sent");
+    let acked = loop {
+        let p = device.next().await;
+        if command_id(&p) == warm_up.id {
+            break p;
+        }
+    };
+    device.client.ack(&acked).await.expect("ack");
+    until_state(&server, &warm_up.id, CommandState::Delivered).await;
     let mut first = None;
     for attempt in 0.. {
         let c = send(&server, "Pump2", 1).await;
@@ -250,6 +282,7 @@ async fn an_mqtt5_session_resumes_after_a_restart_and_redelivers_with_dup() {
     };
     assert!(!got.dup);
     let first_pkid = got.pkid;
+    assert_ne!(first_pkid, 1, "a fresh connection's first id would be 1");
     device.vanish();
     until_state(&server, &first.id, CommandState::Queued).await;
     // Another arrives while it is away.
@@ -357,9 +390,10 @@ async fn a_publish_sent_again_after_a_lost_puback_is_stored_once() {
         Packet::PubAck(a) => assert_eq!(a.pkid, 7),
         other => panic!("expected PUBACK, got {other:?}"),
     }
-    // The same id without DUP is a new message: the device had its
-    // acknowledgement and used the id again.
-    write_packet(&mut socket, reading(7, false, 2)).await;
+    // The same id with DUP for another message is not that one sent again
+    // (the device had its acknowledgement, used the id again, and lost
+    // this one): it is stored.
+    write_packet(&mut socket, reading(7, true, 2)).await;
     match read_packet(&mut socket).await {
         Packet::PubAck(a) => assert_eq!(a.pkid, 7),
         other => panic!("expected PUBACK, got {other:?}"),
@@ -369,6 +403,23 @@ async fn a_publish_sent_again_after_a_lost_puback_is_stored_once() {
         common::stored_values_with_repeats(&url, "Meter3", "kwh").await == [1, 2]
     })
     .await;
+    // After a restart the session still knows the ids it took.
+    all_gone(&server).await;
+    server.stop().await.expect("clean stop");
+    let server = TestServer::start(config(&scratch)).await;
+    let (mut socket, present) = raw_connect(server.mqtt, "Meter3", "m3", &secret, false).await;
+    assert!(present);
+    write_packet(&mut socket, reading(7, true, 2)).await;
+    match read_packet(&mut socket).await {
+        Packet::PubAck(a) => assert_eq!(a.pkid, 7),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        common::stored_values_with_repeats(&url, "Meter3", "kwh").await,
+        [1, 2]
+    );
     assert_eq!(server.metric("sightline_edge_duplicates_total").await, 1);
 
     // A clean session forgets it all: the next one starts empty.
@@ -396,7 +447,7 @@ async fn stored_sessions_and_the_commands_they_keep_are_bounded() {
         assert!(!present);
         drop(socket);
         // Each ends (stores its end time) before the next starts.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        all_gone(&server).await;
     }
     assert_eq!(
         server.metric("sightline_edge_sessions_dropped_total").await,
@@ -405,11 +456,13 @@ async fn stored_sessions_and_the_commands_they_keep_are_bounded() {
     let (socket, present) = raw_connect(server.mqtt, "Lamp4", "a", &secret, false).await;
     assert!(!present, "the oldest session was dropped");
     drop(socket);
+    all_gone(&server).await;
 
     // A persistent session subscribed to commands keeps at most
     // --max-session-queue of them for the device; more are refused.
     let out = mosquitto_sub(server.mqtt, "Lamp4", &secret, &["-E"]).await;
     assert_eq!(out, "");
+    all_gone(&server).await;
     for n in 0..2 {
         assert_eq!(send(&server, "Lamp4", n).await.state, CommandState::Queued);
     }
@@ -441,7 +494,10 @@ async fn the_session_store_works_on_both_databases() {
         store.add_device("Fan5", 1).await.expect("add");
         let now = 1_000_000;
         assert_eq!(
-            store.open_session("Fan5", "x", 60, 2).await.expect("open"),
+            store
+                .open_session("Fan5", "x", (60, 1), false, 2)
+                .await
+                .expect("open"),
             0
         );
         assert!(!store
@@ -451,10 +507,16 @@ async fn the_session_store_works_on_both_databases() {
         let state = SessionState {
             subscriptions: vec![("command/Fan5/#".into(), 1)],
             in_flight: vec![(3, "c1".into())],
-            received: vec![7, 9],
+            received: vec![(7, 70), (9, u64::MAX)],
         };
+        // Only the connection that holds the row may write it: a late save
+        // by one that was replaced changes nothing.
         store
-            .save_session("Fan5", "x", &state, Some(now))
+            .save_session("Fan5", "x", &state, Some(1), Some(now))
+            .await
+            .expect("save");
+        store
+            .save_session("Fan5", "x", &SessionState::default(), Some(2), Some(now))
             .await
             .expect("save");
         assert!(store
@@ -479,9 +541,12 @@ async fn the_session_store_works_on_both_databases() {
             None
         );
         // An expired one is not resumed, and goes.
-        store.open_session("Fan5", "y", 1, 2).await.expect("open");
         store
-            .save_session("Fan5", "y", &state, Some(now))
+            .open_session("Fan5", "y", (1, 3), false, 2)
+            .await
+            .expect("open");
+        store
+            .save_session("Fan5", "y", &state, None, Some(now))
             .await
             .expect("save");
         assert_eq!(
@@ -493,10 +558,13 @@ async fn the_session_store_works_on_both_databases() {
         );
         // At most two per device: the longest-ended goes.
         for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
-            store.open_session("Fan5", id, 60, 2).await.expect("open");
+            store
+                .open_session("Fan5", id, (60, 4), false, 2)
+                .await
+                .expect("open");
             let ended = Some(now + i as i64);
             store
-                .save_session("Fan5", id, &SessionState::default(), ended)
+                .save_session("Fan5", id, &SessionState::default(), Some(4), ended)
                 .await
                 .expect("save");
         }

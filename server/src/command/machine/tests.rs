@@ -125,6 +125,16 @@ fn a_persistent_session_keeps_what_it_was_sent() {
         (4, Subscribe(2, NATIVE), Some(Sent), 1),
         (5, Ack, Some(Delivered), 0),
     ]);
+    // A persistent session that ends while a clean one stays keeps the
+    // command for itself: when the clean one ends too, it waits.
+    check(&[
+        (0, Subscribe(1, NATIVE), None, 0),
+        (0, Subscribe(2, NATIVE), None, 0),
+        (1, send(false, false), Some(Sent), 1),
+        (2, GoneKept(1), Some(Sent), 0),
+        (3, Gone(2), Some(Queued), 0),
+        (4, Subscribe(3, NATIVE), Some(Sent), 1),
+    ]);
     // Without the session it fails, as before.
     check(&[
         (0, Subscribe(1, NATIVE), None, 0),

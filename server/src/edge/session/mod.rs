@@ -401,8 +401,10 @@ impl Session<'_> {
                 () = replaced.cancelled() => return self.cut_off(),
                 Some(pkid) = committed.recv() => {
                     self.acks.committed(pkid);
+                    self.committed(pkid);
                     while let Ok(pkid) = committed.try_recv() {
                         self.acks.committed(pkid);
+                        self.committed(pkid);
                     }
                     self.release_acks();
                 }
@@ -441,7 +443,7 @@ impl Session<'_> {
                 if let Some(answer) = answer {
                     self.answer(&answer, correlation.as_deref(), &payload, qos, pkid)
                         .await
-                } else if dup && qos != QoS::AtMostOnce && self.persist.received.contains(pkid) {
+                } else if dup && self.sent_before(&topic, &payload, qos, pkid) {
                     self.duplicate(qos, pkid);
                     Ok(())
                 } else {
@@ -449,6 +451,9 @@ impl Session<'_> {
                 }
             }
             Inbound::PubRel(pkid) => {
+                // The device has its PUBREC: the id is free for a new
+                // message from now on.
+                self.persist.received.remove(pkid);
                 self.say(Outbound::PubComp(pkid));
                 Ok(())
             }
@@ -554,13 +559,26 @@ impl Session<'_> {
             self.acks.at_once(pkid, exactly_once, false);
         } else {
             self.acks.after_commit(pkid, exactly_once);
-            // Queued, so stored even if this connection dies before its
-            // acknowledgement leaves: the same packet id sent again is
-            // recognised.
-            self.persist.received.push(pkid);
+            // Once committed, the same message sent again under this id is
+            // recognised, even on the device's next connection.
+            let print = persist::fingerprint(topic, payload, qos);
+            self.persist.pending.insert(pkid, print);
         }
         self.release_acks();
         Ok(())
+    }
+
+    /// Whether a publish flagged DUP is one whose readings are already
+    /// committed: the same message, under the same packet id, on a topic
+    /// the device may publish to.
+    fn sent_before(&self, topic: &str, payload: &[u8], qos: QoS, pkid: u16) -> bool {
+        qos != QoS::AtMostOnce
+            && !self.device.is_empty()
+            && acl::publish(&self.device, topic).is_some()
+            && self
+                .persist
+                .received
+                .contains(pkid, persist::fingerprint(topic, payload, qos))
     }
 
     /// A QoS 1 or 2 publish sent again under a packet id whose readings
@@ -585,7 +603,10 @@ impl Session<'_> {
         let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
         while self.acks.waiting() {
             match tokio::time::timeout_at(deadline, committed.recv()).await {
-                Ok(Some(pkid)) => self.acks.committed(pkid),
+                Ok(Some(pkid)) => {
+                    self.acks.committed(pkid);
+                    self.committed(pkid);
+                }
                 _ => break,
             }
         }

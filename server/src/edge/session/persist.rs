@@ -5,7 +5,7 @@
 //! subscriptions in place, its commands waiting, and its retransmitted
 //! publishes recognised.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use rumqttc::mqttbytes::QoS;
@@ -21,13 +21,41 @@ use crate::store::sessions::SessionState;
 pub(super) struct Persistence {
     /// Seconds the session is kept after the connection ends; 0: not kept.
     pub(super) keep_secs: u32,
-    /// Whether a stored row belongs to this session.
-    stored: bool,
     /// Commands the last connection was sent and did not acknowledge, by
     /// command id: each goes out again under its packet id, flagged DUP.
     pub(super) redeliver: HashMap<String, u16>,
-    /// Packet ids of the newest QoS 1 and 2 publishes taken from the device.
+    /// Packet ids (with each message's fingerprint) of the newest QoS 1
+    /// and 2 publishes whose readings are committed.
     pub(super) received: Recent,
+    /// Those queued and not yet committed, by packet id: they join
+    /// `received` once committed, so a message that was never stored is
+    /// never taken for a duplicate.
+    pub(super) pending: HashMap<u16, u64>,
+    /// Identifies this connection's hold on the stored row, so that a
+    /// connection that was replaced cannot overwrite its successor's.
+    owner: i64,
+    /// The subscriptions last stored, so an unchanged set is not written
+    /// again.
+    saved: Option<Vec<(String, u8)>>,
+}
+
+/// The longest client id whose session is stored; a longer one (MQTT
+/// allows 65,535 bytes) gets a session that ends with its connection.
+const MAX_STORED_CLIENT_ID: usize = 256;
+
+/// A message's fingerprint: its topic, payload and QoS, hashed (FNV-1a,
+/// stable across builds since it is stored). A packet id sent again is a
+/// retransmission only if the message is the same, since a device may use
+/// an id again once its acknowledgement arrived.
+pub(super) fn fingerprint(topic: &str, payload: &[u8], qos: QoS) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let separator = [0xff, qos as u8];
+    let bytes = topic.as_bytes().iter().chain(&separator).chain(payload);
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 /// How a CONNECT asks for its session: whether to resume a stored one, how
@@ -62,50 +90,82 @@ pub(super) fn terms(version: Version, connect: &ConnectInfo, max: u32) -> Terms 
     }
 }
 
-/// Packet ids seen most recently, at most `window` of them, so that a
-/// publish sent again can be told from a new one in constant time.
+/// Packet ids seen most recently, each with its message's fingerprint, at
+/// most `window` of them, so that a publish sent again can be told from a
+/// new one in constant time.
 #[derive(Debug, Default)]
 pub(super) struct Recent {
-    order: VecDeque<u16>,
-    ids: HashSet<u16>,
+    /// Ids in the order they were taken; an id taken again appears again,
+    /// and only its newest entry (matched by `seq`) counts.
+    order: VecDeque<(u16, u64)>,
+    ids: HashMap<u16, (u64, u64)>,
+    seq: u64,
     window: usize,
 }
 
 impl Recent {
-    pub(super) fn new(window: usize, ids: &[u16]) -> Self {
+    pub(super) fn new(window: usize, ids: &[(u16, u64)]) -> Self {
         let mut recent = Self {
             window,
             ..Self::default()
         };
-        for id in ids {
-            recent.push(*id);
+        for (id, print) in ids {
+            recent.push(*id, *print);
         }
         recent
     }
 
-    pub(super) fn contains(&self, id: u16) -> bool {
-        self.ids.contains(&id)
+    /// Whether `id` was taken for a message with fingerprint `print`.
+    pub(super) fn contains(&self, id: u16, print: u64) -> bool {
+        self.ids.get(&id).is_some_and(|(p, _)| *p == print)
     }
 
     /// Remembers `id` as the newest, forgetting the oldest beyond the
-    /// window. An id used again moves to the front.
-    pub(super) fn push(&mut self, id: u16) {
+    /// window.
+    pub(super) fn push(&mut self, id: u16, print: u64) {
         if self.window == 0 {
             return;
         }
-        if !self.ids.insert(id) {
-            self.order.retain(|x| *x != id);
+        self.seq += 1;
+        self.ids.insert(id, (print, self.seq));
+        self.order.push_back((id, self.seq));
+        self.trim();
+    }
+
+    /// Forgets `id`: a QoS 2 message's PUBREL says the client has its
+    /// acknowledgement, so the id is free for a new message.
+    pub(super) fn remove(&mut self, id: u16) {
+        self.ids.remove(&id);
+        self.trim();
+    }
+
+    /// Forgets the oldest ids beyond the window, and compacts the order
+    /// once stale entries (ids taken again, or removed) outnumber the
+    /// window, so both stay within twice the window.
+    fn trim(&mut self) {
+        if self.order.len() > 2 * self.window.max(1) {
+            let ids = &self.ids;
+            self.order
+                .retain(|(id, seq)| ids.get(id).is_some_and(|(_, s)| s == seq));
         }
-        self.order.push_back(id);
-        while self.order.len() > self.window {
-            if let Some(old) = self.order.pop_front() {
-                self.ids.remove(&old);
+        while self.ids.len() > self.window {
+            let Some((id, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.ids.get(&id).is_some_and(|(_, s)| *s == seq) {
+                self.ids.remove(&id);
             }
         }
     }
 
-    pub(super) fn to_vec(&self) -> Vec<u16> {
-        self.order.iter().copied().collect()
+    pub(super) fn to_vec(&self) -> Vec<(u16, u64)> {
+        self.order
+            .iter()
+            .filter_map(|(id, seq)| {
+                let (print, s) = self.ids.get(id)?;
+                (s == seq).then_some((*id, *print))
+            })
+            .collect()
     }
 }
 
@@ -122,7 +182,7 @@ impl Session<'_> {
         let settings = &self.edge.settings;
         let mut terms = terms(self.version, connect, settings.max_session_expiry);
         self.persist.received = Recent::new(settings.redelivery_window, &[]);
-        if self.device.is_empty() {
+        if self.device.is_empty() || self.client_id.len() > MAX_STORED_CLIENT_ID {
             let told = (terms.keep_secs > 0).then_some(0);
             return (false, told, None);
         }
@@ -133,22 +193,28 @@ impl Session<'_> {
             let _ = tokio::time::timeout(wait, before.cancelled()).await;
         }
         let store = &self.edge.store;
+        let (device, client_id) = (&self.device, &self.client_id);
         let state = match store
-            .take_session(&self.device, &self.client_id, now_ms(), terms.resume)
+            .take_session(device, client_id, now_ms(), terms.resume)
             .await
         {
             Ok(state) => state,
             Err(e) => {
-                tracing::error!(device = %self.device, "cannot read a stored session: {e}");
+                tracing::error!(%device, "cannot read a stored session: {e}");
                 None
             }
         };
         if terms.keep_secs > 0 {
+            self.persist.owner = rand::random::<i64>();
             let max = settings.max_connections_per_device;
-            match store
-                .open_session(&self.device, &self.client_id, terms.keep_secs, max)
-                .await
-            {
+            let opened = store.open_session(
+                device,
+                client_id,
+                (terms.keep_secs, self.persist.owner),
+                state.is_some(),
+                max,
+            );
+            match opened.await {
                 Ok(dropped) => {
                     let metrics = &self.edge.metrics;
                     Metrics::add(&metrics.edge.sessions_dropped, dropped as u64);
@@ -156,14 +222,19 @@ impl Session<'_> {
                 Err(e) => {
                     // Without its row the session cannot be kept; say so
                     // to an MQTT 5 client rather than pretend.
-                    tracing::error!(device = %self.device, "cannot store a session: {e}");
+                    tracing::error!(%device, "cannot store a session: {e}");
                     terms.keep_secs = 0;
                     terms.told = Some(0);
                 }
             }
         }
+        if terms.keep_secs == 0 && state.is_some() {
+            // Resumed but not to be kept: it lives in this connection now.
+            if let Err(e) = store.discard_session(device, client_id, None).await {
+                tracing::error!(%device, "cannot forget a session: {e}");
+            }
+        }
         self.persist.keep_secs = terms.keep_secs;
-        self.persist.stored = terms.keep_secs > 0 || state.is_some();
         if state.is_some() {
             Metrics::add(&self.edge.metrics.edge.sessions_resumed, 1);
         }
@@ -176,6 +247,11 @@ impl Session<'_> {
     /// the newest, and its recent packet ids.
     pub(super) async fn restore(&mut self, state: SessionState) {
         self.persist.received = Recent::new(self.edge.settings.redelivery_window, &state.received);
+        // New packet ids start past those the stored commands keep, so
+        // that nothing sent first (the desired state) takes one of them.
+        if let Some(last) = state.in_flight.iter().map(|(pkid, _)| *pkid).max() {
+            self.last_pkid = last;
+        }
         self.persist.redeliver = state
             .in_flight
             .into_iter()
@@ -200,7 +276,16 @@ impl Session<'_> {
         self.subscribed_now(&filters, &granted, false).await;
     }
 
-    /// What the session keeps now, for the store.
+    /// Notes that the readings of the publish with packet id `pkid` are
+    /// committed: the same message sent again is now a duplicate.
+    pub(super) fn committed(&mut self, pkid: u16) {
+        if let Some(print) = self.persist.pending.remove(&pkid) {
+            self.persist.received.push(pkid, print);
+        }
+    }
+
+    /// What the session keeps now, for the store: at most
+    /// `--max-session-queue` unacknowledged commands, the oldest first.
     fn state(&self) -> SessionState {
         let mut in_flight: Vec<(u16, String)> = self
             .in_flight
@@ -209,55 +294,70 @@ impl Session<'_> {
                 super::commands::InFlight::Command(id) => Some((*pkid, id.clone())),
                 super::commands::InFlight::Desired(_) => None,
             })
+            .chain(
+                self.persist
+                    .redeliver
+                    .iter()
+                    .map(|(id, pkid)| (*pkid, id.clone())),
+            )
             .collect();
         in_flight.sort_unstable();
+        in_flight.dedup_by_key(|(pkid, _)| *pkid);
+        in_flight.truncate(self.edge.settings.max_session_queue);
+        SessionState {
+            subscriptions: self.subscriptions(),
+            in_flight,
+            received: self.persist.received.to_vec(),
+        }
+    }
+
+    fn subscriptions(&self) -> Vec<(String, u8)> {
         let mut subscriptions: Vec<(String, u8)> = self
             .subscribed
             .iter()
             .map(|(filter, qos)| (filter.clone(), *qos as u8))
             .collect();
         subscriptions.sort_unstable();
-        SessionState {
-            subscriptions,
-            in_flight,
-            received: self.persist.received.to_vec(),
-        }
+        subscriptions
     }
 
-    /// Stores the subscriptions of a persistent session as they change, so
-    /// that commands wait for the device from the moment it subscribed,
+    /// Stores the subscriptions of a persistent session when they change,
+    /// so that commands wait for the device from the moment it subscribed,
     /// even if this server dies without ending the session.
-    pub(super) async fn save_session(&self) {
-        if self.persist.keep_secs == 0 || self.device.is_empty() {
+    pub(super) async fn save_session(&mut self) {
+        if self.persist.keep_secs == 0 {
+            return;
+        }
+        let subscriptions = self.subscriptions();
+        if self.persist.saved.as_ref() == Some(&subscriptions) {
             return;
         }
         let state = self.state();
-        if let Err(e) = self
-            .edge
-            .store
-            .save_session(&self.device, &self.client_id, &state, None)
+        let store = &self.edge.store;
+        let owner = Some(self.persist.owner);
+        match store
+            .save_session(&self.device, &self.client_id, &state, owner, None)
             .await
         {
-            tracing::error!(device = %self.device, "cannot store a session: {e}");
+            Ok(()) => self.persist.saved = Some(subscriptions),
+            Err(e) => tracing::error!(device = %self.device, "cannot store a session: {e}"),
         }
     }
 
-    /// Stores a persistent session as its connection ends, or forgets a
-    /// resumed one that is not to be kept.
+    /// Stores a persistent session as its connection ends, unless a newer
+    /// connection holds it by now.
     pub(super) async fn end_session(&self) {
-        if !self.persist.stored || self.device.is_empty() {
+        if self.persist.keep_secs == 0 {
             return;
         }
-        let store = &self.edge.store;
-        let result = if self.persist.keep_secs > 0 {
-            let state = self.state();
-            store
-                .save_session(&self.device, &self.client_id, &state, Some(now_ms()))
-                .await
-        } else {
-            store.discard_session(&self.device, &self.client_id).await
-        };
-        if let Err(e) = result {
+        let state = self.state();
+        let owner = Some(self.persist.owner);
+        if let Err(e) = self
+            .edge
+            .store
+            .save_session(&self.device, &self.client_id, &state, owner, Some(now_ms()))
+            .await
+        {
             tracing::error!(device = %self.device, "cannot store a session: {e}");
         }
     }
@@ -309,17 +409,36 @@ mod tests {
     }
 
     #[test]
-    fn recent_ids_are_bounded_and_reused_ids_move_up() {
-        let mut r = Recent::new(3, &[1, 2]);
-        assert!(r.contains(1) && r.contains(2) && !r.contains(3));
-        r.push(3);
-        r.push(1);
-        r.push(4);
-        // 2 was the oldest once 1 was used again.
-        assert_eq!(r.to_vec(), vec![3, 1, 4]);
-        assert!(!r.contains(2));
-        let mut off = Recent::new(0, &[1]);
-        off.push(2);
-        assert!(!off.contains(1) && !off.contains(2));
+    fn recent_ids_are_bounded_and_match_only_the_same_message() {
+        let mut r = Recent::new(3, &[(1, 10), (2, 20)]);
+        assert!(r.contains(1, 10) && r.contains(2, 20) && !r.contains(3, 30));
+        // The same id for another message is not a duplicate.
+        assert!(!r.contains(1, 11));
+        r.push(3, 30);
+        r.push(1, 11);
+        r.push(4, 40);
+        // 2 was the oldest once 1 was taken again.
+        assert_eq!(r.to_vec(), vec![(3, 30), (1, 11), (4, 40)]);
+        assert!(!r.contains(2, 20) && !r.contains(1, 10) && r.contains(1, 11));
+        r.remove(3);
+        assert!(!r.contains(3, 30));
+        assert_eq!(r.to_vec(), vec![(1, 11), (4, 40)]);
+        // Ids taken again and again keep the order within twice the window.
+        for _ in 0..100 {
+            r.push(1, 11);
+        }
+        assert!(r.order.len() <= 6, "{}", r.order.len());
+        let mut off = Recent::new(0, &[(1, 10)]);
+        off.push(2, 20);
+        assert!(!off.contains(1, 10) && !off.contains(2, 20));
+    }
+
+    #[test]
+    fn a_fingerprint_tells_messages_apart() {
+        let a = fingerprint("sensor/a", b"{}", QoS::AtLeastOnce);
+        assert_eq!(a, fingerprint("sensor/a", b"{}", QoS::AtLeastOnce));
+        assert_ne!(a, fingerprint("sensor/a", b"{ }", QoS::AtLeastOnce));
+        assert_ne!(a, fingerprint("sensor/b", b"{}", QoS::AtLeastOnce));
+        assert_ne!(a, fingerprint("sensor/a", b"{}", QoS::ExactlyOnce));
     }
 }
