@@ -146,24 +146,29 @@ test('every metric of a fleet card is visible', async ({ page }, info) => {
   await page.getByTestId('search').fill(id);
   const card = page.locator(`[data-device="${id}"]`);
   await expect(card.locator('.metric')).toHaveCount(3);
-  // elementFromPoint sees only what is in the viewport.
-  await card.scrollIntoViewIfNeeded();
-  const hidden = await card.evaluate((li) =>
-    Array.from(li.querySelectorAll('.metric')).filter((m) => {
-      const r = m.getBoundingClientRect();
-      const at = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
-      // Something else on top, or clipped away by an ancestor.
-      if (!at || !m.contains(at)) return true;
-      for (let p = m.parentElement; p && p !== document.body; p = p.parentElement) {
-        const style = getComputedStyle(p);
-        if (style.overflow === 'visible') continue;
-        const box = p.getBoundingClientRect();
-        if (r.top < box.top - 0.5 || r.bottom > box.bottom + 0.5) return true;
-      }
-      return false;
-    }).map((m) => m.getAttribute('data-metric')),
-  );
-  expect(hidden).toEqual([]);
+  // The card may be drawn again while a live update lands (CI once saw it
+  // detached mid-scroll), so the check runs on the card as it is then,
+  // until it holds or the timeout ends.
+  await expect(async () => {
+    // elementFromPoint sees only what is in the viewport.
+    await card.scrollIntoViewIfNeeded();
+    const hidden = await card.evaluate((li) =>
+      Array.from(li.querySelectorAll('.metric')).filter((m) => {
+        const r = m.getBoundingClientRect();
+        const at = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+        // Something else on top, or clipped away by an ancestor.
+        if (!at || !m.contains(at)) return true;
+        for (let p = m.parentElement; p && p !== document.body; p = p.parentElement) {
+          const style = getComputedStyle(p);
+          if (style.overflow === 'visible') continue;
+          const box = p.getBoundingClientRect();
+          if (r.top < box.top - 0.5 || r.bottom > box.bottom + 0.5) return true;
+        }
+        return false;
+      }).map((m) => m.getAttribute('data-metric')),
+    );
+    expect(hidden).toEqual([]);
+  }).toPass({ timeout: 10_000 });
 });
 
 /** Whether an ECharts tooltip is showing on the page. */
